@@ -1,0 +1,1 @@
+"""Tapedeck device agent: capture, encode, spool, upload, finalize."""

@@ -1,0 +1,75 @@
+"""The object-store contract the domain needs, and nothing more.
+
+Keys are plain strings such as ``recordings/{id}/chunks/chunk_{part}.opus``. A PUT is atomic:
+an object becomes visible under its key only once complete, so nothing half-written is ever
+visible. Backends live one per module (``tapedeck.store.s3`` for any S3-compatible store via
+the minio SDK); ``tests/store`` runs one contract suite against every backend.
+
+Every method raises ``tapedeck.errors.StorageUnavailable`` (type ``storage_unavailable``)
+when the store cannot be reached, and ``ObjectNotFound`` for a missing key where noted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import BinaryIO, Protocol
+
+
+class ObjectNotFound(KeyError):
+    """The key does not exist in the store."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Metadata of one stored object. ``etag`` is the lowercase hex MD5 for single PUTs."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+class ObjectStore(Protocol):
+    """What Tapedeck needs from an object store."""
+
+    def put(
+        self,
+        key: str,
+        data: BinaryIO,
+        length: int = -1,
+        *,
+        content_type: str = "application/octet-stream",
+        content_md5_b64: str | None = None,
+    ) -> ObjectInfo:
+        """Store ``data`` under ``key`` atomically. ``length=-1`` streams in multipart
+        parts (for outputs of unknown size). With ``content_md5_b64`` the store itself
+        rejects other bytes (``checksum_mismatch``)."""
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable stream of the object (close it after use). Raises ObjectNotFound."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Metadata, or None when the key does not exist."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in key order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+        ...
+
+    def presign_put(
+        self, key: str, expires: timedelta, *, content_md5_b64: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A URL a client can PUT the object to directly, and the headers it must send."""
+        ...
+
+    def presign_get(self, key: str, expires: timedelta) -> str:
+        """A URL a client can GET the object from directly."""
+        ...

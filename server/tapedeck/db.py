@@ -1,0 +1,72 @@
+"""SQLite access: one connection per thread, WAL, ``synchronous=FULL``, writes under
+``BEGIN IMMEDIATE``.
+
+``Database.write()`` is the only way to change state: it takes SQLite's write lock up
+front (so read-then-write logic inside it cannot race another writer) and commits or rolls
+back as a whole. ``Database.read()`` gives the thread's connection for queries.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+from tapedeck.migrations import migrate
+
+
+class Database:
+    """A SQLite file shared by every thread (and process) of a Tapedeck deployment."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self.write() as db:
+            migrate(db)
+
+    def _conn(self) -> sqlite_utils.Database:
+        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+        if db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+            with self._lock:
+                self._all.append(conn)
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite_utils.Database]:
+        """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error)."""
+        db = self._conn()
+        if db.conn.in_transaction:
+            raise RuntimeError("nested Database.write() on one thread")
+        db.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.conn.rollback()
+            raise
+        db.conn.commit()
+
+    def read(self) -> sqlite_utils.Database:
+        """The calling thread's connection, for queries outside a write transaction."""
+        return self._conn()
+
+    def close(self) -> None:
+        """Close every connection this object opened (all threads)."""
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+        self._local = threading.local()

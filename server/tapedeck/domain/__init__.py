@@ -1,0 +1,38 @@
+"""The domain layer: every business rule of Tapedeck, transport-free.
+
+``Domain`` bundles the services; gRPC servicers and REST routes hold one and only translate
+requests into calls on it and results (or ``TapedeckError``s) back into responses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tapedeck.auth import Authenticator, UploadTokens
+from tapedeck.clock import Clock
+from tapedeck.db import Database
+from tapedeck.domain._base import Context, KeyedLocks
+from tapedeck.domain.chunks import Chunks
+from tapedeck.domain.recordings import Recordings
+from tapedeck.settings import Settings
+from tapedeck.store import ObjectStore
+
+
+@dataclass
+class Domain:
+    """All domain services of one deployment, sharing one context."""
+
+    ctx: Context
+    auth: Authenticator
+    uploads: UploadTokens
+    recordings: Recordings
+    chunks: Chunks
+
+    @classmethod
+    def build(cls, db: Database, store: ObjectStore, clock: Clock,
+              settings: Settings) -> Domain:
+        """Wire the services from their dependencies (called from ``cli``/tests)."""
+        ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=KeyedLocks())
+        uploads = UploadTokens.from_data_dir(settings.data_dir)
+        return cls(ctx=ctx, auth=Authenticator(db, uploads, clock), uploads=uploads,
+                   recordings=Recordings(ctx, uploads), chunks=Chunks(ctx))

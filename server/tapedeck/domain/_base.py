@@ -1,0 +1,132 @@
+"""Shared plumbing of the domain services: loading visible recordings, object keys,
+per-recording locks and the event outbox."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import sqlite_utils
+
+from tapedeck.auth import Principal
+from tapedeck.clock import Clock, iso, parse_iso
+from tapedeck.db import Database
+from tapedeck.domain.models import Media, Recording
+from tapedeck.errors import error
+from tapedeck.ids import new_id
+from tapedeck.settings import Settings
+from tapedeck.store import ObjectStore
+
+CHUNK_KEY_RE = re.compile(r"^recordings/(rec_[0-9A-Za-z]+)/chunks/chunk_(\d+)\.opus$")
+
+
+def chunk_prefix(recording_id: str) -> str:
+    """Store prefix under which a recording's chunks live."""
+    return f"recordings/{recording_id}/chunks/"
+
+
+def chunk_key(recording_id: str, part: int) -> str:
+    """Store key of one chunk: ``recordings/{id}/chunks/chunk_{part}.opus``."""
+    return f"{chunk_prefix(recording_id)}chunk_{part}.opus"
+
+
+def recording_prefix(recording_id: str) -> str:
+    """Store prefix of every object a recording owns."""
+    return f"recordings/{recording_id}/"
+
+
+def check_part(rec: Recording, part: int) -> None:
+    """Parts run 1..max_chunks (``invalid_request`` naming ``part`` otherwise)."""
+    limit = rec.max_chunks or 0
+    if not 1 <= part <= limit:
+        raise error("invalid_request", f"part must be between 1 and {limit}.", field="part")
+
+
+def emit(tx: sqlite_utils.Database, clock: Clock, project_id: str, type: str,
+         data: dict[str, Any], recording_id: str | None = None) -> str:
+    """Append an event to the outbox inside the caller's write transaction."""
+    event_id = new_id("evt_")
+    tx.execute(
+        "INSERT INTO events (id, project_id, type, recording_id, created_at, data)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        [event_id, project_id, type, recording_id, iso(clock.now()), json.dumps(data)])
+    return event_id
+
+
+class KeyedLocks:
+    """One in-process lock per key (e.g. per recording), created on demand."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+@dataclass
+class Context:
+    """What every domain service is built from."""
+
+    db: Database
+    store: ObjectStore
+    clock: Clock
+    settings: Settings
+    locks: KeyedLocks
+
+
+def load_recording(db: sqlite_utils.Database, p: Principal, recording_id: str) -> Recording:
+    """The recording if this principal may see it, else ``recording_not_found``.
+
+    Other projects' and (for device tokens) other devices' recordings are reported as not
+    found, never as forbidden, so their existence is not revealed."""
+    row = db.execute("SELECT * FROM recordings WHERE id = ?", [recording_id]).fetchone()
+    if row is not None:
+        cols = [d[0] for d in db.execute("SELECT * FROM recordings LIMIT 0").description]
+        rec = dict(zip(cols, row, strict=True))
+        if _visible(p, rec):
+            return to_recording(db, rec)
+    raise error("recording_not_found", "Recording not found.", recording_id=recording_id)
+
+
+def _visible(p: Principal, rec: dict[str, Any]) -> bool:
+    if rec["project_id"] != p.project_id:
+        return False
+    if p.kind == "device":
+        return bool(rec["device_id"] == p.device_id)
+    if p.kind == "upload":
+        return bool(rec["id"] == p.recording_id)
+    return True
+
+
+def to_recording(db: sqlite_utils.Database, rec: dict[str, Any]) -> Recording:
+    """A ``Recording`` from a row, with its chunk count and media."""
+    count = db.execute("SELECT count(*) FROM chunks WHERE recording_id = ?",
+                       [rec["id"]]).fetchone()[0]
+    media = [
+        Media(id=m[0], type=m[1], mime_type=m[2], file_size_bytes=m[3], status=m[4],
+              created_at=parse_iso(m[5]), object_key=m[6])
+        for m in db.execute(
+            "SELECT id, type, mime_type, file_size_bytes, status, created_at, object_key"
+            " FROM media WHERE recording_id = ? ORDER BY created_at, id", [rec["id"]])
+    ]
+    return Recording.from_row(rec, count, media)
+

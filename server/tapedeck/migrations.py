@@ -1,0 +1,103 @@
+"""Schema migrations: a list of functions, applied in order, each exactly once.
+
+Applied migrations are recorded by name in ``_migrations``; add new ones at the END of
+``MIGRATIONS`` with a unique name and never edit one that has shipped. Every migration runs
+inside the same ``BEGIN IMMEDIATE`` transaction as its bookkeeping row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlite_utils
+
+Migration = Callable[[sqlite_utils.Database], None]
+
+
+def m0001_core(db: sqlite_utils.Database) -> None:
+    """Projects, credentials, devices, recordings, chunks, media, jobs, events."""
+    for sql in _CORE_SQL:
+        db.execute(sql)
+
+
+_CORE_SQL = [
+    """CREATE TABLE projects (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    """CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id),
+        kind TEXT NOT NULL,            -- secret | restricted
+        mode TEXT NOT NULL,            -- test | live
+        token_hash TEXT NOT NULL UNIQUE, hint TEXT NOT NULL, scopes TEXT NOT NULL,
+        name TEXT, created_at TEXT NOT NULL, revoked_at TEXT)""",
+    """CREATE TABLE devices (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id),
+        serial_number TEXT, model TEXT, firmware_version TEXT,
+        status TEXT NOT NULL, end_user_id TEXT, created_at TEXT NOT NULL,
+        heartbeat TEXT, last_heartbeat_at TEXT)""",
+    """CREATE TABLE device_tokens (
+        id TEXT PRIMARY KEY, device_id TEXT NOT NULL REFERENCES devices(id),
+        project_id TEXT NOT NULL, mode TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE,
+        hint TEXT NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT)""",
+    """CREATE TABLE recordings (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id),
+        device_id TEXT, end_user_id TEXT, name TEXT, status TEXT NOT NULL,
+        codec TEXT NOT NULL, streaming INTEGER NOT NULL,
+        duration_ms INTEGER, file_size_bytes INTEGER, mime_type TEXT,
+        started_at TEXT, ended_at TEXT, created_at TEXT NOT NULL, uploaded_at TEXT,
+        estimated_duration_ms INTEGER, chunk_duration_ms INTEGER,
+        max_chunks INTEGER, expires_at TEXT,
+        transcription_status TEXT NOT NULL DEFAULT 'none', transcription_id TEXT,
+        stitching_job_id TEXT, metadata TEXT NOT NULL DEFAULT '{}',
+        failure_type TEXT, failure_message TEXT,
+        finalize_request TEXT, finalized_by TEXT, gaps TEXT,
+        audio_key TEXT, updated_at TEXT NOT NULL)""",
+    "CREATE INDEX recordings_project_created ON recordings(project_id, created_at, id)",
+    "CREATE INDEX recordings_status ON recordings(status, expires_at)",
+    """CREATE TABLE chunks (
+        recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL, size_bytes INTEGER NOT NULL, md5 TEXT NOT NULL,
+        received_at TEXT NOT NULL, PRIMARY KEY (recording_id, part))""",
+    """CREATE TABLE media (
+        id TEXT PRIMARY KEY,
+        recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        type TEXT NOT NULL, mime_type TEXT NOT NULL, object_key TEXT NOT NULL,
+        file_size_bytes INTEGER, md5 TEXT, status TEXT NOT NULL, created_at TEXT NOT NULL)""",
+    """CREATE TABLE jobs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL, recording_id TEXT,
+        status TEXT NOT NULL,          -- queued | running | succeeded | failed
+        payload TEXT NOT NULL DEFAULT '{}', attempts INTEGER NOT NULL DEFAULT 0,
+        run_after TEXT NOT NULL, lease_owner TEXT, lease_expires_at TEXT,
+        last_error TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+        finished_at TEXT)""",
+    "CREATE INDEX jobs_claim ON jobs(status, run_after)",
+    """CREATE TABLE transcriptions (
+        id TEXT PRIMARY KEY,
+        recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL, status TEXT NOT NULL, language TEXT,
+        provider TEXT NOT NULL, model TEXT, duration_ms INTEGER, text TEXT,
+        segments TEXT, word_count INTEGER, error_type TEXT, error_message TEXT,
+        job_id TEXT, created_at TEXT NOT NULL, completed_at TEXT)""",
+    """CREATE TABLE events (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL, type TEXT NOT NULL,
+        recording_id TEXT, created_at TEXT NOT NULL, data TEXT NOT NULL)""",
+    "CREATE INDEX events_project_created ON events(project_id, created_at)",
+]
+
+
+MIGRATIONS: list[Migration] = [
+    m0001_core,
+]
+
+
+def migrate(db: sqlite_utils.Database) -> list[str]:
+    """Apply every pending migration (caller holds the write transaction); return names."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        fn(db)
+        db.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", [fn.__name__])
+        applied.append(fn.__name__)
+    return applied

@@ -1,0 +1,103 @@
+"""Settings: command-line flags, then ``TAPEDECK_*`` environment variables, then defaults.
+
+Every field of ``Settings`` is one setting; its environment variable is ``TAPEDECK_`` + the
+field name in upper case (``data_dir`` → ``TAPEDECK_DATA_DIR``). The README lists them all
+(``tapedeck settings`` prints them with their current values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tapedeck.errors import invalid
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All server settings. Help text lives in each field's metadata."""
+
+    data_dir: Path = field(default=Path("tapedeck-data"),
+                           metadata={"help": "SQLite file, managed SeaweedFS data, secrets"})
+    host: str = field(default="127.0.0.1", metadata={"help": "address gRPC and HTTP listen on"})
+    grpc_port: int = field(default=50051, metadata={"help": "gRPC port (0 = any free port)"})
+    http_port: int = field(default=8080, metadata={"help": "REST gateway port (0 = any free)"})
+    public_url: str = field(default="", metadata={
+        "help": "base URL devices use to reach the REST gateway (chunk upload URLs); "
+                "default http://HOST:HTTP_PORT"})
+    s3_endpoint: str = field(default="", metadata={
+        "help": "host:port of an external S3 store; empty = start a managed SeaweedFS"})
+    s3_access_key: str = field(default="", metadata={"help": "S3 access key"})
+    s3_secret_key: str = field(default="", metadata={"help": "S3 secret key"})
+    s3_bucket: str = field(default="tapedeck", metadata={"help": "bucket for all objects"})
+    s3_secure: bool = field(default=False, metadata={"help": "use HTTPS for the S3 endpoint"})
+    s3_region: str = field(default="", metadata={"help": "S3 region (empty = store default)"})
+    max_chunks: int = field(default=100, metadata={"help": "highest chunk part accepted"})
+    max_chunk_bytes: int = field(default=32 * 1024 * 1024,
+                                 metadata={"help": "largest chunk accepted, bytes"})
+    max_file_bytes: int = field(default=2 * 1024 * 1024 * 1024,
+                                metadata={"help": "largest single-file upload, bytes"})
+    streaming_ttl_s: int = field(default=4 * 3600, metadata={
+        "help": "a streaming recording expires this long after creation (or twice its "
+                "estimated duration, if longer) unless finalized"})
+    upload_url_ttl_s: int = field(default=3600, metadata={"help": "presigned URL lifetime"})
+    workers: int = field(default=1, metadata={"help": "job workers inside `tapedeck serve`"})
+    whisper_model: str = field(default="", metadata={
+        "help": "faster-whisper model name or directory; empty = bundled whisper-base"})
+    whisper_threads: int = field(default=2, metadata={"help": "CPU threads for transcription"})
+    webhooks_allow_private: bool = field(default=False, metadata={
+        "help": "let webhooks reach loopback/private addresses (development and tests only)"})
+    log_format: str = field(default="auto", metadata={"help": "json, text or auto"})
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "tapedeck.db"
+
+    @property
+    def gateway_url(self) -> str:
+        """Base URL of the REST gateway as devices see it."""
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.http_port}"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, flags: Mapping[str, Any] | None = None,
+             environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings: non-None ``flags`` win over ``TAPEDECK_*`` variables over defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get("TAPEDECK_" + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, f.type, raw)
+        for name, value in (flags or {}).items():
+            if value is not None:
+                values[name] = value
+        if "data_dir" in values:
+            values["data_dir"] = Path(values["data_dir"])
+        return cls(**values)
+
+
+def _convert(name: str, type_name: Any, raw: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError:
+        raise invalid(name, f"TAPEDECK_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw

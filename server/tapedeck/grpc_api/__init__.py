@@ -1,0 +1,1 @@
+"""gRPC transport: servicers that translate protobuf ↔ domain calls, and the server."""

@@ -1,0 +1,41 @@
+"""Builds the gRPC server: services, health checking and reflection."""
+
+from __future__ import annotations
+
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tapedeck.domain import Domain
+from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
+from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+SERVICE_NAMES = (
+    recording_pb2.DESCRIPTOR.services_by_name["RecordingService"].full_name,
+    chunk_pb2.DESCRIPTOR.services_by_name["ChunkService"].full_name,
+)
+
+
+def build_grpc_server(domain: Domain, host: str, port: int,
+                      max_workers: int = 16) -> tuple[grpc.Server, int]:
+    """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+    recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(domain), server)
+    chunk_pb2_grpc.add_ChunkServiceServicer_to_server(ChunkServicer(domain), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in (*SERVICE_NAMES, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME,
+                                         reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    server.start()
+    return server, bound

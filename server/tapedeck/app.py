@@ -1,0 +1,88 @@
+"""Assembles a running Tapedeck from ``Settings``: store, database, domain and the process
+roles (gRPC API, REST gateway, job workers, webhook dispatcher).
+
+Nothing is created at import time; ``App.open`` builds every client from settings, and
+``App.start(roles)`` starts the requested roles. ``tapedeck serve`` starts them all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tapedeck.clock import Clock, SystemClock
+from tapedeck.db import Database
+from tapedeck.domain import Domain
+from tapedeck.settings import Settings
+from tapedeck.store.s3 import S3Store
+from tapedeck.weed import ManagedWeed
+
+log = logging.getLogger("tapedeck.app")
+ROLES = ("grpc", "http", "worker", "dispatcher")
+
+
+class Service(Protocol):
+    """A long-running part of the process (server, worker pool, dispatcher)."""
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting work, finish or hand back in-flight work within ``grace`` s."""
+        ...
+
+
+@dataclass
+class App:
+    """One Tapedeck process: shared clients plus the services it runs."""
+
+    settings: Settings
+    db: Database
+    store: S3Store
+    domain: Domain
+    clock: Clock
+    weed: ManagedWeed | None = None
+    services: list[Service] = field(default_factory=list)
+    grpc_port: int | None = None
+    http_port: int | None = None
+
+    @classmethod
+    def open(cls, settings: Settings, clock: Clock | None = None) -> App:
+        """Connect to (or start) the store, open the database, build the domain."""
+        clock = clock or SystemClock()
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        weed = None
+        if settings.s3_endpoint:
+            endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,
+                                        settings.s3_secret_key)
+        else:
+            weed = ManagedWeed(settings.data_dir / "seaweedfs")
+            weed.start()
+            endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
+        store = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
+                        bucket=settings.s3_bucket, secure=settings.s3_secure,
+                        region=settings.s3_region or None)
+        store.ensure_bucket()
+        db = Database(settings.db_path)
+        domain = Domain.build(db, store, clock, settings)
+        return cls(settings=settings, db=db, store=store, domain=domain, clock=clock, weed=weed)
+
+    def start(self, roles: Iterable[str]) -> None:
+        """Start the given roles (see ``ROLES``)."""
+        roles = set(roles)
+        if "grpc" in roles:
+            from tapedeck.grpc_api.server import build_grpc_server
+
+            server, self.grpc_port = build_grpc_server(
+                self.domain, self.settings.host, self.settings.grpc_port)
+            self.services.append(server)
+        # Each role's module is imported only when that role runs in this process.
+        # Contract: start_X(app) -> Service, started; it may set app.http_port.
+
+    def close(self, grace: float = 10.0) -> None:
+        """Stop every service (newest first), then the database and the managed store."""
+        while self.services:
+            self.services.pop().stop(grace)
+        self.db.close()
+        if self.weed is not None:
+            self.weed.stop()
+

@@ -1,0 +1,126 @@
+"""The ``tapedeck`` command: a thin layer over ``App`` and the admin functions.
+
+    tapedeck serve       everything in one process (the embedded default)
+    tapedeck api         gRPC + REST only          tapedeck worker      job workers only
+    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token
+    tapedeck settings    print every setting with its value and environment variable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from tapedeck.errors import TapedeckError
+
+ROLE_COMMANDS = {
+    "serve": ("grpc", "http", "worker", "dispatcher"),
+    "api": ("grpc", "http"),
+    "worker": ("worker",),
+    "dispatcher": ("dispatcher",),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tapedeck", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ROLE_COMMANDS:
+        p = sub.add_parser(name, help=f"run the {name} role(s)")
+        _common(p)
+        p.add_argument("--grpc-port", type=int, dest="grpc_port")
+        p.add_argument("--http-port", type=int, dest="http_port")
+        p.add_argument("--host")
+    admin = sub.add_parser("admin", help="administration").add_subparsers(dest="admin",
+                                                                         required=True)
+    _common(admin.add_parser("bootstrap", help="create a project and its first secret key"))
+    tok = admin.add_parser("device-token", help="register a device and issue a device token")
+    _common(tok)
+    tok.add_argument("--project-id", required=True)
+    tok.add_argument("--device-id")
+    _common(sub.add_parser("settings", help="print every setting"))
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", dest="data_dir", help="data directory (default ./tapedeck-data)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tapedeck`` console script."""
+    args = _parser().parse_args(argv)
+    from tapedeck.settings import Settings
+
+    flags = {k: getattr(args, k, None) for k in ("data_dir", "grpc_port", "http_port", "host")}
+    try:
+        settings = Settings.load(flags)
+        if args.command in ROLE_COMMANDS:
+            return _run(settings, ROLE_COMMANDS[args.command])
+        if args.command == "settings":
+            return _print_settings(settings)
+        return _admin(settings, args)
+    except TapedeckError as exc:
+        print(json.dumps(exc.to_json()), file=sys.stderr)
+        return 2
+
+
+def _run(settings: Any, roles: Sequence[str]) -> int:
+    from tapedeck.app import App
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    app = App.open(settings)
+    try:
+        app.start(roles)
+        listening = {"roles": list(roles), "data_dir": str(settings.data_dir)}
+        if app.grpc_port:
+            listening["grpc"] = f"{settings.host}:{app.grpc_port}"
+        if app.http_port:
+            listening["http"] = f"http://{settings.host}:{app.http_port}"
+        print(json.dumps({"listening": listening}), flush=True)
+        stop.wait()
+    finally:
+        app.close()
+    return 0
+
+
+def _admin(settings: Any, args: argparse.Namespace) -> int:
+    from tapedeck.auth import create_project, issue_device_token
+    from tapedeck.clock import SystemClock
+    from tapedeck.db import Database
+
+    db = Database(settings.db_path)
+    try:
+        if args.admin == "bootstrap":
+            project_id, key = create_project(db, SystemClock())
+            print(json.dumps({"project_id": project_id, "api_key": key}))
+        else:
+            device_id, token = issue_device_token(db, SystemClock(), args.project_id,
+                                                  args.device_id)
+            print(json.dumps({"device_id": device_id, "device_token": token}))
+    finally:
+        db.close()
+    return 0
+
+
+def _print_settings(settings: Any) -> int:
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if "secret" in f.name and value:
+            value = "***"
+        print(f"TAPEDECK_{f.name.upper():<26} {value!s:<24} {f.metadata.get('help', '')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

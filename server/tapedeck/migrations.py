@@ -84,8 +84,21 @@ _CORE_SQL = [
 ]
 
 
+def m0002_job_runs(db: sqlite_utils.Database) -> None:
+    """One row per job execution (claim → outcome): the audit trail of the job queue.
+
+    ``outcome`` is NULL while running (or if the worker died), then one of ``succeeded``,
+    ``retry``, ``failed``, ``released`` (handed back at shutdown), ``lease_lost``."""
+    db.execute("""CREATE TABLE job_runs (
+        job_id TEXT NOT NULL, attempt INTEGER NOT NULL, kind TEXT NOT NULL,
+        owner TEXT NOT NULL, started_at TEXT NOT NULL, finished_at TEXT,
+        outcome TEXT, error TEXT, PRIMARY KEY (job_id, attempt, owner))""")
+    db.execute("CREATE INDEX jobs_kind_claim ON jobs(kind, status, run_after)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
+    m0002_job_runs,
 ]
 
 

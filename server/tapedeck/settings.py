@@ -46,6 +46,17 @@ class Settings:
                 "estimated duration, if longer) unless finalized"})
     upload_url_ttl_s: int = field(default=3600, metadata={"help": "presigned URL lifetime"})
     workers: int = field(default=1, metadata={"help": "job workers inside `tapedeck serve`"})
+    job_lease_s: int = field(default=60, metadata={
+        "help": "a job whose worker stops heartbeating is handed to another worker after this"})
+    job_poll_ms: int = field(default=200, metadata={"help": "idle workers look for jobs this often"})
+    job_max_attempts: int = field(default=8, metadata={
+        "help": "a job failing transiently (store down) this many times fails for good"})
+    job_retry_base_ms: int = field(default=2000, metadata={
+        "help": "first retry delay; doubles per attempt (with ±25% jitter) up to job_retry_max_s"})
+    job_retry_max_s: int = field(default=600, metadata={"help": "longest retry delay"})
+    failpoints: str = field(default="", metadata={
+        "help": "testing only: comma-separated stage names (e.g. stitch.uploading) where a "
+                "worker logs `failpoint NAME` and hangs, so crash tests can kill it there"})
     whisper_model: str = field(default="", metadata={
         "help": "faster-whisper model name or directory; empty = bundled whisper-base"})
     whisper_threads: int = field(default=2, metadata={"help": "CPU threads for transcription"})

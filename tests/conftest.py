@@ -1,0 +1,86 @@
+"""Shared fixtures: one real ``weed mini`` per test session, a fresh bucket per test.
+
+Add small fixtures here; put bigger test kits in their own modules (e.g. tests/serverkit.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from minio import Minio
+from tapedeck.store.s3 import S3Store
+from tapedeck.weed import ManagedWeed
+from tapedeck.weed import free_port as _free_port
+
+from serverkit import RunningServer, start_server, test_settings
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    return _free_port()
+
+
+def unique_bucket() -> str:
+    """A fresh, valid bucket name."""
+    return "t-" + uuid.uuid4().hex[:20]
+
+
+@pytest.fixture(scope="session")
+def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedWeed]:
+    """The session's real SeaweedFS: ``.endpoint`` (host:port), ``.access_key``,
+    ``.secret_key``, ``.url``. Tests must use their own buckets (see ``store``)."""
+    # Many small volumes: every test bucket takes at least one, whatever the free disk.
+    with ManagedWeed(tmp_path_factory.mktemp("weed"), memory_limit="384MiB",
+                     volume_size_limit_mb=64, max_volumes=1000) as w:
+        yield w
+
+
+def drop_bucket(weed: ManagedWeed, bucket: str) -> None:
+    """Remove ``bucket`` and everything in it (SeaweedFS gives each bucket its own volume,
+    and the number of volumes is bounded, so tests must not leave buckets behind)."""
+    client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
+                   region="us-east-1")
+    if client.bucket_exists(bucket):
+        client.remove_bucket(bucket)  # weed mini allows removing a non-empty bucket
+
+
+@pytest.fixture
+def fresh_bucket(weed: ManagedWeed) -> Iterator[str]:
+    """A unique bucket name (not created); the bucket is removed after the test if made."""
+    name = unique_bucket()
+    try:
+        yield name
+    finally:
+        drop_bucket(weed, name)
+
+
+@pytest.fixture
+def store(weed: ManagedWeed) -> Iterator[S3Store]:
+    """An ``S3Store`` on a fresh bucket of the session's weed, removed after the test."""
+    s = S3Store(weed.endpoint, weed.access_key, weed.secret_key, unique_bucket(),
+                secure=False, region="us-east-1")
+    s.ensure_bucket()
+    try:
+        yield s
+    finally:
+        s.close()
+        drop_bucket(weed, s.bucket)
+
+
+@pytest.fixture
+def server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
+    """An in-process Tapedeck (gRPC, plus REST once the gateway exists) with a project and
+    its secret key, on a fresh bucket and SQLite file; torn down after the test."""
+    roles = ["grpc"]
+    if importlib.util.find_spec("tapedeck.gateway") is not None:
+        roles.append("http")
+    srv = start_server(test_settings(weed, tmp_path / "data"), roles=roles)
+    try:
+        yield srv
+    finally:
+        srv.close()
+        drop_bucket(weed, srv.app.settings.s3_bucket)

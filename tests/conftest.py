@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from minio import Minio
+
 from tapedeck.store.s3 import S3Store
 from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
+
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, recording_pb2
 

@@ -26,7 +26,7 @@ ROLES = ("grpc", "http", "worker", "dispatcher")
 class Service(Protocol):
     """A long-running part of the process (server, worker pool, dispatcher)."""
 
-    def stop(self, grace: float) -> None:
+    def stop(self, grace: float) -> object:
         """Stop accepting work, finish or hand back in-flight work within ``grace`` s."""
         ...
 
@@ -60,7 +60,7 @@ class App:
             endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
         store = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
                         bucket=settings.s3_bucket, secure=settings.s3_secure,
-                        region=settings.s3_region or None)
+                        region=settings.s3_region or "us-east-1")
         store.ensure_bucket()
         db = Database(settings.db_path)
         domain = Domain.build(db, store, clock, settings)

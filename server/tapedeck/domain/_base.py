@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlite_utils
@@ -123,7 +124,7 @@ def to_recording(db: sqlite_utils.Database, rec: dict[str, Any]) -> Recording:
                        [rec["id"]]).fetchone()[0]
     media = [
         Media(id=m[0], type=m[1], mime_type=m[2], file_size_bytes=m[3], status=m[4],
-              created_at=parse_iso(m[5]), object_key=m[6])
+              created_at=parse_iso(m[5]) or datetime.now(UTC), object_key=m[6])
         for m in db.execute(
             "SELECT id, type, mime_type, file_size_bytes, status, created_at, object_key"
             " FROM media WHERE recording_id = ? ORDER BY created_at, id", [rec["id"]])

@@ -43,7 +43,8 @@ def status_name(value: int) -> str | None:
     if value == 0:
         return None
     try:
-        return pb.RecordingStatus.Name(value).removeprefix("RECORDING_STATUS_").lower()
+        name = pb.RecordingStatus.Name(pb.RecordingStatus.ValueType(value))
+        return name.removeprefix("RECORDING_STATUS_").lower()
     except ValueError:
         raise invalid("status", f"Unknown status {value}.") from None
 
@@ -60,7 +61,7 @@ def codec_name(value: int) -> str:
     if value == 0:
         return "opus"
     try:
-        return pb.Codec.Name(value).removeprefix("CODEC_").lower()
+        return pb.Codec.Name(pb.Codec.ValueType(value)).removeprefix("CODEC_").lower()
     except ValueError:
         raise invalid("codec", f"Unknown codec {value}.") from None
 

@@ -1,0 +1,458 @@
+"""``S3Store``: the ``ObjectStore`` contract on any S3-compatible store, via the minio SDK.
+
+Works with the embedded SeaweedFS (``tapedeck.weed``), MinIO, AWS S3, Ceph RGW, Garage.
+
+Contract details beyond ``tapedeck.store.ObjectStore``:
+
+- ``put(length>=0)`` is ONE ``PutObject`` (ETag = hex MD5 of the bytes); the body is read
+  into memory first (SigV4 signs its SHA-256), so use it for chunk-sized objects and
+  ``length=-1`` (multipart, 5 MiB parts, streamed) for big or unknown-size outputs.
+- ``content_md5_b64`` is sent as ``Content-MD5`` on a single PUT, so the store itself
+  refuses other bytes (``checksum_mismatch``, nothing stored). Multipart has no object-level
+  Content-MD5: the MD5 is computed while streaming and a mismatch aborts the upload before it
+  completes (also ``checksum_mismatch``, nothing stored).
+- ``list`` returns keys in S3 key order (UTF-8 byte order). SeaweedFS lists directory-like
+  prefixes first, so the listing is collected and sorted: fine for per-recording prefixes,
+  not meant for listing a whole bucket.
+- Failures: connection errors, timeouts, 5xx and any other refusal (bad credentials, missing
+  bucket) raise ``storage_unavailable``; a missing key raises ``ObjectNotFound`` from
+  ``open`` (``stat`` returns None, ``delete`` succeeds). The cause is chained (``from``).
+- Timeouts: connect 2 s, read 10 s (between bytes), at most 2 retries for connection errors
+  and 500/502/503/504 with a short backoff: a down store fails within a few seconds.
+- Presigned URLs come from the SDK (host-only signature). The SDK cannot sign extra headers
+  into a presigned URL, so ``presign_put(content_md5_b64=...)`` signs ``host;content-md5``
+  itself (SigV4 query signing, path-style URL): the client must send exactly that
+  ``Content-MD5`` header (else 403) and the store checks the body against it (else 400).
+- ``public_url`` (e.g. ``https://media.example.com``) puts another scheme/host into the
+  presigned URLs than the one the server talks to (a reverse proxy that keeps ``Host``).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import io
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+import urllib3
+from minio import Minio
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
+from tapedeck.errors import TapedeckError, error
+from tapedeck.store import ObjectInfo, ObjectNotFound
+
+PART_SIZE = 5 * 1024 * 1024
+MAX_SINGLE_PUT = 5 * 1024 * 1024 * 1024
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
+_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError)
+_STREAM_BUFFER = 256 * 1024
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _unavailable(exc: BaseException) -> TapedeckError:
+    """``storage_unavailable`` naming the failure kind (never credentials or keys)."""
+    reason = exc.code if isinstance(exc, S3Error) else type(exc).__name__
+    return error("storage_unavailable", None, reason=reason)
+
+
+def _checksum_mismatch() -> TapedeckError:
+    return error(
+        "checksum_mismatch", "The object store refused the bytes: Content-MD5 does not match."
+    )
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """Map an SDK/transport exception to ours (digest refusals → checksum_mismatch)."""
+    if isinstance(exc, S3Error) and exc.code in _DIGEST_CODES:
+        return _checksum_mismatch()
+    return _unavailable(exc)
+
+
+def _is_not_found(exc: BaseException) -> bool:
+    return isinstance(exc, S3Error) and exc.code in _NOT_FOUND_CODES
+
+
+def _read_exactly(data: BinaryIO, length: int) -> bytes:
+    """Exactly ``length`` bytes of ``data``; a shorter stream is an ``invalid_request``."""
+    chunks: list[bytes] = []
+    remaining = length
+    while remaining > 0:
+        chunk = data.read(min(remaining, 1024 * 1024))
+        if not chunk:
+            raise error(
+                "invalid_request",
+                f"The body ended after {length - remaining} of {length} bytes.",
+                field="body",
+            )
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+class _DigestMismatch(Exception):
+    """Raised by ``_CheckingReader`` at end of stream so the SDK aborts the multipart."""
+
+
+class _CheckingReader:
+    """Counts and MD5-hashes what the SDK reads; at EOF compares with ``expected_md5``."""
+
+    def __init__(self, data: BinaryIO, expected_md5: bytes | None) -> None:
+        self._data = data
+        self._expected = expected_md5
+        self._md5 = hashlib.md5()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self._data.read(n)
+        if chunk:
+            self._md5.update(chunk)
+            self.size += len(chunk)
+        elif self._expected is not None and self._md5.digest() != self._expected:
+            raise _DigestMismatch()
+        return chunk
+
+
+class _ResponseStream(io.RawIOBase):
+    """A raw stream over a urllib3 response; ``close()`` releases the connection.
+
+    Transport failures while reading (connection drop, truncated body, timeout) raise
+    ``storage_unavailable``.
+    """
+
+    def __init__(self, response: Any) -> None:
+        super().__init__()
+        self._response = response
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        try:
+            return int(self._response.readinto(buffer))
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._response.close()
+                self._response.release_conn()
+            finally:
+                super().close()
+
+
+def _b64_md5_bytes(content_md5_b64: str) -> bytes:
+    try:
+        digest = base64.b64decode(content_md5_b64, validate=True)
+    except ValueError as exc:
+        raise error("invalid_request", "Content-MD5 is not base64.", field="content_md5") from exc
+    if len(digest) != 16:
+        raise error("invalid_request", "Content-MD5 is not an MD5 digest.", field="content_md5")
+    return digest
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+
+
+def presign_v4(
+    *,
+    method: str,
+    url: str,
+    region: str,
+    access_key: str,
+    secret_key: str,
+    now: datetime,
+    expires: int,
+    headers: dict[str, str],
+) -> str:
+    """AWS SigV4 query-string presigning of ``url`` with ``host`` plus ``headers`` signed.
+
+    ``url`` is ``scheme://host[:port]/bucket/encoded-key`` (path already URI-encoded). The
+    client must send every header in ``headers`` with exactly the same value.
+    """
+    parts = urlsplit(url)
+    host = parts.netloc
+    if (parts.scheme, parts.port) in (("http", 80), ("https", 443)):
+        host = parts.hostname or host
+    amz_date = now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    day = amz_date[:8]
+    scope = f"{day}/{region}/s3/aws4_request"
+    signed = {"host": host, **{k.lower(): v.strip() for k, v in headers.items()}}
+    names = sorted(signed)
+    signed_headers = ";".join(names)
+    query = {
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Credential": f"{access_key}/{scope}",
+        "X-Amz-Date": amz_date,
+        "X-Amz-Expires": str(expires),
+        "X-Amz-SignedHeaders": signed_headers,
+    }
+    canonical_query = "&".join(
+        f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(query.items())
+    )
+    canonical_request = "\n".join(
+        [
+            method,
+            parts.path or "/",
+            canonical_query,
+            "".join(f"{n}:{signed[n]}\n" for n in names),
+            signed_headers,
+            "UNSIGNED-PAYLOAD",
+        ]
+    )
+    string_to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical_request.encode()).hexdigest(),
+        ]
+    )
+    key = ("AWS4" + secret_key).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        key = _hmac(key, part)
+    signature = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+    return f"{parts.scheme}://{parts.netloc}{parts.path}?{canonical_query}&X-Amz-Signature={signature}"
+
+
+class S3Store:
+    """``ObjectStore`` on one bucket of an S3-compatible store (see module doc).
+
+    ``endpoint`` is ``host:port`` (no scheme); ``secure`` picks https; an empty ``region``
+    means ``us-east-1``. ``clock`` gives the signing time of presigned URLs (pass
+    ``tapedeck.clock.Clock.now``; defaults to the system UTC clock).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool = False,
+        region: str = "us-east-1",
+        *,
+        public_url: str | None = None,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        retries: int = 2,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        region = region or "us-east-1"  # a known region keeps presigning off the network
+        self.bucket = bucket
+        self.region = region
+        self._access_key = access_key
+        self._secret_key = secret_key
+        self._clock = clock
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            maxsize=10,
+            retries=urllib3.Retry(
+                total=retries,
+                connect=retries,
+                read=0,
+                status=retries,
+                backoff_factor=0.1,
+                status_forcelist=(500, 502, 503, 504),
+                raise_on_status=False,
+            ),
+        )
+        self._client = Minio(
+            endpoint, access_key, secret_key, secure=secure, region=region, http_client=self._http
+        )
+        public = urlsplit(public_url) if public_url else None
+        self._public_base = (
+            f"{public.scheme}://{public.netloc}"
+            if public
+            else f"{'https' if secure else 'http'}://{endpoint}"
+        )
+        # Presigning never touches the network (the region is known), so a second client
+        # that only signs for the public host is cheap.
+        self._signer = (
+            Minio(
+                public.netloc,
+                access_key,
+                secret_key,
+                secure=public.scheme == "https",
+                region=region,
+                http_client=self._http,
+            )
+            if public
+            else self._client
+        )
+
+    def close(self) -> None:
+        """Drop pooled connections."""
+        self._http.clear()
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket unless it exists (safe to race with another creator)."""
+        try:
+            if self._client.bucket_exists(self.bucket):
+                return
+            self._client.make_bucket(self.bucket)
+        except S3Error as exc:
+            if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return
+            raise _unavailable(exc) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    # -- ObjectStore ----------------------------------------------------------------------
+
+    def put(
+        self,
+        key: str,
+        data: BinaryIO,
+        length: int = -1,
+        *,
+        content_type: str = "application/octet-stream",
+        content_md5_b64: str | None = None,
+    ) -> ObjectInfo:
+        """Store ``data`` under ``key`` (see module doc for single PUT vs multipart)."""
+        expected = _b64_md5_bytes(content_md5_b64) if content_md5_b64 is not None else None
+        if length < 0:
+            return self._put_multipart(key, data, content_type, expected)
+        if length > MAX_SINGLE_PUT:
+            raise ValueError("a single PUT is at most 5 GiB; use length=-1")
+        body = _read_exactly(data, length)
+        headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": content_type}
+        if content_md5_b64 is not None:
+            headers["Content-MD5"] = content_md5_b64
+        try:
+            # The public put_object() turns unknown headers into x-amz-meta-*; the single
+            # PutObject call is what lets Content-MD5 reach the store.
+            result = self._client._put_object(self.bucket, key, body, headers)
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            raise _translate(exc) from exc
+        return ObjectInfo(
+            key=key,
+            size=length,
+            etag=(result.etag or "").strip('"').lower(),
+            last_modified=self._response_date(result.http_headers),
+        )
+
+    def _put_multipart(
+        self, key: str, data: BinaryIO, content_type: str, expected_md5: bytes | None
+    ) -> ObjectInfo:
+        reader = _CheckingReader(data, expected_md5)
+        try:
+            result = self._client.put_object(
+                self.bucket,
+                key,
+                reader,  # type: ignore[arg-type]  # the SDK only calls read()
+                -1,
+                content_type=content_type,
+                part_size=PART_SIZE,
+                num_parallel_uploads=1,
+            )
+        except _DigestMismatch as exc:
+            raise _checksum_mismatch() from exc
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            raise _translate(exc) from exc
+        return ObjectInfo(
+            key=key,
+            size=reader.size,
+            etag=(result.etag or "").strip('"').lower(),
+            last_modified=self._response_date(result.http_headers),
+        )
+
+    def _response_date(self, headers: Any) -> datetime:
+        """The response's ``Date`` (≈ the object's Last-Modified, second precision)."""
+        try:
+            return parsedate_to_datetime(headers["Date"]).astimezone(UTC)
+        except (KeyError, TypeError, ValueError):
+            return self._clock()
+
+    def open(self, key: str) -> BinaryIO:
+        """A buffered stream of the object; ``close()`` releases the connection."""
+        try:
+            response = self._client.get_object(self.bucket, key)
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            if _is_not_found(exc):
+                raise ObjectNotFound(key) from exc
+            raise _unavailable(exc) from exc
+        return io.BufferedReader(_ResponseStream(response), buffer_size=_STREAM_BUFFER)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Metadata of ``key``, or None when it does not exist."""
+        try:
+            obj = self._client.stat_object(self.bucket, key)
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            if _is_not_found(exc):
+                return None
+            raise _unavailable(exc) from exc
+        return ObjectInfo(
+            key=key,
+            size=int(obj.size or 0),
+            etag=(obj.etag or "").strip('"').lower(),
+            last_modified=obj.last_modified or self._clock(),
+        )
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` in key order (collected, then sorted)."""
+        try:
+            found = [
+                ObjectInfo(
+                    key=str(o.object_name),
+                    size=int(o.size or 0),
+                    etag=(o.etag or "").strip('"').lower(),
+                    last_modified=o.last_modified or self._clock(),
+                )
+                for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if not o.is_dir
+            ]
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            raise _unavailable(exc) from exc
+        # Python orders str by code point, which is the UTF-8 byte order S3 uses.
+        return iter(sorted(found, key=lambda info: info.key))
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; a missing key is not an error."""
+        try:
+            self._client.remove_object(self.bucket, key)
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            if _is_not_found(exc):
+                return
+            raise _unavailable(exc) from exc
+
+    def presign_put(
+        self, key: str, expires: timedelta, *, content_md5_b64: str | None = None
+    ) -> tuple[str, dict[str, str]]:
+        """A URL to PUT ``key`` to directly, and the headers the client must send."""
+        if content_md5_b64 is None:
+            url = self._signer.get_presigned_url(
+                "PUT", self.bucket, key, expires=expires, request_date=self._clock()
+            )
+            return url, {}
+        _b64_md5_bytes(content_md5_b64)
+        if not timedelta(seconds=1) <= expires <= timedelta(days=7):
+            raise ValueError("expires must be between 1 second and 7 days")
+        headers = {"Content-MD5": content_md5_b64}
+        url = presign_v4(
+            method="PUT",
+            url=f"{self._public_base}/{self.bucket}/{quote(key, safe='/~')}",
+            region=self.region,
+            access_key=self._access_key,
+            secret_key=self._secret_key,
+            now=self._clock(),
+            expires=int(expires.total_seconds()),
+            headers=headers,
+        )
+        return url, headers
+
+    def presign_get(self, key: str, expires: timedelta) -> str:
+        """A URL to GET ``key`` from directly."""
+        return self._signer.get_presigned_url(
+            "GET", self.bucket, key, expires=expires, request_date=self._clock()
+        )

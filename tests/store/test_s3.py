@@ -1,0 +1,196 @@
+"""S3Store specifics: error mapping against misbehaving real HTTP servers, bucket handling,
+credentials, and presigning for a public host."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.client
+import io
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import pytest
+
+from tapedeck.errors import TapedeckError
+from tapedeck.store.s3 import S3Store
+from tapedeck.weed import ManagedWeed, free_port
+
+
+class RawServer:
+    """A loopback TCP server answering every connection with ``handler(conn)``."""
+
+    def __init__(self, handler: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.port = self.sock.getsockname()[1]
+        self.requests = 0
+        self._handler = handler
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                self.requests += 1
+                _read_head(conn)
+                self._handler(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
+
+
+def _read_head(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket], None]], RawServer]]:
+    made: list[RawServer] = []
+
+    def make(handler: Callable[[socket.socket], None]) -> RawServer:
+        server = RawServer(handler)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def unavailable(call: Callable[[], object]) -> TapedeckError:
+    with pytest.raises(TapedeckError) as exc:
+        call()
+    assert exc.value.type == "storage_unavailable"
+    return exc.value
+
+
+@pytest.mark.timeout(60)
+def test_hung_server_times_out_as_unavailable() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        port = listener.getsockname()[1]
+        s = S3Store(f"127.0.0.1:{port}", "AKIDEXAMPLE", "x" * 40, "bucket", read_timeout=0.5)
+        unavailable(lambda: s.stat("k"))
+        unavailable(lambda: s.put("k", io.BytesIO(b"x"), 1))
+        s.close()
+    finally:
+        listener.close()
+
+
+@pytest.mark.timeout(60)
+def test_truncated_body_while_streaming_is_unavailable(
+    raw_server: Callable[[Callable[[socket.socket], None]], RawServer],
+) -> None:
+    def truncated(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n"
+                     b"Content-Type: application/octet-stream\r\n\r\n" + b"a" * 1000)
+
+    server = raw_server(truncated)
+    s = S3Store(f"127.0.0.1:{server.port}", "AKIDEXAMPLE", "x" * 40, "bucket")
+    f = s.open("k")
+    unavailable(f.read)
+    f.close()
+    s.close()
+
+
+@pytest.mark.timeout(60)
+def test_5xx_is_retried_a_bounded_number_of_times(
+    raw_server: Callable[[Callable[[socket.socket], None]], RawServer],
+) -> None:
+    def busy(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+
+    server = raw_server(busy)
+    s = S3Store(f"127.0.0.1:{server.port}", "AKIDEXAMPLE", "x" * 40, "bucket", retries=2)
+    unavailable(lambda: s.put("k", io.BytesIO(b"x"), 1))
+    assert server.requests == 3  # first try + 2 retries
+    s.close()
+
+
+def test_wrong_credentials_are_unavailable(weed: ManagedWeed, store: S3Store) -> None:
+    bad = S3Store(weed.endpoint, weed.access_key, "wrong-" + weed.secret_key[6:], store.bucket)
+    err = unavailable(lambda: bad.put("k", io.BytesIO(b"x"), 1))
+    assert err.details["reason"] in {"SignatureDoesNotMatch", "AccessDenied"}
+    unknown = S3Store(weed.endpoint, "AKIDUNKNOWN000000000", weed.secret_key, store.bucket)
+    unavailable(lambda: unknown.stat("k"))
+    assert store.stat("k") is None
+    bad.close()
+    unknown.close()
+
+
+def test_missing_bucket_is_unavailable_and_ensure_bucket_creates_it(
+    weed: ManagedWeed, fresh_bucket: str
+) -> None:
+    s = S3Store(weed.endpoint, weed.access_key, weed.secret_key, fresh_bucket)
+    try:
+        err = unavailable(lambda: s.put("k", io.BytesIO(b"x"), 1))
+        assert err.details["reason"] == "NoSuchBucket"
+        s.ensure_bucket()
+        s.ensure_bucket()  # idempotent
+        s.put("k", io.BytesIO(b"x"), 1)
+        assert s.stat("k") is not None
+    finally:
+        s.close()
+
+
+def _send_with_host(url: str, real_port: int, method: str, body: bytes | None,
+                    headers: dict[str, str]) -> int:
+    """Send ``url``'s request to weed on loopback with the URL's (public) Host header."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection("127.0.0.1", real_port, timeout=10)
+    try:
+        conn.putrequest(method, f"{parts.path}?{parts.query}", skip_host=True)
+        conn.putheader("Host", parts.netloc)
+        for k, v in {**headers, "Content-Length": str(len(body or b""))}.items():
+            conn.putheader(k, v)
+        conn.endheaders(body)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status
+    finally:
+        conn.close()
+
+
+def test_presigned_urls_for_a_public_host(weed: ManagedWeed, store: S3Store) -> None:
+    public = S3Store(weed.endpoint, weed.access_key, weed.secret_key, store.bucket,
+                     public_url="http://media.example.test:9999")
+    data = b"via the proxy"
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    url, headers = public.presign_put("p/x.opus", timedelta(minutes=5), content_md5_b64=md5)
+    assert url.startswith("http://media.example.test:9999/")
+    assert _send_with_host(url, weed.s3_port, "PUT", data, headers) == 200
+    url, headers = public.presign_put("p/y.opus", timedelta(minutes=5))
+    assert url.startswith("http://media.example.test:9999/")
+    assert _send_with_host(url, weed.s3_port, "PUT", data, headers) == 200
+    get_url = public.presign_get("p/x.opus", timedelta(minutes=5))
+    assert get_url.startswith("http://media.example.test:9999/")
+    assert _send_with_host(get_url, weed.s3_port, "GET", None, {}) == 200
+    # signed for the public host: presented with another Host it is refused
+    direct = get_url.replace("media.example.test:9999", weed.endpoint)
+    assert _send_with_host(direct, weed.s3_port, "GET", None, {}) == 403
+    public.close()
+
+
+def test_nothing_listening_fails_fast_without_hanging() -> None:
+    s = S3Store(f"127.0.0.1:{free_port()}", "AKIDEXAMPLE", "x" * 40, "bucket")
+    err = unavailable(lambda: s.stat("k"))
+    assert err.details["reason"] == "MaxRetryError"
+    s.close()

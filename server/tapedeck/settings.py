@@ -44,7 +44,14 @@ class Settings:
     streaming_ttl_s: int = field(default=4 * 3600, metadata={
         "help": "a streaming recording expires this long after creation (or twice its "
                 "estimated duration, if longer) unless finalized"})
+    expiry_auto_finalize: bool = field(default=True, metadata={
+        "help": "when a streaming recording expires, stitch the contiguous chunks it holds "
+                "(off: it just becomes expired)"})
     upload_url_ttl_s: int = field(default=3600, metadata={"help": "presigned URL lifetime"})
+    rate_limit_per_s: int = field(default=0, metadata={
+        "help": "requests per second per credential (bursts of twice that); 0 = no limit"})
+    max_json_bytes: int = field(default=64 * 1024, metadata={
+        "help": "largest JSON request body the REST gateway accepts, bytes"})
     workers: int = field(default=1, metadata={"help": "job workers inside `tapedeck serve`"})
     job_lease_s: int = field(default=60, metadata={
         "help": "a job whose worker stops heartbeating is handed to another worker after this"})

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tapedeck.auth import Authenticator, UploadTokens
+from tapedeck.auth import Authenticator, Principal, UploadTokens
 from tapedeck.clock import Clock
 from tapedeck.db import Database
 from tapedeck.domain._base import Context, KeyedLocks
 from tapedeck.domain.chunks import Chunks
+from tapedeck.domain.idempotency import IdempotencyStore
+from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
@@ -27,6 +29,8 @@ class Domain:
     uploads: UploadTokens
     recordings: Recordings
     chunks: Chunks
+    idempotency: IdempotencyStore
+    limiter: RateLimiter
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -35,4 +39,14 @@ class Domain:
         ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=KeyedLocks())
         uploads = UploadTokens.from_data_dir(settings.data_dir)
         return cls(ctx=ctx, auth=Authenticator(db, uploads, clock), uploads=uploads,
-                   recordings=Recordings(ctx, uploads), chunks=Chunks(ctx))
+                   recordings=Recordings(ctx, uploads), chunks=Chunks(ctx),
+                   idempotency=IdempotencyStore(db, clock),
+                   limiter=RateLimiter(clock, settings.rate_limit_per_s))
+
+    def authenticate(self, authorization: str | None, *,
+                     allow_upload_token: bool = False) -> Principal:
+        """The caller of a request (``unauthorized`` if none), after its rate limit
+        (``rate_limit_exceeded``). Every transport authenticates through here."""
+        p = self.auth.authenticate(authorization, allow_upload_token=allow_upload_token)
+        self.limiter.check(p)
+        return p

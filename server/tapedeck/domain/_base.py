@@ -21,7 +21,7 @@ from tapedeck.domain.models import Media, Recording
 from tapedeck.errors import error
 from tapedeck.ids import new_id
 from tapedeck.settings import Settings
-from tapedeck.store import ObjectStore
+from tapedeck.store import ObjectInfo, ObjectStore
 
 CHUNK_KEY_RE = re.compile(r"^recordings/(rec_[0-9A-Za-z]+)/chunks/chunk_(\d+)\.opus$")
 
@@ -34,6 +34,17 @@ def chunk_prefix(recording_id: str) -> str:
 def chunk_key(recording_id: str, part: int) -> str:
     """Store key of one chunk: ``recordings/{id}/chunks/chunk_{part}.opus``."""
     return f"{chunk_prefix(recording_id)}chunk_{part}.opus"
+
+
+def stored_parts(store: ObjectStore, recording_id: str) -> dict[int, ObjectInfo]:
+    """The chunk objects the store holds for a recording, by part number (the truth that
+    finalize, expiry and chunk listings go by)."""
+    parts = {}
+    for obj in store.list(chunk_prefix(recording_id)):
+        m = CHUNK_KEY_RE.match(obj.key)
+        if m and m.group(1) == recording_id:
+            parts[int(m.group(2))] = obj
+    return parts
 
 
 def recording_prefix(recording_id: str) -> str:

@@ -20,12 +20,11 @@ from typing import IO
 from tapedeck.auth import Principal
 from tapedeck.clock import iso
 from tapedeck.domain._base import (
-    CHUNK_KEY_RE,
     Context,
     check_part,
     chunk_key,
-    chunk_prefix,
     load_recording,
+    stored_parts,
 )
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
 from tapedeck.domain.recordings import _check_md5_b64, not_streaming
@@ -82,6 +81,8 @@ class Chunks:
     def precheck(self, p: Principal, recording_id: str, part: int) -> Recording:
         """Fail fast (before reading a body) if this chunk would be refused anyway."""
         p.require("recordings:write")
+        if p.kind == "upload" and p.recording_id != recording_id:
+            raise error("forbidden", "This upload token is for another recording.")
         rec = load_recording(self._ctx.db.read(), p, recording_id)
         if not rec.streaming:
             raise error("invalid_state", "Only streaming recordings take chunks.")
@@ -104,6 +105,8 @@ class Chunks:
         self.precheck(p, recording_id, part)
         received = _Received(body, self._ctx.settings.max_chunk_bytes)
         try:
+            if received.size == 0:
+                raise invalid("body", "A chunk must not be empty; nothing was stored.")
             received.verify(md5, sha256)
             return self._store(p, recording_id, part, received)
         finally:
@@ -140,13 +143,10 @@ class Chunks:
         """The chunks the store holds, and the parts missing up to the highest one."""
         p.require("recordings:read")
         load_recording(self._ctx.db.read(), p, recording_id)
-        chunks = []
-        for obj in self._ctx.store.list(chunk_prefix(recording_id)):
-            m = CHUNK_KEY_RE.match(obj.key)
-            if m and m.group(1) == recording_id:
-                chunks.append(Chunk(int(m.group(2)), obj.size, obj.etag, obj.last_modified))
-        chunks.sort(key=lambda c: c.part)
-        present = {c.part for c in chunks}
+        parts = stored_parts(self._ctx.store, recording_id)
+        chunks = [Chunk(part, obj.size, obj.etag, obj.last_modified)
+                  for part, obj in sorted(parts.items())]
+        present = set(parts)
         top = max(present, default=0)
         return ChunkList(recording_id, chunks,
                          [i for i in range(1, top + 1) if i not in present])

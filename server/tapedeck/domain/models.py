@@ -125,6 +125,30 @@ class Recording:
             out["gaps"] = self.gaps
         return out
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any], project_id: str) -> Recording:
+        """The inverse of ``to_json`` (for replaying a stored response over gRPC)."""
+        failure = data.get("failure") or {}
+        return cls(
+            id=data["id"], project_id=project_id, device_id=data["device_id"],
+            end_user_id=data["end_user_id"], name=data["name"], status=data["status"],
+            codec=data["codec"], streaming=data["streaming"], duration_ms=data["duration_ms"],
+            file_size_bytes=data["file_size_bytes"], mime_type=data["mime_type"],
+            started_at=parse_iso(data["started_at"]), ended_at=parse_iso(data["ended_at"]),
+            created_at=_dt(data["created_at"]), uploaded_at=parse_iso(data["uploaded_at"]),
+            chunks_received=data["chunks_received"], max_chunks=data["max_chunks"],
+            expires_at=parse_iso(data["expires_at"]),
+            transcription_status=data["transcription_status"],
+            transcription_id=data["transcription_id"],
+            stitching_job_id=data["stitching_job_id"], metadata=data["metadata"],
+            failure_type=failure.get("type"), failure_message=failure.get("message"),
+            finalized_by=data.get("finalized_by"), gaps=data.get("gaps"),
+            media=[Media(id=m["id"], type=m["type"], mime_type=m["mime_type"],
+                         file_size_bytes=m["file_size_bytes"], status=m["status"],
+                         created_at=_dt(m["created_at"]), object_key="")
+                   for m in data["media"]],
+        )
+
 
 @dataclass(frozen=True)
 class CreatedRecording:

@@ -15,16 +15,15 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tapedeck.auth import Principal, UploadTokens
-from tapedeck.clock import iso, parse_iso
+from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.domain._base import (
-    CHUNK_KEY_RE,
     Context,
     check_part,
     chunk_key,
-    chunk_prefix,
     emit,
     load_recording,
     recording_prefix,
+    stored_parts,
     to_recording,
 )
 from tapedeck.domain.models import (
@@ -40,6 +39,7 @@ from tapedeck.domain.models import (
 )
 from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.ids import new_id
+from tapedeck.store import ObjectInfo
 
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
@@ -209,14 +209,9 @@ class Recordings:
         return _finalize_result(rec)
 
     def _check_chunks(self, recording_id: str, total: int,
-                      checksum: str | None) -> dict[int, tuple[int, str]]:
+                      checksum: str | None) -> dict[int, ObjectInfo]:
         """Parts in the store must be exactly 1..total; verify the overall MD5 if given."""
-        store = self._ctx.store
-        listing: dict[int, tuple[int, str]] = {}
-        for obj in store.list(chunk_prefix(recording_id)):
-            m = CHUNK_KEY_RE.match(obj.key)
-            if m and m.group(1) == recording_id:
-                listing[int(m.group(2))] = (obj.size, obj.etag)
+        listing = stored_parts(self._ctx.store, recording_id)
         missing = [i for i in range(1, total + 1) if i not in listing]
         unexpected = sorted(part for part in listing if part > total)
         if missing or unexpected:
@@ -244,33 +239,21 @@ class Recordings:
         return md5.hexdigest()
 
     def _commit_finalize(self, tx: Any, rec: Recording, body: dict[str, Any],
-                         listing: dict[int, tuple[int, str]]) -> None:
+                         listing: dict[int, ObjectInfo]) -> None:
         ctx = self._ctx
         if rec.status != "streaming":
             raise not_streaming(rec)
         now = iso(ctx.clock.now())
-        job_id = new_id("job_stitcher_")
-        txn_id = new_id("txn_")
-        tx.execute("DELETE FROM chunks WHERE recording_id = ?", [rec.id])
-        for part, (size, md5) in sorted(listing.items()):
-            tx.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", [rec.id, part, size, md5, now])
-        tx.execute(
-            "INSERT INTO jobs (id, kind, recording_id, status, run_after, created_at,"
-            " updated_at) VALUES (?, 'stitch', ?, 'queued', ?, ?, ?)",
-            [job_id, rec.id, now, now, now])
-        tx.execute(
-            "INSERT INTO transcriptions (id, recording_id, project_id, status, provider,"
-            " created_at) VALUES (?, ?, ?, 'queued', 'whisper', ?)",
-            [txn_id, rec.id, rec.project_id, now])
+        snapshot_chunks(tx, rec.id, listing, now)
+        job_id, txn_id = queue_processing(tx, rec, now)
         tx.execute(
             "UPDATE recordings SET status = 'uploaded', uploaded_at = ?, finalize_request = ?,"
             " finalized_by = 'device', stitching_job_id = ?, transcription_status = 'queued',"
             " transcription_id = ?, duration_ms = ?, updated_at = ? WHERE id = ?",
             [now, json.dumps(body), job_id, txn_id, body["final_duration_ms"], now, rec.id])
-        fresh = to_recording(tx, _row(tx, rec.id))
+        fresh = to_recording(tx, row(tx, rec.id))
         emit(tx, ctx.clock, rec.project_id, "recording.uploaded", fresh.to_json(), rec.id)
-        emit(tx, ctx.clock, rec.project_id, "transcription.queued",
-             {"id": txn_id, "recording_id": rec.id, "status": "queued"}, rec.id)
+        emit_transcription_queued(tx, ctx.clock, rec, txn_id)
 
     # -- delete -------------------------------------------------------------------------
     def delete(self, p: Principal, recording_id: str) -> None:
@@ -351,15 +334,7 @@ class Recordings:
             with ctx.db.write() as tx:
                 tx.execute("UPDATE media SET status = 'uploaded', file_size_bytes = ?, md5 = ?"
                            " WHERE id = ?", [info.size, info.etag, media.id])
-                job_id, txn_id = new_id("job_stitcher_"), new_id("txn_")
-                tx.execute(
-                    "INSERT INTO jobs (id, kind, recording_id, status, run_after, created_at,"
-                    " updated_at) VALUES (?, 'stitch', ?, 'queued', ?, ?, ?)",
-                    [job_id, rec.id, now, now, now])
-                tx.execute(
-                    "INSERT INTO transcriptions (id, recording_id, project_id, status,"
-                    " provider, created_at) VALUES (?, ?, ?, 'queued', 'whisper', ?)",
-                    [txn_id, rec.id, rec.project_id, now])
+                job_id, txn_id = queue_processing(tx, rec, now)
                 tx.execute(
                     "UPDATE recordings SET status = 'uploaded', uploaded_at = ?,"
                     " file_size_bytes = ?, stitching_job_id = ?, transcription_status = 'queued',"
@@ -367,8 +342,7 @@ class Recordings:
                     [now, info.size, job_id, txn_id, now, rec.id])
                 fresh = load_recording(tx, p, rec.id)
                 emit(tx, ctx.clock, rec.project_id, "recording.uploaded", fresh.to_json(), rec.id)
-                emit(tx, ctx.clock, rec.project_id, "transcription.queued",
-                     {"id": txn_id, "recording_id": rec.id, "status": "queued"}, rec.id)
+                emit_transcription_queued(tx, ctx.clock, rec, txn_id)
             return fresh
 
     def create_download_url(self, p: Principal, recording_id: str) -> DownloadUrl:
@@ -387,7 +361,37 @@ class Recordings:
                            ctx.clock.now() + expires)
 
 
-def _row(tx: Any, recording_id: str) -> dict[str, Any]:
+def snapshot_chunks(tx: Any, recording_id: str, listing: dict[int, ObjectInfo],
+                    now: str | None) -> None:
+    """Freeze the parts that make up the audio (part → size, md5) for the stitcher."""
+    tx.execute("DELETE FROM chunks WHERE recording_id = ?", [recording_id])
+    for part, obj in sorted(listing.items()):
+        tx.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
+                   [recording_id, part, obj.size, obj.etag, now])
+
+
+def queue_processing(tx: Any, rec: Recording, now: str | None) -> tuple[str, str]:
+    """Queue the one stitching job and the queued transcription; return their ids."""
+    job_id, txn_id = new_id("job_stitcher_"), new_id("txn_")
+    tx.execute(
+        "INSERT INTO jobs (id, kind, recording_id, status, run_after, created_at,"
+        " updated_at) VALUES (?, 'stitch', ?, 'queued', ?, ?, ?)",
+        [job_id, rec.id, now, now, now])
+    tx.execute(
+        "INSERT INTO transcriptions (id, recording_id, project_id, status, provider,"
+        " created_at) VALUES (?, ?, ?, 'queued', 'whisper', ?)",
+        [txn_id, rec.id, rec.project_id, now])
+    return job_id, txn_id
+
+
+def emit_transcription_queued(tx: Any, clock: Clock, rec: Recording, txn_id: str) -> None:
+    """The ``transcription.queued`` event of a recording whose audio is complete."""
+    emit(tx, clock, rec.project_id, "transcription.queued",
+         {"id": txn_id, "recording_id": rec.id, "status": "queued"}, rec.id)
+
+
+def row(tx: Any, recording_id: str) -> dict[str, Any]:
+    """The ``recordings`` row of ``recording_id`` as a dict (it must exist)."""
     cur = tx.execute("SELECT * FROM recordings WHERE id = ?", [recording_id])
     cols = [d[0] for d in cur.description]
     return dict(zip(cols, cur.fetchone(), strict=True))

@@ -1,0 +1,123 @@
+"""End users: the people recordings belong to (``eu_…``).
+
+Rules (``api.md`` "Devices and end users"):
+
+- ``external_id`` (the customer's own id) is optional and unique per project: a second end
+  user with the same one is ``resource_already_exists`` (409), naming the existing end user.
+- ``end_users:write`` creates, ``end_users:read`` reads; device tokens hold neither.
+- Another project's end user answers ``end_user_not_found`` (never reveals it exists).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlite_utils
+
+from tapedeck.auth import Principal
+from tapedeck.clock import iso, parse_iso
+from tapedeck.domain._base import Context
+from tapedeck.errors import error, invalid
+from tapedeck.ids import new_id
+
+MAX_EXTERNAL_ID = 255
+MAX_NAME = 500
+MAX_EMAIL = 320
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class NewEndUser:
+    """The body of a create request, already type-checked by the transport."""
+
+    external_id: str | None = None
+    email: str | None = None
+    name: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EndUser:
+    """An end user as stored; ``to_json`` is its REST shape."""
+
+    id: str
+    project_id: str
+    external_id: str | None
+    email: str | None
+    name: str | None
+    metadata: dict[str, str]
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        """The end user object of ``api.md``."""
+        return {"id": self.id, "external_id": self.external_id, "email": self.email,
+                "name": self.name, "metadata": self.metadata,
+                "created_at": iso(self.created_at)}
+
+
+def validate_metadata(metadata: dict[str, str]) -> None:
+    """At most 50 keys of ≤40 characters with values of ≤500 (as for recordings)."""
+    if len(metadata) > 50 or any(len(k) > 40 or len(v) > 500 for k, v in metadata.items()):
+        raise invalid("metadata", "metadata allows 50 keys of ≤40 chars with values ≤500 chars.")
+
+
+def validate_new_end_user(req: NewEndUser) -> None:
+    """Length and shape checks (``invalid_request`` naming the field)."""
+    if req.external_id is not None and not 1 <= len(req.external_id) <= MAX_EXTERNAL_ID:
+        raise invalid("external_id", f"external_id must be 1 to {MAX_EXTERNAL_ID} characters.")
+    if req.email is not None and (len(req.email) > MAX_EMAIL or not _EMAIL_RE.match(req.email)):
+        raise invalid("email", "email must look like name@domain.")
+    if req.name is not None and len(req.name) > MAX_NAME:
+        raise invalid("name", f"name must be at most {MAX_NAME} characters.")
+    validate_metadata(req.metadata)
+
+
+def load_end_user(db: sqlite_utils.Database, project_id: str, end_user_id: str) -> EndUser:
+    """The end user of this project, else ``end_user_not_found``."""
+    row = db.execute(
+        "SELECT id, project_id, external_id, email, name, metadata, created_at FROM end_users"
+        " WHERE id = ? AND project_id = ?", [end_user_id, project_id]).fetchone()
+    if row is None:
+        raise error("end_user_not_found", "End user not found.", end_user_id=end_user_id)
+    created = parse_iso(row[6])
+    assert created is not None
+    return EndUser(id=row[0], project_id=row[1], external_id=row[2], email=row[3], name=row[4],
+                   metadata=json.loads(row[5]), created_at=created)
+
+
+class EndUsers:
+    """The end user rules."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def create(self, p: Principal, req: NewEndUser) -> EndUser:
+        """A new end user; ``resource_already_exists`` if ``external_id`` is taken."""
+        p.require("end_users:write")
+        validate_new_end_user(req)
+        end_user_id = new_id("eu_")
+        now = iso(self._ctx.clock.now())
+        with self._ctx.db.write() as tx:
+            if req.external_id is not None:
+                taken = tx.execute(
+                    "SELECT id FROM end_users WHERE project_id = ? AND external_id = ?",
+                    [p.project_id, req.external_id]).fetchone()
+                if taken is not None:
+                    raise error("resource_already_exists",
+                                "An end user with this external_id already exists.",
+                                field="external_id", end_user_id=taken[0])
+            tx.execute(
+                "INSERT INTO end_users (id, project_id, external_id, email, name, metadata,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [end_user_id, p.project_id, req.external_id, req.email, req.name,
+                 json.dumps(req.metadata), now])
+            return load_end_user(tx, p.project_id, end_user_id)
+
+    def get(self, p: Principal, end_user_id: str) -> EndUser:
+        """One end user of the caller's project."""
+        p.require("end_users:read")
+        return load_end_user(self._ctx.db.read(), p.project_id, end_user_id)

@@ -40,7 +40,7 @@ def test_expired_recording_auto_finalizes_contiguous_chunks(
         clocked: tuple[RunningServer, ManualClock]) -> None:
     srv, clock = clocked
     d = srv.app.domain
-    device_id, token = srv.device_token()
+    _, token = srv.device_token()
     p = d.auth.authenticate(f"Bearer {token}")
     rec = d.recordings.create(p, NewRecording(streaming=True, chunk_duration_ms=60_000)).recording
     for part in (1, 2, 3, 4, 6):

@@ -75,6 +75,10 @@ class App:
             server, self.grpc_port = build_grpc_server(
                 self.domain, self.settings.host, self.settings.grpc_port)
             self.services.append(server)
+        if "worker" in roles:
+            from tapedeck.worker import start_workers
+
+            self.services.append(start_workers(self))
         # Each role's module is imported only when that role runs in this process.
         # Contract: start_X(app) -> Service, started; it may set app.http_port.
 

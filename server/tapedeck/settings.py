@@ -56,7 +56,7 @@ class Settings:
     job_lease_s: int = field(default=60, metadata={
         "help": "a job whose worker stops heartbeating is handed to another worker after this"})
     job_poll_ms: int = field(default=200, metadata={"help": "idle workers look for jobs this often"})
-    job_max_attempts: int = field(default=8, metadata={
+    job_max_attempts: int = field(default=12, metadata={
         "help": "a job failing transiently (store down) this many times fails for good"})
     job_retry_base_ms: int = field(default=2000, metadata={
         "help": "first retry delay; doubles per attempt (with ±25% jitter) up to job_retry_max_s"})

@@ -1,0 +1,280 @@
+"""Job workers: claim loops that run job handlers, with heartbeats, retries and a clean stop.
+
+Handlers plug in by kind, without touching the loop: ``HANDLER_FACTORIES`` maps a job kind to
+``"module:function"``; the function takes the ``App`` and returns a ``JobHandler`` (or None
+when the kind cannot run in this process). A kind whose module is absent is simply not
+registered, and a worker only claims kinds it has a handler for, so such jobs stay ``queued``
+until a worker that can run them appears.
+
+Handler contract (``JobHandler``):
+- ``run(run)`` does the job. It records its result and calls ``run.complete(tx)`` in ONE write
+  transaction, so the result exists exactly when the job is ``succeeded`` (if another worker
+  took the lease over, ``complete`` raises ``LeaseLost`` and the transaction rolls back). It
+  may call ``run.check()`` between steps to stop early once the lease is lost. Raising
+  ``JobFailed`` (or any ``TapedeckError`` but ``storage_unavailable``) fails the job for good;
+  ``storage_unavailable``, connection errors and unexpected exceptions are retried with backoff
+  until ``max_attempts``. Handlers must be safe to run again from scratch: a worker killed
+  mid-job leaves the job to be reclaimed once its lease expires.
+- ``on_failure(tx, job, failure)`` records a permanent failure in the domain (recording
+  ``failed``, events, …) inside the transaction that marks the job ``failed``.
+
+While a handler runs, a heartbeat thread extends the lease every ``lease_s / 3`` seconds.
+``WorkerPool.stop(grace)`` lets running jobs finish for ``grace`` seconds, then hands the rest
+back to the queue (``release``), so another worker picks them up at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
+
+import sqlite_utils
+
+from tapedeck.jobs import Failure, Job, JobQueue, LeaseLost, RetryPolicy, classify
+
+if TYPE_CHECKING:
+    from tapedeck.app import App
+
+log = logging.getLogger("tapedeck.worker")
+
+HANDLER_FACTORIES: Mapping[str, str] = {
+    "stitch": "tapedeck.stitch:build_handler",
+    "transcribe": "tapedeck.transcribe.job:build_handler",
+}
+
+
+class JobRun:
+    """A claimed job while its handler runs: lease state and completion."""
+
+    def __init__(self, queue: JobQueue, job: Job) -> None:
+        self.queue = queue
+        self.job = job
+        self.lost = threading.Event()
+        self.completed = False
+
+    def check(self) -> None:
+        """Raise ``LeaseLost`` if a heartbeat found the lease taken over (or it was released)."""
+        if self.lost.is_set():
+            raise LeaseLost(self.job.id)
+
+    def heartbeat(self) -> None:
+        """Extend the lease now (the background heartbeat also does this periodically)."""
+        try:
+            self.queue.heartbeat(self.job)
+        except LeaseLost:
+            self.lost.set()
+            raise
+
+    def complete(self, tx: sqlite_utils.Database) -> None:
+        """Mark the job succeeded inside ``tx`` (which records the job's result)."""
+        self.queue.complete(tx, self.job)
+        self.completed = True
+
+
+class JobHandler(Protocol):
+    """Runs one kind of job (see the module docstring for the contract)."""
+
+    def run(self, run: JobRun) -> None:
+        """Do the job and complete it in the transaction that records its result."""
+        ...
+
+    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+        """Record a permanent failure, inside the transaction that fails the job."""
+        ...
+
+
+class _Heartbeat:
+    """Extends a run's lease every ``interval`` seconds until stopped or the lease is lost."""
+
+    def __init__(self, run: JobRun, interval: float) -> None:
+        self._run = run
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"heartbeat-{run.job.id}")
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._run.heartbeat()
+            except LeaseLost:
+                log.warning("job %s: lease lost", self._run.job.id)
+                return
+            except Exception:  # a busy database must not kill the heartbeat
+                log.exception("job %s: heartbeat failed; retrying", self._run.job.id)
+
+
+class Worker:
+    """One claim loop's logic: claim a job of a registered kind, run it, record the outcome."""
+
+    def __init__(self, queue: JobQueue, handlers: Mapping[str, JobHandler], name: str) -> None:
+        self.queue = queue
+        self.handlers = dict(handlers)
+        self.name = name
+        self.current: JobRun | None = None
+
+    def run_once(self) -> str | None:
+        """Run at most one job; return its outcome (``succeeded``, ``retry``, ``failed``,
+        ``lease_lost``) or None when no job was due."""
+        job = self.queue.claim(self.name, self.handlers.keys())
+        if job is None:
+            return None
+        run = JobRun(self.queue, job)
+        self.current = run
+        try:
+            return self._execute(run, self.handlers[job.kind])
+        finally:
+            self.current = None
+
+    def _execute(self, run: JobRun, handler: JobHandler) -> str:
+        job = run.job
+        limit = self.queue.retry_policy.max_attempts
+        if job.attempts > limit:  # earlier runs died mid-job (crash loop)
+            return self._fail(run, handler, Failure(
+                "internal_error", f"Gave up after {limit} interrupted attempts.", False))
+        log.info("job %s (%s) attempt %d started by %s", job.id, job.kind, job.attempts,
+                 job.owner)
+        try:
+            with _Heartbeat(run, max(0.05, self.queue.lease_s / 3)):
+                handler.run(run)
+                if not run.completed:
+                    with self.queue.db.write() as tx:
+                        run.complete(tx)
+        except LeaseLost:
+            log.warning("job %s: lease lost; another worker owns it now", job.id)
+            self.queue.record_lost(job)
+            return "lease_lost"
+        except Exception as exc:
+            failure = classify(exc)
+            if self.queue.should_retry(job, failure):
+                log.warning("job %s: %s (%s); retrying", job.id, failure.type, failure.message,
+                            exc_info=failure.type == "internal_error")
+                return self._retry(run, failure)
+            log.warning("job %s failed: %s (%s)", job.id, failure.type, failure.message,
+                        exc_info=failure.type == "internal_error")
+            return self._fail(run, handler, failure)
+        log.info("job %s (%s) succeeded", job.id, job.kind)
+        return "succeeded"
+
+    def _retry(self, run: JobRun, failure: Failure) -> str:
+        try:
+            due = self.queue.retry(run.job, failure)
+        except LeaseLost:
+            self.queue.record_lost(run.job)
+            return "lease_lost"
+        log.info("job %s: next attempt at %s", run.job.id, due.isoformat())
+        return "retry"
+
+    def _fail(self, run: JobRun, handler: JobHandler, failure: Failure) -> str:
+        try:
+            with self.queue.db.write() as tx:
+                self.queue.fail(tx, run.job, failure)
+                handler.on_failure(tx, run.job, failure)
+        except LeaseLost:
+            self.queue.record_lost(run.job)
+            return "lease_lost"
+        return "failed"
+
+
+class WorkerPool:
+    """``threads`` claim loops over one queue; idle loops poll every ``poll_s`` seconds."""
+
+    def __init__(self, queue: JobQueue, handlers: Mapping[str, JobHandler], *, threads: int,
+                 poll_s: float, name: str) -> None:
+        self.queue = queue
+        self.poll_s = poll_s
+        self.workers = [Worker(queue, handlers, f"{name}:{i}") for i in range(max(1, threads))]
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> WorkerPool:
+        """Start one thread per worker."""
+        for worker in self.workers:
+            t = threading.Thread(target=self._loop, args=(worker,), daemon=True,
+                                 name=f"worker-{worker.name}")
+            t.start()
+            self._threads.append(t)
+        log.info("%d worker(s) started for kinds %s", len(self.workers),
+                 sorted(self.workers[0].handlers))
+        return self
+
+    def wake(self) -> None:
+        """Make idle loops look for jobs now (after an in-process enqueue)."""
+        self._wake.set()
+
+    def _loop(self, worker: Worker) -> None:
+        while not self._stop.is_set():
+            try:
+                outcome = worker.run_once()
+            except Exception:  # the database was busy or closed: wait and try again
+                log.exception("worker %s: claim loop error", worker.name)
+                outcome = None
+            if outcome is None and not self._stop.is_set():
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def stop(self, grace: float) -> None:
+        """Stop claiming; let running jobs finish for ``grace`` s, then hand the rest back."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + grace
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for worker, t in zip(self.workers, self._threads, strict=True):
+            run = worker.current
+            if t.is_alive() and run is not None:
+                run.lost.set()
+                try:
+                    self.queue.release(run.job)
+                    log.info("job %s handed back at shutdown", run.job.id)
+                except LeaseLost:
+                    pass
+
+
+def load_handlers(app: App, factories: Mapping[str, str] = HANDLER_FACTORIES,
+                  ) -> dict[str, JobHandler]:
+    """Build the handler of every kind whose module is installed (see the module docstring)."""
+    handlers: dict[str, JobHandler] = {}
+    for kind, spec in factories.items():
+        module_name, _, func = spec.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            log.info("no %s handler in this process (%s)", kind, exc)
+            continue
+        handler = getattr(module, func)(app)
+        if handler is not None:
+            handlers[kind] = handler
+    return handlers
+
+
+def queue_for(app: App) -> JobQueue:
+    """The job queue configured by the app's settings."""
+    s = app.settings
+    policy = RetryPolicy(max_attempts=s.job_max_attempts, base_s=s.job_retry_base_ms / 1000,
+                         max_s=float(s.job_retry_max_s))
+    return JobQueue(app.db, app.clock, lease_s=float(s.job_lease_s), retry=policy)
+
+
+def start_workers(app: App, handlers: Mapping[str, JobHandler] | None = None) -> WorkerPool:
+    """Start ``settings.workers`` claim loops in this process (the ``worker`` role)."""
+    queue = queue_for(app)
+    pool = WorkerPool(queue, load_handlers(app) if handlers is None else handlers,
+                      threads=app.settings.workers, poll_s=app.settings.job_poll_ms / 1000,
+                      name=f"{socket.gethostname()}:{os.getpid()}")
+    return pool.start()

@@ -1,0 +1,69 @@
+"""Session fixtures for transcription tests: the real whisper-base model (loaded once), real
+recorded speech encoded with libopus, and one shared transcription of it (CPU is scarce)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tapedeck.transcribe import Transcript, transcribe_ogg_opus
+from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
+from tapedeck.transcribe.whisper import WhisperEngine
+
+import asterisk_speech as speech
+from asterisk_speech import SpeechFile
+
+REPO = Path(__file__).resolve().parents[2]
+#: The same directory scripts/fetch-model fills by default.
+MODEL_DIR = REPO / ".cache" / "models" / "whisper-base"
+
+
+@pytest.fixture(scope="session")
+def whisper_dir() -> Path:
+    try:
+        return ensure_whisper_base(MODEL_DIR)
+    except ModelUnavailable as exc:
+        pytest.fail(f"{exc} (run scripts/fetch-model)")
+
+
+@pytest.fixture(scope="session")
+def engine(whisper_dir: Path) -> WhisperEngine:
+    """One loaded model for the whole session, like one per worker process."""
+    return WhisperEngine(str(whisper_dir), "whisper-base", threads=2)
+
+
+def _onsets_ms(names: tuple[str, ...], pause_s: float) -> tuple[int, ...]:
+    """Start of audible speech (first sample above -34 dBFS) of each prompt in the track."""
+    onsets, at = [], 0
+    for name in names:
+        pcm = speech.read_prompt(name)
+        first = int(np.argmax(np.abs(pcm) > 0.02))
+        onsets.append((at + first) * 1000 // speech.RATE)
+        at += len(pcm) + int(pause_s * speech.RATE)
+    return tuple(onsets)
+
+
+@pytest.fixture(scope="session")
+def speech_file(tmp_path_factory: pytest.TempPathFactory) -> SpeechFile:
+    """~59 s: twelve prompts with 0.6 s pauses, as Ogg Opus (opusenc, 24 kbit/s)."""
+    samples, reference = speech.speech_track(speech.PROMPTS, pause_s=0.6)
+    path = speech.encode_ogg_opus([samples], tmp_path_factory.mktemp("speech") / "speech.opus")
+    return SpeechFile(path, samples, reference, _onsets_ms(speech.PROMPTS, 0.6))
+
+
+@pytest.fixture(scope="session")
+def speech_transcript(engine: WhisperEngine, speech_file: SpeechFile) -> Transcript:
+    """The one full real-speech transcription, with language auto-detection."""
+    with speech_file.path.open("rb") as f:
+        return transcribe_ogg_opus(f, engine, None)
+
+
+@pytest.fixture(scope="session")
+def long_speech(speech_file: SpeechFile,
+                tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """5-minute and 30-minute single-stream recordings of the speech file's packets."""
+    d = tmp_path_factory.mktemp("long")
+    return (speech.repeat_packets(speech_file.path, 5 * 60, d / "5min.opus"),
+            speech.repeat_packets(speech_file.path, 30 * 60, d / "30min.opus"))

@@ -18,20 +18,27 @@ import json
 import os
 import secrets
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.errors import error
 from tapedeck.ids import base62, new_id, random_base62
 
+if TYPE_CHECKING:
+    import sqlite_utils
+
 ALL_SCOPES = frozenset(
     f"{res}:{op}"
     for res in ("recordings", "transcriptions", "devices", "end_users", "webhooks")
     for op in ("read", "write")
 )
+#: What a device token may do (api.md): its own recordings (create, upload, finalize, read)
+#: and heartbeats. Refreshing itself needs no scope: only a device token can, for itself.
 DEVICE_SCOPES = frozenset({"recordings:read", "recordings:write", "devices:heartbeat"})
 TOKEN_PREFIXES = ("sk_test_", "sk_live_", "rk_test_", "rk_live_", "dtok_test_", "dtok_live_")
 _BODY_LEN = 32
@@ -49,6 +56,7 @@ class Principal:
     device_id: str | None = None
     end_user_id: str | None = None
     recording_id: str | None = None  # upload tokens only
+    mode: str = "test"  # test | live: the mode of the credential (new credentials inherit it)
 
     def require(self, scope: str) -> None:
         """Raise ``forbidden`` unless this credential holds ``scope``."""
@@ -159,36 +167,60 @@ class Authenticator:
 
     def _key(self, token: str) -> Principal:
         row = self._db.read().execute(
-            "SELECT id, project_id, kind, token_hash, scopes, revoked_at FROM api_keys"
+            "SELECT id, project_id, kind, token_hash, scopes, revoked_at, mode FROM api_keys"
             " WHERE token_hash = ?", [hash_token(token)]).fetchone()
         if row is None or not hmac.compare_digest(row[3], hash_token(token)) or row[5]:
             raise error("unauthorized", "The API key is unknown or revoked.")
         scopes = ALL_SCOPES if row[2] == "secret" else frozenset(json.loads(row[4]))
-        return Principal(project_id=row[1], kind=row[2], credential_id=row[0], scopes=scopes)
+        return Principal(project_id=row[1], kind=row[2], credential_id=row[0], scopes=scopes,
+                         mode=row[6])
 
     def _device(self, token: str) -> Principal:
         row = self._db.read().execute(
-            "SELECT t.id, t.project_id, t.token_hash, t.revoked_at, d.id, d.end_user_id"
+            "SELECT t.id, t.project_id, t.token_hash, t.revoked_at, d.id, d.end_user_id, t.mode"
             " FROM device_tokens t JOIN devices d ON d.id = t.device_id"
             " WHERE t.token_hash = ?", [hash_token(token)]).fetchone()
         if row is None or not hmac.compare_digest(row[2], hash_token(token)) or row[3]:
             raise error("unauthorized", "The device token is unknown or revoked.")
         return Principal(project_id=row[1], kind="device", credential_id=row[0],
-                         scopes=DEVICE_SCOPES, device_id=row[4], end_user_id=row[5])
+                         scopes=DEVICE_SCOPES, device_id=row[4], end_user_id=row[5],
+                         mode=row[6])
+
+
+def insert_api_key(tx: sqlite_utils.Database, project_id: str, kind: str, mode: str,
+                   scopes: Iterable[str], name: str | None, now: str | None) -> tuple[str, str]:
+    """Store a new ``secret``/``restricted`` key (hash only) in the caller's write
+    transaction; return (key id, the key itself — shown once, never stored)."""
+    token = make_token(("sk_" if kind == "secret" else "rk_") + mode + "_")
+    key_id = new_id("key_")
+    tx.execute(
+        "INSERT INTO api_keys (id, project_id, kind, mode, token_hash, hint, scopes, name,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [key_id, project_id, kind, mode, hash_token(token), hint(token),
+         json.dumps(sorted(scopes)), name, now])
+    return key_id, token
+
+
+def insert_device_token(tx: sqlite_utils.Database, project_id: str, device_id: str, mode: str,
+                        now: str | None) -> tuple[str, str]:
+    """Store a new device token (hash only) in the caller's write transaction; return
+    (token id, the ``dtok_`` token itself — shown once, never stored)."""
+    token = make_token(f"dtok_{mode}_")
+    token_id = new_id("dtk_")
+    tx.execute(
+        "INSERT INTO device_tokens (id, device_id, project_id, mode, token_hash, hint,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [token_id, device_id, project_id, mode, hash_token(token), hint(token), now])
+    return token_id, token
 
 
 def create_project(db: Database, clock: Clock, name: str = "default") -> tuple[str, str]:
     """Create a project and its first secret key; return (project_id, key shown once)."""
     project_id = new_id("prj_")
-    key = make_token("sk_test_")
     now = iso(clock.now())
     with db.write() as tx:
         tx.execute("INSERT INTO projects VALUES (?, ?, ?)", [project_id, name, now])
-        tx.execute(
-            "INSERT INTO api_keys (id, project_id, kind, mode, token_hash, hint, scopes,"
-            " name, created_at) VALUES (?, ?, 'secret', 'test', ?, ?, ?, 'bootstrap', ?)",
-            [new_id("key_"), project_id, hash_token(key), hint(key),
-             json.dumps(sorted(ALL_SCOPES)), now])
+        _, key = insert_api_key(tx, project_id, "secret", "test", ALL_SCOPES, "bootstrap", now)
     return project_id, key
 
 
@@ -196,7 +228,6 @@ def issue_device_token(db: Database, clock: Clock, project_id: str,
                        device_id: str | None = None) -> tuple[str, str]:
     """Register ``device_id`` if new (bound, no end user) and issue a token shown once."""
     device_id = device_id or new_id("dev_")
-    token = make_token("dtok_test_")
     now = iso(clock.now())
     with db.write() as tx:
         if tx.execute("SELECT 1 FROM projects WHERE id = ?", [project_id]).fetchone() is None:
@@ -208,10 +239,7 @@ def issue_device_token(db: Database, clock: Clock, project_id: str,
                 [device_id, project_id, "bound", now])
         elif row[0] != project_id:
             raise error("device_not_found", f"No device {device_id} in this project.")
-        tx.execute(
-            "INSERT INTO device_tokens (id, device_id, project_id, mode, token_hash, hint,"
-            " created_at) VALUES (?, ?, ?, 'test', ?, ?, ?)",
-            [new_id("dtk_"), device_id, project_id, hash_token(token), hint(token), now])
+        _, token = insert_device_token(tx, project_id, device_id, "test", now)
     return device_id, token
 
 

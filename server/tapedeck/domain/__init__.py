@@ -13,7 +13,10 @@ from tapedeck.clock import Clock
 from tapedeck.db import Database
 from tapedeck.domain._base import Context, KeyedLocks
 from tapedeck.domain.chunks import Chunks
+from tapedeck.domain.devices import Devices
+from tapedeck.domain.end_users import EndUsers
 from tapedeck.domain.idempotency import IdempotencyStore
+from tapedeck.domain.keys import Keys
 from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
 from tapedeck.settings import Settings
@@ -31,6 +34,9 @@ class Domain:
     chunks: Chunks
     idempotency: IdempotencyStore
     limiter: RateLimiter
+    devices: Devices
+    end_users: EndUsers
+    keys: Keys
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -41,7 +47,8 @@ class Domain:
         return cls(ctx=ctx, auth=Authenticator(db, uploads, clock), uploads=uploads,
                    recordings=Recordings(ctx, uploads), chunks=Chunks(ctx),
                    idempotency=IdempotencyStore(db, clock),
-                   limiter=RateLimiter(clock, settings.rate_limit_per_s))
+                   limiter=RateLimiter(clock, settings.rate_limit_per_s),
+                   devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:

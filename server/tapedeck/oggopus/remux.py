@@ -110,7 +110,7 @@ class _Stitcher:
     def add_chunk(self, stream: BinaryIO) -> None:
         reader = OpusStreamReader(stream)
         out = self._begin(reader)
-        recent: deque[AudioPage] = deque()
+        recent = _Recent()
         first: list[_Packet] = []
         eos: AudioPage | None = None
         held: list[_Packet] = []
@@ -141,7 +141,7 @@ class _Stitcher:
             raise InvalidAudio("chunk has no audio after its pre-skip")
         self._chunks += 1
         self._chunk_samples += reader.samples
-        self._prev = _ChunkEnd(held, eos.trim, _tail(recent))
+        self._prev = _ChunkEnd(held, eos.trim, recent.tail())
 
     def _begin(self, reader: OpusStreamReader) -> OggStreamWriter:
         """Start the output with chunk 1's headers, or check a later chunk's layout."""
@@ -164,14 +164,11 @@ class _Stitcher:
         return self._out
 
     @staticmethod
-    def _next(reader: OpusStreamReader, recent: deque[AudioPage]) -> AudioPage:
+    def _next(reader: OpusStreamReader, recent: _Recent) -> AudioPage:
         page = reader.next_audio_page()
         if page is None:  # pragma: no cover - the reader raises on a missing EOS page
             raise InvalidAudio("stream ends without an end-of-stream page")
-        recent.append(page)
-        while len(recent) > 1 and sum(p.npackets for p in recent) - recent[0].npackets \
-                >= MAX_OVERLAP_PACKETS:
-            recent.popleft()
+        recent.add(page)
         return page
 
     # -- boundaries --------------------------------------------------------------------------
@@ -279,8 +276,23 @@ def _overlap(tail: list[bytes], first: list[_Packet], pre_skip: int) -> int:
     return 0
 
 
-def _tail(recent: deque[AudioPage]) -> list[bytes]:
-    packets: list[bytes] = []
-    for page in recent:
-        packets.extend(page.packets())
-    return packets[-MAX_OVERLAP_PACKETS:]
+class _Recent:
+    """The last pages of a chunk: enough to hold its last ``MAX_OVERLAP_PACKETS`` packets."""
+
+    def __init__(self) -> None:
+        self._pages: deque[AudioPage] = deque()
+        self._count = 0  # packets in self._pages
+
+    def add(self, page: AudioPage) -> None:
+        pages = self._pages
+        pages.append(page)
+        self._count += page.npackets
+        while len(pages) > 1 and self._count - pages[0].npackets >= MAX_OVERLAP_PACKETS:
+            self._count -= pages.popleft().npackets
+
+    def tail(self) -> list[bytes]:
+        """The last ``MAX_OVERLAP_PACKETS`` packets (fewer if the chunk is shorter)."""
+        packets: list[bytes] = []
+        for page in self._pages:
+            packets.extend(page.packets())
+        return packets[-MAX_OVERLAP_PACKETS:]

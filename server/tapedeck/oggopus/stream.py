@@ -47,7 +47,7 @@ class AudioPage:
     """
 
     page: RawPage
-    ends: list[int]
+    npackets: int
     durations: list[int]
     samples: int
     prefix: bytes | None
@@ -55,14 +55,10 @@ class AudioPage:
     trim: int = 0
     _packets: list[bytes] | None = field(default=None, repr=False)
 
-    @property
-    def npackets(self) -> int:
-        return len(self.ends)
-
     def packets(self) -> list[bytes]:
         """The complete packets ending on this page, in order."""
-        if self._packets is None:
-            self._packets = _slice_packets(self.page, self.ends, self.prefix)
+        if self._packets is None:  # only fast-path pages: no prefix, no open packet
+            self._packets = _slice_packets(self.page, packet_ends(self.page.segments)[0], None)
         return self._packets
 
 
@@ -215,19 +211,23 @@ class OpusStreamReader:
         else:  # no packet ends here: the page only continues (or is empty)
             self._carry = (prefix or b"") + tail if open_end else prefix
         self_contained = prefix is None and not open_end and bool(ends)
-        return AudioPage(page, ends, durations, sum(durations), prefix, self_contained,
+        return AudioPage(page, len(ends), durations, sum(durations), prefix, self_contained,
                          _packets=packets)
 
     def _measure_simple(self, page: RawPage, segments: bytes) -> AudioPage:
-        """Fast path: every lacing value is one whole packet of 1..254 bytes."""
-        ends = list(accumulate(segments))
-        base = 27 + page.nseg
-        data = page.data
-        tocs = bytes(map(data.__getitem__, accumulate(segments[:-1], initial=base)))
+        """Fast path: every lacing value is one whole packet of 1..254 bytes, so packet i
+        starts at the sum of the first i lacing values and its TOC byte is found directly.
+        """
+        n = len(segments)
+        tocs = bytes(map(page.data.__getitem__, accumulate(segments[:-1], initial=27 + n)))
+        first = TOC_SAMPLES[tocs[0]]
+        if first >= 0 and tocs.count(tocs[0]) == n:  # one TOC for the whole page (typical)
+            return AudioPage(page, n, [first] * n, first * n, None, True)
         durations = list(map(TOC_SAMPLES.__getitem__, tocs))
         if min(durations) < 0:
+            ends = list(accumulate(segments))
             durations = [packet_duration(p) for p in _slice_packets(page, ends, None)]
-        return AudioPage(page, ends, durations, sum(durations), None, True)
+        return AudioPage(page, n, durations, sum(durations), None, True)
 
     def _check_granule(self, audio: AudioPage) -> None:
         page = audio.page

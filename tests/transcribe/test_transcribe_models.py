@@ -18,6 +18,7 @@ from tapedeck.transcribe.models import (
     ensure_whisper_base,
     resolve_model,
 )
+from tapedeck.transcribe.whisper import load_engine
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,3 +97,14 @@ def test_fetch_model_script(scratch: Path) -> None:
                          capture_output=True, text=True, cwd=REPO).stdout
     assert {Path(line.split()[1]).name: line.split()[0] for line in out.splitlines()} == EXPECTED
     assert {p.name: _sha256(p) for p in dest.iterdir()} == EXPECTED
+
+
+@pytest.mark.parametrize("setting", ["empty-dir", "tapedeck-no-such-model"])
+def test_unloadable_model_setting_is_model_unavailable(scratch: Path, setting: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # belt and braces: never reach for a hub
+    if setting == "empty-dir":
+        (scratch / "empty").mkdir()
+        setting = str(scratch / "empty")
+    with pytest.raises(ModelUnavailable, match="cannot load whisper model"):
+        load_engine(setting, scratch)

@@ -17,7 +17,7 @@ from faster_whisper import WhisperModel
 
 from tapedeck.transcribe import Segment, TranscriptionFailed, WindowResult, Word
 from tapedeck.transcribe.decode import Samples
-from tapedeck.transcribe.models import resolve_model
+from tapedeck.transcribe.models import ModelUnavailable, resolve_model
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,10 @@ class WhisperOptions:
 
 
 class WhisperEngine:
-    """A ``TranscriptionEngine`` over one loaded ``faster_whisper.WhisperModel``."""
+    """A ``TranscriptionEngine`` over one loaded ``faster_whisper.WhisperModel``.
+
+    Build one per worker process and reuse it for every job; call ``transcribe_window``
+    from one thread at a time (parallelism comes from ``threads`` inside CTranslate2)."""
 
     def __init__(
         self,
@@ -95,6 +98,11 @@ def load_engine(
     setting: str, cache_dir: Path, threads: int = 2, options: WhisperOptions | None = None
 ) -> WhisperEngine:
     """Build the engine from the ``whisper_model`` setting (see ``models.resolve_model``):
-    empty → the bundled whisper-base, assembled under ``cache_dir`` on first use."""
+    empty → the bundled whisper-base, assembled under ``cache_dir`` on first use. Raises
+    ``ModelUnavailable`` when the model cannot be assembled or loaded."""
     name, path = resolve_model(setting, cache_dir)
-    return WhisperEngine(path, name, threads, options)
+    try:
+        return WhisperEngine(path, name, threads, options)
+    except Exception as exc:  # CTranslate2 / huggingface_hub errors, whatever their type
+        raise ModelUnavailable(f"cannot load whisper model {setting or name!r} from {path!r}: "
+                               f"{type(exc).__name__}: {exc}") from exc

@@ -13,8 +13,9 @@
   on the same directory reuse them.
 - ``start()`` returns only once a signed ``bucket_exists`` succeeds; if the process exits
   first, or the timeout passes, it raises ``WeedStartError`` with the tail of the log.
-- Output goes to ``data_dir/weed.log`` (rotated once to ``weed.log.1`` when over 64 MiB at
-  start). ``GOMEMLIMIT`` caps the Go heap.
+- Output (banner, warnings, errors) goes to ``data_dir/weed.log`` (rotated once to
+  ``weed.log.1`` when over 64 MiB at start); weed's own rotated logs go to
+  ``data_dir/logs``. ``GOMEMLIMIT`` caps the Go heap.
 - ``stop()`` sends SIGTERM, then SIGKILL after ``stop_grace`` seconds, and removes the unix
   sockets the process leaves behind. A crashed (kill -9) instance can be started again on
   the same directory: acknowledged objects survive.
@@ -324,6 +325,7 @@ class ManagedWeed:
             return
         self._reap()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (self.data_dir / "logs").mkdir(exist_ok=True)
         binary = self._binary or find_weed_binary()
         ports = self._choose_ports()
         for attempt in range(_PORT_RACE_ATTEMPTS):
@@ -394,7 +396,11 @@ class ManagedWeed:
     def _command(self, binary: str, ports: dict[str, int]) -> list[str]:
         args = [
             binary,
-            "-logtostderr",
+            # glog files (INFO and up, rotated) under data_dir/logs; warnings and the
+            # startup banner also reach stderr, i.e. weed.log.
+            f"-logdir={self.data_dir / 'logs'}",
+            "-log_max_size_mb=64",
+            "-log_max_files=3",
             "mini",
             f"-dir={self.data_dir}",
             f"-ip={HOST}",
@@ -407,6 +413,8 @@ class ManagedWeed:
             # Like every other S3 store: a PUT into a missing bucket fails (NoSuchBucket)
             # instead of silently creating it; buckets are made by S3Store.ensure_bucket().
             "-s3.autoCreateBucket=false",
+            # One node: no peers to warn before the volume server stops (faster stop).
+            "-volume.preStopSeconds=0",
         ]
         args += [f"-{name}={ports[name]}" for name in _PORT_NAMES]
         if self.volume_size_limit_mb is not None:

@@ -79,6 +79,10 @@ class App:
             from tapedeck.worker import start_workers
 
             self.services.append(start_workers(self))
+        if "dispatcher" in roles:
+            from tapedeck.webhooks import start_dispatcher
+
+            self.services.append(start_dispatcher(self))
         # Each role's module is imported only when that role runs in this process.
         # Contract: start_X(app) -> Service, started; it may set app.http_port.
 

@@ -96,9 +96,62 @@ def m0002_job_runs(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_kind_claim ON jobs(kind, status, run_after)")
 
 
+def m0003_webhooks(db: sqlite_utils.Database) -> None:
+    """Webhook endpoints, the fan-out queue, deliveries, their attempts, live dispatchers.
+
+    ``webhook_outbox`` is filled by a trigger on ``events`` (so it commits with the event and
+    domain code stays unaware); the dispatcher turns each row into deliveries and deletes it in
+    one transaction. Secrets are stored only AES-GCM sealed (``secret_sealed``)."""
+    for sql in _WEBHOOKS_SQL:
+        db.execute(sql)
+
+
+_WEBHOOKS_SQL = [
+    """CREATE TABLE webhook_endpoints (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id),
+        url TEXT NOT NULL, description TEXT, events TEXT NOT NULL,
+        secret_sealed TEXT NOT NULL, secret_hint TEXT NOT NULL,
+        status TEXT NOT NULL,          -- enabled | disabled | deleted
+        disabled_reason TEXT,
+        start_after_seq INTEGER NOT NULL,  -- outbox rows at or below this predate it
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, deleted_at TEXT)""",
+    "CREATE INDEX webhook_endpoints_project ON webhook_endpoints(project_id, status)",
+    """CREATE TABLE webhook_outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL)""",
+    """CREATE TRIGGER events_webhook_outbox AFTER INSERT ON events BEGIN
+        INSERT INTO webhook_outbox (event_id) VALUES (NEW.id); END""",
+    """CREATE TABLE webhook_deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+        endpoint_id TEXT NOT NULL REFERENCES webhook_endpoints(id),
+        event_id TEXT NOT NULL, project_id TEXT NOT NULL,
+        origin TEXT NOT NULL,          -- fanout | replay
+        status TEXT NOT NULL,          -- pending | succeeded | failed | cancelled
+        attempts INTEGER NOT NULL DEFAULT 0, next_attempt_at TEXT, lease_owner TEXT,
+        last_status_code INTEGER, last_error TEXT,
+        created_at TEXT NOT NULL, updated_at TEXT NOT NULL, completed_at TEXT)""",
+    """CREATE UNIQUE INDEX webhook_deliveries_fanout
+        ON webhook_deliveries(endpoint_id, event_id) WHERE origin = 'fanout'""",
+    "CREATE INDEX webhook_deliveries_due ON webhook_deliveries(status, next_attempt_at)",
+    """CREATE INDEX webhook_deliveries_endpoint_due
+        ON webhook_deliveries(endpoint_id, status, next_attempt_at, seq)""",
+    "CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries(endpoint_id, seq)",
+    """CREATE INDEX webhook_deliveries_leased ON webhook_deliveries(lease_owner)
+        WHERE lease_owner IS NOT NULL""",
+    """CREATE TABLE webhook_attempts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, delivery_id TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL, event_id TEXT NOT NULL, attempt INTEGER NOT NULL,
+        attempted_at TEXT NOT NULL, status_code INTEGER, latency_ms INTEGER, error TEXT)""",
+    "CREATE INDEX webhook_attempts_delivery ON webhook_attempts(delivery_id, id)",
+    """CREATE TABLE webhook_dispatchers (
+        owner TEXT PRIMARY KEY, host_key TEXT NOT NULL, pid INTEGER NOT NULL,
+        pid_start TEXT NOT NULL, started_at TEXT NOT NULL, heartbeat_at TEXT NOT NULL)""",
+]
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
+    m0003_webhooks,
 ]
 
 

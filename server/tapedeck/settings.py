@@ -69,6 +69,12 @@ class Settings:
     whisper_threads: int = field(default=2, metadata={"help": "CPU threads for transcription"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
+    webhooks_timeout_s: int = field(default=30, metadata={
+        "help": "a webhook attempt (connect, TLS, request, response head) must finish within"})
+    webhooks_workers: int = field(default=8, metadata={
+        "help": "concurrent webhook attempts per dispatcher"})
+    webhooks_per_endpoint: int = field(default=1, metadata={
+        "help": "concurrent attempts per endpoint (1 keeps a healthy endpoint's events in order)"})
     log_format: str = field(default="auto", metadata={"help": "json, text or auto"})
 
     @property

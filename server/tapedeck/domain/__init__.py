@@ -21,6 +21,8 @@ from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
+from tapedeck.webhooks.endpoints import Webhooks
+from tapedeck.webhooks.secretbox import SecretBox
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Domain:
     devices: Devices
     end_users: EndUsers
     keys: Keys
+    webhooks: Webhooks
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -48,7 +51,8 @@ class Domain:
                    recordings=Recordings(ctx, uploads), chunks=Chunks(ctx),
                    idempotency=IdempotencyStore(db, clock),
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
-                   devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx))
+                   devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
+                   webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:

@@ -1,0 +1,32 @@
+"""Webhooks: endpoints (``endpoints.Webhooks``), Standard Webhooks signing (``signing``),
+sealed secrets (``secretbox``), SSRF policy (``netguard``), the HTTP transport
+(``transport``) and the durable dispatcher (``dispatcher``).
+
+``start_dispatcher(app)`` is the ``dispatcher`` process role: it builds a ``Dispatcher`` from
+the app's settings and starts it. (Submodules are imported on use, so importing the domain
+does not pull in the dispatcher.)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tapedeck.app import App
+    from tapedeck.webhooks.dispatcher import Dispatcher
+
+
+def start_dispatcher(app: App) -> Dispatcher:
+    """Build the dispatcher from ``app.settings`` (policy, timeout, pool sizes) and start it."""
+    from tapedeck.webhooks.dispatcher import Dispatcher
+    from tapedeck.webhooks.netguard import NetGuard, NetPolicy
+    from tapedeck.webhooks.secretbox import SecretBox
+    from tapedeck.webhooks.transport import GuardedTransport
+
+    s = app.settings
+    transport = GuardedTransport(NetGuard(NetPolicy(allow_private=s.webhooks_allow_private)))
+    dispatcher = Dispatcher(app.db, app.clock, SecretBox.from_data_dir(s.data_dir), transport,
+                            timeout_s=float(s.webhooks_timeout_s), workers=s.webhooks_workers,
+                            per_endpoint=s.webhooks_per_endpoint)
+    dispatcher.start()
+    return dispatcher

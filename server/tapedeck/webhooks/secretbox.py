@@ -1,0 +1,63 @@
+"""Encryption at rest of webhook signing secrets.
+
+The dispatcher must sign with the plaintext secret, so it cannot be stored as a hash. It is
+sealed with AES-256-GCM under a key kept in the data directory (``webhook-secrets.key``,
+mode 0600, never in SQLite). The endpoint id is the associated data, so a sealed secret
+copied onto another endpoint's row does not open. Format: ``v1.`` + urlsafe base64 of
+``nonce(12) || ciphertext || tag(16)``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+KEY_FILE = "webhook-secrets.key"
+_VERSION = "v1."
+_NONCE = 12
+
+
+class SecretBox:
+    """Seals and opens short secrets with one AES-256-GCM key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("SecretBox needs a 32-byte key")
+        self._aead = AESGCM(key)
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path) -> SecretBox:
+        """Load (or create, mode 0600, fsynced) ``DATA/webhook-secrets.key``."""
+        path = data_dir / KEY_FILE
+        if not path.exists():
+            data_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # another process created it first
+                return cls(path.read_bytes())
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+        return cls(path.read_bytes())
+
+    def seal(self, plaintext: str, associated: str) -> str:
+        """Encrypt ``plaintext`` bound to ``associated`` (e.g. the endpoint id)."""
+        nonce = secrets.token_bytes(_NONCE)
+        ct = self._aead.encrypt(nonce, plaintext.encode(), associated.encode())
+        return _VERSION + base64.urlsafe_b64encode(nonce + ct).decode()
+
+    def open(self, sealed: str, associated: str) -> str:
+        """Decrypt a value from ``seal``; ValueError if tampered, foreign or malformed."""
+        if not sealed.startswith(_VERSION):
+            raise ValueError("unknown sealed-secret version")
+        try:
+            raw = base64.urlsafe_b64decode(sealed[len(_VERSION):])
+            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode()).decode()
+        except (InvalidTag, ValueError):
+            raise ValueError("sealed secret does not open with this key") from None

@@ -1,0 +1,205 @@
+"""The agent's gRPC client: the five calls it needs, and server errors turned into
+``ServerError`` with a retry class (transient / recording / credentials).
+
+Only ``tapedeck.v1`` (generated code), grpc, grpc_status and protobuf are imported: nothing
+from the server.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
+
+ERROR_DOMAIN = "tapedeck.dev"
+UPLOAD_PIECE = 64 * 1024
+#: Metadata key carrying the agent's local recording id (to find a recording whose create
+#: response was lost in a crash).
+LOCAL_ID_KEY = "agent_recording_id"
+
+_C = grpc.StatusCode
+#: Error types that concern the agent's credentials: nothing will work until an operator acts.
+CREDENTIAL_TYPES = {"unauthorized", "forbidden"}
+#: Error types that are worth retrying later, whatever the recording.
+TRANSIENT_TYPES = {"storage_unavailable", "rate_limit_exceeded", "idempotency_conflict",
+                   "internal_error"}
+#: gRPC codes without an ErrorInfo that are worth retrying (network, overload, server bugs).
+TRANSIENT_CODES = {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.RESOURCE_EXHAUSTED, _C.ABORTED,
+                   _C.INTERNAL, _C.UNKNOWN, _C.CANCELLED}
+
+
+@dataclass
+class ServerError(Exception):
+    """An error answer (or no answer) from the server.
+
+    ``kind`` says what to do: ``transient`` (retry with backoff), ``credentials`` (stop all
+    uploads until an operator fixes the token), ``recording`` (park this recording), or
+    ``mismatch`` (``chunk_mismatch`` / ``checksum_mismatch``: repair and retry).
+    """
+
+    type: str
+    message: str
+    code: grpc.StatusCode | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(f"{self.type}: {self.message}")
+
+    @property
+    def kind(self) -> str:
+        if self.type in ("chunk_mismatch", "checksum_mismatch"):
+            return "mismatch"
+        if self.type in CREDENTIAL_TYPES or self.code in (_C.UNAUTHENTICATED,
+                                                          _C.PERMISSION_DENIED):
+            return "credentials"
+        if self.type in TRANSIENT_TYPES or (self.type == "rpc_error"
+                                            and self.code in TRANSIENT_CODES):
+            return "transient"
+        return "recording"
+
+
+def parse_rpc_error(err: grpc.RpcError) -> ServerError:
+    """The server's ErrorInfo (reason → lower-case type, metadata JSON-decoded), or for
+    errors without one (connection refused, deadline) a ``rpc_error`` with the gRPC code."""
+    code: grpc.StatusCode | None = err.code() if hasattr(err, "code") else None
+    message = err.details() if hasattr(err, "details") else str(err)
+    try:
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    except ValueError:
+        status = None
+    if status is not None:
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == ERROR_DOMAIN:
+                details = {k: _json_or_text(v) for k, v in info.metadata.items()}
+                return ServerError(info.reason.lower(), status.message, code, details)
+    return ServerError("rpc_error", f"{code.name if code else 'no status'}: {message}", code)
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
+
+
+def status_name(value: int) -> str:
+    """``RECORDING_STATUS_UPLOADED`` → ``uploaded``."""
+    name = recording_pb2.RecordingStatus.Name(value)  # type: ignore[arg-type]
+    return name.removeprefix("RECORDING_STATUS_").lower()
+
+
+@dataclass(frozen=True)
+class RemoteRecording:
+    """What the agent needs to know about a server recording."""
+
+    id: str
+    status: str
+    max_chunks: int | None
+
+
+def _remote(rec: recording_pb2.Recording) -> RemoteRecording:
+    return RemoteRecording(rec.id, status_name(rec.status), rec.max_chunks or None)
+
+
+class AgentClient:
+    """One gRPC channel to the server, authenticated with the device token."""
+
+    def __init__(self, target: str, token: str, *, tls: bool = False, timeout_s: float = 30.0,
+                 reconnect_max_s: float = 10.0) -> None:
+        options = [
+            # Reconnect quickly after an outage; the uploader does its own backoff.
+            ("grpc.initial_reconnect_backoff_ms", 500),
+            ("grpc.min_reconnect_backoff_ms", 500),
+            ("grpc.max_reconnect_backoff_ms", int(reconnect_max_s * 1000)),
+            ("grpc.keepalive_time_ms", 60_000),
+        ]
+        if tls:
+            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+        else:
+            self._channel = grpc.insecure_channel(target, options)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout_s
+        self._recordings = recording_pb2_grpc.RecordingServiceStub(self._channel)
+        self._chunks = chunk_pb2_grpc.ChunkServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, method: Any, request: Any) -> Any:
+        try:
+            return method(request, timeout=self._timeout, metadata=self._metadata)
+        except grpc.RpcError as err:
+            raise parse_rpc_error(err) from None
+
+    def create_recording(self, *, local_id: str, name: str, started_at: str,
+                         chunk_duration_ms: int,
+                         estimated_duration_ms: int | None) -> RemoteRecording:
+        """Create a streaming Opus recording tagged with the agent's ``local_id``."""
+        start = Timestamp()
+        start.FromDatetime(datetime.strptime(started_at, "%Y-%m-%dT%H:%M:%S.%fZ")
+                           .replace(tzinfo=UTC))
+        req = recording_pb2.CreateRecordingRequest(
+            name=name, start_time=start, codec=recording_pb2.CODEC_OPUS, streaming=True,
+            chunk_duration_ms=chunk_duration_ms, metadata={LOCAL_ID_KEY: local_id},
+            idempotency_key=local_id)
+        if estimated_duration_ms is not None:
+            req.estimated_duration_ms = estimated_duration_ms
+        return _remote(self._call(self._recordings.CreateRecording, req).recording)
+
+    def find_recording(self, local_id: str, pages: int = 20) -> RemoteRecording | None:
+        """This device's recording created for ``local_id``, if a create reached the server
+        (searched newest first through at most ``pages`` pages of 100)."""
+        token = ""
+        for _ in range(pages):
+            resp = self._call(self._recordings.ListRecordings,
+                              recording_pb2.ListRecordingsRequest(page_size=100,
+                                                                  page_token=token))
+            for rec in resp.recordings:
+                if rec.metadata.get(LOCAL_ID_KEY) == local_id:
+                    return _remote(rec)
+            token = resp.next_page_token
+            if not token:
+                return None
+        return None
+
+    def get_recording(self, recording_id: str) -> RemoteRecording:
+        resp = self._call(self._recordings.GetRecording,
+                          recording_pb2.GetRecordingRequest(id=recording_id))
+        return _remote(resp.recording)
+
+    def upload_chunk(self, recording_id: str, part: int, data: bytes, md5: str) -> bool:
+        """Send one chunk (header, then 64 KiB pieces); returns ``already_stored``."""
+
+        def messages() -> Iterator[chunk_pb2.UploadChunkRequest]:
+            yield chunk_pb2.UploadChunkRequest(header=chunk_pb2.ChunkHeader(
+                recording_id=recording_id, part=part, md5=md5, size_bytes=len(data)))
+            for i in range(0, len(data), UPLOAD_PIECE):
+                yield chunk_pb2.UploadChunkRequest(data=data[i : i + UPLOAD_PIECE])
+
+        resp = self._call(self._chunks.UploadChunk, messages())
+        return bool(resp.already_stored)
+
+    def list_chunks(self, recording_id: str) -> dict[int, str]:
+        """The chunks the server holds: part → md5."""
+        resp = self._call(self._chunks.ListChunks,
+                          chunk_pb2.ListChunksRequest(recording_id=recording_id))
+        return {c.part: c.md5 for c in resp.chunks}
+
+    def finalize(self, recording_id: str, total_chunks: int, duration_ms: int,
+                 checksum_md5: str) -> str:
+        """Finalize; returns the recording's status afterwards."""
+        resp = self._call(self._recordings.FinalizeRecording,
+                          recording_pb2.FinalizeRecordingRequest(
+                              id=recording_id, total_chunks=total_chunks,
+                              final_duration_ms=duration_ms, checksum_md5=checksum_md5))
+        return status_name(resp.status)

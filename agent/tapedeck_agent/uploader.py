@@ -1,0 +1,264 @@
+"""The uploader: creates server recordings, uploads spooled chunks oldest first, reconciles
+with the server after a restart, and finalizes.
+
+One ``step()`` does one unit of work on the oldest recording that has any:
+  1. no server id yet → find it (if an earlier create may have reached the server) or create;
+  2. not reconciled by this process → ``ListChunks``: local chunks whose md5 the server
+     already holds are marked uploaded (never sent twice), others are marked pending;
+  3. a pending chunk → ``UploadChunk`` with its md5;
+  4. closed and nothing pending → ``FinalizeRecording`` with total_chunks, final_duration_ms
+     and checksum_md5 (MD5 of all chunk bytes in part order).
+
+Errors (see ``client.ServerError.kind``):
+  - transient (server down, connection refused, deadline, storage_unavailable …): ``run()``
+    waits with exponential backoff and full jitter, then tries again;
+  - credentials (unauthorized, forbidden): uploads stop until the agent restarts with a
+    valid token (agent state ``uploader = blocked: …``); capture continues into the spool;
+  - recording (recording_not_found, recording_expired, invalid_request …): that recording is
+    parked for an operator (``tapedeck-agent retry``), its files kept; others go on;
+  - ``chunk_mismatch`` on finalize → the missing parts are marked pending and re-uploaded;
+    ``checksum_mismatch`` → a fresh ``ListChunks`` marks every part whose md5 differs pending.
+
+Heartbeats: the devices API (``POST /v1/devices/me/heartbeat``) has no gRPC method yet. When
+it exists, send ``heartbeat_fields()`` from ``run()``'s idle branch every minute.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from tapedeck_agent.client import AgentClient, ServerError
+from tapedeck_agent.config import AgentConfig
+from tapedeck_agent.spool import ChunkRow, RecordingRow, Spool
+
+log = logging.getLogger("tapedeck_agent.uploader")
+MAX_CHECKSUM_FAILURES = 5
+MAX_FINALIZE_REPAIRS = 3
+RECOVER_EVERY_S = 30.0
+
+
+class Uploader:
+    """Works through the spool with one ``AgentClient``. Call ``run()`` in a thread; only
+    the process holding the spool's uploader lock should run one."""
+
+    def __init__(self, cfg: AgentConfig, spool: Spool, client: AgentClient,
+                 rng: random.Random | None = None) -> None:
+        self.cfg = cfg
+        self.spool = spool
+        self.client = client
+        self.blocked: str | None = None
+        self._rng = rng or random.Random()
+        self._reconciled: set[str] = set()
+        self._repairs: dict[str, int] = {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failures = 0
+        self._last_recover = 0.0
+
+    # -- the loop -------------------------------------------------------------------------
+    def notify(self) -> None:
+        """New work (a chunk or a closed recording) is in the spool."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """Upload until ``stop()``: back off after transient errors, sleep when idle."""
+        self.spool.set_state("uploader", "running")
+        while not self._stop.is_set():
+            self._maybe_recover()
+            try:
+                worked = self.step()
+            except ServerError as exc:
+                self._back_off(exc)
+                continue
+            except OSError as exc:  # e.g. a DNS or socket error outside gRPC
+                self._back_off(ServerError("rpc_error", str(exc)))
+                continue
+            if self._failures:
+                log.info("server reachable again after %d failed attempt(s)", self._failures)
+                self.spool.set_state("uploader", "running")
+                self._failures = 0
+            if not worked:
+                self._wake.wait(timeout=RECOVER_EVERY_S)
+                self._wake.clear()
+        self.spool.set_state("uploader", self.blocked or "stopped")
+
+    def _back_off(self, exc: ServerError) -> None:
+        """Sleep min(max, initial·2^n) scaled by a random factor in [0.5, 1] (jitter)."""
+        self._failures += 1
+        ceiling = min(self.cfg.backoff_max_s,
+                      self.cfg.backoff_initial_s * 2 ** min(self._failures - 1, 30))
+        delay = ceiling * self._rng.uniform(0.5, 1.0)
+        self.spool.set_state("uploader", f"retrying: {exc.type} ({exc.message})")
+        log.warning("upload attempt failed (%s: %s); retry %d in %.1f s", exc.type,
+                    exc.message, self._failures, delay)
+        self._stop.wait(delay)
+
+    def _maybe_recover(self) -> None:
+        """Close recordings of dead capture processes, register orphan chunk files."""
+        now = time.monotonic()
+        if now - self._last_recover >= RECOVER_EVERY_S:
+            self._last_recover = now
+            for line in self.spool.recover():
+                log.warning("spool recovery: %s", line)
+
+    def idle(self) -> bool:
+        """Nothing left that this uploader could do now."""
+        if self.blocked:
+            return True
+        return not any(rec.state == "closed" or pending or rec.server_id is None
+                       for rec, pending in self.spool.pending())
+
+    # -- one unit of work -------------------------------------------------------------------
+    def step(self) -> bool:
+        """Do the next unit of work; False if there was none. Raises transient errors."""
+        if self.blocked:
+            return False
+        for rec, pending in self.spool.pending():
+            action = self._next_action(rec, pending)
+            if action is None:
+                continue
+            try:
+                action()
+            except ServerError as exc:
+                self._handle(rec, exc)
+            return True
+        return False
+
+    def _next_action(self, rec: RecordingRow, pending: list[ChunkRow]) -> Any:
+        if rec.server_id is None:
+            return lambda: self._create(rec)
+        if rec.local_id not in self._reconciled:
+            return lambda: self._reconcile(rec, rec.server_id)
+        if pending:
+            return lambda: self._upload(rec, rec.server_id, pending[0])
+        if rec.state == "closed":
+            return lambda: self._finalize(rec, rec.server_id)
+        return None
+
+    def _handle(self, rec: RecordingRow, exc: ServerError) -> None:
+        """Sort a non-transient error; re-raise transient ones for ``run()`` to back off."""
+        kind = exc.kind
+        if kind == "transient":
+            raise exc
+        if kind == "credentials":
+            self.blocked = f"blocked: {exc.type} ({exc.message}); fix the token and restart"
+            self.spool.set_state("uploader", self.blocked)
+            log.error("uploads stopped: the server refused the device token (%s: %s); "
+                      "capture continues into the spool", exc.type, exc.message)
+            return
+        reason = f"{exc.type}: {exc.message}"
+        self.spool.park(rec.local_id, reason)
+        log.error("recording %s (server %s) parked for an operator: %s", rec.local_id,
+                  rec.server_id, reason)
+
+    # -- actions ------------------------------------------------------------------------------
+    def _create(self, rec: RecordingRow) -> None:
+        remote = None
+        if rec.create_attempted:
+            remote = self.client.find_recording(rec.local_id)
+        if remote is None:
+            self.spool.mark_create_attempted(rec.local_id)
+            estimate = rec.duration_ms if rec.state == "closed" else rec.estimated_duration_ms
+            remote = self.client.create_recording(
+                local_id=rec.local_id, name=rec.name, started_at=rec.started_at,
+                chunk_duration_ms=rec.chunk_duration_ms, estimated_duration_ms=estimate)
+            self._reconciled.add(rec.local_id)  # a brand-new recording holds no chunks
+        self.spool.set_server_id(rec.local_id, remote.id, remote.max_chunks)
+        log.info("recording %s is %s on the server (max %s chunks)", rec.local_id, remote.id,
+                 remote.max_chunks)
+
+    def _reconcile(self, rec: RecordingRow, server_id: str) -> None:
+        on_server = self.client.list_chunks(server_id)
+        changed = 0
+        for chunk in self.spool.chunks(rec.local_id):
+            held = on_server.get(chunk.part) == chunk.md5
+            if bool(chunk.uploaded) != held:
+                self.spool.set_uploaded(rec.local_id, chunk.part, held)
+                changed += 1
+        self._reconciled.add(rec.local_id)
+        log.info("reconciled %s with %s: server holds %d chunk(s), %d manifest change(s)",
+                 rec.local_id, server_id, len(on_server), changed)
+
+    def _upload(self, rec: RecordingRow, server_id: str, chunk: ChunkRow) -> None:
+        try:
+            data = self.spool.read_chunk(rec.local_id, chunk.part)
+        except FileNotFoundError:
+            raise ServerError("local_chunk_missing",
+                              f"chunk file {chunk.part} is gone from the spool") from None
+        if hashlib.md5(data).hexdigest() != chunk.md5:
+            raise ServerError("local_chunk_corrupt",
+                              f"chunk file {chunk.part} no longer matches its md5")
+        try:
+            already = self.client.upload_chunk(server_id, chunk.part, data, chunk.md5)
+        except ServerError as exc:
+            if exc.type == "checksum_mismatch":  # damaged in transit: retry, within reason
+                failures = self.spool.record_checksum_failure(rec.local_id, chunk.part)
+                if failures < MAX_CHECKSUM_FAILURES:
+                    raise ServerError("storage_unavailable", str(exc), exc.code) from None
+            raise
+        self.spool.record_upload(rec.local_id, chunk.part, already)
+        log.info("uploaded chunk %d of %s to %s (%d bytes%s)", chunk.part, rec.local_id,
+                 server_id, chunk.size, ", already stored" if already else "")
+
+    def _finalize(self, rec: RecordingRow, server_id: str) -> None:
+        chunks = self.spool.chunks(rec.local_id)
+        md5 = hashlib.md5()
+        for chunk in chunks:
+            md5.update(self.spool.read_chunk(rec.local_id, chunk.part))
+        try:
+            status = self.client.finalize(server_id, len(chunks), rec.duration_ms or 0,
+                                          md5.hexdigest())
+        except ServerError as exc:
+            if exc.kind != "mismatch":
+                raise
+            self._repair(rec, chunks, exc)
+            return
+        self.spool.mark_finalized(rec.local_id, status)
+        log.info("finalized %s as %s: %d chunk(s), %d ms, md5 %s -> status %s", rec.local_id,
+                 server_id, len(chunks), rec.duration_ms or 0, md5.hexdigest(), status)
+
+    def _repair(self, rec: RecordingRow, chunks: list[ChunkRow], exc: ServerError) -> None:
+        """After a refused finalize: mark what the server lacks (or holds wrongly) pending."""
+        tries = self._repairs.get(rec.local_id, 0) + 1
+        self._repairs[rec.local_id] = tries
+        if tries > MAX_FINALIZE_REPAIRS:
+            raise ServerError(exc.type, f"still refused after {tries - 1} repair(s): "
+                              f"{exc.message}", exc.code, exc.details)
+        unexpected = exc.details.get("unexpected_chunks") or []
+        if unexpected:
+            raise ServerError(exc.type, f"server holds parts {unexpected} beyond the "
+                              f"{len(chunks)} this recording has", exc.code, exc.details)
+        log.warning("finalize of %s refused (%s): re-checking chunks with the server",
+                    rec.local_id, exc.type)
+        missing = exc.details.get("missing_chunks") or []
+        for part in missing:
+            self.spool.set_uploaded(rec.local_id, int(part), False)
+        if exc.type == "checksum_mismatch" or not missing:
+            self._reconciled.discard(rec.local_id)
+
+    # -- heartbeat hook ------------------------------------------------------------------------
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """The body of a device heartbeat (spec: devices/{id|me}/heartbeat), from the spool."""
+        states = self.spool.states()
+        capture = states.get("capture", ("idle", ""))[0]
+        if capture.startswith("paused"):
+            device_state = "storage_full"
+        elif capture.startswith("recording"):
+            device_state = "recording"
+        elif self.blocked:
+            device_state = "error"
+        else:
+            device_state = "idle" if self.idle() else "uploading"
+        return {"storage_used_mb": self.spool.usage_bytes() // (1024 * 1024),
+                "storage_total_mb": self.spool.max_bytes // (1024 * 1024),
+                "device_state": device_state,
+                "pending_recordings": len(self.spool.recordings(("capturing", "closed")))}

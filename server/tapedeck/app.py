@@ -75,6 +75,10 @@ class App:
             server, self.grpc_port = build_grpc_server(
                 self.domain, self.settings.host, self.settings.grpc_port)
             self.services.append(server)
+        if "http" in roles:
+            from tapedeck.gateway import start_gateway
+
+            self.services.append(start_gateway(self))
         if "worker" in roles:
             from tapedeck.worker import start_workers
 

@@ -151,14 +151,19 @@ class Authenticator:
         self._uploads = uploads
         self._clock = clock
 
-    def authenticate(self, authorization: str | None) -> Principal:
-        """Accepts ``Bearer <token>`` (or the bare token)."""
+    def authenticate(self, authorization: str | None, *,
+                     allow_upload_token: bool = False) -> Principal:
+        """Accepts ``Bearer <token>`` (or the bare token). ``up_`` upload tokens are accepted
+        only where the transport says so (chunk uploads): anywhere else they are
+        ``unauthorized``, so a leaked chunk URL cannot finalize or delete a recording."""
         token = (authorization or "").strip()
         if token.lower().startswith("bearer "):
             token = token[7:].strip()
         if not token:
             raise error("unauthorized", "Missing credentials: send Authorization: Bearer <key>.")
         if token.startswith("up_"):
+            if not allow_upload_token:
+                raise error("unauthorized", "Upload tokens are only valid for chunk uploads.")
             return self._uploads.verify(token, self._clock.now())
         prefix = token_prefix(token)
         if prefix.startswith("dtok_"):

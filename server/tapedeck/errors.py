@@ -54,6 +54,8 @@ ERRORS: dict[str, ErrorKind] = {
         ErrorKind("key_not_found", 404, _C.NOT_FOUND, "API key not found."),
         ErrorKind("media_not_found", 404, _C.NOT_FOUND, "Media not found."),
         ErrorKind("route_not_found", 404, _C.UNIMPLEMENTED, "No such route."),
+        ErrorKind("method_not_allowed", 405, _C.UNIMPLEMENTED,
+                  "The route does not support this HTTP method."),
         ErrorKind("chunk_mismatch", 409, _C.FAILED_PRECONDITION, "Chunk count mismatch."),
         ErrorKind("finalize_conflict", 409, _C.FAILED_PRECONDITION,
                   "The recording was already finalized with a different body."),

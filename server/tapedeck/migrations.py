@@ -148,10 +148,26 @@ _WEBHOOKS_SQL = [
 ]
 
 
+def m0004_idempotency_keys(db: sqlite_utils.Database) -> None:
+    """``Idempotency-Key`` records (``tapedeck.domain.idempotency``), one per (scope, key).
+
+    ``scope`` is the caller's credential; ``fingerprint`` the SHA-256 of the operation and
+    its normalized arguments; ``state`` is ``running`` (until ``lease_until``) or ``done``
+    with the stored response. Rows older than 24 h are dead and are purged lazily."""
+    db.execute("""CREATE TABLE idempotency_keys (
+        scope TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL,
+        state TEXT NOT NULL,           -- running | done
+        claim TEXT NOT NULL,           -- random id of the request that holds the key
+        response_status INTEGER, response_body TEXT,
+        created_at TEXT NOT NULL, lease_until TEXT, PRIMARY KEY (scope, key))""")
+    db.execute("CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
     m0003_webhooks,
+    m0004_idempotency_keys,
 ]
 
 

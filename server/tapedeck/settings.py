@@ -53,6 +53,9 @@ class Settings:
     max_json_bytes: int = field(default=64 * 1024, metadata={
         "help": "largest JSON request body the REST gateway accepts, bytes"})
     workers: int = field(default=1, metadata={"help": "job workers inside `tapedeck serve`"})
+    job_kinds: str = field(default="", metadata={
+        "help": "job kinds this process runs, comma-separated (e.g. stitch); empty = every "
+                "kind whose handler is installed"})
     job_lease_s: int = field(default=60, metadata={
         "help": "a job whose worker stops heartbeating is handed to another worker after this"})
     job_poll_ms: int = field(default=200, metadata={"help": "idle workers look for jobs this often"})

@@ -8,6 +8,8 @@ import grpc
 
 from tapedeck.auth import Principal
 from tapedeck.domain import Domain
+from tapedeck.domain.idempotency import StoredResponse, check_key, create_fingerprint, scope_of
+from tapedeck.domain.models import CreatedRecording, Recording
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import invalid
 from tapedeck.grpc_api import _convert as cv
@@ -17,11 +19,13 @@ from tapedeck.v1 import chunk_pb2_grpc, recording_pb2_grpc
 from tapedeck.v1 import recording_pb2 as pb
 
 
-def principal(domain: Domain, context: grpc.ServicerContext) -> Principal:
-    """The caller, from the ``authorization`` metadata."""
+def principal(domain: Domain, context: grpc.ServicerContext, *,
+              allow_upload_token: bool = False) -> Principal:
+    """The caller, from the ``authorization`` metadata (rate limit applied)."""
     md = dict(context.invocation_metadata())
     auth = md.get("authorization")
-    return domain.auth.authenticate(auth if isinstance(auth, str) else None)
+    return domain.authenticate(auth if isinstance(auth, str) else None,
+                               allow_upload_token=allow_upload_token)
 
 
 def _opt(msg: object, name: str) -> int | None:
@@ -47,9 +51,28 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
             codec=cv.codec_name(request.codec), streaming=request.streaming,
             chunk_duration_ms=_opt(request, "chunk_duration_ms"),
             metadata=dict(request.metadata))
-        created = self._d.recordings.create(p, req)
+        if request.idempotency_key:
+            created = self._create_once(p, req, check_key(request.idempotency_key,
+                                                          "idempotency_key"))
+        else:
+            created = self._d.recordings.create(p, req)
         return pb.CreateRecordingResponse(
             recording=cv.recording_pb(created.recording, created.chunk_upload_url_template))
+
+    def _create_once(self, p: Principal, req: NewRecording, key: str) -> CreatedRecording:
+        """Create under an idempotency key; a replay rebuilds the first response."""
+        made: list[CreatedRecording] = []
+
+        def call() -> StoredResponse:
+            made.append(self._d.recordings.create(p, req))
+            return StoredResponse(201, made[0].to_json())
+
+        outcome = self._d.idempotency.run(scope_of(p), key, create_fingerprint(req), call)
+        if made:
+            return made[0]
+        body = outcome.response.body
+        return CreatedRecording(Recording.from_json(body, p.project_id),
+                                body.get("chunk_upload_url_template"))
 
     @translate_errors
     def GetRecording(self, request: pb.GetRecordingRequest,
@@ -114,7 +137,7 @@ class ChunkServicer(chunk_pb2_grpc.ChunkServiceServicer):
     @translate_errors
     def UploadChunk(self, request_iterator: Iterator[cpb.UploadChunkRequest],
                     context: grpc.ServicerContext) -> cpb.UploadChunkResponse:
-        p = principal(self._d, context)
+        p = principal(self._d, context, allow_upload_token=True)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("content") != "header":
             raise invalid("header", "The first UploadChunk message must carry the header.")

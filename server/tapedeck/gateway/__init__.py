@@ -1,0 +1,36 @@
+"""REST/JSON gateway: the documented HTTP API (``api.md``) over the same domain as gRPC.
+
+``start_gateway(app)`` serves it inside a Tapedeck process; ``build_app(domain)`` gives the
+bare ASGI application. See ``routes`` (the routes), ``schemas`` (bodies and responses),
+``body`` (bounded and streamed bodies), ``errors`` (the error envelope), ``docs`` (OpenAPI
+and the HTML page) and ``server`` (uvicorn in a thread).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tapedeck.gateway.asgi import build_app
+from tapedeck.gateway.server import GatewayServer, bind
+
+if TYPE_CHECKING:
+    from tapedeck.app import App
+
+__all__ = ["GatewayServer", "build_app", "start_gateway"]
+
+
+def start_gateway(app: App) -> GatewayServer:
+    """Serve the REST API of ``app`` on ``settings.host:settings.http_port`` (0 = any free
+    port), set ``app.http_port``, and return the started server (``stop(grace)``).
+
+    When the port was 0, the settings everyone shares are updated with the real port, so
+    the ``chunk_upload_url_template``s the domain builds point at this gateway."""
+    settings = app.settings
+    sock = bind(settings.host, settings.http_port)
+    server = GatewayServer(build_app(app.domain), sock)
+    if settings.http_port != server.port:
+        app.settings = settings.replace(http_port=server.port)
+        app.domain.ctx.settings = app.settings
+    app.http_port = server.port
+    server.start()
+    return server

@@ -1,0 +1,38 @@
+"""The FastAPI application of the REST gateway, built from a ``Domain`` (no globals)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
+
+from tapedeck.domain import Domain
+from tapedeck.gateway import docs, errors, schemas
+from tapedeck.gateway.routes import add_routes
+
+BODY_MODELS = (schemas.CreateRecordingRequest, schemas.FinalizeRequest,
+               schemas.UploadUrlRequest, schemas.EmptyRequest)
+API_VERSION = "1.0.0"
+
+
+def build_app(domain: Domain) -> FastAPI:
+    """The REST API over ``domain``: routes, error envelopes, ``/openapi.json``, ``/docs``."""
+    app = FastAPI(title="Tapedeck REST API", version=API_VERSION,
+                  description=docs.API_DESCRIPTION, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)
+    add_routes(app.router, domain)
+    errors.install(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = docs.complete(FastAPI.openapi(app), BODY_MODELS)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs_page() -> HTMLResponse:
+        return HTMLResponse(docs.render_html(app.openapi()))
+
+    return app

@@ -1,0 +1,63 @@
+"""Runs the gateway's ASGI app with uvicorn in a background thread of the current process.
+
+The socket is bound before the thread starts (port 0 = any free port), so the real port is
+known at once; ``stop(grace)`` lets in-flight requests finish for up to ``grace`` seconds.
+uvicorn's access log is off: chunk URLs carry upload tokens, which must never be logged.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 if ``host`` contains a colon)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class GatewayServer:
+    """uvicorn serving ``asgi`` on an already bound socket, in a daemon thread."""
+
+    def __init__(self, asgi: Any, sock: socket.socket) -> None:
+        self._sock = sock
+        self.port: int = sock.getsockname()[1]
+        config = uvicorn.Config(asgi, log_config=None, access_log=False, lifespan="off",
+                                server_header=False, timeout_keep_alive=30)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [sock]}, daemon=True,
+                                        name=f"gateway-{self.port}")
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start serving; return once uvicorn accepts connections."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the REST gateway did not start on port {self.port}")
+            time.sleep(0.01)
+
+    def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to ``grace`` s, then close."""
+        self._server.config.timeout_graceful_shutdown = max(1, math.ceil(grace))
+        self._server.should_exit = True
+        self._thread.join(grace + 5.0)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(5.0)
+        self._sock.close()

@@ -163,11 +163,27 @@ def m0004_idempotency_keys(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at)")
 
 
+def m0005_end_users_devices(db: sqlite_utils.Database) -> None:
+    """End users (``external_id`` unique per project), device binding time, token lookups by
+    device (unbind revokes them all) and why a token was revoked (``refreshed``|``unbound``)."""
+    db.execute("""CREATE TABLE end_users (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id),
+        external_id TEXT, email TEXT, name TEXT, metadata TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL)""")
+    db.execute("""CREATE UNIQUE INDEX end_users_external ON end_users(project_id, external_id)
+        WHERE external_id IS NOT NULL""")
+    db.execute("ALTER TABLE devices ADD COLUMN bound_at TEXT")
+    db.execute("ALTER TABLE device_tokens ADD COLUMN revoked_reason TEXT")
+    db.execute("CREATE INDEX device_tokens_device ON device_tokens(device_id, revoked_at)")
+    db.execute("CREATE INDEX api_keys_project ON api_keys(project_id, created_at, id)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
     m0003_webhooks,
     m0004_idempotency_keys,
+    m0005_end_users_devices,
 ]
 
 

@@ -1,0 +1,200 @@
+"""DeviceService, EndUserService and KeyService: authenticate, translate, call the domain.
+
+No rules here: scopes, visibility and validation live in ``tapedeck.domain.devices``,
+``.end_users`` and ``.keys``. Unset optional proto fields become ``None``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from tapedeck.domain import Domain
+from tapedeck.domain.devices import Device, Heartbeat, NewDevice
+from tapedeck.domain.end_users import EndUser, NewEndUser
+from tapedeck.domain.keys import ApiKey
+from tapedeck.errors import invalid
+from tapedeck.grpc_api import _convert as cv
+from tapedeck.grpc_api._errors import translate_errors
+from tapedeck.grpc_api.servicers import principal
+from tapedeck.v1 import device_pb2 as dpb
+from tapedeck.v1 import device_pb2_grpc, end_user_pb2_grpc, key_pb2_grpc
+from tapedeck.v1 import end_user_pb2 as epb
+from tapedeck.v1 import key_pb2 as kpb
+
+_HEARTBEAT_INTS = ("battery_percent", "storage_used_mb", "storage_total_mb",
+                   "signal_strength_dbm", "pending_recordings")
+
+
+# -- conversions -------------------------------------------------------------------------
+def device_pb(d: Device) -> dpb.Device:
+    """A ``Device`` message; heartbeat fields left unset when not reported."""
+    hb = d.heartbeat
+    out = dpb.Device(
+        id=d.id, serial_number=d.serial_number or "", model=d.model or "",
+        firmware_version=d.firmware_version or "",
+        status=dpb.DeviceStatus.Value("DEVICE_STATUS_" + d.status.upper()),
+        end_user_id=d.end_user_id or "", create_time=cv.ts(d.created_at),
+        bind_time=cv.ts(d.bound_at), last_heartbeat_time=cv.ts(d.last_heartbeat_at),
+        connection_type=hb.get("connection_type") or "")
+    for name in _HEARTBEAT_INTS:
+        if hb.get(name) is not None:
+            setattr(out, name, hb[name])
+    if hb.get("device_state"):
+        out.device_state = dpb.DeviceState.Value("DEVICE_STATE_" + hb["device_state"].upper())
+    return out
+
+
+def _device_state(value: int) -> str | None:
+    if value == 0:
+        return None
+    try:
+        return dpb.DeviceState.Name(value).removeprefix("DEVICE_STATE_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        raise invalid("device_state", f"Unknown device_state {value}.") from None
+
+
+def heartbeat_from_pb(r: dpb.SendHeartbeatRequest) -> Heartbeat:
+    """The domain heartbeat of a request (unset fields → ``None``)."""
+    ints = {name: getattr(r, name) if r.HasField(name) else None  # type: ignore[arg-type]
+            for name in _HEARTBEAT_INTS}
+    return Heartbeat(**ints, firmware_version=r.firmware_version or None,
+                     device_state=_device_state(r.device_state),
+                     connection_type=r.connection_type or None)
+
+
+def end_user_pb(u: EndUser) -> epb.EndUser:
+    return epb.EndUser(id=u.id, external_id=u.external_id or "", email=u.email or "",
+                       name=u.name or "", metadata=u.metadata, create_time=cv.ts(u.created_at))
+
+
+def key_pb(k: ApiKey) -> kpb.Key:
+    return kpb.Key(id=k.id, kind=kpb.KeyKind.Value("KEY_KIND_" + k.kind.upper()), mode=k.mode,
+                   name=k.name or "", scopes=k.scopes, hint=k.hint,
+                   create_time=cv.ts(k.created_at), revoke_time=cv.ts(k.revoked_at))
+
+
+def _key_kind(value: int) -> str:
+    if value == 0:
+        return "restricted"
+    try:
+        return kpb.KeyKind.Name(value).removeprefix("KEY_KIND_").lower()  # type: ignore[arg-type]
+    except ValueError:
+        raise invalid("kind", f"Unknown kind {value}.") from None
+
+
+# -- servicers ---------------------------------------------------------------------------
+class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
+    """tapedeck.v1.DeviceService over the domain."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    @translate_errors
+    def CreateDevice(self, request: dpb.CreateDeviceRequest,
+                     context: grpc.ServicerContext) -> dpb.CreateDeviceResponse:
+        req = NewDevice(serial_number=request.serial_number or None,
+                        model=request.model or None,
+                        firmware_version=request.firmware_version or None)
+        device = self._d.devices.create(principal(self._d, context), req)
+        return dpb.CreateDeviceResponse(device=device_pb(device))
+
+    @translate_errors
+    def GetDevice(self, request: dpb.GetDeviceRequest,
+                  context: grpc.ServicerContext) -> dpb.GetDeviceResponse:
+        device = self._d.devices.get(principal(self._d, context), request.id)
+        return dpb.GetDeviceResponse(device=device_pb(device))
+
+    @translate_errors
+    def BindDevice(self, request: dpb.BindDeviceRequest,
+                   context: grpc.ServicerContext) -> dpb.BindDeviceResponse:
+        issued = self._d.devices.bind(principal(self._d, context), request.id,
+                                      request.end_user_id)
+        return dpb.BindDeviceResponse(device=device_pb(issued.device),
+                                      device_token=issued.device_token)
+
+    @translate_errors
+    def UnbindDevice(self, request: dpb.UnbindDeviceRequest,
+                     context: grpc.ServicerContext) -> dpb.UnbindDeviceResponse:
+        device = self._d.devices.unbind(principal(self._d, context), request.id)
+        return dpb.UnbindDeviceResponse(device=device_pb(device))
+
+    @translate_errors
+    def RefreshDeviceToken(self, request: dpb.RefreshDeviceTokenRequest,
+                           context: grpc.ServicerContext) -> dpb.RefreshDeviceTokenResponse:
+        fresh = self._d.devices.refresh_token(principal(self._d, context), request.id)
+        return dpb.RefreshDeviceTokenResponse(device_id=fresh.device_id,
+                                              device_token=fresh.device_token)
+
+    @translate_errors
+    def SendHeartbeat(self, request: dpb.SendHeartbeatRequest,
+                      context: grpc.ServicerContext) -> dpb.SendHeartbeatResponse:
+        p = principal(self._d, context)
+        self._d.devices.heartbeat(p, request.device_id, heartbeat_from_pb(request))
+        return dpb.SendHeartbeatResponse(status="ok")
+
+
+class EndUserServicer(end_user_pb2_grpc.EndUserServiceServicer):
+    """tapedeck.v1.EndUserService over the domain."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    @translate_errors
+    def CreateEndUser(self, request: epb.CreateEndUserRequest,
+                      context: grpc.ServicerContext) -> epb.CreateEndUserResponse:
+        req = NewEndUser(external_id=request.external_id or None, email=request.email or None,
+                         name=request.name or None, metadata=dict(request.metadata))
+        user = self._d.end_users.create(principal(self._d, context), req)
+        return epb.CreateEndUserResponse(end_user=end_user_pb(user))
+
+    @translate_errors
+    def GetEndUser(self, request: epb.GetEndUserRequest,
+                   context: grpc.ServicerContext) -> epb.GetEndUserResponse:
+        user = self._d.end_users.get(principal(self._d, context), request.id)
+        return epb.GetEndUserResponse(end_user=end_user_pb(user))
+
+
+class KeyServicer(key_pb2_grpc.KeyServiceServicer):
+    """tapedeck.v1.KeyService over the domain."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    @translate_errors
+    def CreateKey(self, request: kpb.CreateKeyRequest,
+                  context: grpc.ServicerContext) -> kpb.CreateKeyResponse:
+        created = self._d.keys.create(principal(self._d, context),
+                                      kind=_key_kind(request.kind), scopes=list(request.scopes),
+                                      name=request.name or None)
+        return kpb.CreateKeyResponse(key=key_pb(created.key), secret=created.secret)
+
+    @translate_errors
+    def ListKeys(self, request: kpb.ListKeysRequest,
+                 context: grpc.ServicerContext) -> kpb.ListKeysResponse:
+        if request.page_size < 0:
+            raise invalid("page_size", "page_size must not be negative.")
+        page = self._d.keys.list(principal(self._d, context), limit=request.page_size or 25,
+                                 cursor=request.page_token or None)
+        return kpb.ListKeysResponse(keys=[key_pb(k) for k in page.data],
+                                    next_page_token=page.next_cursor or "")
+
+    @translate_errors
+    def RevokeKey(self, request: kpb.RevokeKeyRequest,
+                  context: grpc.ServicerContext) -> kpb.RevokeKeyResponse:
+        key = self._d.keys.revoke(principal(self._d, context), request.id)
+        return kpb.RevokeKeyResponse(key=key_pb(key))
+
+
+SERVICES = (
+    dpb.DESCRIPTOR.services_by_name["DeviceService"].full_name,
+    epb.DESCRIPTOR.services_by_name["EndUserService"].full_name,
+    kpb.DESCRIPTOR.services_by_name["KeyService"].full_name,
+)
+
+
+def add_to_server(domain: Domain, server: grpc.Server) -> tuple[str, ...]:
+    """Register the three services on ``server``; return their full names."""
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(domain), server)
+    end_user_pb2_grpc.add_EndUserServiceServicer_to_server(EndUserServicer(domain), server)
+    key_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(domain), server)
+    return SERVICES

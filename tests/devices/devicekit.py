@@ -1,0 +1,204 @@
+"""Test kit for devices, end users and keys: gRPC stubs on a real server, and a ``World``
+of credentials of every kind (secret, restricted, device tokens, revoked ones, another
+project's key) built through the public API itself."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+from minio import Minio
+
+from tapedeck.auth import ALL_SCOPES, create_project
+from tapedeck.clock import Clock
+from tapedeck.errors import ERRORS
+from tapedeck.rpc_errors import from_rpc_error
+from tapedeck.v1 import (
+    chunk_pb2_grpc,
+    device_pb2_grpc,
+    end_user_pb2_grpc,
+    key_pb2_grpc,
+    recording_pb2_grpc,
+)
+from tapedeck.v1 import device_pb2 as dpb
+from tapedeck.v1 import end_user_pb2 as epb
+from tapedeck.v1 import key_pb2 as kpb
+from tapedeck.v1 import recording_pb2 as rpb
+from tapedeck.weed import ManagedWeed
+
+from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+
+
+def gateway_available() -> bool:
+    """Whether this checkout has the REST gateway (then servers also start ``http``)."""
+    return importlib.util.find_spec("tapedeck.gateway") is not None
+
+
+def serve(weed: ManagedWeed, data_dir: Path, clock: Clock | None = None) -> Iterator[RunningServer]:
+    """Body of a module-scoped server fixture: a real server (gRPC, plus REST when the
+    gateway exists) on a fresh SQLite file and bucket, removed afterwards."""
+    roles = ["grpc", "http"] if gateway_available() else ["grpc"]
+    srv = start_server(test_settings(weed, data_dir), roles=roles, clock=clock)
+    try:
+        yield srv
+    finally:
+        srv.close()
+        client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
+                       region="us-east-1")
+        if client.bucket_exists(srv.app.settings.s3_bucket):
+            client.remove_bucket(srv.app.settings.s3_bucket)
+
+
+def outcome(call: Callable[[], object]) -> str:
+    """``"ok"`` if the RPC succeeds, else its error type (after checking that the gRPC code
+    is the one the error table gives that type)."""
+    try:
+        call()
+    except grpc.RpcError as exc:
+        err = from_rpc_error(exc)
+        assert exc.code() == ERRORS[err.type].grpc_code, (err.type, exc.code())
+        return err.type
+    return "ok"
+
+
+def error_of(call: Callable[[], object]) -> str:
+    """The error type of an RPC that must fail."""
+    result = outcome(call)
+    assert result != "ok", "expected the call to fail"
+    return result
+
+
+@dataclass
+class Stubs:
+    """One stub per service, on one channel."""
+
+    devices: device_pb2_grpc.DeviceServiceStub
+    end_users: end_user_pb2_grpc.EndUserServiceStub
+    keys: key_pb2_grpc.KeyServiceStub
+    recordings: recording_pb2_grpc.RecordingServiceStub
+    chunks: chunk_pb2_grpc.ChunkServiceStub
+
+    @classmethod
+    def on(cls, channel: grpc.Channel) -> Stubs:
+        return cls(devices=device_pb2_grpc.DeviceServiceStub(channel),
+                   end_users=end_user_pb2_grpc.EndUserServiceStub(channel),
+                   keys=key_pb2_grpc.KeyServiceStub(channel),
+                   recordings=recording_pb2_grpc.RecordingServiceStub(channel),
+                   chunks=chunk_pb2_grpc.ChunkServiceStub(channel))
+
+
+@dataclass
+class World:
+    """Project A (secret key ``sk``, an end user, a bound device ``other``) and project B.
+
+    Every credential is made through the API (``KeyService``, ``DeviceService``) except the
+    bootstrap keys, which come from ``create_project`` as ``tapedeck admin bootstrap`` does.
+    """
+
+    srv: RunningServer
+    rpc: Stubs
+    sk: str
+    sk_b: str
+    end_user_id: str = ""
+    other_device_id: str = ""
+    other_token: str = ""
+    unbound_token: str = ""
+    _restricted: dict[frozenset[str], str] = field(default_factory=dict)
+    _revoked: dict[frozenset[str], str] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, srv: RunningServer) -> World:
+        _, sk_b = create_project(srv.app.db, srv.app.clock, "project-b")
+        w = cls(srv=srv, rpc=Stubs.on(srv.channel()), sk=srv.api_key, sk_b=sk_b)
+        w.end_user_id = w.new_end_user()
+        w.other_device_id, w.other_token = w.bound_device()
+        gone_device, w.unbound_token = w.bound_device()
+        w.rpc.devices.UnbindDevice(dpb.UnbindDeviceRequest(id=gone_device), metadata=auth(w.sk))
+        return w
+
+    # -- credentials ---------------------------------------------------------------------
+    def restricted(self, scopes: Iterable[str]) -> str:
+        """A restricted key of project A holding exactly ``scopes`` (made once, cached)."""
+        wanted = frozenset(scopes)
+        if wanted not in self._restricted:
+            self._restricted[wanted] = self.create_key(wanted).secret
+        return self._restricted[wanted]
+
+    def restricted_without(self, scopes: Iterable[str]) -> str:
+        """A restricted key holding every scope except ``scopes``."""
+        rest = ALL_SCOPES - frozenset(scopes)
+        return self.restricted(rest or {"recordings:read"})
+
+    def revoked(self, scopes: Iterable[str]) -> str:
+        """A restricted key holding ``scopes`` that has been revoked."""
+        wanted = frozenset(scopes)
+        if wanted not in self._revoked:
+            created = self.create_key(wanted)
+            self.rpc.keys.RevokeKey(kpb.RevokeKeyRequest(id=created.key.id),
+                                    metadata=auth(self.sk))
+            self._revoked[wanted] = created.secret
+        return self._revoked[wanted]
+
+    def create_key(self, scopes: Iterable[str], token: str | None = None) -> kpb.CreateKeyResponse:
+        return self.rpc.keys.CreateKey(kpb.CreateKeyRequest(scopes=sorted(scopes)),
+                                       metadata=auth(token or self.sk))
+
+    def refresh(self, token: str, device_id: str = "me") -> str:
+        """Refresh ``token``; return the new token (``token`` is now revoked)."""
+        resp = self.rpc.devices.RefreshDeviceToken(
+            dpb.RefreshDeviceTokenRequest(id=device_id), metadata=auth(token))
+        return resp.device_token
+
+    # -- resources -----------------------------------------------------------------------
+    def new_end_user(self, external_id: str = "") -> str:
+        return self.rpc.end_users.CreateEndUser(
+            epb.CreateEndUserRequest(external_id=external_id, name="Ada"),
+            metadata=auth(self.sk)).end_user.id
+
+    def new_device(self, token: str | None = None) -> str:
+        """A new unbound device of project A (or of ``token``'s project)."""
+        return self.rpc.devices.CreateDevice(
+            dpb.CreateDeviceRequest(serial_number="SN-1", model="tape-1"),
+            metadata=auth(token or self.sk)).device.id
+
+    def bound_device(self, end_user_id: str | None = None) -> tuple[str, str]:
+        """A new device bound to an end user; (device id, its device token)."""
+        device_id = self.new_device()
+        resp = self.rpc.devices.BindDevice(
+            dpb.BindDeviceRequest(id=device_id, end_user_id=end_user_id or self.end_user_id),
+            metadata=auth(self.sk))
+        return device_id, resp.device_token
+
+    def streaming_recording(self, token: str, chunks: int = 1) -> str:
+        """A streaming recording made with ``token``, holding parts 1..chunks."""
+        rec = self.rpc.recordings.CreateRecording(
+            rpb.CreateRecordingRequest(streaming=True, chunk_duration_ms=60_000),
+            metadata=auth(token)).recording
+        for part in range(1, chunks + 1):
+            self.rpc.chunks.UploadChunk(chunk_messages(rec.id, part, b"chunk-%d" % part),
+                                        metadata=auth(token))
+        return rec.id
+
+    def pending_recording(self, token: str) -> str:
+        """A single-file recording made with ``token`` (status pending, no file yet)."""
+        return self.rpc.recordings.CreateRecording(
+            rpb.CreateRecordingRequest(codec=rpb.CODEC_WAV), metadata=auth(token)).recording.id
+
+    def uploaded_file(self, token: str, complete: bool) -> str:
+        """A single-file recording whose file is in the store (PUT to its presigned URL),
+        optionally completed (then it has audio ready to download)."""
+        rec_id = self.pending_recording(token)
+        body = b"RIFF-not-really-a-wav"
+        url = self.rpc.recordings.CreateUploadUrl(
+            rpb.CreateUploadUrlRequest(id=rec_id, type="audio", content_type="audio/wav"),
+            metadata=auth(token))
+        resp = httpx.put(url.upload_url, content=body, headers=dict(url.headers))
+        assert resp.status_code == 200, resp.text
+        if complete:
+            self.rpc.recordings.CompleteUpload(rpb.CompleteUploadRequest(id=rec_id),
+                                               metadata=auth(token))
+        return rec_id

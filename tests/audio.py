@@ -88,3 +88,85 @@ def iter_speech_pcm(
         yield bytes(buf[:size])
         del buf[:size]
         remaining -= size
+
+
+# -- the reference tools (Debian opus-tools, ffmpeg) ---------------------------------------------
+
+
+def opusinfo_problems(path: Path | str) -> list[str]:
+    """Lines where ``opusinfo`` reports a warning or an error (empty: the file is clean).
+    A non-zero exit status counts as a problem too.
+    """
+    result = subprocess.run(["opusinfo", str(path)], capture_output=True, text=True)
+    lines = (result.stdout + result.stderr).splitlines()
+    problems = [line for line in lines if "warning" in line.lower() or "error" in line.lower()]
+    if result.returncode != 0:
+        problems.append(f"opusinfo exit status {result.returncode}")
+    return problems
+
+
+def opusdec_pcm(path: Path | str, rate: int = 48_000) -> bytes:
+    """Decode with ``opusdec`` (libopusfile: pre-skip, end trimming, chained streams) to int16
+    PCM at ``rate``, no dithering.
+    """
+    result = subprocess.run(
+        ["opusdec", "--quiet", "--rate", str(rate), "--no-dither", str(path), "-"],
+        check=True, capture_output=True,
+    )
+    return result.stdout
+
+
+def ffmpeg_pcm(path: Path | str, rate: int = 48_000) -> bytes:
+    """Decode with ffmpeg's own Opus decoder to int16 mono PCM at ``rate``."""
+    result = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(rate),
+         "-"],
+        check=True, capture_output=True,
+    )
+    return result.stdout
+
+
+def ffprobe_duration(path: Path | str) -> float:
+    """``ffprobe -show_entries format=duration`` in seconds."""
+    result = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+         str(path)],
+        check=True, capture_output=True, text=True,
+    )
+    return float(result.stdout.strip())
+
+
+def opusenc(wav: Path | str, out: Path | str, *args: str) -> Path:
+    """Encode with the reference encoder/muxer ``opusenc`` (libopusenc)."""
+    subprocess.run(["opusenc", "--quiet", *args, str(wav), str(out)], check=True,
+                   capture_output=True)
+    return Path(out)
+
+
+def write_wav(pcm: bytes, path: Path | str, rate: int = 16_000, channels: int = 1) -> Path:
+    """int16 LE PCM → WAV file (via sox)."""
+    subprocess.run(
+        ["sox", "-V1", "-t", "raw", "-e", "signed-integer", "-b", "16", "-c", str(channels),
+         "-r", str(rate), "-L", "-", str(path)],
+        input=pcm, check=True, capture_output=True,
+    )
+    return Path(path)
+
+
+@cache
+def ffprobe_duration_includes_pre_skip() -> bool:
+    """Whether this ffprobe's format duration counts the pre-skip (ffmpeg 5.x does: it reports
+    the last granule position / 48 kHz). Decided on a file made by the reference muxer
+    (``opusenc``) holding exactly 1.000 s of audio.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = write_wav(speech_pcm(1.0), Path(tmp) / "one.wav")
+        reference = opusenc(wav, Path(tmp) / "one.opus")
+        seconds = ffprobe_duration(reference)
+    if abs(seconds - 1.0) < 0.0005:
+        return False
+    if abs(seconds - (1.0 + 312 / 48_000)) < 0.0005:
+        return True
+    raise AssertionError(f"unexpected ffprobe duration {seconds} for 1.000 s (+312 pre-skip)")

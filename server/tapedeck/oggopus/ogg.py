@@ -226,7 +226,8 @@ def packet_ends(segments: bytes) -> tuple[list[int], bool]:
 @dataclass(frozen=True, slots=True)
 class OggPacket:
     """A reassembled packet. ``granule`` is the granule position of the page on which the
-    packet ends if it is the last packet ending there, else ``None`` (libogg semantics).
+    packet ends if it is the last packet ending there, else ``None``; ``bos`` marks the
+    stream's first packet and ``eos`` its last (libogg semantics).
     """
 
     data: bytes
@@ -240,6 +241,7 @@ def iter_packets(stream: BinaryIO) -> Iterator[OggPacket]:
     """Reassemble the packets of a single-serial stream (lacing and continued packets)."""
     reader = PageReader(stream)
     carry: bytes | None = None
+    first = True
     while (page := reader.next_page()) is not None:
         if page.continued != (carry is not None):
             raise InvalidAudio(f"broken packet continuation at page {page.seqno}")
@@ -251,7 +253,8 @@ def iter_packets(stream: BinaryIO) -> Iterator[OggPacket]:
             carry = None
             last = i == len(ends) - 1 and not open_end
             granule = page.granule if i == len(ends) - 1 else None
-            yield OggPacket(data, page.serial, granule, page.bos and i == 0, page.eos and last)
+            yield OggPacket(data, page.serial, granule, first, page.eos and last)
+            first = False
             start = end
         if open_end:
             carry = (carry or b"") + body[start:]
@@ -270,7 +273,7 @@ class OggStreamWriter:
     also drains the buffer) before using the sink's content.
     """
 
-    def __init__(self, sink: Sink, serial: int, *, buffer_size: int = 1 << 18) -> None:
+    def __init__(self, sink: Sink, serial: int, *, buffer_size: int = 1 << 16) -> None:
         self._sink = sink
         self.serial = serial & 0xFFFFFFFF
         self._buffer_size = buffer_size

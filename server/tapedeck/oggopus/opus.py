@@ -106,6 +106,12 @@ class OpusHead:
     channel_mapping: bytes = b""
     version: int = 1
 
+    def __post_init__(self) -> None:
+        if self.mapping_family == 0:  # implied by RFC 7845: one stream, stereo coupled
+            object.__setattr__(self, "stream_count", 1)
+            object.__setattr__(self, "coupled_count", self.channels - 1)
+            object.__setattr__(self, "channel_mapping", b"")
+
     @classmethod
     def parse(cls, packet: bytes) -> OpusHead:
         """Parse and validate an OpusHead packet; raises ``InvalidAudio``."""

@@ -75,7 +75,7 @@ def remux(
 
     ``chunks`` may be a lazy iterable (e.g. a generator opening each object as it is needed);
     streams are read to their end and not closed. ``sink`` only needs ``write``; output is
-    written in blocks of up to 256 KiB as it is produced. Raises ``InvalidAudio(part=k, ...)``
+    written in blocks of about 64 KiB as it is produced. Raises ``InvalidAudio(part=k, ...)``
     naming the first invalid chunk (1-based) and ``ValueError`` for an empty ``chunks``; in
     both cases the sink holds a partial, invalid file that must not be published.
     """

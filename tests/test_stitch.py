@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -149,7 +149,7 @@ def _wav_bytes(seconds: float) -> bytes:
     return out.getvalue()
 
 
-CORRUPTIONS = {
+CORRUPTIONS: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda data: data[: len(data) * 2 // 3],
     "random_bytes": lambda data: os.urandom(len(data)),
     "wav_renamed": lambda data: _wav_bytes(1.0),

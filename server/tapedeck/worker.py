@@ -31,7 +31,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 import sqlite_utils
@@ -247,10 +247,13 @@ class WorkerPool:
 
 
 def load_handlers(app: App, factories: Mapping[str, str] = HANDLER_FACTORIES,
-                  ) -> dict[str, JobHandler]:
-    """Build the handler of every kind whose module is installed (see the module docstring)."""
+                  kinds: Collection[str] = ()) -> dict[str, JobHandler]:
+    """Build the handler of every kind whose module is installed (see the module docstring);
+    with ``kinds``, only of those (the others are not even imported)."""
     handlers: dict[str, JobHandler] = {}
     for kind, spec in factories.items():
+        if kinds and kind not in kinds:
+            continue
         module_name, _, func = spec.partition(":")
         try:
             module = importlib.import_module(module_name)
@@ -272,9 +275,13 @@ def queue_for(app: App) -> JobQueue:
 
 
 def start_workers(app: App, handlers: Mapping[str, JobHandler] | None = None) -> WorkerPool:
-    """Start ``settings.workers`` claim loops in this process (the ``worker`` role)."""
+    """Start ``settings.workers`` claim loops in this process (the ``worker`` role), for the
+    kinds in ``settings.job_kinds`` (default: all installed)."""
     queue = queue_for(app)
-    pool = WorkerPool(queue, load_handlers(app) if handlers is None else handlers,
+    if handlers is None:
+        kinds = [k.strip() for k in app.settings.job_kinds.split(",") if k.strip()]
+        handlers = load_handlers(app, kinds=kinds)
+    pool = WorkerPool(queue, handlers,
                       threads=app.settings.workers, poll_s=app.settings.job_poll_ms / 1000,
                       name=f"{socket.gethostname()}:{os.getpid()}")
     return pool.start()

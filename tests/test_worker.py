@@ -1,0 +1,374 @@
+"""Worker loops: handler registry, retries, shutdown hand-back, lease loss — and real
+``tapedeck worker`` processes killed with SIGKILL mid-stitch, and two of them sharing 50
+recordings, against the session's SeaweedFS and a real SQLite file."""
+
+from __future__ import annotations
+
+import json
+import queue as queue_mod
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlite_utils
+
+from tapedeck.clock import ManualClock
+from tapedeck.db import Database
+from tapedeck.errors import error
+from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, RetryPolicy, enqueue
+from tapedeck.oggopus import probe
+from tapedeck.settings import Settings
+from tapedeck.stitch import audio_key
+from tapedeck.store import ObjectStore
+from tapedeck.weed import ManagedWeed
+from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers
+
+from conftest import drop_bucket
+from serverkit import ChildServer, spawn_server, test_settings
+from stitchkit import (
+    Project,
+    continuous_chunks,
+    jobs_of,
+    open_project,
+    recording_row,
+    streaming_recording,
+)
+
+# -- in-process loops with a test job kind ------------------------------------------------------
+
+
+class Probe:
+    """A test job kind whose behaviour comes from the job payload's ``action``:
+    ``ok``, ``transient_once`` (storage_unavailable on attempt 1), ``permanent``, ``bug``,
+    ``block`` (waits for ``release``), ``wait_lease`` (waits until the lease is lost)."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, int]] = []
+        self.failures: list[tuple[str, str]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.lease_seen_lost = threading.Event()
+
+    def run(self, run: JobRun) -> None:
+        job = run.job
+        self.runs.append((job.id, job.attempts))
+        action = job.payload["action"]
+        if action == "transient_once" and job.attempts == 1:
+            raise error("storage_unavailable")
+        if action == "permanent":
+            raise JobFailed("invalid_audio", "Chunk 2 is not valid Ogg Opus.", part=2)
+        if action == "bug":
+            raise ZeroDivisionError("bug")
+        if action == "block":
+            self.started.set()
+            self.release.wait(30)
+        if action == "wait_lease":
+            self.started.set()
+            while not run.lost.is_set():
+                time.sleep(0.01)
+            self.lease_seen_lost.set()
+            run.check()
+
+    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+        self.failures.append((job.id, failure.type))
+        tx.execute("INSERT INTO events (id, project_id, type, created_at, data)"
+                   " VALUES (?, 'p', 'probe.failed', 'now', ?)", [f"evt_{job.id}",
+                                                                  failure.to_json()])
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(tmp_path / "w.db")
+    yield database
+    database.close()
+
+
+def add(db: Database, clock: Any, action: str) -> str:
+    with db.write() as tx:
+        return enqueue(tx, clock, "probe", payload={"action": action})
+
+
+def job_status(db: Database, job_id: str) -> tuple[str, int]:
+    row = db.read().execute("SELECT status, attempts FROM jobs WHERE id = ?", [job_id]).fetchone()
+    return row[0], row[1]
+
+
+def make_queue(db: Database, clock: Any, **kw: Any) -> JobQueue:
+    kw.setdefault("retry", RetryPolicy(max_attempts=3, base_s=5.0, jitter=0.0))
+    return JobQueue(db, clock, rng=random.Random(1), **kw)
+
+
+def test_transient_failure_is_retried_after_backoff(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    worker = Worker(make_queue(db, clock), {"probe": handler}, "w")
+    job_id = add(db, clock, "transient_once")
+    assert worker.run_once() == "retry"
+    assert worker.run_once() is None
+    clock.advance(timedelta(seconds=5))
+    assert worker.run_once() == "succeeded"
+    assert job_status(db, job_id) == ("succeeded", 2)
+    assert handler.runs == [(job_id, 1), (job_id, 2)] and handler.failures == []
+
+
+def test_permanent_failure_fails_at_once_with_the_domain_hook(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    worker = Worker(make_queue(db, clock), {"probe": handler}, "w")
+    job_id = add(db, clock, "permanent")
+    assert worker.run_once() == "failed"
+    assert job_status(db, job_id) == ("failed", 1)
+    assert handler.failures == [(job_id, "invalid_audio")]
+    data = db.read().execute("SELECT data FROM events WHERE type = 'probe.failed'").fetchone()
+    assert json.loads(data[0])["part"] == 2
+
+
+def test_unexpected_errors_are_retried_until_max_attempts(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    worker = Worker(make_queue(db, clock), {"probe": handler}, "w")
+    job_id = add(db, clock, "bug")
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(worker.run_once())
+        clock.advance(timedelta(minutes=10))
+    assert outcomes == ["retry", "retry", "failed"]
+    assert handler.failures == [(job_id, "internal_error")]
+    assert worker.run_once() is None
+
+
+def test_a_crash_looping_job_is_given_up(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    queue = make_queue(db, clock, lease_s=10)
+    job_id = add(db, clock, "ok")
+    for _ in range(3):  # three workers die holding it
+        assert queue.claim("doomed", ["probe"]) is not None
+        clock.advance(timedelta(seconds=11))
+    assert Worker(queue, {"probe": handler}, "w").run_once() == "failed"
+    assert handler.runs == []  # not run a fourth time
+    assert handler.failures == [(job_id, "internal_error")]
+
+
+def test_kinds_without_a_handler_stay_queued(db: Database, tmp_path: Path) -> None:
+    clock = ManualClock()
+    handlers = load_handlers(None, {"probe": "tests_no_such_module:build"})  # type: ignore[arg-type]
+    assert handlers == {}
+    job_id = add(db, clock, "ok")
+    assert Worker(make_queue(db, clock), handlers, "w").run_once() is None
+    assert Worker(make_queue(db, clock), {"other": Probe()}, "w").run_once() is None
+    assert job_status(db, job_id) == ("queued", 0)
+
+
+def test_pool_stop_hands_in_flight_jobs_back(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    queue = make_queue(db, clock)
+    pool = WorkerPool(queue, {"probe": handler}, threads=2, poll_s=0.01, name="pool").start()
+    job_id = add(db, clock, "block")
+    pool.wake()
+    assert handler.started.wait(30)
+    pool.stop(grace=0.05)
+    assert job_status(db, job_id) == ("queued", 0)  # handed back, attempt not counted
+    handler.release.set()  # the abandoned run finishes late: it must not complete the job
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        outcome = db.read().execute("SELECT outcome FROM job_runs WHERE job_id = ?",
+                                    [job_id]).fetchone()[0]
+        if outcome == "lease_lost":
+            break
+        time.sleep(0.01)
+    assert job_status(db, job_id) == ("queued", 0)
+    assert outcome == "lease_lost"
+
+
+def test_pool_runs_jobs_and_stops_idle(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    pool = WorkerPool(make_queue(db, clock), {"probe": handler}, threads=2, poll_s=0.01,
+                      name="pool").start()
+    ids = [add(db, clock, "ok") for _ in range(20)]
+    wait_for(lambda: all(job_status(db, i)[0] == "succeeded" for i in ids))
+    pool.stop(grace=5)
+    assert sorted(i for i, _ in handler.runs) == sorted(ids)
+
+
+def test_heartbeats_notice_a_lost_lease(db: Database) -> None:
+    clock, handler = ManualClock(), Probe()
+    queue = make_queue(db, clock, lease_s=0.3)  # heartbeat every 0.1 s (wall time)
+    worker = Worker(queue, {"probe": handler}, "w")
+    job_id = add(db, clock, "wait_lease")
+    result: list[str | None] = []
+    t = threading.Thread(target=lambda: result.append(worker.run_once()))
+    t.start()
+    assert handler.started.wait(30)
+    clock.advance(timedelta(seconds=1))  # the lease expires on the queue's clock ...
+    thief = queue.claim("thief", ["probe"])  # ... and another worker takes the job over
+    assert thief is not None and thief.id == job_id
+    t.join(30)
+    assert result == ["lease_lost"] and handler.lease_seen_lost.is_set()
+    assert job_status(db, job_id) == ("running", 2)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 120.0) -> None:
+    """Poll ``cond`` until true (a liveness bound, not a timing assertion)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.05)
+
+
+# -- the worker role in-process -----------------------------------------------------------------
+
+def test_app_worker_role_stitches_after_finalize(weed: ManagedWeed, tmp_path: Path) -> None:
+    settings = test_settings(weed, tmp_path / "data", job_poll_ms=20, workers=2,
+                             job_kinds="stitch")
+    project = open_project(settings)
+    try:
+        project.app.start(["worker"])
+        ids = [streaming_recording(project, [c.data for c in continuous_chunks(6.0, 2_000)],
+                                   6_000) for _ in range(3)]
+        wait_for(lambda: all(recording_row(project, i)["status"] == "completed" for i in ids))
+    finally:
+        project.app.close(grace=5)
+        drop_bucket(weed, settings.s3_bucket)
+
+
+# -- real worker processes ----------------------------------------------------------------------
+
+class Child:
+    """``tapedeck worker`` as a child process; its stdout lines are collected."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.server: ChildServer = spawn_server(settings, "worker")
+        self.lines: queue_mod.Queue[dict[str, Any]] = queue_mod.Queue()
+        stdout = self.server.proc.stdout
+        assert stdout is not None
+
+        def pump() -> None:
+            for line in stdout:
+                if line.startswith("{"):
+                    self.lines.put(json.loads(line))
+
+        threading.Thread(target=pump, daemon=True).start()
+
+    def wait_failpoint(self, timeout: float = 120) -> dict[str, Any]:
+        return self.lines.get(timeout=timeout)
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def stop(self) -> None:
+        if self.server.proc.poll() is None:
+            self.server.terminate()
+
+
+class KeyWatcher:
+    """Lists a prefix continuously and records every (key, size) ever seen there."""
+
+    def __init__(self, store: ObjectStore, prefix: str) -> None:
+        self.seen: set[tuple[str, int]] = set()
+        self._store, self._prefix = store, prefix
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.005):
+            for info in self._store.list(self._prefix):
+                self.seen.add((info.key, info.size))
+
+    def stop(self) -> set[tuple[str, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.seen
+
+
+@pytest.fixture(scope="module")
+def big_chunks() -> list[bytes]:
+    """6 minutes at 128 kbps in 12 chunks: the stitched file (~5.8 MB) needs two multipart
+    parts, so a kill during the upload leaves a part uploaded but no object."""
+    return [c.data for c in continuous_chunks(360.0, 30_000, bitrate=128_000, complexity=0)]
+
+
+@pytest.fixture
+def worker_settings(weed: ManagedWeed, tmp_path: Path) -> Iterator[Settings]:
+    settings = test_settings(weed, tmp_path / "data", job_lease_s=2, job_poll_ms=50,
+                             job_kinds="stitch", job_retry_base_ms=200)
+    yield settings
+    drop_bucket(weed, settings.s3_bucket)
+
+
+@pytest.mark.parametrize("point", ["stitch.claimed", "stitch.stitching", "stitch.uploading",
+                                   "stitch.uploaded"])
+def test_kill_9_mid_stitch_then_restart_completes_exactly_once(
+        point: str, big_chunks: list[bytes], worker_settings: Settings) -> None:
+    project = open_project(worker_settings)
+    children: list[Child] = []
+    try:
+        rec_id = streaming_recording(project, big_chunks, 360_000)
+        key = audio_key(rec_id)
+        watcher = KeyWatcher(project.app.store, f"recordings/{rec_id}/audio/")
+        first = Child(worker_settings.replace(failpoints=point))
+        children.append(first)
+        assert first.wait_failpoint() == {"failpoint": point, "recording_id": rec_id,
+                                          "job_id": recording_row(project, rec_id)[
+                                              "stitching_job_id"]}
+        visible = project.app.store.stat(key)
+        assert (visible is not None) == (point == "stitch.uploaded")
+        first.kill()
+        assert recording_row(project, rec_id)["status"] in ("uploaded", "stitching")
+
+        children.append(Child(worker_settings))  # restart, no failpoint
+        wait_for(lambda: recording_row(project, rec_id)["status"] == "completed")
+        row = recording_row(project, rec_id)
+        final = project.app.store.stat(key)
+        assert final is not None and final.size == row["file_size_bytes"]
+        assert watcher.stop() <= {(key, final.size)}  # never a partial object under the key
+        stream = project.app.store.open(key)
+        try:
+            assert probe(stream).duration_ms == 360_000 == row["duration_ms"]
+        finally:
+            stream.close()
+        assert_completed_once(project, rec_id)
+        runs = project.app.db.read().execute(
+            "SELECT outcome FROM job_runs WHERE job_id = ? ORDER BY attempt",
+            [row["stitching_job_id"]]).fetchall()
+        assert runs == [(None,), ("succeeded",)]  # the killed run, then the one that finished
+    finally:
+        for child in children:
+            child.stop()
+        project.app.close(grace=1)
+
+
+def assert_completed_once(project: Project, rec_id: str) -> None:
+    media = project.app.db.read().execute(
+        "SELECT count(*) FROM media WHERE recording_id = ?", [rec_id]).fetchone()[0]
+    kinds = sorted(j["kind"] for j in jobs_of(project, rec_id))
+    assert (media, kinds) == (1, ["stitch", "transcribe"])
+    assert recording_row(project, rec_id)["status"] == "completed"
+
+
+def test_two_worker_processes_share_50_recordings(worker_settings: Settings) -> None:
+    settings = worker_settings.replace(workers=2, job_lease_s=60)
+    project = open_project(settings)
+    variants = [[c.data for c in continuous_chunks(4.0, 1_000, start=i)] for i in range(5)]
+    children: list[Child] = []
+    try:
+        children = [Child(settings), Child(settings)]
+        ids = [streaming_recording(project, variants[i % 5], 4_000) for i in range(50)]
+        wait_for(lambda: all(recording_row(project, i)["status"] == "completed" for i in ids),
+                 timeout=300)
+        for rec_id in ids:
+            assert_completed_once(project, rec_id)
+        runs = project.app.db.read().execute(
+            "SELECT job_id, count(*), group_concat(outcome), group_concat(owner, ' ')"
+            " FROM job_runs WHERE kind = 'stitch' GROUP BY job_id").fetchall()
+        assert len(runs) == 50
+        assert {(n, outcome) for _, n, outcome, _ in runs} == {(1, "succeeded")}
+        processes = {owner.split(":")[1] for *_, owner in runs}
+        assert len(processes) == 2  # both processes did some of the work
+    finally:
+        for child in children:
+            child.stop()
+        project.app.close(grace=1)

@@ -24,8 +24,8 @@ Durability contract (SQLite is the only state; any number of dispatcher processe
   secret and the attempt time. A 2xx answer succeeds. 410 fails the delivery, disables the
   endpoint and cancels its pending deliveries. Anything else (other statuses, redirects,
   refused address, DNS, connect, TLS, timeout) fails the attempt: the next one is due after
-  the ``RetrySchedule`` delay (immediately, then 1 min, 5 min, 30 min, 2 h, 8 h, each ±10 %
-  jitter), or after ``Retry-After`` if the receiver asks for longer; after the last one the
+  the ``RetrySchedule`` delay (immediately, then 1 min, 5 min, 30 min, 2 h, 8 h, each plus
+  0–10 % jitter), or after ``Retry-After`` if the receiver asks for longer; after the last one the
   delivery is ``failed`` (replay can queue it again). Every attempt is logged in
   ``webhook_attempts`` (time, status code, latency, error).
 """
@@ -63,9 +63,10 @@ _SNIPPET = 200
 
 @dataclass(frozen=True)
 class RetrySchedule:
-    """When attempt n+1 is due after attempt n failed: ``delays_s[n-1]`` times a uniform factor in
-    ``[1 - jitter, 1 + jitter]``, or the receiver's ``Retry-After`` if that is longer
-    (capped at ``max_retry_after_s``). ``len(delays_s) + 1`` attempts in all."""
+    """When attempt n+1 is due after attempt n failed: ``delays_s[n-1]`` times a uniform factor
+    in ``[1, 1 + jitter]`` (jitter only ever delays, so no retry comes sooner than the table
+    says and the last one never before 10 h 36 min), or the receiver's ``Retry-After`` if that
+    is longer (capped at ``max_retry_after_s``). ``len(delays_s) + 1`` attempts in all."""
 
     delays_s: tuple[float, ...] = DEFAULT_DELAYS_S
     jitter: float = 0.1
@@ -80,7 +81,7 @@ class RetrySchedule:
         """Seconds until the next attempt, or None when no attempt is left."""
         if attempts_made >= self.max_attempts:
             return None
-        delay = self.delays_s[attempts_made - 1] * rng.uniform(1 - self.jitter, 1 + self.jitter)
+        delay = self.delays_s[attempts_made - 1] * rng.uniform(1.0, 1.0 + self.jitter)
         if retry_after_s is not None:
             delay = max(delay, min(retry_after_s, self.max_retry_after_s))
         return delay

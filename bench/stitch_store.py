@@ -14,7 +14,7 @@ for each of N runs (default 5; median reported), interleaved:
   stream it into the store (multipart), check its duration, commit (media row, recording
   ``completed``, transcription job queued).
 
-Prints both times and the ratio (target: stitch ≤ 3× the byte copy, and under 1 s).
+Prints both times and the ratio (target: stitch <= 3x the byte copy, and under 1 s).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ timeouts, TLS, isolation of slow endpoints, fan-out rules, lease takeover."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import socket
 import ssl
 import threading
@@ -15,13 +16,12 @@ from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook
+from webhookkit import Answer, Env, Received, Receiver, dead_port, make_env
 
 from tapedeck.clock import ManualClock, parse_iso
 from tapedeck.webhooks.dispatcher import DEFAULT_DELAYS_S, RetrySchedule, parse_retry_after
 from tapedeck.webhooks.netguard import NetGuard, NetPolicy
 from tapedeck.webhooks.transport import DeliveryFailure, GuardedTransport
-
-from webhookkit import Answer, Env, Received, Receiver, dead_port, make_env
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)
@@ -58,7 +58,7 @@ def _attempt_times(env: Env, event_id: str) -> list[dt.datetime]:
 
 def _check_schedule(times: list[dt.datetime], jitter: float = 0.1) -> list[float]:
     """Each gap is its table delay plus 0..jitter; returns the gaps."""
-    gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
     for gap, nominal in zip(gaps, DEFAULT_DELAYS_S, strict=False):
         assert nominal - 0.01 <= gap <= nominal * (1 + jitter) + 0.01, \
             (gap, nominal)
@@ -279,11 +279,12 @@ def test_trickling_receiver_is_cut_at_the_deadline() -> None:
 
 
 def _self_signed(tmp: Path) -> tuple[Path, Path]:
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])

@@ -33,8 +33,8 @@ from tapedeck.webhooks.netguard import (
     IPAddress,
     NetGuard,
     NetPolicy,
-    Resolver,
     ResolveFailed,
+    Resolver,
     SystemConnector,
 )
 from tapedeck.webhooks.secretbox import SecretBox

@@ -25,7 +25,7 @@ Durability contract (SQLite is the only state; any number of dispatcher processe
   endpoint and cancels its pending deliveries. Anything else (other statuses, redirects,
   refused address, DNS, connect, TLS, timeout) fails the attempt: the next one is due after
   the ``RetrySchedule`` delay (immediately, then 1 min, 5 min, 30 min, 2 h, 8 h, each plus
-  0–10 % jitter), or after ``Retry-After`` if the receiver asks for longer; after the last one the
+  0-10 % jitter), or after ``Retry-After`` if the receiver asks for longer; after the last one the
   delivery is ``failed`` (replay can queue it again). Every attempt is logged in
   ``webhook_attempts`` (time, status code, latency, error).
 """

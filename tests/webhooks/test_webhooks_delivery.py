@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook
-from webhookkit import Answer, Env, Received, Receiver, dead_port, make_env
 
 from tapedeck.clock import ManualClock, parse_iso
 from tapedeck.webhooks.dispatcher import DEFAULT_DELAYS_S, RetrySchedule, parse_retry_after
 from tapedeck.webhooks.netguard import NetGuard, NetPolicy
 from tapedeck.webhooks.transport import DeliveryFailure, GuardedTransport
+
+from webhookkit import Answer, Env, Received, Receiver, dead_port, make_env
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 HOUR = dt.timedelta(hours=1)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
-from webhookkit import Receiver, make_env
 
 from tapedeck.clock import SystemClock
 from tapedeck.webhooks import signing
 from tapedeck.webhooks.secretbox import KEY_FILE, SecretBox
+
+from webhookkit import Receiver, make_env
 
 
 def test_secret_format_is_what_reference_libraries_read() -> None:

@@ -12,11 +12,12 @@ import ipaddress
 from pathlib import Path
 
 import pytest
-from webhookkit import FixedResolver, Receiver, RecordingConnector, make_env
 
 from tapedeck.errors import TapedeckError
 from tapedeck.webhooks.netguard import NetGuard, NetPolicy, SystemResolver, category
 from tapedeck.webhooks.transport import DeliveryFailure, GuardedTransport
+
+from webhookkit import FixedResolver, Receiver, RecordingConnector, make_env
 
 FORBIDDEN = ["127.0.0.1", "::1", "169.254.169.254", "10.0.0.1", "fd00:ec2::254", "0.0.0.0",
              "172.16.5.4", "192.168.1.1", "100.64.0.1", "fe80::1", "::ffff:127.0.0.1",

@@ -7,7 +7,8 @@ with ONE continuous encoder into 5-minute chunk files at 24 kbps (``OpusChunker`
 under ``.cache/bench/`` (encoding an hour takes ~40 s), then times, median of N runs:
 
 * baseline: read every chunk file, concatenate, write one file (a chained Ogg stream);
-* remux: ``tapedeck.oggopus.remux`` from the chunk files into one file (one logical stream).
+* remux: ``tapedeck.oggopus.remux`` from the chunk files into one file (one logical stream);
+* probe: ``tapedeck.oggopus.probe`` of the stitched file (full validation, every CRC).
 
 Prints both times and the ratio. Both write to a temporary file without fsync, so the
 numbers compare the CPU and page-cache work of the two; the output of remux is checked with
@@ -22,8 +23,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -76,13 +78,19 @@ def byte_copy(chunks: list[Path], out: Path) -> None:
 
 def remux_files(chunks: list[Path], out: Path) -> None:
     """The stitcher, streaming from the chunk files to ``out``."""
-    def streams():  # type: ignore[no-untyped-def]
+    def streams() -> Iterator[BinaryIO]:
         for path in chunks:
             with path.open("rb") as stream:
                 yield stream
 
     with out.open("wb") as sink:
         remux(streams(), sink)
+
+
+def probe_file(path: Path) -> None:
+    """Parse and validate a whole file (CRC of every page, packet durations, granules)."""
+    with path.open("rb") as stream:
+        probe(stream)
 
 
 def median_time(fn: Callable[[], None], runs: int) -> float:
@@ -109,11 +117,15 @@ def main() -> None:
             info = probe(stream)
         copy_s = median_time(lambda: byte_copy(chunks, out), args.runs)
         remux_s = median_time(lambda: remux_files(chunks, out), args.runs)
+        probe_s = median_time(lambda: probe_file(out), args.runs)
+        stitched_mb = out.stat().st_size / 1e6
     print(f"input: {len(chunks)} chunks, {size / 1e6:.2f} MB, {args.minutes} min")
     print(f"stitched: {info.duration_ms} ms, {info.packets} packets, {info.pages} pages")
     print(f"byte copy (read+concat+write): {copy_s * 1000:8.1f} ms (median of {args.runs})")
     print(f"remux (one logical stream):    {remux_s * 1000:8.1f} ms (median of {args.runs})")
     print(f"ratio remux / byte copy:       {remux_s / copy_s:8.1f}x")
+    print(f"probe (validate) the {stitched_mb:.1f} MB result: {probe_s * 1000:8.1f} ms "
+          f"({probe_s / copy_s:.1f}x byte copy)")
 
 
 if __name__ == "__main__":

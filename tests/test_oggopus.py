@@ -416,6 +416,46 @@ def test_stitched_continuous_chunks_equal_the_whole_recording(
     assert (info.samples, info.pre_skip, info.packets) == (samples, 312, result.packets)
 
 
+def relace(data: bytes) -> bytes:
+    """The same stream re-paged with full 255-entry lacing tables, so packets continue from
+    page to page (as libogg-based muxers do with large packets)."""
+    reader = OpusStreamReader(io.BytesIO(data))
+    packets: list[tuple[bytes, int]] = []
+    while (page := reader.next_audio_page()) is not None:
+        packets.extend(zip(page.packets(), page.durations, strict=True))
+    sink = io.BytesIO()
+    writer = OggStreamWriter(sink, reader.serial)
+    writer.write_packet(reader.head_packet, 0)
+    writer.flush()
+    writer.write_packet(reader.tags_packet, 0)
+    writer.flush()
+    granule = 0
+    for i, (packet, duration) in enumerate(packets):
+        granule += duration
+        writer.write_packet(packet, granule if i < len(packets) - 1 else reader.final_granule)
+    writer.flush(eos=True)
+    return sink.getvalue()
+
+
+def test_chunks_with_packets_spanning_pages_stitch_bit_exact(tmp_path: Path) -> None:
+    settings = {"sample_rate": 48_000, "bitrate": 128_000}  # ~320 bytes: 2 lacing values
+    pcm = speech_pcm(9.5, 48_000)
+    chunker = OpusChunker(chunk_duration_ms=3000, **settings)
+    chunks = chunker.feed(pcm) + chunker.finish()
+    whole = OpusChunker(chunk_duration_ms=None, **settings)
+    (single,) = whole.feed(pcm) + whole.finish()
+    relaced = [relace(c.data) for c in chunks]
+    pages = [p for data in relaced for p in iter_pages(io.BytesIO(data))]
+    assert sum(p.continued for p in pages) >= 2
+    for data, chunk in zip(relaced, chunks, strict=True):
+        assert probe(io.BytesIO(data)).samples == chunk.samples
+    data, result = stitch(relaced)
+    assert packets_of(data) == packets_of(single.data)
+    assert result.seamless_boundaries == len(chunks) - 1
+    assert result.samples == 9.5 * GRANULE_RATE
+    assert opusinfo_problems(save(tmp_path, "r.opus", data)) == []
+
+
 def test_remux_streams_lazily_and_accepts_short_reads_and_partial_writes(
     twelve: tuple[list[EncodedChunk], EncodedChunk],
 ) -> None:

@@ -438,11 +438,10 @@ def relace(data: bytes) -> bytes:
 
 
 def test_chunks_with_packets_spanning_pages_stitch_bit_exact(tmp_path: Path) -> None:
-    settings = {"sample_rate": 48_000, "bitrate": 128_000}  # ~320 bytes: 2 lacing values
-    pcm = speech_pcm(9.5, 48_000)
-    chunker = OpusChunker(chunk_duration_ms=3000, **settings)
+    pcm = speech_pcm(9.5, 48_000)  # 128 kbps: ~320-byte packets, 2 lacing values each
+    chunker = OpusChunker(chunk_duration_ms=3000, sample_rate=48_000, bitrate=128_000)
     chunks = chunker.feed(pcm) + chunker.finish()
-    whole = OpusChunker(chunk_duration_ms=None, **settings)
+    whole = OpusChunker(chunk_duration_ms=None, sample_rate=48_000, bitrate=128_000)
     (single,) = whole.feed(pcm) + whole.finish()
     relaced = [relace(c.data) for c in chunks]
     pages = [p for data in relaced for p in iter_pages(io.BytesIO(data))]

@@ -31,7 +31,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import sqlite_utils
@@ -90,32 +91,50 @@ class JobHandler(Protocol):
 
 
 class _Heartbeat:
-    """Extends a run's lease every ``interval`` seconds until stopped or the lease is lost."""
+    """One thread per ``Worker``, for its lifetime: every ``interval`` seconds it extends the
+    lease of the run being watched, if any (one long-lived thread, so one SQLite connection,
+    however many jobs the worker runs). A lost lease sets the run's ``lost`` event."""
 
-    def __init__(self, run: JobRun, interval: float) -> None:
-        self._run = run
+    def __init__(self, interval: float, name: str) -> None:
         self._interval = interval
+        self._name = name
+        self._lock = threading.Lock()
+        self._run: JobRun | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True,
-                                        name=f"heartbeat-{run.job.id}")
+        self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> _Heartbeat:
-        self._thread.start()
-        return self
+    @contextmanager
+    def watch(self, run: JobRun) -> Iterator[None]:
+        """Heartbeat ``run`` while the block runs."""
+        with self._lock:
+            self._run = run
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, daemon=True,
+                                                name=f"heartbeat-{self._name}")
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._run = None
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Stop the thread (it ends within one interval)."""
         self._stop.set()
-        self._thread.join()
 
     def _loop(self) -> None:
         while not self._stop.wait(self._interval):
+            with self._lock:
+                run = self._run
+            if run is None or run.lost.is_set():
+                continue
             try:
-                self._run.heartbeat()
+                run.heartbeat()
             except LeaseLost:
-                log.warning("job %s: lease lost", self._run.job.id)
-                return
+                if self._run is run:
+                    log.warning("job %s: lease lost", run.job.id)
             except Exception:  # a busy database must not kill the heartbeat
-                log.exception("job %s: heartbeat failed; retrying", self._run.job.id)
+                log.exception("job %s: heartbeat failed; retrying", run.job.id)
 
 
 class Worker:
@@ -126,6 +145,11 @@ class Worker:
         self.handlers = dict(handlers)
         self.name = name
         self.current: JobRun | None = None
+        self._heartbeat = _Heartbeat(max(0.05, queue.lease_s / 3), name)
+
+    def close(self) -> None:
+        """Stop the worker's heartbeat thread (call when done with the worker)."""
+        self._heartbeat.close()
 
     def run_once(self) -> str | None:
         """Run at most one job; return its outcome (``succeeded``, ``retry``, ``failed``,
@@ -149,7 +173,7 @@ class Worker:
         log.info("job %s (%s) attempt %d started by %s", job.id, job.kind, job.attempts,
                  job.owner)
         try:
-            with _Heartbeat(run, max(0.05, self.queue.lease_s / 3)):
+            with self._heartbeat.watch(run):
                 handler.run(run)
                 if not run.completed:
                     with self.queue.db.write() as tx:
@@ -236,6 +260,7 @@ class WorkerPool:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         for worker, t in zip(self.workers, self._threads, strict=True):
+            worker.close()
             run = worker.current
             if t.is_alive() and run is not None:
                 run.lost.set()

@@ -15,6 +15,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -235,6 +236,33 @@ class FfmpegSource:
             self._proc.kill()
         self._proc.wait()
         self._out.close()
+
+
+class PacedSource:
+    """A file source delivered no faster than real time, like a capture device (used by
+    ``record --input FILE``: exercises live recording without a sound card)."""
+
+    live = True
+
+    def __init__(self, inner: AudioSource) -> None:
+        self.sample_rate = inner.sample_rate
+        self.channels = inner.channels
+        self._inner = inner
+        self._frames = 0
+        self._start: float | None = None
+
+    def read(self, frames: int) -> bytes:
+        if self._start is None:
+            self._start = time.monotonic()
+        data = self._inner.read(frames)
+        self._frames += len(data) // (2 * self.channels)
+        delay = self._start + self._frames / self.sample_rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return data
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def open_file_source(path: Path, sample_rate: int, channels: int) -> AudioSource:

@@ -25,7 +25,9 @@ from types import FrameType
 from typing import Any
 
 from tapedeck_agent.capture import (
+    AudioSource,
     CaptureError,
+    PacedSource,
     PortAudioSource,
     list_devices,
     open_file_source,
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("record", help="capture from the audio device, upload, finalize")
     rec.add_argument("--duration", type=float, help="seconds of audio to record "
                      "(default: until SIGTERM/SIGINT)")
+    rec.add_argument("--input", type=Path, help="record this audio file in real time "
+                     "instead of a capture device (testing, demos)")
     rec.add_argument("--wait", type=float, help="seconds to wait for upload+finalize after "
                      "capture ends (default: shutdown_grace_s)")
     up = sub.add_parser("upload", help="encode an audio file to chunks, upload, finalize")
@@ -156,21 +160,29 @@ def cmd_record(args: argparse.Namespace, cfg: AgentConfig) -> int:
     service.start()
     frames = None if args.duration is None else round(args.duration * cfg.sample_rate)
     try:
-        source = PortAudioSource(cfg.device, cfg.sample_rate, cfg.channels,
-                                 cfg.sample_rate * FRAME_MS // 1000)
+        source, origin = _live_source(cfg, args.input)
     except CaptureError:
         service.stop()
         raise
-    log.info("capturing from %r at %d Hz x%d into %s", source.device_name, cfg.sample_rate,
-             cfg.channels, spool.root)
+    log.info("capturing from %s at %d Hz x%d into %s", origin, cfg.sample_rate, cfg.channels,
+             spool.root)
     try:
         result = Recorder(cfg, spool, service.notify).record(
-            source, signals.stop, origin=f"capture:{source.device_name}", max_frames=frames,
-            name=cfg.name)
+            source, signals.stop, origin=origin, max_frames=frames, name=cfg.name)
     finally:
         source.close()
     wait_s = cfg.shutdown_grace_s if args.wait is None else args.wait
     return _finish(service, result, wait_s, signals)
+
+
+def _live_source(cfg: AgentConfig, path: Path | None) -> tuple[AudioSource, str]:
+    """The capture device, or ``path`` paced in real time; with its origin label."""
+    if path is not None:
+        return PacedSource(open_file_source(path, cfg.sample_rate, cfg.channels)), \
+            f"input:{path.name}"
+    source = PortAudioSource(cfg.device, cfg.sample_rate, cfg.channels,
+                             cfg.sample_rate * FRAME_MS // 1000)
+    return source, f"capture:{source.device_name}"
 
 
 def cmd_upload(args: argparse.Namespace, cfg: AgentConfig) -> int:
@@ -191,9 +203,10 @@ def cmd_upload(args: argparse.Namespace, cfg: AgentConfig) -> int:
 def cmd_sync(args: argparse.Namespace, cfg: AgentConfig) -> int:
     signals = Signals()
     spool = _open_spool(cfg)
+    for line in spool.recover():
+        log.warning("spool recovery: %s", line)
     service = UploadService(cfg, spool)
     service.start()
-    spool.recover()
     ids = [r.local_id for r in spool.recordings(("closed", "capturing"))]
     outcome = service.wait(ids, args.timeout, signals.stop)
     service.stop()

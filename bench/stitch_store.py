@@ -5,7 +5,7 @@ Run: ``.venv/bin/python bench/stitch_store.py [--runs N] [--minutes M]``
 Starts its own SeaweedFS (``weed mini``) and SQLite file in a temporary directory, takes M
 minutes (default 60) of real speech in 5-minute chunks at 24 kbps (encoded once by one
 continuous encoder and cached under ``.cache/bench/``, shared with ``bench/stitch.py``), and
-for each of N runs (default 5; median reported), interleaved:
+for each of N runs (default 7; median reported), interleaved:
 
 * baseline, plain byte copy through the same store: GET every chunk, concatenate, PUT the
   result (one PutObject, as a naive stitcher would);
@@ -76,7 +76,7 @@ def timed(fn: object) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--minutes", type=int, default=60)
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     args = parser.parse_args()

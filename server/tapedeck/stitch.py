@@ -44,7 +44,9 @@ import logging
 import re
 import tempfile
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -257,27 +259,46 @@ def read_object(store: ObjectStore, key: str) -> bytes:
         stream.close()
 
 
+def _fetch_verified(store: ObjectStore, recording_id: str, chunk: ChunkRecord) -> bytes:
+    """One chunk's bytes, checked against its finalize snapshot (``JobFailed`` otherwise)."""
+    try:
+        data = read_object(store, chunk_key(recording_id, chunk.part))
+    except ObjectNotFound:
+        raise JobFailed("chunk_missing", f"Chunk {chunk.part} is no longer in the store.",
+                        part=chunk.part) from None
+    digest = hashlib.md5(data).hexdigest()
+    if len(data) != chunk.size or (_PLAIN_MD5.match(chunk.md5) and digest != chunk.md5):
+        raise JobFailed("checksum_mismatch",
+                        f"Chunk {chunk.part} changed after finalize (MD5 {digest}, "
+                        f"expected {chunk.md5}).", part=chunk.part)
+    return data
+
+
 def verified_chunks(store: ObjectStore, recording_id: str, chunks: list[ChunkRecord],
                     checksum_md5: str | None, before_each: Callable[[], None] | None = None,
-                    ) -> Iterator[BinaryIO]:
+                    *, prefetch: int = 2) -> Iterator[BinaryIO]:
     """Chunk streams in part order, each checked against its finalize snapshot; after the last
-    one, the MD5 of all bytes against ``checksum_md5`` (if given). Raises ``JobFailed``."""
+    one, the MD5 of all bytes against ``checksum_md5`` (if given). Raises ``JobFailed``.
+
+    Up to ``prefetch`` chunks are fetched (and MD5-checked) ahead by a helper thread, so
+    reading the store overlaps with the remux of the current chunk; errors surface in part
+    order, when their chunk's turn comes."""
     whole = hashlib.md5()
-    for chunk in chunks:
-        if before_each is not None:
-            before_each()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-fetch") as pool:
+        pending: deque[Future[bytes]] = deque()
         try:
-            data = read_object(store, chunk_key(recording_id, chunk.part))
-        except ObjectNotFound:
-            raise JobFailed("chunk_missing", f"Chunk {chunk.part} is no longer in the store.",
-                            part=chunk.part) from None
-        digest = hashlib.md5(data).hexdigest()
-        if len(data) != chunk.size or (_PLAIN_MD5.match(chunk.md5) and digest != chunk.md5):
-            raise JobFailed("checksum_mismatch",
-                            f"Chunk {chunk.part} changed after finalize (MD5 {digest}, "
-                            f"expected {chunk.md5}).", part=chunk.part)
-        whole.update(data)
-        yield io.BytesIO(data)
+            for index in range(len(chunks)):
+                while len(pending) <= prefetch and index + len(pending) < len(chunks):
+                    ahead = chunks[index + len(pending)]
+                    pending.append(pool.submit(_fetch_verified, store, recording_id, ahead))
+                if before_each is not None:
+                    before_each()
+                data = pending.popleft().result()
+                whole.update(data)
+                yield io.BytesIO(data)
+        finally:
+            for future in pending:
+                future.cancel()
     if checksum_md5 is not None and whole.hexdigest() != checksum_md5:
         raise JobFailed("checksum_mismatch",
                         "The chunks no longer match the checksum_md5 given at finalize.",

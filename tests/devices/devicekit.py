@@ -5,6 +5,7 @@ project's key) built through the public API itself."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,14 @@ from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.weed import ManagedWeed
 
 from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+
+
+#: A whole secret of any kind (hints such as ``rk_test_…abcd`` do not match): API keys and
+#: device tokens (prefix, 32 random + 6 checksum base62), upload tokens (payload.signature)
+#: and webhook signing secrets (32 base64 characters).
+SECRET_RE = re.compile(rb"(?:sk|rk|dtok)_(?:test|live)_[0-9A-Za-z]{38}"
+                       rb"|up_[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"
+                       rb"|whsec_[A-Za-z0-9+/]{32}")
 
 
 def gateway_available() -> bool:
@@ -202,3 +211,145 @@ class World:
             self.rpc.recordings.CompleteUpload(rpb.CompleteUploadRequest(id=rec_id),
                                                metadata=auth(token))
         return rec_id
+
+
+# -- the access table (shared by the gRPC and REST access tests) ---------------------------
+@dataclass
+class Target:
+    """What one case acts on: a device of project A, its live token, and maybe more."""
+
+    device_id: str
+    owner_token: str
+    recording_id: str = ""
+    end_user_id: str = ""
+    key_id: str = ""
+
+
+def bound_device(w: World) -> Target:
+    return Target(*w.bound_device())
+
+
+def unbound_device_with_token(w: World) -> Target:
+    """An unbound device that still has a token (issued by ``tapedeck admin device-token``)."""
+    device_id = w.new_device()
+    _, token = w.srv.device_token(device_id)
+    return Target(device_id, token)
+
+
+def streaming_recording(w: World) -> Target:
+    t = bound_device(w)
+    t.recording_id = w.streaming_recording(t.owner_token, chunks=1)
+    return t
+
+
+def file_uploaded(w: World) -> Target:
+    t = bound_device(w)
+    t.recording_id = w.uploaded_file(t.owner_token, complete=False)
+    return t
+
+
+def file_completed(w: World) -> Target:
+    t = bound_device(w)
+    t.recording_id = w.uploaded_file(t.owner_token, complete=True)
+    return t
+
+
+def end_user(w: World) -> Target:
+    t = bound_device(w)
+    t.end_user_id = w.new_end_user()
+    return t
+
+
+def api_key(w: World) -> Target:
+    t = bound_device(w)
+    t.key_id = w.create_key({"recordings:read"}).key.id
+    return t
+
+
+KINDS = ("secret", "restricted_with_scope", "restricted_without_scope", "device_owner",
+         "device_other", "revoked_key", "unbound_device_token", "refreshed_away_token",
+         "other_project_key")
+OK, FORB, UNAUTH = "ok", "forbidden", "unauthorized"
+RNF, DNF = "recording_not_found", "device_not_found"
+EUNF, KNF = "end_user_not_found", "key_not_found"
+_401 = (UNAUTH, UNAUTH, UNAUTH)
+
+
+@dataclass(frozen=True)
+class Access:
+    """One operation: the scopes a restricted key needs, its target, the exact outcomes."""
+
+    scopes: frozenset[str]
+    setup: Callable[[World], Target]
+    expect: tuple[str, ...]  # one per KINDS
+
+    def __post_init__(self) -> None:
+        assert len(self.expect) == len(KINDS)
+
+
+def _a(scopes: Iterable[str], setup: Callable[[World], Target], *expect: str) -> Access:
+    return Access(frozenset(scopes), setup, expect)
+
+
+R_READ, R_WRITE = {"recordings:read"}, {"recordings:write"}
+D_READ, D_WRITE = {"devices:read"}, {"devices:write"}
+#: Key management has no scope: only secret keys; "restricted with scope" holds every scope.
+KEYS = set(ALL_SCOPES)
+
+#: Outcomes per operation (named after its RPC), in KINDS order: secret key, restricted key
+#: with / without the scope, device token of the owner / of another device of the project,
+#: revoked key, token of an unbound device, refreshed-away token, another project's key.
+#: ``forbidden`` is a missing scope, decided before any lookup (it reveals nothing); another
+#: device's or project's existing resource answers ``*_not_found``.
+ACCESS: dict[str, Access] = {
+    # recordings and chunks                          sk  rk+ rk-   own   other
+    "CreateRecording": _a(R_WRITE, bound_device, OK, OK, FORB, OK, OK, *_401, DNF),
+    "GetRecording": _a(R_READ, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "ListRecordings": _a(R_READ, streaming_recording, OK, OK, FORB, OK, OK, *_401, OK),
+    "FinalizeRecording": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "DeleteRecording": _a(R_WRITE, streaming_recording, OK, OK, FORB, FORB, FORB, *_401, RNF),
+    "CreateUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "CompleteUpload": _a(R_WRITE, file_uploaded, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "CreateDownloadUrl": _a(R_READ, file_completed, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "UploadChunk": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "ListChunks": _a(R_READ, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "CreateChunkUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    # devices                                        sk  rk+ rk-   own   other
+    "CreateDevice": _a(D_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
+    "GetDevice": _a(D_READ, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),
+    "BindDevice": _a(D_WRITE, unbound_device_with_token, OK, OK, FORB, FORB, FORB, *_401, DNF),
+    "UnbindDevice": _a(D_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),
+    "RefreshDeviceToken": _a(D_WRITE, bound_device, FORB, FORB, FORB, OK, DNF, *_401, FORB),
+    "SendHeartbeat": _a(D_WRITE, bound_device, OK, OK, FORB, OK, DNF, *_401, DNF),
+    # end users                                      sk  rk+ rk-   own   other
+    "CreateEndUser": _a({"end_users:write"}, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
+    "GetEndUser": _a({"end_users:read"}, end_user, OK, OK, FORB, FORB, FORB, *_401, EUNF),
+    # keys                                           sk  rk+ rk-   own   other
+    "CreateKey": _a(KEYS, bound_device, OK, FORB, FORB, FORB, FORB, *_401, OK),
+    "ListKeys": _a(KEYS, bound_device, OK, FORB, FORB, FORB, FORB, *_401, OK),
+    "RevokeKey": _a(KEYS, api_key, OK, FORB, FORB, FORB, FORB, *_401, KNF),
+}
+
+
+def credential(w: World, kind: str, access: Access, t: Target) -> str:
+    """The bearer secret of ``kind`` for a case acting on ``t``."""
+    if kind == "refreshed_away_token":  # the owner's own token, replaced by a refresh
+        old, t.owner_token = t.owner_token, w.refresh(t.owner_token)
+        return old
+    by_kind: dict[str, Callable[[], str]] = {
+        "secret": lambda: w.sk,
+        "restricted_with_scope": lambda: w.restricted(access.scopes),
+        "restricted_without_scope": lambda: w.restricted_without(access.scopes),
+        "device_owner": lambda: t.owner_token,
+        "device_other": lambda: w.other_token,
+        "revoked_key": lambda: w.revoked(access.scopes),
+        "unbound_device_token": lambda: w.unbound_token,
+        "other_project_key": lambda: w.sk_b,
+    }
+    return by_kind[kind]()
+
+
+def cases(names: Iterable[str]) -> list[tuple[str, str, str]]:
+    """(operation, credential kind, expected outcome) for every kind of each operation."""
+    return [(name, kind, expected) for name in names
+            for kind, expected in zip(KINDS, ACCESS[name].expect, strict=True)]

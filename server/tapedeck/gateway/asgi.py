@@ -9,10 +9,15 @@ from fastapi.responses import HTMLResponse
 
 from tapedeck.domain import Domain
 from tapedeck.gateway import docs, errors, schemas
-from tapedeck.gateway.routes import add_routes
+from tapedeck.gateway.devices import BODY_MODELS as DEVICE_BODY_MODELS
+from tapedeck.gateway.devices import add_device_routes
+from tapedeck.gateway.routes import Gateway, add_routes
+from tapedeck.gateway.webhooks import BODY_MODELS as WEBHOOK_BODY_MODELS
+from tapedeck.gateway.webhooks import add_webhook_routes
 
 BODY_MODELS = (schemas.CreateRecordingRequest, schemas.FinalizeRequest,
-               schemas.UploadUrlRequest, schemas.EmptyRequest)
+               schemas.UploadUrlRequest, schemas.EmptyRequest, *DEVICE_BODY_MODELS,
+               *WEBHOOK_BODY_MODELS)
 API_VERSION = "1.0.0"
 
 
@@ -22,6 +27,8 @@ def build_app(domain: Domain) -> FastAPI:
                   description=docs.API_DESCRIPTION, docs_url=None, redoc_url=None,
                   redirect_slashes=False)
     add_routes(app.router, domain)
+    add_device_routes(app.router, Gateway(domain))
+    add_webhook_routes(app.router, Gateway(domain))
     errors.install(app)
 
     def openapi() -> dict[str, Any]:

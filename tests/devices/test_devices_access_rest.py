@@ -1,0 +1,113 @@
+"""Every REST route x every kind of credential: the exact outcome (issue 8), from the same
+table as the gRPC test (``devicekit.ACCESS``): one HTTP status per error type, with the
+error envelope of ``api.md``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from tapedeck.errors import ERRORS
+from tapedeck.weed import ManagedWeed
+
+from devicekit import ACCESS, Target, World, cases, credential, gateway_available, serve
+from serverkit import RunningServer
+
+pytestmark = pytest.mark.skipif(not gateway_available(), reason="REST gateway not installed")
+
+
+@pytest.fixture(scope="module")
+def module_server(weed: ManagedWeed,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    yield from serve(weed, tmp_path_factory.mktemp("access-rest") / "data")
+
+
+@pytest.fixture(scope="module")
+def world(module_server: RunningServer) -> World:
+    return World.build(module_server)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One REST request: method, path template (as declared by the gateway), body."""
+
+    method: str
+    path: str
+    json: dict[str, Any] | None = None
+    content: bytes | None = None
+
+    def send(self, w: World, t: Target, token: str) -> httpx.Response:
+        path = self.path.format(recording_id=t.recording_id, device_id=t.device_id,
+                                end_user_id=t.end_user_id, key_id=t.key_id, part=2)
+        json = {k: (w.end_user_id if v == "$end_user" else t.device_id if v == "$device"
+                    else v) for k, v in self.json.items()} if self.json is not None else None
+        return httpx.request(self.method, w.srv.http_url + path, json=json,
+                             content=self.content, timeout=60.0,
+                             headers={"Authorization": f"Bearer {token}"})
+
+
+REC = "/v1/recordings/{recording_id}"
+DEV = "/v1/devices/{device_id}"
+ROUTES: dict[str, Route] = {
+    "CreateRecording": Route("POST", "/v1/recordings", {"device_id": "$device",
+                                                        "streaming": True}),
+    "GetRecording": Route("GET", REC),
+    "ListRecordings": Route("GET", "/v1/recordings"),
+    "FinalizeRecording": Route("POST", REC + "/finalize",
+                               {"total_chunks": 1, "final_duration_ms": 900}),
+    "DeleteRecording": Route("DELETE", REC),
+    "CreateUploadUrl": Route("POST", REC + "/upload-url", {"type": "audio", "part": 2}),
+    "CompleteUpload": Route("POST", REC + "/upload-complete", {}),
+    "CreateDownloadUrl": Route("POST", REC + "/download-url", {}),
+    "UploadChunk": Route("PUT", REC + "/chunks/{part}", content=b"second chunk"),
+    "ListChunks": Route("GET", REC + "/chunks"),
+    "CreateDevice": Route("POST", "/v1/devices", {"serial_number": "SN-9"}),
+    "GetDevice": Route("GET", DEV),
+    "BindDevice": Route("POST", DEV + "/bind", {"end_user_id": "$end_user"}),
+    "UnbindDevice": Route("POST", DEV + "/unbind", {}),
+    "RefreshDeviceToken": Route("POST", DEV + "/token/refresh", {}),
+    "SendHeartbeat": Route("POST", DEV + "/heartbeat", {"battery_percent": 50}),
+    "CreateEndUser": Route("POST", "/v1/end-users", {"name": "Grace"}),
+    "GetEndUser": Route("GET", "/v1/end-users/{end_user_id}"),
+    "CreateKey": Route("POST", "/v1/keys", {"scopes": ["recordings:read"]}),
+    "ListKeys": Route("GET", "/v1/keys"),
+    "RevokeKey": Route("POST", "/v1/keys/{key_id}/revoke", {}),
+}
+CASES = cases(ROUTES)
+
+
+def rest_outcome(resp: httpx.Response) -> str:
+    """``ok`` for a 2xx answer, else the error type (checked against the table's status)."""
+    if resp.is_success:
+        return "ok"
+    err = resp.json()["error"]
+    assert resp.status_code == ERRORS[err["type"]].http_status, (resp.status_code, err)
+    assert isinstance(err["message"], str) and err["message"]
+    return str(err["type"])
+
+
+@pytest.mark.parametrize(("op", "kind", "expected"), CASES,
+                         ids=[f"{n}-{k}" for n, k, _ in CASES])
+def test_access(world: World, op: str, kind: str, expected: str) -> None:
+    access = ACCESS[op]
+    target = access.setup(world)
+    token = credential(world, kind, access, target)
+    assert rest_outcome(ROUTES[op].send(world, target, token)) == expected
+
+
+def test_every_route_is_in_the_table(world: World) -> None:
+    """Every route under recordings, devices, end users and keys has a row (the chunk upload
+    URL of gRPC is ``upload-url`` with a ``part`` in REST)."""
+    from tapedeck.gateway import build_app
+
+    covered = ("/v1/recordings", "/v1/devices", "/v1/end-users", "/v1/keys")
+    declared = {(method, route.path) for route in build_app(world.srv.app.domain).routes
+                if isinstance(route, APIRoute) and route.path.startswith(covered)
+                for method in route.methods or ()}
+    assert declared == {(r.method, r.path) for r in ROUTES.values()}
+    assert set(ROUTES) == set(ACCESS) - {"CreateChunkUploadUrl"}

@@ -224,6 +224,10 @@ def stitch_into_store(store: ObjectStore, chunks: Iterable[BinaryIO], key: str, 
             pass
         except BaseException as exc:
             pipe.fail(exc)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # a generator: stop its prefetching now, in this thread
+                close()
 
     producer = threading.Thread(target=produce, daemon=True, name=f"stitch-{key}")
     producer.start()

@@ -135,8 +135,7 @@ class _Stitcher:
             else:
                 for packet in zip(page.packets(), page.durations, strict=True):
                     self._write(packet)
-        if reader.next_audio_page() is not None:  # pragma: no cover - reader raises instead
-            raise InvalidAudio("data after the end-of-stream page")
+        reader.next_audio_page()  # None, or raises if anything follows the EOS page
         if reader.samples <= 0:
             raise InvalidAudio("chunk has no audio after its pre-skip")
         self._chunks += 1

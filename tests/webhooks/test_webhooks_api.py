@@ -118,12 +118,10 @@ def test_rest_validation_scopes_and_isolation(srv: RunningServer, receiver: Rece
 
     _, other_key = create_project(srv.app.db, srv.app.clock, "other")
     with _http(srv, other_key) as c:
-        for call in (lambda: c.get(f"/v1/webhooks/{wh_id}"),
-                     lambda: c.get(f"/v1/webhooks/{wh_id}/deliveries"),
-                     lambda: c.delete(f"/v1/webhooks/{wh_id}"),
-                     lambda: c.post(f"/v1/webhooks/{wh_id}/replay", json={"since":
-                                                                         "2026-01-01T00:00:00Z"})):
-            r = call()
+        since = {"since": "2026-01-01T00:00:00Z"}
+        for method, path, body in [("GET", "", None), ("GET", "/deliveries", None),
+                                   ("DELETE", "", None), ("POST", "/replay", since)]:
+            r = c.request(method, f"/v1/webhooks/{wh_id}{path}", json=body)
             assert r.status_code == 404 and r.json()["error"]["type"] == "webhook_not_found"
         assert c.get("/v1/webhooks").json()["data"] == []
 

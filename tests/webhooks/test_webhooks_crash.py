@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,13 @@ def test_kill_9_dispatcher_repeatedly_loses_nothing(weed: Any, tmp_path: Path) -
             started = time.perf_counter()
             children.append(spawn_server(settings, "dispatcher"))
             for threshold in (100, 250, 400, 550, 700, 850):
-                assert receiver.wait_for(
-                    lambda r, n=threshold: len({x.webhook_id for x in r}) >= n, 120), threshold
+                assert receiver.wait_for(_distinct_at_least(threshold), 120), threshold
                 children[-1].kill()
                 kills += 1
                 if threshold == 400:  # the other half arrives while dispatchers come and go
                     events += [e for _ in range(5) for e in env.emit("recording.uploaded", n=100)]
                 children.append(spawn_server(settings, "dispatcher"))
-            assert receiver.wait_for(lambda r: len({x.webhook_id for x in r}) >= TOTAL, 120)
+            assert receiver.wait_for(_distinct_at_least(TOTAL), 120)
             _wait_all_succeeded(env, TOTAL)
             elapsed = time.perf_counter() - started
             children[-1].terminate()
@@ -69,6 +69,10 @@ def test_kill_9_dispatcher_repeatedly_loses_nothing(weed: Any, tmp_path: Path) -
             if child.proc.poll() is None:
                 child.kill()
         receiver.close()
+
+
+def _distinct_at_least(n: int) -> Callable[[list[Received]], bool]:
+    return lambda reqs: len({r.webhook_id for r in reqs}) >= n
 
 
 def _wait_all_succeeded(env: Any, total: int) -> None:

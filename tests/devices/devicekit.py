@@ -33,7 +33,6 @@ from tapedeck.weed import ManagedWeed
 
 from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
 
-
 #: A whole secret of any kind (hints such as ``rk_test_…abcd`` do not match): API keys and
 #: device tokens (prefix, 32 random + 6 checksum base62), upload tokens (payload.signature)
 #: and webhook signing secrets (32 base64 characters).
@@ -56,10 +55,15 @@ def serve(weed: ManagedWeed, data_dir: Path, clock: Clock | None = None) -> Iter
         yield srv
     finally:
         srv.close()
-        client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
-                       region="us-east-1")
-        if client.bucket_exists(srv.app.settings.s3_bucket):
-            client.remove_bucket(srv.app.settings.s3_bucket)
+        drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def drop_bucket(weed: ManagedWeed, bucket: str) -> None:
+    """Remove a test bucket (weed mini removes non-empty buckets; volumes are bounded)."""
+    client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
+                   region="us-east-1")
+    if client.bucket_exists(bucket):
+        client.remove_bucket(bucket)
 
 
 def outcome(call: Callable[[], object]) -> str:

@@ -68,7 +68,7 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="device token ($TAPEDECK_AGENT_TOKEN)")
     p.add_argument("--spool-dir", type=Path, help="spool directory")
     p.add_argument("--chunk-duration-ms", type=int, help="audio per chunk")
-    p.add_argument("--max-spool-mb", type=int, help="spool size limit")
+    p.add_argument("--max-spool-mb", type=float, help="spool size limit, MB")
     p.add_argument("--sample-rate", type=int, help="capture rate, Hz")
     p.add_argument("--channels", type=int, help="capture channels")
     p.add_argument("--bitrate", type=int, help="Opus bitrate, bits/s")

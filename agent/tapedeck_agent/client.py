@@ -18,7 +18,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
+from tapedeck.v1 import (
+    chunk_pb2,
+    chunk_pb2_grpc,
+    device_pb2,
+    device_pb2_grpc,
+    recording_pb2,
+    recording_pb2_grpc,
+)
 
 ERROR_DOMAIN = "tapedeck.dev"
 UPLOAD_PIECE = 64 * 1024
@@ -131,6 +138,7 @@ class AgentClient:
         self._timeout = timeout_s
         self._recordings = recording_pb2_grpc.RecordingServiceStub(self._channel)
         self._chunks = chunk_pb2_grpc.ChunkServiceStub(self._channel)
+        self._devices = device_pb2_grpc.DeviceServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -141,23 +149,24 @@ class AgentClient:
         except grpc.RpcError as err:
             raise parse_rpc_error(err) from None
 
-    def create_recording(self, *, local_id: str, name: str, started_at: str,
+    def create_recording(self, *, key: str, name: str, started_at: str,
                          chunk_duration_ms: int,
                          estimated_duration_ms: int | None) -> RemoteRecording:
-        """Create a streaming Opus recording tagged with the agent's ``local_id``."""
+        """Create a streaming Opus recording; ``key`` is the idempotency key and is also
+        stored in the metadata (``agent_recording_id``) for ``find_recording``."""
         start = Timestamp()
         start.FromDatetime(datetime.strptime(started_at, "%Y-%m-%dT%H:%M:%S.%fZ")
                            .replace(tzinfo=UTC))
         req = recording_pb2.CreateRecordingRequest(
             name=name, start_time=start, codec=recording_pb2.CODEC_OPUS, streaming=True,
-            chunk_duration_ms=chunk_duration_ms, metadata={LOCAL_ID_KEY: local_id},
-            idempotency_key=local_id)
+            chunk_duration_ms=chunk_duration_ms, metadata={LOCAL_ID_KEY: key},
+            idempotency_key=key)
         if estimated_duration_ms is not None:
             req.estimated_duration_ms = estimated_duration_ms
         return _remote(self._call(self._recordings.CreateRecording, req).recording)
 
-    def find_recording(self, local_id: str, pages: int = 20) -> RemoteRecording | None:
-        """This device's recording created for ``local_id``, if a create reached the server
+    def find_recording(self, key: str, pages: int = 20) -> RemoteRecording | None:
+        """This device's recording created with ``key``, if a create reached the server
         (searched newest first through at most ``pages`` pages of 100)."""
         token = ""
         for _ in range(pages):
@@ -165,7 +174,7 @@ class AgentClient:
                               recording_pb2.ListRecordingsRequest(page_size=100,
                                                                   page_token=token))
             for rec in resp.recordings:
-                if rec.metadata.get(LOCAL_ID_KEY) == local_id:
+                if rec.metadata.get(LOCAL_ID_KEY) == key:
                     return _remote(rec)
             token = resp.next_page_token
             if not token:
@@ -203,3 +212,11 @@ class AgentClient:
                               id=recording_id, total_chunks=total_chunks,
                               final_duration_ms=duration_ms, checksum_md5=checksum_md5))
         return status_name(resp.status)
+
+    def send_heartbeat(self, *, device_state: str, storage_used_mb: int, storage_total_mb: int,
+                       pending_recordings: int) -> None:
+        """DeviceService.SendHeartbeat for this device ("me")."""
+        state = device_pb2.DeviceState.Value("DEVICE_STATE_" + device_state.upper())
+        self._call(self._devices.SendHeartbeat, device_pb2.SendHeartbeatRequest(
+            device_id="me", device_state=state, storage_used_mb=storage_used_mb,
+            storage_total_mb=storage_total_mb, pending_recordings=pending_recordings))

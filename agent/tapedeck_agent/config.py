@@ -54,22 +54,25 @@ class AgentConfig:
                 "max_chunks wins if smaller)"})
     spool_dir: Path = field(default_factory=default_spool_dir, metadata={
         "help": "where chunks wait for upload (manifest.db + recordings/)"})
-    max_spool_mb: int = field(default=2048, metadata={
-        "help": "spool size limit; when reached, capture pauses (reported), nothing "
-                "captured is dropped"})
+    max_spool_mb: float = field(default=2048.0, metadata={
+        "help": "spool size limit, MB; near it, chunk files the server already holds are "
+                "deleted early; at it, capture pauses (reported) and nothing captured is "
+                "dropped"})
     name: str = field(default="", metadata={"help": "recording name (default: the start time)"})
     rpc_timeout_s: float = field(default=30.0, metadata={"help": "deadline of one gRPC call"})
     backoff_initial_s: float = field(default=1.0, metadata={"help": "first retry delay"})
     backoff_max_s: float = field(default=60.0, metadata={"help": "longest retry delay"})
     shutdown_grace_s: float = field(default=20.0, metadata={
         "help": "on stop, how long to keep uploading/finalizing before exiting"})
+    heartbeat_interval_s: float = field(default=60.0, metadata={
+        "help": "seconds between device heartbeats (0 = none)"})
     keep_uploaded: bool = field(default=False, metadata={
         "help": "keep chunk files after the server accepted the finalize"})
 
     @property
     def max_spool_bytes(self) -> int:
         """The spool limit in bytes."""
-        return self.max_spool_mb * 1024 * 1024
+        return int(self.max_spool_mb * 1024 * 1024)
 
     def replace(self, **changes: Any) -> AgentConfig:
         """A copy with ``changes`` applied."""
@@ -86,7 +89,7 @@ class AgentConfig:
             ("chunk_duration_ms", self.chunk_duration_ms >= 1000
              and self.chunk_duration_ms % 20 == 0, "at least 1000 and a multiple of 20"),
             ("max_chunks", self.max_chunks >= 1, "at least 1"),
-            ("max_spool_mb", self.max_spool_mb >= 1, "at least 1"),
+            ("max_spool_mb", self.max_spool_mb > 0, "positive"),
             ("rpc_timeout_s", self.rpc_timeout_s > 0, "positive"),
             ("backoff_initial_s", self.backoff_initial_s > 0, "positive"),
             ("backoff_max_s", self.backoff_max_s >= self.backoff_initial_s,

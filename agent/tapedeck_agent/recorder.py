@@ -63,8 +63,15 @@ class Recorder:
         return int(self.cfg.bitrate / 8 * self.cfg.chunk_duration_ms / 1000 * 1.1) + 4096
 
     def spool_full(self, chunks_ahead: int = 1) -> bool:
-        """Would ``chunks_ahead`` more chunks push the spool past its limit?"""
+        """Would ``chunks_ahead`` more chunks push the spool past its limit, even after
+        deleting chunk files the server already holds (down to half the limit)?"""
         needed = chunks_ahead * self.chunk_estimate_bytes
+        if self.spool.usage_bytes() + needed <= self.spool.max_bytes:
+            return False
+        freed = self.spool.evict_uploaded(self.spool.max_bytes // 2)
+        if freed:
+            log.warning("spool near its limit: deleted %d bytes of chunk files the server "
+                        "already holds", freed)
         return self.spool.usage_bytes() + needed > self.spool.max_bytes
 
     def record(self, source: AudioSource, stop: threading.Event, *, origin: str,

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     total_chunks INTEGER,
     duration_ms INTEGER,
     create_attempted INTEGER NOT NULL DEFAULT 0,
+    create_generation INTEGER NOT NULL DEFAULT 0,
     server_status TEXT,
     parked_reason TEXT,
     updated_at TEXT NOT NULL
@@ -114,9 +115,17 @@ class RecordingRow:
     total_chunks: int | None
     duration_ms: int | None
     create_attempted: int
+    create_generation: int
     server_status: str | None
     parked_reason: str | None
     updated_at: str
+
+    @property
+    def create_key(self) -> str:
+        """Idempotency key (and metadata tag) of the server create: the local id, plus
+        ``#n`` after the n-th ``retry --recreate``."""
+        gen = self.create_generation
+        return self.local_id if gen == 0 else f"{self.local_id}#{gen}"
 
 
 @dataclass(frozen=True)
@@ -347,7 +356,8 @@ class Spool:
         state = "closed" if rec.total_chunks is not None else "capturing"
         changes: dict[str, Any] = {"state": state, "parked_reason": None}
         if recreate:
-            changes.update(server_id=None, max_chunks=None, create_attempted=0)
+            changes.update(server_id=None, max_chunks=None, create_attempted=0,
+                           create_generation=rec.create_generation + 1)
             with self._tx() as tx:
                 tx.execute("UPDATE chunks SET uploaded = 0 WHERE local_id = ?", (local_id,))
         self._update(local_id, **changes)
@@ -395,6 +405,27 @@ class Spool:
             tx.execute("UPDATE chunks SET checksum_failures = checksum_failures + 1"
                        " WHERE local_id = ? AND part = ?", (local_id, part))
         return self.chunk(local_id, part).checksum_failures
+
+    def evict_uploaded(self, target_bytes: int) -> int:
+        """Delete files of chunks the server acknowledged, oldest first, until the spool
+        uses at most ``target_bytes``; returns the bytes freed. Such a recording is later
+        finalized without ``checksum_md5`` (its chunks are checked against ListChunks md5s
+        instead) and cannot re-send an evicted chunk."""
+        freed = 0
+        rows = self._query(
+            "SELECT c.local_id, c.part, c.size FROM chunks c JOIN recordings r"
+            " ON r.local_id = c.local_id WHERE c.uploaded = 1 AND c.deleted = 0"
+            " ORDER BY r.seq, c.part")
+        usage = self.usage_bytes()
+        for local_id, part, size in rows:
+            if usage - freed <= target_bytes:
+                break
+            with self._tx() as tx:
+                tx.execute("UPDATE chunks SET deleted = 1 WHERE local_id = ? AND part = ?",
+                           (local_id, part))
+            self.chunk_path(local_id, part).unlink(missing_ok=True)
+            freed += size
+        return freed
 
     def usage_bytes(self) -> int:
         """Bytes of chunk files still on disk."""

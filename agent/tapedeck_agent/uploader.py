@@ -19,8 +19,9 @@ Errors (see ``client.ServerError.kind``):
   - ``chunk_mismatch`` on finalize → the missing parts are marked pending and re-uploaded;
     ``checksum_mismatch`` → a fresh ``ListChunks`` marks every part whose md5 differs pending.
 
-Heartbeats: the devices API (``POST /v1/devices/me/heartbeat``) has no gRPC method yet. When
-it exists, send ``heartbeat_fields()`` from ``run()``'s idle branch every minute.
+Heartbeats: every ``heartbeat_interval_s`` ``run()`` sends DeviceService.SendHeartbeat with
+the spool's state (``heartbeat_fields()``). A failed heartbeat is only logged; a server
+without the method (UNIMPLEMENTED) gets no more.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import random
 import threading
 import time
 from typing import Any
+
+import grpc
 
 from tapedeck_agent.client import AgentClient, ServerError
 from tapedeck_agent.config import AgentConfig
@@ -59,6 +62,8 @@ class Uploader:
         self._stop = threading.Event()
         self._failures = 0
         self._last_recover = 0.0
+        self._last_heartbeat = -float("inf")
+        self._heartbeats = True
 
     # -- the loop -------------------------------------------------------------------------
     def notify(self) -> None:
@@ -74,6 +79,7 @@ class Uploader:
         self.spool.set_state("uploader", "running")
         while not self._stop.is_set():
             self._maybe_recover()
+            self._maybe_heartbeat()
             try:
                 worked = self.step()
             except ServerError as exc:
@@ -87,7 +93,7 @@ class Uploader:
                 self.spool.set_state("uploader", "running")
                 self._failures = 0
             if not worked:
-                self._wake.wait(timeout=RECOVER_EVERY_S)
+                self._wake.wait(timeout=min(RECOVER_EVERY_S, self._heartbeat_every()))
                 self._wake.clear()
         self.spool.set_state("uploader", self.blocked or "stopped")
 
@@ -101,6 +107,26 @@ class Uploader:
         log.warning("upload attempt failed (%s: %s); retry %d in %.1f s", exc.type,
                     exc.message, self._failures, delay)
         self._stop.wait(delay)
+
+    def _heartbeat_every(self) -> float:
+        interval = self.cfg.heartbeat_interval_s
+        return interval if interval > 0 and self._heartbeats else RECOVER_EVERY_S
+
+    def _maybe_heartbeat(self) -> None:
+        """Send a heartbeat if one is due; never lets its failure affect uploads."""
+        now = time.monotonic()
+        if not self._heartbeats or self.cfg.heartbeat_interval_s <= 0 or self.blocked or \
+                now - self._last_heartbeat < self.cfg.heartbeat_interval_s:
+            return
+        self._last_heartbeat = now
+        try:
+            self.client.send_heartbeat(**self.heartbeat_fields())
+        except ServerError as exc:
+            if exc.code == grpc.StatusCode.UNIMPLEMENTED:
+                log.info("the server takes no heartbeats; not sending any more")
+                self._heartbeats = False
+            else:
+                log.info("heartbeat not sent (%s: %s)", exc.type, exc.message)
 
     def _maybe_recover(self) -> None:
         """Close recordings of dead capture processes, register orphan chunk files."""
@@ -163,14 +189,15 @@ class Uploader:
     # -- actions ------------------------------------------------------------------------------
     def _create(self, rec: RecordingRow) -> None:
         remote = None
-        if rec.create_attempted:
-            remote = self.client.find_recording(rec.local_id)
+        if rec.create_attempted:  # an earlier attempt may have reached the server
+            remote = self.client.find_recording(rec.create_key)
         if remote is None:
             self.spool.mark_create_attempted(rec.local_id)
-            estimate = rec.duration_ms if rec.state == "closed" else rec.estimated_duration_ms
+            # The same body on every attempt, so the idempotency key replays, never conflicts.
             remote = self.client.create_recording(
-                local_id=rec.local_id, name=rec.name, started_at=rec.started_at,
-                chunk_duration_ms=rec.chunk_duration_ms, estimated_duration_ms=estimate)
+                key=rec.create_key, name=rec.name, started_at=rec.started_at,
+                chunk_duration_ms=rec.chunk_duration_ms,
+                estimated_duration_ms=rec.estimated_duration_ms)
             self._reconciled.add(rec.local_id)  # a brand-new recording holds no chunks
         self.spool.set_server_id(rec.local_id, remote.id, remote.max_chunks)
         log.info("recording %s is %s on the server (max %s chunks)", rec.local_id, remote.id,
@@ -211,12 +238,12 @@ class Uploader:
 
     def _finalize(self, rec: RecordingRow, server_id: str) -> None:
         chunks = self.spool.chunks(rec.local_id)
-        md5 = hashlib.md5()
-        for chunk in chunks:
-            md5.update(self.spool.read_chunk(rec.local_id, chunk.part))
+        checksum = self._checksum(rec, chunks)
+        if checksum is None and not self._listing_matches(rec, server_id, chunks):
+            return  # differing parts were marked pending; they go up first
         try:
             status = self.client.finalize(server_id, len(chunks), rec.duration_ms or 0,
-                                          md5.hexdigest())
+                                          checksum or "")
         except ServerError as exc:
             if exc.kind != "mismatch":
                 raise
@@ -224,7 +251,33 @@ class Uploader:
             return
         self.spool.mark_finalized(rec.local_id, status)
         log.info("finalized %s as %s: %d chunk(s), %d ms, md5 %s -> status %s", rec.local_id,
-                 server_id, len(chunks), rec.duration_ms or 0, md5.hexdigest(), status)
+                 server_id, len(chunks), rec.duration_ms or 0, checksum or "(per chunk)",
+                 status)
+
+    def _checksum(self, rec: RecordingRow, chunks: list[ChunkRow]) -> str | None:
+        """MD5 of all chunk bytes in part order; None if some chunk file was evicted."""
+        md5 = hashlib.md5()
+        try:
+            for chunk in chunks:
+                if chunk.deleted:
+                    return None
+                md5.update(self.spool.read_chunk(rec.local_id, chunk.part))
+        except FileNotFoundError:
+            return None
+        return md5.hexdigest()
+
+    def _listing_matches(self, rec: RecordingRow, server_id: str,
+                         chunks: list[ChunkRow]) -> bool:
+        """Without a whole-recording checksum (chunk files evicted): does the server hold
+        every part with the md5 the manifest recorded? Differing parts are marked pending."""
+        on_server = self.client.list_chunks(server_id)
+        wrong = [c.part for c in chunks if on_server.get(c.part) != c.md5]
+        for part in wrong:
+            self.spool.set_uploaded(rec.local_id, part, False)
+        if wrong:
+            log.warning("server lacks or differs on parts %s of %s: re-sending them", wrong,
+                        rec.local_id)
+        return not wrong
 
     def _repair(self, rec: RecordingRow, chunks: list[ChunkRow], exc: ServerError) -> None:
         """After a refused finalize: mark what the server lacks (or holds wrongly) pending."""
@@ -258,7 +311,7 @@ class Uploader:
             device_state = "error"
         else:
             device_state = "idle" if self.idle() else "uploading"
-        return {"storage_used_mb": self.spool.usage_bytes() // (1024 * 1024),
-                "storage_total_mb": self.spool.max_bytes // (1024 * 1024),
-                "device_state": device_state,
+        total = self.spool.max_bytes // (1024 * 1024)
+        return {"storage_used_mb": min(total, self.spool.usage_bytes() // (1024 * 1024)),
+                "storage_total_mb": total, "device_state": device_state,
                 "pending_recordings": len(self.spool.recordings(("capturing", "closed")))}

@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the test audio helper (real speech via sox)
 
 from tapedeck.oggopus import probe, remux  # noqa: E402
 from tapedeck_agent.encoder import OpusChunker  # noqa: E402
-from tests.audio import iter_speech_pcm  # noqa: E402
+
+from audio import iter_speech_pcm  # noqa: E402
 
 CHUNK_MS = 300_000
 BITRATE = 24_000

@@ -24,12 +24,12 @@ from tapedeck.stitch import audio_key, build_handler
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import Worker, queue_for
 
-from conftest import drop_bucket
 from serverkit import test_settings
 from stitchkit import (
     Project,
     continuous_chunks,
     decode,
+    drop_bucket,
     duration_ms,
     events,
     ffmpeg_samples,

@@ -28,11 +28,11 @@ from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers
 
-from conftest import drop_bucket
 from serverkit import ChildServer, spawn_server, test_settings
 from stitchkit import (
     Project,
     continuous_chunks,
+    drop_bucket,
     jobs_of,
     open_project,
     recording_row,

@@ -178,12 +178,19 @@ def m0005_end_users_devices(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX api_keys_project ON api_keys(project_id, created_at, id)")
 
 
+def m0006_transcription_error_reason(db: sqlite_utils.Database) -> None:
+    """Why a transcription failed, beside ``error_type`` (``transcription_failed``):
+    ``undecodable_audio``, ``unsupported_language``, ``engine_error``, ``missing_audio``, …"""
+    db.execute("ALTER TABLE transcriptions ADD COLUMN error_reason TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
     m0003_webhooks,
     m0004_idempotency_keys,
     m0005_end_users_devices,
+    m0006_transcription_error_reason,
 ]
 
 

@@ -9,8 +9,9 @@ packets repeated N times into one logical stream; cached under ``.cache/bench/``
 
 * baseline (same run): streaming decode + windowing of the file alone (no model);
 * transcription: ``transcribe_ogg_opus`` with the default engine, in a fresh subprocess so
-  its peak RSS (``VmHWM``) is its own; RSS right after loading the model is reported too,
-  so the growth during transcription is visible.
+  its peak RSS (``VmHWM``) is its own; RSS right after loading the model and as the audio
+  advances is reported too, so growth during transcription is visible. Its CPU time is
+  printed as well: on a shared machine, audio seconds per CPU second is the steadier number.
 
 Prints audio length, wall times, real-time factors (audio seconds per wall second), the
 ratio transcription / decode, word error rate against the repeated reference text, and
@@ -36,11 +37,15 @@ from tapedeck.transcribe.decode import SAMPLE_RATE, iter_pcm, iter_windows  # no
 import asterisk_speech as speech  # noqa: E402
 
 _CHILD = r"""
-import json, re, sys, time
+import json, re, resource, sys, time
 from pathlib import Path
 
 def hwm_kib():
     return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+def cpu_s():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 from tapedeck.transcribe import transcribe_ogg_opus
 from tapedeck.transcribe.whisper import WhisperOptions, load_engine
@@ -50,13 +55,15 @@ started = time.perf_counter()
 engine = load_engine(model, Path(cache), int(threads), WhisperOptions(beam_size=int(beam)))
 load_s = time.perf_counter() - started
 after_load = hwm_kib()
-started = time.perf_counter()
+timeline = []  # (audio ms processed, peak RSS so far): shows whether memory plateaus
+started, cpu0 = time.perf_counter(), cpu_s()
 with open(path, "rb") as f:
-    t = transcribe_ogg_opus(f, engine, None)
+    t = transcribe_ogg_opus(f, engine, None, lambda ms: timeline.append((ms, hwm_kib())))
 print(json.dumps({"load_s": load_s, "transcribe_s": time.perf_counter() - started,
-                  "duration_ms": t.duration_ms, "text": t.text, "language": t.language,
-                  "words": t.word_count, "hwm_after_load_kib": after_load,
-                  "hwm_kib": hwm_kib()}))
+                  "cpu_s": cpu_s() - cpu0, "duration_ms": t.duration_ms, "text": t.text,
+                  "language": t.language, "words": t.word_count,
+                  "hwm_after_load_kib": after_load, "hwm_kib": hwm_kib(),
+                  "timeline": timeline}))
 """
 
 
@@ -107,10 +114,18 @@ def report(minutes: int, args: argparse.Namespace) -> None:
     print(f"  transcription:          {transcribe_s:7.2f} s   RTF {audio_s / transcribe_s:8.1f}x"
           f"   (model load {float(str(r['load_s'])):.2f} s, threads {args.threads}, "
           f"beam {args.beam_size})")
-    print(f"  ratio transcription / decode: {transcribe_s / decode_s:.0f}x")
+    cpu_s = float(str(r["cpu_s"]))
+    print(f"  transcription CPU time: {cpu_s:7.2f} s   = {audio_s / cpu_s:.1f} audio s per CPU s"
+          f" (robust to other load on the machine)")
+    print(f"  ratio transcription / decode (wall): {transcribe_s / decode_s:.0f}x")
     print(f"  WER {error:.2%} over {len(reference.split())} words; language {r['language']}")
     print(f"  peak RSS {hwm / 1024:.0f} MiB (after model load {after_load / 1024:.0f} MiB, "
-          f"growth {(hwm - after_load) / 1024:.0f} MiB)", flush=True)
+          f"growth {(hwm - after_load) / 1024:.0f} MiB)")
+    timeline = r["timeline"]
+    assert isinstance(timeline, list)
+    marks = [timeline[max(0, round(len(timeline) * q) - 1)] for q in (0.1, 0.25, 0.5, 0.75, 1.0)]
+    print("  peak RSS as the audio advances: " + ", ".join(
+        f"{ms / 60000:.1f} min {kib / 1024:.0f} MiB" for ms, kib in marks), flush=True)
 
 
 def main() -> None:

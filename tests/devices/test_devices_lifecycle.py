@@ -203,6 +203,26 @@ def test_device_sees_only_its_own_recordings(world: World) -> None:
         rpb.ListRecordingsRequest(page_size=100), metadata=auth(world.sk)).recordings]
 
 
+def test_recordings_made_with_keys_check_device_and_end_user(world: World) -> None:
+    device_id, _ = world.bound_device()
+    rec = world.rpc.recordings.CreateRecording(rpb.CreateRecordingRequest(device_id=device_id),
+                                               metadata=auth(world.sk)).recording
+    assert (rec.device_id, rec.end_user_id) == (device_id, world.end_user_id)  # the binding's
+    other_eu = world.new_end_user()
+    rec = world.rpc.recordings.CreateRecording(
+        rpb.CreateRecordingRequest(device_id=device_id, end_user_id=other_eu),
+        metadata=auth(world.sk)).recording
+    assert rec.end_user_id == other_eu  # an explicit end user of the project wins
+    foreign_eu = world.rpc.end_users.CreateEndUser(epb.CreateEndUserRequest(),
+                                                   metadata=auth(world.sk_b)).end_user.id
+    assert error_of(lambda: world.rpc.recordings.CreateRecording(
+        rpb.CreateRecordingRequest(end_user_id=foreign_eu),
+        metadata=auth(world.sk))) == "end_user_not_found"
+    assert error_of(lambda: world.rpc.recordings.CreateRecording(
+        rpb.CreateRecordingRequest(device_id=device_id),
+        metadata=auth(world.sk_b))) == "device_not_found"
+
+
 # -- heartbeats ------------------------------------------------------------------------------
 def test_heartbeat_is_stored_as_the_latest_state(world: World, clock: ManualClock) -> None:
     device_id, token = world.bound_device()
@@ -334,3 +354,4 @@ def test_last_secret_key_cannot_be_revoked_but_can_be_rotated(world: World) -> N
     assert whoami(world, world.sk) == "unauthorized"
     world.sk = rotated.secret  # later tests of this module use the rotated key
     assert whoami(world, world.sk) == "ok"
+

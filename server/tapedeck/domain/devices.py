@@ -184,6 +184,21 @@ def own_device_id(p: Principal, device_id: str) -> str:
     return p.device_id
 
 
+def recording_owner(tx: sqlite_utils.Database, p: Principal, device_id: str | None,
+                    end_user_id: str | None) -> tuple[str | None, str | None]:
+    """The device and end user a new recording belongs to. A device token's own (body
+    values are ignored); for keys, a named device and end user must be of the caller's
+    project (``device_not_found`` / ``end_user_not_found``), and a device named without an
+    end user lends the end user it is bound to."""
+    if p.kind == "device":
+        return p.device_id, p.end_user_id
+    if device_id:
+        end_user_id = end_user_id or load_device(tx, p.project_id, device_id).end_user_id
+    if end_user_id:
+        load_end_user(tx, p.project_id, end_user_id)
+    return device_id, end_user_id
+
+
 def _key_device_id(device_id: str) -> str:
     """A device id as named by an API key (which has no ``me``)."""
     if device_id == ME:

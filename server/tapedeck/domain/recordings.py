@@ -26,6 +26,7 @@ from tapedeck.domain._base import (
     stored_parts,
     to_recording,
 )
+from tapedeck.domain.devices import recording_owner
 from tapedeck.domain.models import (
     CODECS,
     MIME_TYPES,
@@ -112,9 +113,6 @@ class Recordings:
         p.require("recordings:write")
         validate_new(req)
         ctx, now = self._ctx, self._ctx.clock.now()
-        device_id, end_user_id = req.device_id, req.end_user_id
-        if p.kind == "device":
-            device_id, end_user_id = p.device_id, p.end_user_id
         rec_id = new_id("rec_")
         expires_at = max_chunks = None
         if req.streaming:
@@ -122,12 +120,7 @@ class Recordings:
             expires_at = now + timedelta(milliseconds=ttl)
             max_chunks = ctx.settings.max_chunks
         with ctx.db.write() as tx:
-            if device_id and p.kind != "device":
-                row = tx.execute("SELECT project_id FROM devices WHERE id = ?",
-                                 [device_id]).fetchone()
-                if row is None or row[0] != p.project_id:
-                    raise error("device_not_found", f"No device {device_id}.",
-                                device_id=device_id)
+            device_id, end_user_id = recording_owner(tx, p, req.device_id, req.end_user_id)
             tx.execute(
                 "INSERT INTO recordings (id, project_id, device_id, end_user_id, name, status,"
                 " codec, streaming, mime_type, started_at, ended_at, created_at,"

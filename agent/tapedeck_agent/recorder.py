@@ -8,8 +8,9 @@ or the spool would overflow with the next chunk.
 Spool full: the recording is closed properly and capture PAUSES (agent state
 ``capture = paused: spool full``, logged as an error). Nothing already captured is ever
 dropped. A live device cannot wait, so the audio that arrives during the pause is not
-recorded and its length is reported; a file source simply waits. Capture resumes into a new
-recording once uploads have freed room for two chunks.
+recorded and its length is reported; live capture resumes into a new recording once uploads
+have freed room for three chunks. A file source instead waits at the chunk boundary (one
+recording, no gap) until uploads free room.
 
 The decision to end a recording is taken at chunk boundaries, so a rolled-over recording
 ends with a full chunk and the next sample goes to the next recording.
@@ -64,15 +65,17 @@ class Recorder:
 
     def spool_full(self, chunks_ahead: int = 1) -> bool:
         """Would ``chunks_ahead`` more chunks push the spool past its limit, even after
-        deleting chunk files the server already holds (down to half the limit)?"""
+        deleting chunk files the server already holds (down to half the limit, or lower
+        if the chunks need more)?"""
         needed = chunks_ahead * self.chunk_estimate_bytes
         if self.spool.usage_bytes() + needed <= self.spool.max_bytes:
             return False
-        freed = self.spool.evict_uploaded(self.spool.max_bytes // 2)
+        limit = self.spool.max_bytes
+        freed = self.spool.evict_uploaded(min(limit // 2, limit - needed))
         if freed:
             log.warning("spool near its limit: deleted %d bytes of chunk files the server "
                         "already holds", freed)
-        return self.spool.usage_bytes() + needed > self.spool.max_bytes
+        return self.spool.usage_bytes() + needed > limit
 
     def record(self, source: AudioSource, stop: threading.Event, *, origin: str,
                max_frames: int | None = None, name: str = "") -> RecordResult:
@@ -84,7 +87,7 @@ class Recorder:
         owner, lock = self.spool.new_owner()
         try:
             while not result.ended_by:
-                if self.spool_full():
+                if self.spool_full(chunks_ahead=2):
                     self._pause(source, stop, max_frames, result)
                     continue
                 self._segment(source, stop, owner, origin, name, max_frames, result)
@@ -138,8 +141,11 @@ class Recorder:
                 result.ended_by = "stop"
                 return
             complete = fed // self._chunk_frames
-            if fed and fed % self._chunk_frames == 0 and self._should_end(local_id, complete):
-                return
+            if fed and fed % self._chunk_frames == 0:
+                if not source.live:
+                    self._wait_for_room(stop)  # a file can wait: one recording, no gap
+                if self._should_end(local_id, complete):
+                    return
             boundary = (complete + 1) * self._chunk_frames
             pcm = self._read(source, min(self._rate * READ_MS // 1000, boundary - fed),
                              max_frames, result)
@@ -158,6 +164,16 @@ class Recorder:
             log.info("recording %s reached %d chunks: rolling over", local_id, complete)
             return True
         return self.spool_full(chunks_ahead=2)
+
+    def _wait_for_room(self, stop: threading.Event) -> None:
+        """Hold a file source at a chunk boundary until two more chunks fit (or stop)."""
+        if not self.spool_full(chunks_ahead=2):
+            return
+        self.spool.set_state("capture", "waiting: spool full")
+        log.warning("spool full: file input waits until uploads free space")
+        while self.spool_full(chunks_ahead=2) and not stop.wait(0.5):
+            pass
+        log.info("spool has room again: file input continues")
 
     def _read(self, source: AudioSource, frames: int, max_frames: int | None,
               result: RecordResult) -> bytes:
@@ -192,7 +208,8 @@ class Recorder:
     # -- spool full -----------------------------------------------------------------------
     def _pause(self, source: AudioSource, stop: threading.Event, max_frames: int | None,
                result: RecordResult) -> None:
-        """Wait (discarding live audio, counting it) until two chunks fit in the spool."""
+        """Wait (discarding live audio, counting it) until three chunks fit in the spool
+        (one more than the recording needs to go on, so it does not stop again at once)."""
         usage, limit = self.spool.usage_bytes(), self.spool.max_bytes
         state = f"paused: spool full ({usage} of {limit} bytes used)"
         self.spool.set_state("capture", state)
@@ -200,7 +217,7 @@ class Recorder:
                   "until uploads free space", state)
         dropped_before = result.frames_dropped
         started = time.monotonic()
-        while self.spool_full(chunks_ahead=2) and not result.ended_by:
+        while self.spool_full(chunks_ahead=3) and not result.ended_by:
             if stop.is_set():
                 result.ended_by = "stop"
             elif source.live:

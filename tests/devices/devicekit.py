@@ -227,6 +227,7 @@ class Target:
     recording_id: str = ""
     end_user_id: str = ""
     key_id: str = ""
+    transcription_id: str = ""
 
 
 def bound_device(w: World) -> Target:
@@ -243,6 +244,18 @@ def unbound_device_with_token(w: World) -> Target:
 def streaming_recording(w: World) -> Target:
     t = bound_device(w)
     t.recording_id = w.streaming_recording(t.owner_token, chunks=1)
+    return t
+
+
+def finalized_recording(w: World) -> Target:
+    """A finalized streaming recording: its transcription is queued (no worker runs here)."""
+    t = streaming_recording(w)
+    md = auth(t.owner_token)
+    w.rpc.recordings.FinalizeRecording(rpb.FinalizeRecordingRequest(
+        id=t.recording_id, total_chunks=1, final_duration_ms=900), metadata=md)
+    t.transcription_id = w.rpc.recordings.GetRecording(
+        rpb.GetRecordingRequest(id=t.recording_id), metadata=md).recording.transcription_id
+    assert t.transcription_id.startswith("txn_")
     return t
 
 
@@ -276,6 +289,10 @@ KINDS = ("secret", "restricted_with_scope", "restricted_without_scope", "device_
 OK, FORB, UNAUTH = "ok", "forbidden", "unauthorized"
 RNF, DNF = "recording_not_found", "device_not_found"
 EUNF, KNF = "end_user_not_found", "key_not_found"
+TNF = "transcription_not_found"
+#: Passed authentication, scope and visibility; refused only because the recording's audio is
+#: not complete yet (the access tests run no worker, so nothing gets stitched).
+NOT_READY = "invalid_state"
 _401 = (UNAUTH, UNAUTH, UNAUTH)
 
 
@@ -318,6 +335,11 @@ ACCESS: dict[str, Access] = {
     "UploadChunk": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "ListChunks": _a(R_READ, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "CreateChunkUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    # transcriptions (a device token reads its own recordings' transcripts)
+    "CreateTranscription": _a({"transcriptions:write"}, streaming_recording, NOT_READY,
+                              NOT_READY, FORB, FORB, FORB, *_401, RNF),
+    "GetTranscription": _a({"transcriptions:read"}, finalized_recording, OK, OK, FORB, OK,
+                           TNF, *_401, TNF),
     # devices                                        sk  rk+ rk-   own   other
     "CreateDevice": _a(D_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
     "GetDevice": _a(D_READ, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),

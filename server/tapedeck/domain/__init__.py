@@ -19,6 +19,7 @@ from tapedeck.domain.idempotency import IdempotencyStore
 from tapedeck.domain.keys import Keys
 from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
+from tapedeck.domain.transcriptions import Transcriptions
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 from tapedeck.webhooks.endpoints import Webhooks
@@ -40,6 +41,7 @@ class Domain:
     end_users: EndUsers
     keys: Keys
     webhooks: Webhooks
+    transcriptions: Transcriptions
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -52,7 +54,8 @@ class Domain:
                    idempotency=IdempotencyStore(db, clock),
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
-                   webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)))
+                   webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)),
+                   transcriptions=Transcriptions(ctx))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:

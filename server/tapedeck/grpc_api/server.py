@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tapedeck.domain import Domain
 from tapedeck.grpc_api import devices
+from tapedeck.grpc_api import transcriptions as transcription_api
 from tapedeck.grpc_api import webhooks as webhook_api
 from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
@@ -20,6 +21,7 @@ SERVICE_NAMES = (
     chunk_pb2.DESCRIPTOR.services_by_name["ChunkService"].full_name,
     *webhook_api.SERVICES,
     *devices.SERVICES,
+    *transcription_api.SERVICES,
 )
 
 
@@ -34,6 +36,7 @@ def build_grpc_server(domain: Domain, host: str, port: int,
     chunk_pb2_grpc.add_ChunkServiceServicer_to_server(ChunkServicer(domain), server)
     webhook_api.add_to_server(domain, server)
     devices.add_to_server(domain, server)
+    transcription_api.add_to_server(domain, server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

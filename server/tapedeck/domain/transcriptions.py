@@ -1,0 +1,234 @@
+"""Transcription rules: read a transcript, request one on demand; the transcript object.
+
+Lifecycle of a ``transcriptions`` row (``api.md`` "Transcriptions"):
+``queued`` (at finalize / upload-complete, or on demand here) → ``processing`` (a worker took
+the ``transcribe`` job: event ``transcription.started``) → ``completed`` | ``failed`` (events
+``transcription.completed`` / ``transcription.failed``). The job handler
+(``tapedeck.transcribe.job``) drives the last two steps; the stitcher fails a queued
+transcription when the recording's audio cannot be assembled. Every row gets exactly one
+terminal event, because each terminal write is conditional on the row not being terminal
+yet and happens in the same transaction as its event.
+
+Visibility: a transcription is visible exactly when its recording is (other projects, and
+other devices' recordings for device tokens, answer ``transcription_not_found``). Reading
+needs ``transcriptions:read`` — or, for a device token, ``recordings:read`` (a device reads
+its own recordings, transcripts included). Requesting needs ``transcriptions:write``.
+
+This module imports neither the engine nor numpy: API-only processes stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tapedeck.auth import Principal
+from tapedeck.clock import iso, parse_iso
+from tapedeck.domain._base import Context, emit, load_recording
+from tapedeck.domain.idempotency import fingerprint
+from tapedeck.domain.models import Recording
+from tapedeck.errors import NotFound, error, invalid
+from tapedeck.ids import new_id
+from tapedeck.jobs import enqueue
+
+#: Engines a transcription can be requested from (``provider``); ``whisper`` is the default.
+PROVIDERS = ("whisper",)
+TERMINAL_STATUSES = ("completed", "failed")
+IN_FLIGHT_STATUSES = ("queued", "processing")
+#: The ``error.type`` of every failure the transcription stage itself reports (the stitcher
+#: may fail a queued transcription with its own type, e.g. ``invalid_audio``).
+TRANSCRIPTION_FAILED = "transcription_failed"
+_LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+
+
+@dataclass(frozen=True)
+class Transcription:
+    """A ``transcriptions`` row; ``to_json`` is the transcription object of ``api.md``.
+
+    ``segments`` holds the stored JSON segments exactly as served (``start_ms``, ``end_ms``,
+    ``text``, ``confidence``, ``speaker``, ``words``). ``text``/``word_count`` are None until
+    the transcription completes."""
+
+    id: str
+    recording_id: str
+    project_id: str
+    status: str
+    provider: str
+    created_at: datetime
+    language: str | None = None
+    model: str | None = None
+    duration_ms: int | None = None
+    text: str | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    word_count: int | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_reason: str | None = None
+    job_id: str | None = None
+    completed_at: datetime | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Transcription:
+        """Build from a ``transcriptions`` row (column names = field names)."""
+        created = parse_iso(row["created_at"])
+        assert created is not None
+        return cls(
+            id=row["id"], recording_id=row["recording_id"], project_id=row["project_id"],
+            status=row["status"], provider=row["provider"], created_at=created,
+            language=row["language"], model=row["model"], duration_ms=row["duration_ms"],
+            text=row["text"], segments=json.loads(row["segments"] or "[]"),
+            word_count=row["word_count"], error_type=row["error_type"],
+            error_message=row["error_message"], error_reason=row.get("error_reason"),
+            job_id=row["job_id"], completed_at=parse_iso(row["completed_at"]))
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """``{type, message}`` (plus ``reason`` when known) of a failed transcription."""
+        if self.error_type is None:
+            return None
+        out: dict[str, Any] = {"type": self.error_type, "message": self.error_message or ""}
+        if self.error_reason is not None:
+            out["reason"] = self.error_reason
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        """The transcription object of ``api.md``."""
+        return {
+            "id": self.id, "recording_id": self.recording_id, "status": self.status,
+            "language": self.language, "provider": self.provider, "model": self.model,
+            "duration_ms": self.duration_ms, "text": self.text, "segments": self.segments,
+            "word_count": self.word_count, "error": self.error,
+            "created_at": iso(self.created_at), "completed_at": iso(self.completed_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], project_id: str) -> Transcription:
+        """The inverse of ``to_json`` (for replaying a stored response over gRPC)."""
+        created = parse_iso(data["created_at"])
+        assert created is not None
+        err = data.get("error") or {}
+        return cls(
+            id=data["id"], recording_id=data["recording_id"], project_id=project_id,
+            status=data["status"], provider=data["provider"], created_at=created,
+            language=data["language"], model=data["model"], duration_ms=data["duration_ms"],
+            text=data["text"], segments=data["segments"], word_count=data["word_count"],
+            error_type=err.get("type"), error_message=err.get("message"),
+            error_reason=err.get("reason"), completed_at=parse_iso(data["completed_at"]))
+
+    def event_data(self) -> dict[str, Any]:
+        """The ``data`` of this transcription's events: ``{id, recording_id, status}`` as in
+        the original document, plus ``error`` once failed."""
+        out: dict[str, Any] = {"id": self.id, "recording_id": self.recording_id,
+                               "status": self.status}
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def load_transcription(db: Any, transcription_id: str) -> Transcription | None:
+    """The row of ``transcription_id`` (no visibility check), or None."""
+    cur = db.execute("SELECT * FROM transcriptions WHERE id = ?", [transcription_id])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    return Transcription.from_row(dict(zip([d[0] for d in cur.description], row, strict=True)))
+
+
+def validate_request(language: str | None, provider: str | None) -> tuple[str | None, str]:
+    """Normalize an on-demand request: ``language`` None/"" = auto-detect, else an ISO 639
+    code (2-3 lowercase letters); ``provider`` None/"" = ``whisper``. ``invalid_request``
+    naming the field otherwise."""
+    if language is not None and language != "" and not _LANGUAGE.match(language):
+        raise invalid("language", "language must be an ISO 639-1 code such as en, or omitted "
+                                  "for auto-detection.")
+    provider = provider or PROVIDERS[0]
+    if provider not in PROVIDERS:
+        raise invalid("provider", f"provider must be one of {', '.join(PROVIDERS)}.")
+    return language or None, provider
+
+
+def request_fingerprint(recording_id: str, language: str | None, provider: str | None) -> str:
+    """The ``Idempotency-Key`` fingerprint of an on-demand request (REST and gRPC share it;
+    omitted and default values fingerprint alike)."""
+    return fingerprint("transcriptions.create", {"recording_id": recording_id,
+                                                 "language": language or None,
+                                                 "provider": provider or PROVIDERS[0]})
+
+
+class Transcriptions:
+    """The transcription rules."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+
+    def get(self, p: Principal, transcription_id: str) -> Transcription:
+        """One transcription visible to ``p`` (see the module docstring)."""
+        _require_read(p)
+        db = self._ctx.db.read()
+        txn = load_transcription(db, transcription_id)
+        if txn is None or not _recording_visible(db, p, txn.recording_id):
+            raise error("transcription_not_found", "Transcription not found.",
+                        transcription_id=transcription_id)
+        return txn
+
+    def request(self, p: Principal, recording_id: str, language: str | None = None,
+                provider: str | None = None) -> Transcription:
+        """Queue a new transcription of a recording whose audio is complete.
+
+        The recording must be ``completed`` (stitched or validated), else ``invalid_state``;
+        while its current transcription is still queued or processing, a new one is refused
+        with ``invalid_state`` naming it. The new row is ``queued`` with the requested
+        language (None = auto-detect), becomes the recording's ``transcription_id``, gets one
+        ``transcribe`` job and emits ``transcription.queued`` — all in one transaction."""
+        p.require("transcriptions:write")
+        language, provider = validate_request(language, provider)
+        ctx = self._ctx
+        with ctx.locks.hold(recording_id), ctx.db.write() as tx:
+            rec = load_recording(tx, p, recording_id)
+            _check_can_transcribe(tx, rec)
+            txn_id = new_id("txn_")
+            now = iso(ctx.clock.now())
+            tx.execute(
+                "INSERT INTO transcriptions (id, recording_id, project_id, status, language,"
+                " provider, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                [txn_id, rec.id, rec.project_id, language, provider, now])
+            job_id = enqueue(tx, ctx.clock, "transcribe", recording_id=rec.id,
+                             payload={"transcription_id": txn_id})
+            tx.execute("UPDATE transcriptions SET job_id = ? WHERE id = ?", [job_id, txn_id])
+            tx.execute("UPDATE recordings SET transcription_id = ?, transcription_status ="
+                       " 'queued', updated_at = ? WHERE id = ?", [txn_id, now, rec.id])
+            txn = load_transcription(tx, txn_id)
+            assert txn is not None
+            emit(tx, ctx.clock, rec.project_id, "transcription.queued", txn.event_data(),
+                 rec.id)
+        return txn
+
+
+def _require_read(p: Principal) -> None:
+    if p.kind == "device" and "recordings:read" in p.scopes:
+        return
+    p.require("transcriptions:read")
+
+
+def _recording_visible(db: Any, p: Principal, recording_id: str) -> bool:
+    try:
+        load_recording(db, p, recording_id)
+    except NotFound:  # recording_not_found: the transcription is hidden the same way
+        return False
+    return True
+
+
+def _check_can_transcribe(tx: Any, rec: Recording) -> None:
+    """``invalid_state`` unless the audio is complete and no transcription is in flight."""
+    if rec.status != "completed" or rec.audio_key is None:
+        raise error("invalid_state",
+                    f"The recording's audio is not complete (status {rec.status}); a "
+                    "transcription can be requested once it is completed.", status=rec.status)
+    current = load_transcription(tx, rec.transcription_id) if rec.transcription_id else None
+    if current is not None and current.status in IN_FLIGHT_STATUSES:
+        raise error("invalid_state",
+                    f"Transcription {current.id} of this recording is still {current.status}.",
+                    transcription_id=current.id, status=current.status)

@@ -1,0 +1,100 @@
+"""TranscriptionService: authenticate, translate, call ``domain.transcriptions``. No rules
+here: scopes, visibility and validation live in ``tapedeck.domain.transcriptions``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from tapedeck.auth import Principal
+from tapedeck.domain import Domain
+from tapedeck.domain.idempotency import StoredResponse, check_key, scope_of
+from tapedeck.domain.transcriptions import Transcription, request_fingerprint
+from tapedeck.grpc_api import _convert as cv
+from tapedeck.grpc_api._errors import translate_errors
+from tapedeck.grpc_api.servicers import principal
+from tapedeck.v1 import transcription_pb2 as pb
+from tapedeck.v1 import transcription_pb2_grpc
+
+SERVICES = (pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,)
+
+
+# -- conversions -------------------------------------------------------------------------
+def word_pb(w: dict[str, Any]) -> pb.Word:
+    return pb.Word(word=w["word"], start_ms=w["start_ms"], end_ms=w["end_ms"],
+                   confidence=w["confidence"])
+
+
+def segment_pb(s: dict[str, Any]) -> pb.Segment:
+    out = pb.Segment(start_ms=s["start_ms"], end_ms=s["end_ms"], text=s["text"],
+                     confidence=s["confidence"], words=[word_pb(w) for w in s["words"]])
+    if s.get("speaker") is not None:
+        out.speaker = s["speaker"]
+    return out
+
+
+def transcription_pb(t: Transcription) -> pb.Transcription:
+    """The proto form of the transcription object (empty strings for JSON nulls)."""
+    out = pb.Transcription(
+        id=t.id, recording_id=t.recording_id, status=cv.transcription_enum(t.status),  # type: ignore[arg-type]
+        language=t.language or "", provider=t.provider, model=t.model or "",
+        text=t.text or "", segments=[segment_pb(s) for s in t.segments],
+        create_time=cv.ts(t.created_at), complete_time=cv.ts(t.completed_at))
+    if t.duration_ms is not None:
+        out.duration_ms = t.duration_ms
+    if t.word_count is not None:
+        out.word_count = t.word_count
+    err = t.error
+    if err is not None:
+        out.error.CopyFrom(pb.TranscriptionError(type=err["type"], message=err["message"],
+                                                 reason=err.get("reason", "")))
+    return out
+
+
+# -- service -----------------------------------------------------------------------------
+class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer):
+    """tapedeck.v1.TranscriptionService over the domain."""
+
+    def __init__(self, domain: Domain) -> None:
+        self._d = domain
+
+    @translate_errors
+    def GetTranscription(self, request: pb.GetTranscriptionRequest,
+                         context: grpc.ServicerContext) -> pb.GetTranscriptionResponse:
+        txn = self._d.transcriptions.get(principal(self._d, context), request.id)
+        return pb.GetTranscriptionResponse(transcription=transcription_pb(txn))
+
+    @translate_errors
+    def CreateTranscription(self, request: pb.CreateTranscriptionRequest,
+                            context: grpc.ServicerContext) -> pb.CreateTranscriptionResponse:
+        p = principal(self._d, context)
+        args = (request.recording_id, request.language or None, request.provider or None)
+        if request.idempotency_key:
+            txn = self._create_once(p, args, check_key(request.idempotency_key,
+                                                       "idempotency_key"))
+        else:
+            txn = self._d.transcriptions.request(p, *args)
+        return pb.CreateTranscriptionResponse(transcription=transcription_pb(txn))
+
+    def _create_once(self, p: Principal, args: tuple[str, str | None, str | None],
+                     key: str) -> Transcription:
+        """Request under an idempotency key (shared with REST: same operation fingerprint);
+        a replay rebuilds the first response."""
+        made: list[Transcription] = []
+
+        def call() -> StoredResponse:
+            made.append(self._d.transcriptions.request(p, *args))
+            return StoredResponse(201, made[0].to_json())
+
+        fp = request_fingerprint(*args)
+        outcome = self._d.idempotency.run(scope_of(p), key, fp, call)
+        return made[0] if made else Transcription.from_json(outcome.response.body,
+                                                            p.project_id)
+
+
+def add_to_server(domain: Domain, server: grpc.Server) -> tuple[str, ...]:
+    """Register TranscriptionService on ``server``; return its full name."""
+    transcription_pb2_grpc.add_TranscriptionServiceServicer_to_server(
+        TranscriptionServicer(domain), server)
+    return SERVICES

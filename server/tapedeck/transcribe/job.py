@@ -1,0 +1,262 @@
+"""The ``transcribe`` job: a recording's complete audio becomes its transcript.
+
+Enqueued with payload ``{"transcription_id": "txn_…"}`` by the stitcher once the audio is
+complete, or by ``Transcriptions.request`` on demand. One run:
+
+1. Nothing to do (job succeeds) when the transcription row is gone (recording deleted) or
+   already terminal.
+2. ``queued`` → ``processing`` with event ``transcription.started`` and the recording's
+   ``transcription_status`` — once per transcription (a re-run after a crash or a transient
+   error finds it ``processing`` and emits nothing).
+3. The stitched Ogg Opus object is copied to a temporary file (24 kbit/s: ~11 MB per hour;
+   no store connection is held open for the minutes the engine takes), then decoded and
+   transcribed window by window (``transcribe_ogg_opus``: memory bounded by one window).
+   Between windows the run checks its lease and stops early if another worker owns the job.
+4. ONE transaction: job ``succeeded`` (lease checked), the row ``completed`` with text,
+   segments (words inside), word count, language, provider, model and duration, the
+   recording's ``transcription_status`` ``completed``, event ``transcription.completed``
+   (data ``{id, recording_id, status}``). Silent or empty audio completes with empty text.
+
+Failures: the row becomes ``failed`` with ``error.type`` ``transcription_failed`` and a
+``reason``, the recording's ``transcription_status`` ``failed``, event
+``transcription.failed`` — in the transaction that fails the job (``on_failure``), and only if
+the row is not terminal yet, so each transcription has exactly one terminal event.
+Permanent at once: ``undecodable_audio``, ``unsupported_language``, ``missing_audio`` (no
+complete audio, or its object is gone). Retried by the queue: store/network errors (reason
+``storage_unavailable`` after the last attempt), engine errors up to ``ENGINE_ATTEMPTS`` runs
+(then ``engine_error``), a model that cannot be loaded (then ``engine_unavailable``) and
+unexpected errors (``internal_error``).
+
+The engine (one loaded model) is built lazily by the handler on its first job and reused for
+every later job of the worker process; the handler's worker threads take turns on it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import sqlite_utils
+
+from tapedeck.clock import Clock, iso
+from tapedeck.db import Database
+from tapedeck.domain._base import emit
+from tapedeck.domain.transcriptions import (
+    TERMINAL_STATUSES,
+    TRANSCRIPTION_FAILED,
+    Transcription,
+    load_transcription,
+)
+from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
+from tapedeck.store import ObjectNotFound, ObjectStore
+from tapedeck.transcribe import (
+    Transcript,
+    TranscriptionEngine,
+    TranscriptionFailed,
+    transcribe_ogg_opus,
+)
+from tapedeck.transcribe.models import ModelUnavailable
+from tapedeck.worker import JobRun
+
+if TYPE_CHECKING:
+    from tapedeck.app import App
+
+log = logging.getLogger("tapedeck.transcribe")
+
+#: Runs (in all) a job gets when the engine itself fails; a deterministic engine failure
+#: should not cost the queue's full retry budget of CPU-heavy attempts.
+ENGINE_ATTEMPTS = 3
+_BLOCK = 1 << 20
+
+EngineFactory = Callable[[], TranscriptionEngine]
+
+
+class _EngineRetry(Exception):
+    """An engine failure worth another attempt (transient for the queue)."""
+
+
+class TranscribeHandler:
+    """Runs ``transcribe`` jobs (see the module docstring)."""
+
+    def __init__(self, db: Database, store: ObjectStore, clock: Clock,
+                 engine_factory: EngineFactory, *, max_attempts: int = 12,
+                 failpoints: Failpoints | None = None) -> None:
+        """``engine_factory`` builds the engine (loads the model); it is called once, on
+        the first job. ``max_attempts`` is the queue's limit (``job_max_attempts``)."""
+        self._db = db
+        self._store = store
+        self._clock = clock
+        self._factory = engine_factory
+        self._engine: TranscriptionEngine | None = None
+        self._lock = threading.Lock()  # one transcription at a time on the one engine
+        self._max_attempts = max_attempts
+        self._fp = failpoints or Failpoints()
+
+    # -- the run -------------------------------------------------------------------------------
+    def run(self, run: JobRun) -> None:
+        """Transcribe the job's transcription (or do nothing; see the module docstring)."""
+        txn = load_transcription(self._db.read(), str(run.job.payload.get("transcription_id")))
+        if txn is None or txn.status in TERMINAL_STATUSES:
+            log.info("job %s: transcription %s is %s; nothing to do", run.job.id,
+                     run.job.payload.get("transcription_id"), txn.status if txn else "deleted")
+            return
+        audio_key = self._audio_key(txn.recording_id)
+        self._start(txn)
+        self._fp.hit("transcribe.started", job_id=run.job.id, transcription_id=txn.id)
+        started = time.monotonic()
+        transcript = self._transcribe(run, audio_key, txn.language)
+        log.info("transcription %s: %d ms of audio, %d words, language %s, in %.1f s",
+                 txn.id, transcript.duration_ms, transcript.word_count, transcript.language,
+                 time.monotonic() - started)
+        self._finish(run, txn, transcript)
+
+    def _audio_key(self, recording_id: str) -> str:
+        row = self._db.read().execute("SELECT status, audio_key FROM recordings WHERE id = ?",
+                                      [recording_id]).fetchone()
+        if row is None or row[0] != "completed" or not row[1]:
+            raise JobFailed(TRANSCRIPTION_FAILED, "The recording has no complete audio.",
+                            reason="missing_audio")
+        return str(row[1])
+
+    def _start(self, txn: Transcription) -> None:
+        """``queued`` → ``processing`` and ``transcription.started``, at most once."""
+        with self._db.write() as tx:
+            cur = tx.execute("UPDATE transcriptions SET status = 'processing' WHERE id = ?"
+                             " AND status = 'queued'", [txn.id])
+            if cur.rowcount != 1:
+                return
+            self._set_recording_status(tx, txn, "processing")
+            fresh = load_transcription(tx, txn.id)
+            assert fresh is not None
+            emit(tx, self._clock, txn.project_id, "transcription.started", fresh.event_data(),
+                 txn.recording_id)
+
+    def _transcribe(self, run: JobRun, key: str, language: str | None) -> Transcript:
+        with tempfile.TemporaryFile() as spool:
+            self._download(key, spool)
+            spool.seek(0)
+            with self._lock:
+                engine = self._engine_for(run)
+                try:
+                    return transcribe_ogg_opus(spool, engine, language,
+                                               progress=lambda _ms: run.check())
+                except TranscriptionFailed as exc:
+                    raise self._failure(run, exc) from exc
+
+    def _download(self, key: str, spool: BinaryIO) -> None:
+        try:
+            stream = self._store.open(key)
+        except ObjectNotFound:
+            raise JobFailed(TRANSCRIPTION_FAILED, "The recording's audio is no longer in the "
+                            "store.", reason="missing_audio") from None
+        try:
+            while block := stream.read(_BLOCK):
+                spool.write(block)
+        finally:
+            stream.close()
+
+    def _engine_for(self, run: JobRun) -> TranscriptionEngine:
+        """The loaded engine (built on first use; caller holds ``_lock``). A model that
+        cannot be loaded is retried by the queue, and fails the job on the last attempt."""
+        if self._engine is None:
+            try:
+                self._engine = self._factory()
+            except ModelUnavailable as exc:
+                if run.job.attempts >= self._max_attempts:
+                    raise JobFailed(TRANSCRIPTION_FAILED, str(exc),
+                                    reason="engine_unavailable") from exc
+                raise
+        return self._engine
+
+    def _failure(self, run: JobRun, exc: TranscriptionFailed) -> Exception:
+        """What to raise for an engine-level failure: retry engine errors a few times."""
+        if exc.reason == "engine_error" and run.job.attempts < min(ENGINE_ATTEMPTS,
+                                                                   self._max_attempts):
+            return _EngineRetry(exc.message)
+        return JobFailed(TRANSCRIPTION_FAILED, exc.message, reason=exc.reason)
+
+    def _finish(self, run: JobRun, txn: Transcription, t: Transcript) -> None:
+        """Complete the job and the transcription in one transaction."""
+        provider = self._engine.name if self._engine is not None else txn.provider
+        with self._db.write() as tx:
+            run.complete(tx)
+            cur = tx.execute(
+                "UPDATE transcriptions SET status = 'completed', language = ?, provider = ?,"
+                " model = ?, duration_ms = ?, text = ?, segments = ?, word_count = ?,"
+                " completed_at = ? WHERE id = ? AND status IN ('queued', 'processing')",
+                [t.language, provider, t.model, t.duration_ms, t.text,
+                 _segments_json(t), t.word_count, iso(self._clock.now()), txn.id])
+            if cur.rowcount == 1:
+                self._terminal_event(tx, txn, "completed")
+
+    # -- failures ------------------------------------------------------------------------------
+    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+        """Fail the transcription (unless already terminal) and emit its one terminal event."""
+        txn = load_transcription(tx, str(job.payload.get("transcription_id")))
+        if txn is None or txn.status in TERMINAL_STATUSES:
+            return
+        reason, message = _reason(failure)
+        tx.execute(
+            "UPDATE transcriptions SET status = 'failed', error_type = ?, error_reason = ?,"
+            " error_message = ?, completed_at = ? WHERE id = ?",
+            [TRANSCRIPTION_FAILED, reason, message, iso(self._clock.now()), txn.id])
+        self._terminal_event(tx, txn, "failed")
+
+    def _terminal_event(self, tx: sqlite_utils.Database, txn: Transcription,
+                        status: str) -> None:
+        self._set_recording_status(tx, txn, status)
+        fresh = load_transcription(tx, txn.id)
+        assert fresh is not None
+        emit(tx, self._clock, txn.project_id, f"transcription.{status}", fresh.event_data(),
+             txn.recording_id)
+
+    def _set_recording_status(self, tx: sqlite_utils.Database, txn: Transcription,
+                              status: str) -> None:
+        """The recording mirrors its current transcription's status."""
+        tx.execute("UPDATE recordings SET transcription_status = ?, updated_at = ?"
+                   " WHERE id = ? AND transcription_id = ?",
+                   [status, iso(self._clock.now()), txn.recording_id, txn.id])
+
+
+def _segments_json(t: Transcript) -> str:
+    segments: list[dict[str, Any]] = t.to_json()["segments"]
+    return json.dumps(segments, ensure_ascii=False, separators=(",", ":"))
+
+
+def _reason(failure: Failure) -> tuple[str, str]:
+    """``(reason, message)`` of a job failure as the transcription reports it."""
+    if failure.type == TRANSCRIPTION_FAILED:
+        return str(failure.details.get("reason", "engine_error")), failure.message
+    if failure.type == "storage_unavailable":
+        return "storage_unavailable", f"The object store was unavailable: {failure.message}"
+    return "internal_error", "An internal error stopped the transcription."
+
+
+def engine_factory(app: App) -> EngineFactory:
+    """Builds the faster-whisper engine from ``whisper_model``/``whisper_threads`` (the bundled
+    whisper-base is assembled under ``data_dir/models`` on first use)."""
+    settings = app.settings
+
+    def build() -> TranscriptionEngine:
+        from tapedeck.transcribe.whisper import load_engine
+
+        return load_engine(settings.whisper_model, settings.data_dir, settings.whisper_threads)
+
+    return build
+
+
+def build_handler(app: App) -> TranscribeHandler | None:
+    """The ``transcribe`` handler of an ``App`` (``tapedeck.worker.HANDLER_FACTORIES``), or None
+    when faster-whisper is not installed (the kind then stays queued for another worker)."""
+    if importlib.util.find_spec("faster_whisper") is None:
+        log.info("faster-whisper is not installed; this worker does not transcribe")
+        return None
+    return TranscribeHandler(app.db, app.store, app.clock, engine_factory(app),
+                             max_attempts=app.settings.job_max_attempts,
+                             failpoints=Failpoints(app.settings.failpoints))

@@ -34,7 +34,7 @@ from tapedeck_agent.capture import (
     open_portaudio,
 )
 from tapedeck_agent.config import AgentConfig, ConfigError, load_config
-from tapedeck_agent.recorder import FRAME_MS, Recorder, RecordResult
+from tapedeck_agent.recorder import READ_MS, Recorder, RecordResult
 from tapedeck_agent.service import Outcome, UploadService
 from tapedeck_agent.spool import Spool, samples_to_ms
 
@@ -181,7 +181,7 @@ def _live_source(cfg: AgentConfig, path: Path | None) -> tuple[AudioSource, str]
         return PacedSource(open_file_source(path, cfg.sample_rate, cfg.channels)), \
             f"input:{path.name}"
     source = PortAudioSource(cfg.device, cfg.sample_rate, cfg.channels,
-                             cfg.sample_rate * FRAME_MS // 1000)
+                             cfg.sample_rate * READ_MS // 1000)
     return source, f"capture:{source.device_name}"
 
 

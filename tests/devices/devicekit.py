@@ -24,11 +24,13 @@ from tapedeck.v1 import (
     end_user_pb2_grpc,
     key_pb2_grpc,
     recording_pb2_grpc,
+    webhook_pb2_grpc,
 )
 from tapedeck.v1 import device_pb2 as dpb
 from tapedeck.v1 import end_user_pb2 as epb
 from tapedeck.v1 import key_pb2 as kpb
 from tapedeck.v1 import recording_pb2 as rpb
+from tapedeck.v1 import webhook_pb2 as whpb
 from tapedeck.weed import ManagedWeed
 
 from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
@@ -94,6 +96,7 @@ class Stubs:
     keys: key_pb2_grpc.KeyServiceStub
     recordings: recording_pb2_grpc.RecordingServiceStub
     chunks: chunk_pb2_grpc.ChunkServiceStub
+    webhooks: webhook_pb2_grpc.WebhookServiceStub
 
     @classmethod
     def on(cls, channel: grpc.Channel) -> Stubs:
@@ -101,7 +104,8 @@ class Stubs:
                    end_users=end_user_pb2_grpc.EndUserServiceStub(channel),
                    keys=key_pb2_grpc.KeyServiceStub(channel),
                    recordings=recording_pb2_grpc.RecordingServiceStub(channel),
-                   chunks=chunk_pb2_grpc.ChunkServiceStub(channel))
+                   chunks=chunk_pb2_grpc.ChunkServiceStub(channel),
+                   webhooks=webhook_pb2_grpc.WebhookServiceStub(channel))
 
 
 @dataclass
@@ -228,6 +232,7 @@ class Target:
     end_user_id: str = ""
     key_id: str = ""
     transcription_id: str = ""
+    webhook_id: str = ""
 
 
 def bound_device(w: World) -> Target:
@@ -256,6 +261,15 @@ def finalized_recording(w: World) -> Target:
     t.transcription_id = w.rpc.recordings.GetRecording(
         rpb.GetRecordingRequest(id=t.recording_id), metadata=md).recording.transcription_id
     assert t.transcription_id.startswith("txn_")
+    return t
+
+
+def webhook(w: World) -> Target:
+    """A webhook endpoint of project A (no dispatcher runs: nothing is delivered)."""
+    t = bound_device(w)
+    t.webhook_id = w.rpc.webhooks.CreateWebhook(whpb.CreateWebhookRequest(
+        url="https://hooks.example.com/tapedeck", events=["recording.created"]),
+        metadata=auth(w.sk)).webhook.id
     return t
 
 
@@ -289,7 +303,7 @@ KINDS = ("secret", "restricted_with_scope", "restricted_without_scope", "device_
 OK, FORB, UNAUTH = "ok", "forbidden", "unauthorized"
 RNF, DNF = "recording_not_found", "device_not_found"
 EUNF, KNF = "end_user_not_found", "key_not_found"
-TNF = "transcription_not_found"
+TNF, WNF = "transcription_not_found", "webhook_not_found"
 #: Passed authentication, scope and visibility; refused only because the recording's audio is
 #: not complete yet (the access tests run no worker, so nothing gets stitched).
 NOT_READY = "invalid_state"
@@ -314,6 +328,7 @@ def _a(scopes: Iterable[str], setup: Callable[[World], Target], *expect: str) ->
 
 R_READ, R_WRITE = {"recordings:read"}, {"recordings:write"}
 D_READ, D_WRITE = {"devices:read"}, {"devices:write"}
+W_READ, W_WRITE = {"webhooks:read"}, {"webhooks:write"}
 #: Key management has no scope: only secret keys; "restricted with scope" holds every scope.
 KEYS = set(ALL_SCOPES)
 
@@ -340,6 +355,13 @@ ACCESS: dict[str, Access] = {
                               NOT_READY, FORB, FORB, FORB, *_401, RNF),
     "GetTranscription": _a({"transcriptions:read"}, finalized_recording, OK, OK, FORB, OK,
                            TNF, *_401, TNF),
+    # webhooks                                       sk  rk+ rk-   own   other
+    "CreateWebhook": _a(W_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
+    "GetWebhook": _a(W_READ, webhook, OK, OK, FORB, FORB, FORB, *_401, WNF),
+    "ListWebhooks": _a(W_READ, webhook, OK, OK, FORB, FORB, FORB, *_401, OK),
+    "DeleteWebhook": _a(W_WRITE, webhook, OK, OK, FORB, FORB, FORB, *_401, WNF),
+    "ListWebhookDeliveries": _a(W_READ, webhook, OK, OK, FORB, FORB, FORB, *_401, WNF),
+    "ReplayWebhookEvents": _a(W_WRITE, webhook, OK, OK, FORB, FORB, FORB, *_401, WNF),
     # devices                                        sk  rk+ rk-   own   other
     "CreateDevice": _a(D_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
     "GetDevice": _a(D_READ, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),

@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tapedeck.v1 import chunk_pb2 as cpb
 from tapedeck.v1 import device_pb2 as dpb
 from tapedeck.v1 import end_user_pb2 as epb
 from tapedeck.v1 import key_pb2 as kpb
 from tapedeck.v1 import recording_pb2 as rpb
+from tapedeck.v1 import webhook_pb2 as whpb
 from tapedeck.weed import ManagedWeed
 
 from devicekit import ACCESS, Target, World, cases, credential, outcome, serve
@@ -63,6 +65,20 @@ CALLS: dict[str, Call] = {
         cpb.ListChunksRequest(recording_id=t.recording_id), metadata=md),
     "CreateChunkUploadUrl": lambda w, t, md: w.rpc.chunks.CreateChunkUploadUrl(
         cpb.CreateChunkUploadUrlRequest(recording_id=t.recording_id, part=2), metadata=md),
+    "CreateWebhook": lambda w, t, md: w.rpc.webhooks.CreateWebhook(
+        whpb.CreateWebhookRequest(url="https://hooks.example.com/a", events=["*"]), metadata=md),
+    "GetWebhook": lambda w, t, md: w.rpc.webhooks.GetWebhook(
+        whpb.GetWebhookRequest(id=t.webhook_id), metadata=md),
+    "ListWebhooks": lambda w, t, md: w.rpc.webhooks.ListWebhooks(
+        whpb.ListWebhooksRequest(), metadata=md),
+    "DeleteWebhook": lambda w, t, md: w.rpc.webhooks.DeleteWebhook(
+        whpb.DeleteWebhookRequest(id=t.webhook_id), metadata=md),
+    "ListWebhookDeliveries": lambda w, t, md: w.rpc.webhooks.ListWebhookDeliveries(
+        whpb.ListWebhookDeliveriesRequest(webhook_id=t.webhook_id), metadata=md),
+    "ReplayWebhookEvents": lambda w, t, md: w.rpc.webhooks.ReplayWebhookEvents(
+        whpb.ReplayWebhookEventsRequest(webhook_id=t.webhook_id,
+                                        start_time=Timestamp(seconds=1_700_000_000)),
+        metadata=md),
     "CreateDevice": lambda w, t, md: w.rpc.devices.CreateDevice(
         dpb.CreateDeviceRequest(serial_number="SN-9"), metadata=md),
     "GetDevice": lambda w, t, md: w.rpc.devices.GetDevice(
@@ -123,7 +139,8 @@ def test_every_rpc_of_every_service_is_in_the_table() -> None:
                 cpb.DESCRIPTOR.services_by_name["ChunkService"],
                 dpb.DESCRIPTOR.services_by_name["DeviceService"],
                 epb.DESCRIPTOR.services_by_name["EndUserService"],
-                kpb.DESCRIPTOR.services_by_name["KeyService"]]
+                kpb.DESCRIPTOR.services_by_name["KeyService"],
+                whpb.DESCRIPTOR.services_by_name["WebhookService"]]
     if importlib.util.find_spec("tapedeck.v1.transcription_pb2") is not None:
         tpb: Any = importlib.import_module("tapedeck.v1.transcription_pb2")
         services.append(tpb.DESCRIPTOR.services_by_name["TranscriptionService"])

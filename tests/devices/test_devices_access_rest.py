@@ -45,7 +45,8 @@ class Route:
     def send(self, w: World, t: Target, token: str) -> httpx.Response:
         path = self.path.format(recording_id=t.recording_id, device_id=t.device_id,
                                 end_user_id=t.end_user_id, key_id=t.key_id, part=2,
-                                transcription_id=t.transcription_id)
+                                transcription_id=t.transcription_id,
+                                webhook_id=t.webhook_id)
         json = {k: (w.end_user_id if v == "$end_user" else t.device_id if v == "$device"
                     else v) for k, v in self.json.items()} if self.json is not None else None
         return httpx.request(self.method, w.srv.http_url + path, json=json,
@@ -68,6 +69,14 @@ ROUTES: dict[str, Route] = {
     "CreateDownloadUrl": Route("POST", REC + "/download-url", {}),
     "UploadChunk": Route("PUT", REC + "/chunks/{part}", content=b"second chunk"),
     "ListChunks": Route("GET", REC + "/chunks"),
+    "CreateWebhook": Route("POST", "/v1/webhooks", {"url": "https://hooks.example.com/a",
+                                                    "events": ["*"]}),
+    "GetWebhook": Route("GET", "/v1/webhooks/{webhook_id}"),
+    "ListWebhooks": Route("GET", "/v1/webhooks"),
+    "DeleteWebhook": Route("DELETE", "/v1/webhooks/{webhook_id}"),
+    "ListWebhookDeliveries": Route("GET", "/v1/webhooks/{webhook_id}/deliveries"),
+    "ReplayWebhookEvents": Route("POST", "/v1/webhooks/{webhook_id}/replay",
+                                 {"since": "2023-11-14T22:13:20Z"}),
     "CreateDevice": Route("POST", "/v1/devices", {"serial_number": "SN-9"}),
     "GetDevice": Route("GET", DEV),
     "BindDevice": Route("POST", DEV + "/bind", {"end_user_id": "$end_user"}),
@@ -110,8 +119,8 @@ def test_every_route_is_in_the_table(world: World) -> None:
     URL of gRPC is ``upload-url`` with a ``part`` in REST)."""
     from tapedeck.gateway import build_app
 
-    covered = ("/v1/recordings", "/v1/transcriptions", "/v1/devices", "/v1/end-users",
-               "/v1/keys")
+    covered = ("/v1/recordings", "/v1/transcriptions", "/v1/webhooks", "/v1/devices",
+               "/v1/end-users", "/v1/keys")
     declared = {(method, route.path) for route in build_app(world.srv.app.domain).routes
                 if isinstance(route, APIRoute) and route.path.startswith(covered)
                 for method in route.methods or ()}

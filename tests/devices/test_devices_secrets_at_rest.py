@@ -2,8 +2,8 @@
 
 ``tapedeck serve`` (every role) runs as a child process whose stdout and stderr are captured
 to files. The run issues every kind of secret — secret and restricted keys, device tokens
-(bind, ``tapedeck admin device-token``, refresh), upload tokens (streaming chunk URLs),
-webhook secrets when the webhook routes exist — and uses them, including in failing requests
+(bind, ``tapedeck admin device-token``, refresh), upload tokens (streaming chunk URLs), a
+webhook secret (with a signed delivery to a local receiver) — and uses them, including in failing requests
 (mistyped, revoked, refreshed-away). Then the database files, read both while the server
 runs and after it stopped, and the logs must contain none of those secrets, nor anything
 shaped like a whole secret (hints such as ``rk_test_…abcd`` are fine).
@@ -181,19 +181,25 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 
 def _webhook(run: Run, sk: str) -> None:
-    """A webhook endpoint (``whsec_`` secret), if this checkout has the webhook routes."""
-    paths = run.rest("GET", "/openapi.json", sk).json()["paths"]
-    if "/v1/webhooks" not in paths:
-        return
+    """A webhook endpoint (``whsec_`` secret) on a local receiver; waits until the dispatcher
+    has delivered (signed with the secret) one event to it."""
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=receiver.serve_forever, daemon=True).start()
     try:
         resp = run.rest("POST", "/v1/webhooks", sk, {
             "url": f"http://127.0.0.1:{receiver.server_address[1]}/hook",
-            "events": ["recording.created"]})
-        assert resp.status_code in (200, 201), resp.text
+            "events": ["recording.created"]}, **{"Idempotency-Key": "w1"})
+        assert resp.status_code == 201, resp.text
         run.keep("whsec", resp.json()["secret"])
         run.rest("POST", "/v1/recordings", sk, {"streaming": True})  # an event to deliver
+        path = f"/v1/webhooks/{resp.json()['id']}/deliveries"
+        for _ in range(600):  # the dispatcher is a separate thread of the child: poll
+            done = [d for d in run.rest("GET", path, sk).json()["data"]
+                    if d["status"] == "succeeded"]
+            if done:
+                break
+            time.sleep(0.1)
+        assert done, "the event was not delivered"
     finally:
         receiver.shutdown()
 
@@ -220,7 +226,7 @@ def test_no_plaintext_secret_in_sqlite_or_logs(child: Child) -> None:
     finally:
         channel.close()
     kinds = {name.split("_")[0] for name in run.secrets}
-    assert {"sk", "rk", "dtok", "up"} <= kinds
+    assert {"sk", "rk", "dtok", "up", "whsec"} <= kinds
     running = db_files(settings.data_dir)
     assert running.get("tapedeck.db-wal"), "the WAL should hold this run's writes"
     assert hash_token(sk).encode() in b"".join(running.values())  # we read the right files

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tapedeck.auth import Principal, UploadTokens
@@ -43,6 +43,9 @@ from tapedeck.ids import new_id
 from tapedeck.store import ObjectInfo
 
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+# Timestamps a recorder can plausibly send (and that ISO-8601 with 4-digit years can store).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -68,6 +71,10 @@ def validate_new(req: NewRecording) -> None:
         raise invalid("codec", f"codec must be one of {', '.join(CODECS)}.")
     if req.streaming and req.codec != "opus":
         raise invalid("codec", "Streaming recordings must use the opus codec.")
+    for name in ("started_at", "ended_at"):
+        when = getattr(req, name)
+        if when is not None and not EARLIEST <= when < LATEST:
+            raise invalid(name, f"{name} must be between 1970 and 2200.")
     for name in ("estimated_duration_ms", "chunk_duration_ms"):
         value = getattr(req, name)
         if value is not None and not 0 <= value <= MAX_DURATION_MS:

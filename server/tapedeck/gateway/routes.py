@@ -92,7 +92,7 @@ def _recording_routes(r: APIRouter, gw: Gateway) -> None:
 
     @r.post("/v1/recordings", status_code=201, response_model=s.CreatedRecordingOut,
             summary="Create a recording", response_description="The new recording.",
-            responses=errors_doc("device_not_found", *ON_POST),
+            responses=errors_doc("device_not_found", "end_user_not_found", *ON_POST),
             openapi_extra=body_doc(s.CreateRecordingRequest))
     async def create_recording(request: Request,
                                idempotency_key: IdempotencyKey = None) -> Response:

@@ -50,8 +50,10 @@ class CreateRecordingRequest(_Request):
     device_id: Id | None = None
     end_user_id: Id | None = None
     name: Annotated[str, Field(max_length=500)] | None = None
-    started_at: AwareDatetime | None = None
-    ended_at: AwareDatetime | None = None
+    started_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with a time zone, between 1970 and 2200.")
+    ended_at: AwareDatetime | None = Field(
+        default=None, description="RFC 3339 with a time zone, not before started_at.")
     estimated_duration_ms: DurationMs | None = None
     codec: Codec = Field(default="opus", description="Streaming recordings must use opus.")
     streaming: bool = False

@@ -1,7 +1,7 @@
 """The ``tapedeck`` command: a thin layer over ``App`` and the admin functions.
 
     tapedeck serve       everything in one process (the embedded default)
-    tapedeck api         gRPC + REST only          tapedeck worker      job workers only
+    tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
     tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token
     tapedeck settings    print every setting with its value and environment variable
 """
@@ -20,10 +20,12 @@ from typing import Any
 
 from tapedeck.errors import TapedeckError
 
+log = logging.getLogger("tapedeck.cli")
+
 ROLE_COMMANDS = {
-    "serve": ("grpc", "http", "worker", "dispatcher"),
+    "serve": ("grpc", "http", "worker", "dispatcher", "sweeper"),
     "api": ("grpc", "http"),
-    "worker": ("worker",),
+    "worker": ("worker", "sweeper"),
     "dispatcher": ("dispatcher",),
 }
 
@@ -73,9 +75,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(settings: Any, roles: Sequence[str]) -> int:
     from tapedeck.app import App
+    from tapedeck.logs import configure
 
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        configure(settings.log_format, settings.log_level)
+    except ValueError as exc:
+        from tapedeck.errors import invalid
+
+        raise invalid("log_format", f"{exc} (TAPEDECK_LOG_FORMAT, TAPEDECK_LOG_LEVEL)") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -87,10 +94,15 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
             listening["grpc"] = f"{settings.host}:{app.grpc_port}"
         if app.http_port:
             listening["http"] = f"http://{settings.host}:{app.http_port}"
+        if app.metrics_port:
+            listening["metrics"] = f"http://{settings.host}:{app.metrics_port}/metrics"
         print(json.dumps({"listening": listening}), flush=True)
+        log.info("started %s", listening)
         stop.wait()
+        log.info("stopping (grace %d s)", settings.shutdown_grace_s)
     finally:
-        app.close()
+        app.close(grace=float(settings.shutdown_grace_s))
+    log.info("stopped")
     return 0
 
 

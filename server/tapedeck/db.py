@@ -16,6 +16,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from tapedeck.logs import install_sql_function
 from tapedeck.migrations import migrate
 
 
@@ -39,6 +40,7 @@ class Database:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
+            install_sql_function(conn)  # request ids on jobs/events (migration m0007)
             db = sqlite_utils.Database(conn)
             self._local.db = db
             with self._lock:

@@ -184,6 +184,27 @@ def m0006_transcription_error_reason(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE transcriptions ADD COLUMN error_reason TEXT")
 
 
+def m0007_operations(db: sqlite_utils.Database) -> None:
+    """Request ids on jobs and events, and the chunk-retention state of recordings.
+
+    ``jobs.request_id``/``events.request_id`` are filled on insert by triggers calling
+    ``tapedeck_request_id()``, the current request id, which ``tapedeck.logs`` registers on
+    every connection ``tapedeck.db.Database`` opens (NULL outside a request). A connection
+    without that function cannot insert jobs or events.
+    ``recordings.chunks_retention``: NULL (no chunk object deleted yet), ``stitched`` (the
+    parts in the verified stitched file are deleted; parts left out remain), ``purged``
+    (every chunk object deleted). See ``tapedeck.retention``."""
+    db.execute("ALTER TABLE jobs ADD COLUMN request_id TEXT")
+    db.execute("ALTER TABLE events ADD COLUMN request_id TEXT")
+    for table in ("jobs", "events"):
+        db.execute(f"""CREATE TRIGGER {table}_request_id AFTER INSERT ON {table}
+            WHEN NEW.request_id IS NULL BEGIN
+            UPDATE {table} SET request_id = tapedeck_request_id() WHERE rowid = NEW.rowid; END""")
+    db.execute("ALTER TABLE recordings ADD COLUMN chunks_retention TEXT")
+    db.execute("CREATE INDEX recordings_retention"
+               " ON recordings(status, chunks_retention, updated_at)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -191,6 +212,7 @@ MIGRATIONS: list[Migration] = [
     m0004_idempotency_keys,
     m0005_end_users_devices,
     m0006_transcription_error_reason,
+    m0007_operations,
 ]
 
 

@@ -78,7 +78,27 @@ class Settings:
         "help": "concurrent webhook attempts per dispatcher"})
     webhooks_per_endpoint: int = field(default=1, metadata={
         "help": "concurrent attempts per endpoint (1 keeps a healthy endpoint's events in order)"})
-    log_format: str = field(default="auto", metadata={"help": "json, text or auto"})
+    log_format: str = field(default="auto", metadata={
+        "help": "json (one object per line), text, or auto (text on a terminal, else json)"})
+    log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    sweep_interval_ms: int = field(default=30_000, metadata={
+        "help": "the sweeper (in `serve` and `worker`) expires overdue streaming recordings "
+                "and applies chunk retention this often"})
+    retention_chunks_s: int = field(default=0, metadata={
+        "help": "chunk objects stitched into a verified audio file are deleted this long "
+                "after it completed (0 = at the next sweep; -1 = keep forever)"})
+    retention_failed_s: int = field(default=30 * 86400, metadata={
+        "help": "chunk objects of failed recordings are deleted this long after the failure "
+                "(-1 = keep forever)"})
+    retention_expired_s: int = field(default=30 * 86400, metadata={
+        "help": "chunk objects of expired recordings, and parts an expiry auto-finalize left "
+                "out, are deleted this long after expiry (-1 = keep forever)"})
+    metrics_port: int = field(default=0, metadata={
+        "help": "serve /metrics on this port in processes without the HTTP role (worker, "
+                "dispatcher); 0 = off. The HTTP role always serves /metrics"})
+    shutdown_grace_s: int = field(default=10, metadata={
+        "help": "on SIGTERM, running jobs, requests and webhook attempts get this long to "
+                "finish; unfinished jobs are then handed back to the queue"})
 
     @property
     def db_path(self) -> Path:

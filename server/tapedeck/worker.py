@@ -31,13 +31,15 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 import sqlite_utils
 
+from tapedeck.db import Database
 from tapedeck.jobs import Failure, Job, JobQueue, LeaseLost, RetryPolicy, classify
+from tapedeck.logs import request_context
 
 if TYPE_CHECKING:
     from tapedeck.app import App
@@ -76,6 +78,16 @@ class JobRun:
         """Mark the job succeeded inside ``tx`` (which records the job's result)."""
         self.queue.complete(tx, self.job)
         self.completed = True
+
+
+JobObserver = Callable[[str, str, float], None]
+"""Called after every run with (kind, outcome, seconds): ``Metrics.observe_job``."""
+
+
+def job_request_id(db: Database, job_id: str) -> str | None:
+    """The request id recorded with the job when it was queued (migration m0007)."""
+    row = db.read().execute("SELECT request_id FROM jobs WHERE id = ?", [job_id]).fetchone()
+    return None if row is None else row[0]
 
 
 class JobHandler(Protocol):
@@ -140,10 +152,12 @@ class _Heartbeat:
 class Worker:
     """One claim loop's logic: claim a job of a registered kind, run it, record the outcome."""
 
-    def __init__(self, queue: JobQueue, handlers: Mapping[str, JobHandler], name: str) -> None:
+    def __init__(self, queue: JobQueue, handlers: Mapping[str, JobHandler], name: str,
+                 observe: JobObserver | None = None) -> None:
         self.queue = queue
         self.handlers = dict(handlers)
         self.name = name
+        self.observe = observe
         self.current: JobRun | None = None
         self._heartbeat = _Heartbeat(max(0.05, queue.lease_s / 3), name)
 
@@ -159,10 +173,17 @@ class Worker:
             return None
         run = JobRun(self.queue, job)
         self.current = run
+        started = time.monotonic()
+        outcome = "error"  # recording the outcome itself failed (database unavailable)
         try:
-            return self._execute(run, self.handlers[job.kind])
+            # The job runs under the request id stored with it (tapedeck.logs).
+            with request_context(job_request_id(self.queue.db, job.id)):
+                outcome = self._execute(run, self.handlers[job.kind])
+            return outcome
         finally:
             self.current = None
+            if self.observe is not None:
+                self.observe(job.kind, outcome, time.monotonic() - started)
 
     def _execute(self, run: JobRun, handler: JobHandler) -> str:
         job = run.job
@@ -218,10 +239,11 @@ class WorkerPool:
     """``threads`` claim loops over one queue; idle loops poll every ``poll_s`` seconds."""
 
     def __init__(self, queue: JobQueue, handlers: Mapping[str, JobHandler], *, threads: int,
-                 poll_s: float, name: str) -> None:
+                 poll_s: float, name: str, observe: JobObserver | None = None) -> None:
         self.queue = queue
         self.poll_s = poll_s
-        self.workers = [Worker(queue, handlers, f"{name}:{i}") for i in range(max(1, threads))]
+        self.workers = [Worker(queue, handlers, f"{name}:{i}", observe)
+                        for i in range(max(1, threads))]
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -308,5 +330,6 @@ def start_workers(app: App, handlers: Mapping[str, JobHandler] | None = None) ->
         handlers = load_handlers(app, kinds=kinds)
     pool = WorkerPool(queue, handlers,
                       threads=app.settings.workers, poll_s=app.settings.job_poll_ms / 1000,
-                      name=f"{socket.gethostname()}:{os.getpid()}")
+                      name=f"{socket.gethostname()}:{os.getpid()}",
+                      observe=app.metrics.observe_job)
     return pool.start()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tapedeck.gateway.asgi import build_app
+from tapedeck.gateway.observe import ObservingMiddleware
 from tapedeck.gateway.server import GatewayServer, bind
 
 if TYPE_CHECKING:
@@ -22,12 +23,14 @@ __all__ = ["GatewayServer", "build_app", "start_gateway"]
 def start_gateway(app: App) -> GatewayServer:
     """Serve the REST API of ``app`` on ``settings.host:settings.http_port`` (0 = any free
     port), set ``app.http_port``, and return the started server (``stop(grace)``).
+    ``observe.ObservingMiddleware`` wraps the API: request ids, metrics, ``GET /metrics``.
 
     When the port was 0, the settings everyone shares are updated with the real port, so
     the ``chunk_upload_url_template``s the domain builds point at this gateway."""
     settings = app.settings
     sock = bind(settings.host, settings.http_port)
-    server = GatewayServer(build_app(app.domain), sock)
+    api = build_app(app.domain)
+    server = GatewayServer(ObservingMiddleware(api, app.metrics, api.routes), sock)
     if settings.http_port != server.port:
         app.settings = settings.replace(http_port=server.port)
         app.domain.ctx.settings = app.settings

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent import futures
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,11 +27,14 @@ SERVICE_NAMES = (
 )
 
 
-def build_grpc_server(domain: Domain, host: str, port: int,
-                      max_workers: int = 16) -> tuple[grpc.Server, int]:
-    """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port."""
+def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 16,
+                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
+                      ) -> tuple[grpc.Server, int]:
+    """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
+    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=list(interceptors),
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(domain), server)

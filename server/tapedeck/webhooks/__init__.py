@@ -31,6 +31,7 @@ def start_dispatcher(app: App) -> Dispatcher:
     transport = GuardedTransport(NetGuard(NetPolicy(allow_private=s.webhooks_allow_private)))
     dispatcher = Dispatcher(app.db, app.clock, SecretBox.from_data_dir(s.data_dir), transport,
                             timeout_s=float(s.webhooks_timeout_s), workers=s.webhooks_workers,
-                            per_endpoint=s.webhooks_per_endpoint)
+                            per_endpoint=s.webhooks_per_endpoint,
+                            observe=app.metrics.observe_webhook)
     dispatcher.start()
     return dispatcher

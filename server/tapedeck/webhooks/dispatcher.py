@@ -39,6 +39,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -49,6 +50,7 @@ import sqlite_utils
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.ids import random_base62
+from tapedeck.logs import request_context
 from tapedeck.webhooks.endpoints import cancel_pending, insert_delivery
 from tapedeck.webhooks.models import subscribed
 from tapedeck.webhooks.secretbox import SecretBox
@@ -171,8 +173,10 @@ class Dispatcher:
                  schedule: RetrySchedule | None = None, timeout_s: float = 30.0,
                  workers: int = 8, per_endpoint: int = 1, poll_s: float = 0.25,
                  heartbeat_s: float = 2.0, stale_s: float = 20.0, fanout_batch: int = 500,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 observe: Callable[[str, str | None], None] | None = None) -> None:
         self.db, self.clock, self.box, self.transport = db, clock, box, transport
+        self.observe = observe  # (attempt outcome, final status or None): Metrics.observe_webhook
         self.schedule = schedule or RetrySchedule()
         self.timeout_s, self.per_endpoint, self.poll_s = timeout_s, per_endpoint, poll_s
         self.heartbeat_s, self.stale_s, self.fanout_batch = heartbeat_s, stale_s, fanout_batch
@@ -373,10 +377,17 @@ class Dispatcher:
                 self._wake.set()
 
     def _attempt(self, delivery_id: str) -> None:
-        """Send one attempt of a leased delivery and record its outcome."""
+        """Send one attempt of a leased delivery and record its outcome, under the request id
+        stored with its event (``tapedeck.logs``)."""
         job = self._load(delivery_id)
         if job is None:
             return
+        row = self.db.read().execute("SELECT request_id FROM events WHERE id = ?",
+                                     [job.event_id]).fetchone()
+        with request_context(row[0] if row else None):
+            self._send(job)
+
+    def _send(self, job: _Job) -> None:
         attempted_at = self.clock.now()
         started = time.perf_counter()
         if job.secret is None:
@@ -427,27 +438,42 @@ class Dispatcher:
                  outcome.status_code, latency_ms, outcome.error])
             if status != "pending" or owner != self.owner:
                 return  # lease lost (we were presumed dead): the attempt is logged, that's all
-            self._advance(tx, job, attempts + 1, outcome, now)
+            final = self._advance(tx, job, attempts + 1, outcome, now)
+        log.info("webhook %s (event %s) attempt %d: %s", job.delivery_id, job.event_id,
+                 attempts + 1, "delivered" if outcome.ok else outcome.error)
+        if self.observe is not None:
+            self.observe(_attempt_label(outcome), final)
 
     def _advance(self, tx: sqlite_utils.Database, job: _Job, attempt: int, outcome: _Outcome,
-                 now: datetime) -> None:
+                 now: datetime) -> str | None:
+        """Move the delivery on; returns its final status if it ended."""
         if outcome.ok or outcome.gone:
             final = "succeeded" if outcome.ok else "failed"
             _finish(tx, job.delivery_id, final, attempt, outcome, now)
             if outcome.gone:
                 _disable(tx, job.endpoint_id, now)
-            return
+            return final
         with self._rng_lock:
             delay = self.schedule.next_delay(attempt, outcome.retry_after_s, self._rng)
         if delay is None:
             _finish(tx, job.delivery_id, "failed", attempt, outcome, now)
             log.info("webhook delivery %s failed after %d attempts", job.delivery_id, attempt)
-            return
+            return "failed"
         tx.execute(
             "UPDATE webhook_deliveries SET attempts = ?, next_attempt_at = ?, lease_owner = NULL,"
             " last_status_code = ?, last_error = ?, updated_at = ? WHERE id = ?",
             [attempt, iso(now + timedelta(seconds=delay)), outcome.status_code, outcome.error,
              iso(now), job.delivery_id])
+        return None
+
+
+def _attempt_label(outcome: _Outcome) -> str:
+    """The metrics label of an attempt: succeeded, gone (410), http_error or network_error."""
+    if outcome.ok:
+        return "succeeded"
+    if outcome.gone:
+        return "gone"
+    return "http_error" if outcome.status_code is not None else "network_error"
 
 
 def _endpoints_by_project(tx: sqlite_utils.Database, projects: set[str]

@@ -1,0 +1,120 @@
+"""The sweeper: a periodic loop (the ``sweeper`` role, started by ``tapedeck serve`` and
+``tapedeck worker``) that expires overdue streaming recordings (``domain.expiry.Expiry``)
+and then applies chunk retention (``tapedeck.retention.Retention``).
+
+Every round handles all due work in batches (bounded, so a stop is honoured between
+batches). Each expired recording is handled under a fresh request id, which its stitching
+job and events record, so the worker and dispatcher log lines about it share that id.
+
+Any number of processes may run a sweeper against one database: ``Expiry.expire`` re-checks
+the recording under ``BEGIN IMMEDIATE`` (a recording is expired exactly once) and retention
+is idempotent with a compare-and-set on its state. A failing round (object store down) is
+logged and counted, and the next round tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tapedeck.domain.expiry import Expiry
+from tapedeck.jobs import Failpoints
+from tapedeck.logs import request_context
+from tapedeck.metrics import Metrics
+from tapedeck.retention import Retention, RetentionPolicy
+
+if TYPE_CHECKING:
+    from tapedeck.app import App
+
+log = logging.getLogger("tapedeck.sweeper")
+
+BATCH = 100
+MAX_BATCHES = 50
+
+
+@dataclass
+class SweepReport:
+    """What one round did: recording id → outcome, for expiry and for retention."""
+
+    expired: dict[str, str] = field(default_factory=dict)
+    cleaned: dict[str, str] = field(default_factory=dict)
+
+
+class Sweeper:
+    """Runs ``run_once`` every ``interval_s`` seconds in a background thread."""
+
+    def __init__(self, expiry: Expiry, retention: Retention, interval_s: float,
+                 metrics: Metrics | None = None) -> None:
+        self.expiry = expiry
+        self.retention = retention
+        self.interval_s = interval_s
+        self._metrics = metrics
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> SweepReport:
+        """Expire every due recording, then clean every recording whose retention ran out."""
+        report = SweepReport()
+        for _ in range(MAX_BATCHES):
+            due = self.expiry.due(BATCH)
+            for rec_id in due:
+                report.expired[rec_id] = self._expire(rec_id)
+            if len(due) < BATCH or self._stop.is_set():
+                break
+        for _ in range(MAX_BATCHES):
+            batch = self.retention.due(BATCH)
+            for rec_id, stage in batch:
+                report.cleaned[rec_id] = self.retention.clean(rec_id, stage)
+            if len(batch) < BATCH or self._stop.is_set():
+                break
+        return report
+
+    def _expire(self, recording_id: str) -> str:
+        with request_context(None):
+            outcome = self.expiry.expire(recording_id)
+            if outcome != "skipped":
+                log.info("recording %s expired: %s", recording_id,
+                         "auto-finalized from its contiguous chunks" if outcome == "finalized"
+                         else "no chunk 1 to finalize" if outcome == "expired" else outcome)
+                if self._metrics is not None:
+                    self._metrics.expiry.labels(outcome).inc()
+        return outcome
+
+    # -- background loop ------------------------------------------------------------------------
+    def start(self) -> Sweeper:
+        """Start the loop (the first round runs at once)."""
+        self._thread = threading.Thread(target=self._loop, name="sweeper", daemon=True)
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+                outcome = "ok"
+            except Exception as exc:  # the store or database is down: next round retries
+                log.warning("sweep failed: %s: %s", type(exc).__name__, exc,
+                            exc_info=not hasattr(exc, "type"))
+                outcome = "error"
+            if self._metrics is not None:
+                self._metrics.sweeps.labels(outcome).inc()
+            self._stop.wait(self.interval_s)
+
+    def stop(self, grace: float) -> None:
+        """Stop after the current batch (waits up to ``grace`` seconds; an unfinished round
+        is safe to abandon: the next sweeper redoes it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(max(grace, 0.1))
+
+
+def start_sweeper(app: App) -> Sweeper:
+    """The ``sweeper`` role of ``app``: expiry + retention every ``sweep_interval_ms``."""
+    s = app.settings
+    retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
+                          failpoints=Failpoints(s.failpoints), metrics=app.metrics)
+    sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
+                      metrics=app.metrics)
+    return sweeper.start()

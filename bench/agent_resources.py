@@ -41,7 +41,6 @@ from tapedeck_agent.encoder import OpusChunker  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests" / "agent"))
 from agentkit import Pulse, agent_cmd, agent_env, start_pulse  # noqa: E402
-
 from audio import speech_pcm  # noqa: E402
 from serverkit import spawn_server, test_settings  # noqa: E402
 

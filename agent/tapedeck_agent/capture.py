@@ -129,11 +129,12 @@ class PortAudioSource:
         self.overflows = 0
         self._queue: queue.Queue[bytes] = queue.Queue()
         self._buffer = bytearray()
+        pyaudio = _pyaudio()
+        self._continue, self._overflow_flag = pyaudio.paContinue, pyaudio.paInputOverflow
         self._pa = open_portaudio()
         try:
             info = resolve_device(list_devices(self._pa), device)
             self.device_name = info.name if info else "default"
-            pyaudio = _pyaudio()
             with quiet_stderr():
                 self._stream = self._pa.open(
                     format=pyaudio.paInt16, channels=channels, rate=sample_rate, input=True,
@@ -150,12 +151,11 @@ class PortAudioSource:
     def _callback(self, in_data: bytes | None, frame_count: int, time_info: Any,
                   status: int) -> tuple[None, int]:
         """PortAudio thread: hand the buffer over, count overflows, never block."""
-        pyaudio = _pyaudio()
-        if status & pyaudio.paInputOverflow:
+        if status & self._overflow_flag:
             self.overflows += 1
         if in_data:
             self._queue.put(in_data)
-        return None, pyaudio.paContinue
+        return None, self._continue
 
     def read(self, frames: int) -> bytes:
         want = frames * 2 * self.channels

@@ -129,9 +129,8 @@ def _finish(service: UploadService, result: RecordResult, wait_s: float,
     if result.frames_dropped:
         log.error("%.1f s of live audio were not recorded because the spool was full",
                   result.frames_dropped / service.cfg.sample_rate)
-    if signals.stop.is_set():
-        wait_s = min(wait_s, service.cfg.shutdown_grace_s)
-    outcome = service.wait(result.local_ids, wait_s, signals.abort)
+    outcome = service.wait(result.local_ids, wait_s, signals.abort, signals.stop,
+                           service.cfg.shutdown_grace_s)
     service.stop()
     return _report(outcome, result, service.cfg.sample_rate)
 
@@ -161,18 +160,17 @@ def cmd_record(args: argparse.Namespace, cfg: AgentConfig) -> int:
     frames = None if args.duration is None else round(args.duration * cfg.sample_rate)
     try:
         source, origin = _live_source(cfg, args.input)
-    except CaptureError:
-        service.stop()
-        raise
-    log.info("capturing from %s at %d Hz x%d into %s", origin, cfg.sample_rate, cfg.channels,
-             spool.root)
-    try:
-        result = Recorder(cfg, spool, service.notify).record(
-            source, signals.stop, origin=origin, max_frames=frames, name=cfg.name)
+        log.info("capturing from %s at %d Hz x%d into %s", origin, cfg.sample_rate,
+                 cfg.channels, spool.root)
+        try:
+            result = Recorder(cfg, spool, service.notify).record(
+                source, signals.stop, origin=origin, max_frames=frames, name=cfg.name)
+        finally:
+            source.close()
+        wait_s = cfg.shutdown_grace_s if args.wait is None else args.wait
+        return _finish(service, result, wait_s, signals)
     finally:
-        source.close()
-    wait_s = cfg.shutdown_grace_s if args.wait is None else args.wait
-    return _finish(service, result, wait_s, signals)
+        service.stop()
 
 
 def _live_source(cfg: AgentConfig, path: Path | None) -> tuple[AudioSource, str]:
@@ -192,12 +190,15 @@ def cmd_upload(args: argparse.Namespace, cfg: AgentConfig) -> int:
     service = UploadService(cfg, spool)
     service.start()
     try:
-        result = Recorder(cfg, spool, service.notify).record(
-            source, signals.stop, origin=f"file:{args.file.name}",
-            name=cfg.name or args.file.name)
+        try:
+            result = Recorder(cfg, spool, service.notify).record(
+                source, signals.stop, origin=f"file:{args.file.name}",
+                name=cfg.name or args.file.name)
+        finally:
+            source.close()
+        return _finish(service, result, args.timeout, signals)
     finally:
-        source.close()
-    return _finish(service, result, args.timeout, signals)
+        service.stop()
 
 
 def cmd_sync(args: argparse.Namespace, cfg: AgentConfig) -> int:

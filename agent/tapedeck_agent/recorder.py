@@ -143,7 +143,7 @@ class Recorder:
             complete = fed // self._chunk_frames
             if fed and fed % self._chunk_frames == 0:
                 if not source.live:
-                    self._wait_for_room(stop)  # a file can wait: one recording, no gap
+                    self._wait_for_room(stop, local_id)  # a file waits: no gap, no split
                 if self._should_end(local_id, complete):
                     return
             boundary = (complete + 1) * self._chunk_frames
@@ -165,7 +165,7 @@ class Recorder:
             return True
         return self.spool_full(chunks_ahead=2)
 
-    def _wait_for_room(self, stop: threading.Event) -> None:
+    def _wait_for_room(self, stop: threading.Event, local_id: str) -> None:
         """Hold a file source at a chunk boundary until two more chunks fit (or stop)."""
         if not self.spool_full(chunks_ahead=2):
             return
@@ -173,6 +173,7 @@ class Recorder:
         log.warning("spool full: file input waits until uploads free space")
         while self.spool_full(chunks_ahead=2) and not stop.wait(0.5):
             pass
+        self.spool.set_state("capture", f"recording {local_id}")
         log.info("spool has room again: file input continues")
 
     def _read(self, source: AudioSource, frames: int, max_frames: int | None,

@@ -41,6 +41,7 @@ class UploadService:
         self._client: AgentClient | None = None
         self._thread: threading.Thread | None = None
         self._lock: ProcessLock | None = None
+        self._stopped = False
 
     def start(self) -> None:
         if not (self.cfg.server and self.cfg.token):
@@ -65,7 +66,10 @@ class UploadService:
             self.uploader.notify()
 
     def stop(self) -> None:
-        """Stop the uploader between two calls and release the lock."""
+        """Stop the uploader between two calls and release the lock (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self.uploader is not None and self._thread is not None:
             self.uploader.stop()
             self._thread.join(timeout=self.cfg.rpc_timeout_s + 5)
@@ -78,11 +82,16 @@ class UploadService:
         return self.uploader is not None and self.uploader.blocked is not None
 
     def wait(self, local_ids: list[str], timeout_s: float,
-             abort: threading.Event | None = None) -> Outcome:
+             abort: threading.Event | None = None, stop: threading.Event | None = None,
+             grace_s: float = 0.0) -> Outcome:
         """Wait until every recording is finalized/parked/empty, the token is refused, the
-        timeout passes or ``abort`` is set."""
+        timeout passes or ``abort`` is set; once ``stop`` is set, wait ``grace_s`` more at
+        most."""
         deadline = time.monotonic() + timeout_s
+        shortened = False
         while time.monotonic() < deadline and not (abort and abort.is_set()):
+            if stop is not None and stop.is_set() and not shortened:
+                deadline, shortened = min(deadline, time.monotonic() + grace_s), True
             states = [self.spool.recording(i).state for i in local_ids]
             if all(s in DONE_STATES for s in states) or self.blocked():
                 break

@@ -88,6 +88,10 @@ class Uploader:
             except OSError as exc:  # e.g. a DNS or socket error outside gRPC
                 self._back_off(ServerError("rpc_error", str(exc)))
                 continue
+            except Exception as exc:  # a bug must not silently end all uploads
+                log.exception("unexpected error in the uploader")
+                self._back_off(ServerError("agent_error", repr(exc)))
+                continue
             if self._failures:
                 log.info("server reachable again after %d failed attempt(s)", self._failures)
                 self.spool.set_state("uploader", "running")

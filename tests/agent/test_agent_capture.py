@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tapedeck.settings import Settings
+
 from agentkit import (
     ALSA_DEVICE,
     RATE,
@@ -38,9 +41,6 @@ from agentkit import (
     stored_object,
     wait_for,
 )
-
-from tapedeck.settings import Settings
-
 from audio import speech_pcm, to_pcm
 from conftest import drop_bucket
 from serverkit import RunningServer, start_server, test_settings

@@ -10,6 +10,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+
 from agentkit import (
     RATE,
     RestartableServer,
@@ -25,7 +26,6 @@ from agentkit import (
     stored_chunk,
     wait_for,
 )
-
 from audio import speech_pcm
 from serverkit import RunningServer
 

@@ -27,7 +27,6 @@ from agentkit import (
     stored_chunk,
     wait_for,
 )
-
 from audio import speech_pcm
 from serverkit import RunningServer
 

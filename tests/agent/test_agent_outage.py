@@ -22,7 +22,6 @@ from agentkit import (
     stored_chunk,
     wait_for,
 )
-
 from audio import speech_pcm
 
 CHUNK_MS = 1000

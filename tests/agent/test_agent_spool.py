@@ -191,3 +191,17 @@ def test_config_file_unknown_key(tmp_path: Path) -> None:
     conf.write_text('sever = "typo:1"\n')
     with pytest.raises(ConfigError, match="sever"):
         load_config({}, {}, conf)
+
+
+def test_the_agent_imports_no_server_dependency() -> None:
+    """The agent installs as ``tapedeck[agent]``: nothing of the server may be imported."""
+    code = ("import sys, tapedeck_agent.cli, tapedeck_agent.uploader, tapedeck_agent.recorder\n"
+            "import tapedeck_agent.spool as s; s.ogg_opus_samples(b'')\n"
+            "print(' '.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    server_only = {"sqlite_utils", "minio", "fastapi", "uvicorn", "httpx", "numpy",
+                   "faster_whisper", "tapedeck.app", "tapedeck.domain", "tapedeck.db",
+                   "tapedeck.grpc_api", "tapedeck.store", "tapedeck.settings"}
+    assert not server_only & set(out)
+    assert {"tapedeck.v1.chunk_pb2", "tapedeck.oggopus", "grpc"} <= set(out)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from agentkit import RATE, list_chunks, stored_chunk, wait_for
 
 from tapedeck.domain._base import chunk_key
 from tapedeck.v1 import device_pb2, device_pb2_grpc, recording_pb2
@@ -19,6 +18,7 @@ from tapedeck_agent.encoder import OpusChunker
 from tapedeck_agent.spool import Spool
 from tapedeck_agent.uploader import Uploader
 
+from agentkit import RATE, list_chunks, stored_chunk, wait_for
 from audio import speech_pcm
 from serverkit import RunningServer, auth, chunk_messages
 

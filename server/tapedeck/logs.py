@@ -43,7 +43,9 @@ _ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 REDACTED = "[redacted]"
 _SECRET_PATTERNS = (
     # Tapedeck credentials: sk_/rk_/dtok_ (test|live), up_ upload tokens, whsec_ secrets.
-    re.compile(r"(?<![A-Za-z0-9_])(sk_|rk_|dtok_|up_|whsec_)[A-Za-z0-9_+/=.\-]{6,}"),
+    # The mode (test_/live_) stays visible.
+    re.compile(r"(?<![A-Za-z0-9_])((?:sk|rk|dtok)_(?:test_|live_)?+|up_|whsec_)"
+               r"[A-Za-z0-9_+/=.\-]{6,}"),
     # Authorization header values.
     re.compile(r"(?i)(bearer\s+)[^\s'\",;]+"),
     # Presigned URLs: the signature and the credential (access key) query parameters.

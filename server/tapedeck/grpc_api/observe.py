@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -40,7 +40,13 @@ def call_outcome(context: grpc.ServicerContext) -> str:
     return str(code.name).lower()
 
 
-class ObservingInterceptor(grpc.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:
+    _Interceptor = grpc.ServerInterceptor[Any, Any]
+else:  # not generic at run time
+    _Interceptor = grpc.ServerInterceptor
+
+
+class ObservingInterceptor(_Interceptor):
     """See the module docstring."""
 
     def __init__(self, metrics: Metrics) -> None:

@@ -4,6 +4,8 @@ scrapes parsed with the official text parser, polling, and small real Opus recor
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.server
 import json
 import os
@@ -19,6 +21,7 @@ from typing import Any, TypeVar
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from tapedeck.errors import ERRORS
 from tapedeck.settings import Settings
 
 from stitchkit import continuous_chunks
@@ -139,6 +142,33 @@ def stop_all(children: list[Child]) -> None:
     for child in children:
         if child.proc.poll() is None:
             child.kill()
+
+
+# -- REST -------------------------------------------------------------------------------------
+
+def md5_b64(data: bytes) -> str:
+    """The ``Content-MD5`` header value of ``data``."""
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def put_chunk(template: str, part: int, data: bytes) -> httpx.Response:
+    """PUT a chunk to the recording's ``chunk_upload_url_template`` (its token authorizes)."""
+    return httpx.put(template.replace("{part}", str(part)), content=data, timeout=60.0,
+                     headers={"Content-MD5": md5_b64(data)})
+
+
+def create_streaming(c: httpx.Client, **extra: Any) -> dict[str, Any]:
+    """POST a streaming recording; returns the 201 body."""
+    resp = c.post("/v1/recordings", json={"streaming": True, **extra})
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def assert_error(resp: httpx.Response, type_: str) -> None:
+    """``resp`` is the error envelope of ``type_`` with the error table's HTTP status."""
+    assert resp.json()["error"]["type"] == type_, resp.text
+    assert resp.status_code == ERRORS[type_].http_status, resp.text
 
 
 # -- webhooks -----------------------------------------------------------------------------------

@@ -128,8 +128,8 @@ def test_expired_recording_is_finalized_from_its_contiguous_chunks(
         assert _stored(srv, rec["id"]) == ["chunk_6.opus"]
         assert _stored(srv, orphan["id"]) == ["chunk_2.opus"]
         clock.advance(timedelta(seconds=srv.app.settings.retention_expired_s, milliseconds=1))
-        for rec_id in (rec["id"], orphan["id"]):
-            wait_until(lambda r=rec_id: _row(srv, r)["chunks_retention"] == "purged",
+        for rec_id in (str(rec["id"]), str(orphan["id"])):
+            wait_until(lambda: _row(srv, rec_id)["chunks_retention"] == "purged",  # noqa: B023
                        what="retention of the left-out parts")
             assert _stored(srv, rec_id) == []
         audio = srv.app.store.stat(audio_key(rec["id"]))

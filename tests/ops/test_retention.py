@@ -61,7 +61,7 @@ def _chunks() -> list[bytes]:
 
 
 def _record(project: Project, chunks: list[bytes] | None = None) -> str:
-    return streaming_recording(project, chunks or _chunks(), duration_ms(SECONDS))
+    return str(streaming_recording(project, chunks or _chunks(), duration_ms(SECONDS)))
 
 
 def _stitch(project: Project) -> str | None:

@@ -5,9 +5,11 @@
   no credential: expose the HTTP port to scrapers only on a private network.
 - Every other request runs under a request id: the caller's ``x-request-id`` (if plausible)
   or a fresh one, echoed in the ``x-request-id`` response header.
-- Each request is counted once in ``tapedeck_requests_total{transport="http", method, outcome}``
-  where ``method`` is ``VERB /route/{template}`` (never a raw path: ids would explode the
-  label set; ``unmatched`` for unknown routes) and ``outcome`` is ``ok`` below status 400,
+- Each request is logged once on ``tapedeck.access`` (route template, status, outcome,
+  milliseconds; never the raw path or query, which may hold an upload token) and counted
+  once in ``tapedeck_requests_total{transport="http", method, outcome}`` where ``method``
+  is ``VERB /route/{template}`` (never a raw path: ids would explode the label set;
+  ``unmatched`` for unknown routes) and ``outcome`` is ``ok`` below status 400,
   else the ``error.type`` of the JSON error envelope (``http_<status>`` if there is none).
   Request bodies stream through untouched; only error response bodies (small JSON) are read.
 """
@@ -15,6 +17,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -29,6 +32,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+access = logging.getLogger("tapedeck.access")
 
 METRICS_PATH = "/metrics"
 _ERROR_BODY_LIMIT = 64 * 1024
@@ -86,10 +91,11 @@ class ObservingMiddleware:
             try:
                 await self._app(scope, receive, send_observed)
             finally:
-                status = state["status"]
+                status, seconds = state["status"], time.perf_counter() - started
                 outcome = "ok" if status < 400 else error_type(status, bytes(state["body"]))
-                self._metrics.observe_request("http", self._route(scope), outcome,
-                                              time.perf_counter() - started)
+                route = self._route(scope)
+                self._metrics.observe_request("http", route, outcome, seconds)
+                access.info("http %s %d %s %.1f ms", route, status, outcome, seconds * 1000)
 
     def _route(self, scope: Scope) -> str:
         """``VERB /template`` of the route that handled the request (FastAPI stores the route

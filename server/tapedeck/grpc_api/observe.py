@@ -5,12 +5,14 @@ and one ``tapedeck_requests_total`` / latency observation per call.
   ``tapedeck.logs.accept_request_id``) or a fresh one; it is set as the context's request id
   while the servicer runs (so logs, jobs and events carry it) and sent back as
   ``x-request-id`` initial metadata.
+- Each call is logged once on ``tapedeck.access`` (method, outcome, milliseconds).
 - The outcome is ``ok``, or the error ``type`` of the status the servicer aborted with (the
   reason of its ``google.rpc.ErrorInfo``, lower-cased), or the gRPC code name otherwise.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,8 @@ from google.rpc import error_details_pb2, status_pb2
 from tapedeck.errors import ERROR_DOMAIN
 from tapedeck.logs import REQUEST_ID_HEADER, accept_request_id, request_context
 from tapedeck.metrics import Metrics
+
+access = logging.getLogger("tapedeck.access")
 
 _STATUS_DETAILS = "grpc-status-details-bin"
 
@@ -86,7 +90,8 @@ class ObservingInterceptor(_Interceptor):
                         outcome = "unknown"
                     raise
                 finally:
-                    metrics.observe_request("grpc", method, outcome,
-                                            time.perf_counter() - started)
+                    seconds = time.perf_counter() - started
+                    metrics.observe_request("grpc", method, outcome, seconds)
+                    access.info("grpc %s %s %.1f ms", method, outcome, seconds * 1000)
 
         return observed

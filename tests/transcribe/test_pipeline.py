@@ -34,6 +34,8 @@ from txnkit import (
     pipeline_settings,
     rest,
     silence,
+    to_file,
+    upload_file_rest,
     upload_grpc,
     upload_rest,
     wait_transcribed,
@@ -140,6 +142,26 @@ def test_real_speech_through_the_whole_pipeline(srv: RunningServer) -> None:
     assert [(w.word, w.start_ms, w.end_ms) for s in got.segments for w in s.words] == [
         (w["word"], w["start_ms"], w["end_ms"]) for w in ws]
     assert not got.HasField("error") and not any(s.HasField("speaker") for s in got.segments)
+
+
+@pytest.mark.parametrize(("suffix", "codec", "args"), [
+    ("wav", "wav", ("-ar", "44100", "-ac", "2")), ("mp3", "mp3", ("-b:a", "64k"))])
+def test_single_file_upload_in_another_codec_is_transcribed(
+        srv: RunningServer, tmp_path: Path, suffix: str, codec: str, args: tuple[str, ...]) -> None:
+    """upload-complete queues the transcription too; a WAV or MP3 file is transcoded to Ogg
+    Opus on the worker, on the same timeline."""
+    names = ("conf-now-recording", "dir-nomatch", "number-not-answering")
+    samples, reference = speech.speech_track(names, pause_s=PAUSE_S)
+    data = to_file(samples, tmp_path / f"speech.{suffix}", *args)
+    rec_id = upload_file_rest(srv, srv.api_key, data, codec)
+    rec, txn = wait_transcribed(srv, rec_id)
+    assert (rec["status"], txn["status"]) == ("completed", "completed"), txn["error"]
+    assert speech.wer(reference, txn["text"]) <= MAX_WER, txn["text"]
+    source_ms = len(samples) * 1000 // speech.RATE
+    assert abs(txn["duration_ms"] - source_ms) <= 30, (txn["duration_ms"], source_ms)
+    starts = [w["start_ms"] for w in words(txn)]
+    assert starts == sorted(starts) and starts[-1] <= txn["duration_ms"]
+    assert _types(srv, rec_id) == FULL_RUN
 
 
 # -- silence, corrupted and missing audio -------------------------------------------------------

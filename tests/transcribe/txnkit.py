@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -105,6 +106,30 @@ def upload_rest(srv: RunningServer, token: str, chunks: list[bytes], duration_ms
         assert resp.status_code == 200, resp.text
     rec_id: str = created["id"]
     return rec_id
+
+
+def upload_file_rest(srv: RunningServer, token: str, data: bytes, codec: str) -> str:
+    """A single-file recording over REST: create (``codec``), PUT the file to the presigned
+    ``upload_url`` (straight to the store), ``upload-complete``. Returns the recording id."""
+    with rest(srv, token) as c:
+        resp = c.post("/v1/recordings", json={"codec": codec})
+        assert resp.status_code == 201, resp.text
+        rec_id: str = resp.json()["id"]
+        url = c.post(f"/v1/recordings/{rec_id}/upload-url", json={}).json()
+        put = httpx.put(url["upload_url"], content=data, headers=url["headers"], timeout=60.0)
+        assert put.status_code == 200, put.text
+        resp = c.post(f"/v1/recordings/{rec_id}/upload-complete", json={})
+        assert resp.status_code == 200, resp.text
+    return rec_id
+
+
+def to_file(samples: speech.Samples, path: Path, *ffmpeg_args: str) -> bytes:
+    """Real speech written by ffmpeg to ``path`` (format from the suffix, e.g. 44.1 kHz
+    stereo WAV or MP3), as a phone or desktop app would upload it."""
+    cmd = ["ffmpeg", "-v", "error", "-y", "-f", "s16le", "-ar", str(RATE), "-ac", "1",
+           "-i", "-", *ffmpeg_args, str(path)]
+    subprocess.run(cmd, input=pcm16(samples), check=True)
+    return path.read_bytes()
 
 
 # -- waiting and reading -----------------------------------------------------------------------

@@ -12,6 +12,9 @@ complete, or by ``Transcriptions.request`` on demand. One run:
    no store connection is held open for the minutes the engine takes), then decoded and
    transcribed window by window (``transcribe_ogg_opus``: memory bounded by one window).
    Between windows the run checks its lease and stops early if another worker owns the job.
+   A single-file upload in another codec (wav, mp3, m4a, webm, flac, ogg) is first
+   transcoded to a temporary 16 kHz mono Ogg Opus file at 32 kbit/s with PyAV (a
+   faster-whisper dependency; streaming, ~50x real time), same timeline.
 4. ONE transaction: job ``succeeded`` (lease checked), the row ``completed`` with text,
    segments (words inside), word count, language, provider, model and duration, the
    recording's ``transcription_status`` ``completed``, event ``transcription.completed``
@@ -34,12 +37,13 @@ every later job of the worker process; the handler's worker threads take turns o
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import sqlite_utils
@@ -56,6 +60,7 @@ from tapedeck.domain.transcriptions import (
 from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
 from tapedeck.store import ObjectNotFound, ObjectStore
 from tapedeck.transcribe import (
+    SAMPLE_RATE,
     Transcript,
     TranscriptionEngine,
     TranscriptionFailed,
@@ -106,23 +111,26 @@ class TranscribeHandler:
             log.info("job %s: transcription %s is %s; nothing to do", run.job.id,
                      run.job.payload.get("transcription_id"), txn.status if txn else "deleted")
             return
-        audio_key = self._audio_key(txn.recording_id)
+        audio_key, codec = self._audio(txn.recording_id)
         self._start(txn)
         self._fp.hit("transcribe.started", job_id=run.job.id, transcription_id=txn.id)
         started = time.monotonic()
-        transcript = self._transcribe(run, audio_key, txn.language)
+        transcript = self._transcribe(run, audio_key, codec, txn.language)
         log.info("transcription %s: %d ms of audio, %d words, language %s, in %.1f s",
                  txn.id, transcript.duration_ms, transcript.word_count, transcript.language,
                  time.monotonic() - started)
         self._finish(run, txn, transcript)
 
-    def _audio_key(self, recording_id: str) -> str:
-        row = self._db.read().execute("SELECT status, audio_key FROM recordings WHERE id = ?",
-                                      [recording_id]).fetchone()
+    def _audio(self, recording_id: str) -> tuple[str, str]:
+        """``(store key, codec)`` of the recording's complete audio (``missing_audio`` if
+        it has none)."""
+        row = self._db.read().execute(
+            "SELECT status, audio_key, codec FROM recordings WHERE id = ?",
+            [recording_id]).fetchone()
         if row is None or row[0] != "completed" or not row[1]:
             raise JobFailed(TRANSCRIPTION_FAILED, "The recording has no complete audio.",
                             reason="missing_audio")
-        return str(row[1])
+        return str(row[1]), str(row[2])
 
     def _start(self, txn: Transcription) -> None:
         """``queued`` → ``processing`` and ``transcription.started``, at most once."""
@@ -137,17 +145,22 @@ class TranscribeHandler:
             emit(tx, self._clock, txn.project_id, "transcription.started", fresh.event_data(),
                  txn.recording_id)
 
-    def _transcribe(self, run: JobRun, key: str, language: str | None) -> Transcript:
-        with tempfile.TemporaryFile() as spool:
+    def _transcribe(self, run: JobRun, key: str, codec: str,
+                    language: str | None) -> Transcript:
+        with tempfile.TemporaryFile() as spool, tempfile.TemporaryFile() as opus:
             self._download(key, spool)
             spool.seek(0)
-            with self._lock:
-                engine = self._engine_for(run)
-                try:
+            try:
+                if codec != "opus":
+                    transcode_to_ogg_opus(spool, opus)
+                    spool = opus
+                    spool.seek(0)
+                with self._lock:
+                    engine = self._engine_for(run)
                     return transcribe_ogg_opus(spool, engine, language,
                                                progress=lambda _ms: run.check())
-                except TranscriptionFailed as exc:
-                    raise self._failure(run, exc) from exc
+            except TranscriptionFailed as exc:
+                raise self._failure(run, exc) from exc
 
     def _download(self, key: str, spool: BinaryIO) -> None:
         try:
@@ -222,6 +235,32 @@ class TranscribeHandler:
         tx.execute("UPDATE recordings SET transcription_status = ?, updated_at = ?"
                    " WHERE id = ? AND transcription_id = ?",
                    [status, iso(self._clock.now()), txn.recording_id, txn.id])
+
+
+def transcode_to_ogg_opus(src: BinaryIO, dst: BinaryIO) -> None:
+    """Decode any audio PyAV/ffmpeg reads from ``src`` and write it to ``dst`` as 16 kHz mono
+    Ogg Opus (libopus, 32 kbit/s), frame by frame; the timeline (length, start) is kept.
+    ``TranscriptionFailed("undecodable_audio")`` when ``src`` has no decodable audio."""
+    import av
+
+    try:
+        with av.open(src, mode="r") as inp:
+            audio = next((s for s in inp.streams if s.type == "audio"), None)
+            if audio is None:
+                raise TranscriptionFailed("undecodable_audio", "The file has no audio stream.")
+            with av.open(dst, mode="w", format="ogg") as out:
+                enc: Any = out.add_stream("libopus", rate=SAMPLE_RATE, layout="mono")
+                enc.bit_rate = 32_000
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE,
+                                              frame_size=enc.codec_context.frame_size or 320)
+                frames: Iterable[Any] = inp.decode(audio)
+                for frame in itertools.chain(frames, [None]):  # None flushes the resampler
+                    for piece in resampler.resample(frame):
+                        out.mux(enc.encode(piece))
+                out.mux(enc.encode(None))
+    except av.FFmpegError as exc:
+        raise TranscriptionFailed("undecodable_audio", f"The file is not readable audio: "
+                                                       f"{exc}") from exc
 
 
 def _segments_json(t: Transcript) -> str:

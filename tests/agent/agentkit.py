@@ -165,13 +165,13 @@ def start_pulse(home: Path) -> Pulse:
 # -- what the server holds -------------------------------------------------------------------------
 def list_chunks(server: RunningServer, rec_id: str) -> dict[int, str]:
     resp = server.chunks().ListChunks(chunk_pb2.ListChunksRequest(recording_id=rec_id),
-                                      metadata=auth(server.api_key))
+                                      metadata=tuple(auth(server.api_key)))
     return {c.part: c.md5 for c in resp.chunks}
 
 
 def get_recording(server: RunningServer, rec_id: str) -> recording_pb2.Recording:
     return server.recordings().GetRecording(recording_pb2.GetRecordingRequest(id=rec_id),
-                                            metadata=auth(server.api_key)).recording
+                                            metadata=tuple(auth(server.api_key))).recording
 
 
 def status_name(rec: recording_pb2.Recording) -> str:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tapedeck.settings import Settings
+from tapedeck.weed import ManagedWeed
 
 from agentkit import (
     ALSA_DEVICE,
@@ -49,13 +51,15 @@ CHUNK_MS = 4000
 
 
 @pytest.fixture
-def stitching_server(weed: object, tmp_path: Path) -> RunningServer:
+def stitching_server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
     """gRPC + the job worker (stitching), on a fresh bucket."""
     settings: Settings = test_settings(weed, tmp_path / "data")
     srv = start_server(settings, roles=("grpc", "worker"))
-    yield srv  # type: ignore[misc]
-    srv.close()
-    drop_bucket(weed, settings.s3_bucket)  # type: ignore[arg-type]
+    try:
+        yield srv
+    finally:
+        srv.close()
+        drop_bucket(weed, settings.s3_bucket)
 
 
 def test_alsa_file_capture_is_uploaded_bit_exact_and_stitched(

@@ -96,7 +96,7 @@ def test_checksum_mismatch_on_finalize_replaces_the_differing_part(rig: Rig) -> 
     good = stored_chunk(rig.server, server_id, 2)
     # Different bytes for part 2 arrive (e.g. a buggy second uploader); S3 semantics replace.
     rig.server.chunks().UploadChunk(chunk_messages(server_id, 2, b"not the audio"),
-                                    metadata=auth(rig.server.api_key))
+                                    metadata=tuple(auth(rig.server.api_key)))
     rig.close()
     rig.drain()
     assert rig.rec.state == "finalized"
@@ -108,7 +108,7 @@ def test_recording_not_found_parks_and_retry_recreate_recovers(rig: Rig) -> None
     rig.uploader.step()  # create
     first = rig.rec.server_id
     rig.server.recordings().DeleteRecording(recording_pb2.DeleteRecordingRequest(id=first),
-                                            metadata=auth(rig.server.api_key))
+                                            metadata=tuple(auth(rig.server.api_key)))
     rig.drain()
     assert rig.rec.state == "parked" and "recording_not_found" in str(rig.rec.parked_reason)
     rig.close()
@@ -154,7 +154,7 @@ def test_run_sends_heartbeats_with_the_spool_state(rig: Rig) -> None:
 
     def device() -> device_pb2.Device:
         return stub.GetDevice(device_pb2.GetDeviceRequest(id=rig.device_id),
-                              metadata=auth(rig.server.api_key)).device
+                              metadata=tuple(auth(rig.server.api_key))).device
 
     thread = threading.Thread(target=rig.uploader.run)
     thread.start()

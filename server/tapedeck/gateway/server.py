@@ -7,6 +7,7 @@ uvicorn's access log is off: chunk URLs carry upload tokens, which must never be
 
 from __future__ import annotations
 
+import logging
 import math
 import socket
 import threading
@@ -14,6 +15,8 @@ import time
 from typing import Any
 
 import uvicorn
+
+log = logging.getLogger("tapedeck.gateway")
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -58,6 +61,7 @@ class GatewayServer:
 
     def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish for up to ``grace`` s, then close."""
+        started = time.monotonic()
         self._server.config.timeout_graceful_shutdown = max(1, math.ceil(grace))
         self._server.should_exit = True
         self._thread.join(grace + 5.0)
@@ -65,3 +69,7 @@ class GatewayServer:
             self._server.force_exit = True
             self._thread.join(5.0)
         self._sock.close()
+        took = time.monotonic() - started
+        if took > grace + 1.0:
+            log.warning("the REST gateway took %.1f s to stop (grace %.1f s; thread %s)",
+                        took, grace, "still running" if self._thread.is_alive() else "done")

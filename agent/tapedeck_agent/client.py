@@ -7,7 +7,10 @@ from the server.
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,10 +115,45 @@ class RemoteRecording:
     id: str
     status: str
     max_chunks: int | None
+    chunk_url_template: str | None = None
 
 
 def _remote(rec: recording_pb2.Recording) -> RemoteRecording:
-    return RemoteRecording(rec.id, status_name(rec.status), rec.max_chunks or None)
+    return RemoteRecording(rec.id, status_name(rec.status), rec.max_chunks or None,
+                           rec.chunk_upload_url_template or None)
+
+
+def put_chunk_url(template: str, part: int, data: bytes, md5: str, timeout_s: float) -> bool:
+    """PUT one chunk to ``chunk_upload_url_template`` (its upload token authorizes, with a
+    Content-MD5 the server checks); returns ``already_stored``. Errors become ServerError:
+    the REST error type when the body has one, else transient for 5xx/429 and no answer."""
+    url = template.replace("{part}", str(part))
+    headers = {"Content-MD5": base64.b64encode(bytes.fromhex(md5)).decode(),
+               "Content-Type": "audio/ogg"}
+    request = urllib.request.Request(url, data=data, method="PUT", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+            return bool(json.loads(resp.read() or b"{}").get("already_stored"))
+    except urllib.error.HTTPError as err:
+        raise _http_error(err) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise ServerError("rpc_error", f"PUT {url.split('?')[0]}: {err}",
+                          _C.UNAVAILABLE) from None
+
+
+def _http_error(err: urllib.error.HTTPError) -> ServerError:
+    try:
+        body = json.loads(err.read() or b"{}").get("error") or {}
+    except ValueError:
+        body = {}
+    kind = str(body.pop("type", ""))
+    message = str(body.pop("message", err.reason))
+    if kind == "unauthorized":  # the URL's upload token, not the device token
+        return ServerError("upload_url_rejected", message, None, body)
+    if kind:
+        return ServerError(kind, message, None, body)
+    code = _C.UNAVAILABLE if err.code >= 500 or err.code == 429 else _C.FAILED_PRECONDITION
+    return ServerError("rpc_error", f"HTTP {err.code}: {message}", code)
 
 
 class AgentClient:

@@ -41,6 +41,9 @@ class AgentConfig:
     server: str = field(default="", metadata={"help": "host:port of the Tapedeck gRPC server"})
     token: str = field(default="", metadata={"help": "device token (dtok_...)"})
     tls: bool = field(default=False, metadata={"help": "use TLS (system roots) for gRPC"})
+    upload_via: str = field(default="grpc", metadata={
+        "help": "chunk uploads: grpc (ChunkService.UploadChunk) or rest (PUT to the "
+                "recording's chunk_upload_url_template)"})
     device: str = field(default="", metadata={
         "help": "capture device: PortAudio index or (part of) its name; empty = default input"})
     sample_rate: int = field(default=16000, metadata={"help": "capture sample rate, Hz"})
@@ -84,6 +87,7 @@ class AgentConfig:
             ("sample_rate", self.sample_rate in (8000, 12000, 16000, 24000, 48000),
              "one of 8000, 12000, 16000, 24000, 48000 (Opus input rates)"),
             ("channels", self.channels in (1, 2), "1 or 2"),
+            ("upload_via", self.upload_via in ("grpc", "rest"), "grpc or rest"),
             ("bitrate", 6000 <= self.bitrate <= 510_000, "between 6000 and 510000"),
             ("complexity", 0 <= self.complexity <= 10, "between 0 and 10"),
             ("chunk_duration_ms", self.chunk_duration_ms >= 1000

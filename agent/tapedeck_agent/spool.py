@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS recordings (
     chunk_duration_ms INTEGER NOT NULL,
     estimated_duration_ms INTEGER,
     max_chunks INTEGER,
+    chunk_url_template TEXT,
     total_chunks INTEGER,
     duration_ms INTEGER,
     create_attempted INTEGER NOT NULL DEFAULT 0,
@@ -112,6 +113,7 @@ class RecordingRow:
     chunk_duration_ms: int
     estimated_duration_ms: int | None
     max_chunks: int | None
+    chunk_url_template: str | None
     total_chunks: int | None
     duration_ms: int | None
     create_attempted: int
@@ -329,8 +331,10 @@ class Spool:
                          duration_ms=samples_to_ms(total), owner=None)
         return self.recording(local_id)
 
-    def set_server_id(self, local_id: str, server_id: str, max_chunks: int | None) -> None:
-        self._update(local_id, server_id=server_id, max_chunks=max_chunks)
+    def set_server_id(self, local_id: str, server_id: str, max_chunks: int | None,
+                      chunk_url_template: str | None = None) -> None:
+        self._update(local_id, server_id=server_id, max_chunks=max_chunks,
+                     chunk_url_template=chunk_url_template)
 
     def mark_create_attempted(self, local_id: str) -> None:
         self._update(local_id, create_attempted=1)
@@ -356,7 +360,8 @@ class Spool:
         state = "closed" if rec.total_chunks is not None else "capturing"
         changes: dict[str, Any] = {"state": state, "parked_reason": None}
         if recreate:
-            changes.update(server_id=None, max_chunks=None, create_attempted=0,
+            changes.update(server_id=None, max_chunks=None, chunk_url_template=None,
+                           create_attempted=0,
                            create_generation=rec.create_generation + 1)
             with self._tx() as tx:
                 tx.execute("UPDATE chunks SET uploaded = 0 WHERE local_id = ?", (local_id,))

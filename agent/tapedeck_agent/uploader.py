@@ -5,7 +5,8 @@ One ``step()`` does one unit of work on the oldest recording that has any:
   1. no server id yet → find it (if an earlier create may have reached the server) or create;
   2. not reconciled by this process → ``ListChunks``: local chunks whose md5 the server
      already holds are marked uploaded (never sent twice), others are marked pending;
-  3. a pending chunk → ``UploadChunk`` with its md5;
+  3. a pending chunk → ``UploadChunk`` with its md5 (or, with ``upload_via = "rest"``, a PUT
+     to the recording's ``chunk_upload_url_template`` with Content-MD5);
   4. closed and nothing pending → ``FinalizeRecording`` with total_chunks, final_duration_ms
      and checksum_md5 (MD5 of all chunk bytes in part order).
 
@@ -35,7 +36,7 @@ from typing import Any
 
 import grpc
 
-from tapedeck_agent.client import AgentClient, ServerError
+from tapedeck_agent.client import AgentClient, ServerError, put_chunk_url
 from tapedeck_agent.config import AgentConfig
 from tapedeck_agent.spool import ChunkRow, RecordingRow, Spool
 
@@ -203,7 +204,8 @@ class Uploader:
                 chunk_duration_ms=rec.chunk_duration_ms,
                 estimated_duration_ms=rec.estimated_duration_ms)
             self._reconciled.add(rec.local_id)  # a brand-new recording holds no chunks
-        self.spool.set_server_id(rec.local_id, remote.id, remote.max_chunks)
+        self.spool.set_server_id(rec.local_id, remote.id, remote.max_chunks,
+                                 remote.chunk_url_template)
         log.info("recording %s is %s on the server (max %s chunks)", rec.local_id, remote.id,
                  remote.max_chunks)
 
@@ -229,7 +231,7 @@ class Uploader:
             raise ServerError("local_chunk_corrupt",
                               f"chunk file {chunk.part} no longer matches its md5")
         try:
-            already = self.client.upload_chunk(server_id, chunk.part, data, chunk.md5)
+            already = self._send(rec, server_id, chunk, data)
         except ServerError as exc:
             if exc.type == "checksum_mismatch":  # damaged in transit: retry, within reason
                 failures = self.spool.record_checksum_failure(rec.local_id, chunk.part)
@@ -239,6 +241,14 @@ class Uploader:
         self.spool.record_upload(rec.local_id, chunk.part, already)
         log.info("uploaded chunk %d of %s to %s (%d bytes%s)", chunk.part, rec.local_id,
                  server_id, chunk.size, ", already stored" if already else "")
+
+    def _send(self, rec: RecordingRow, server_id: str, chunk: ChunkRow, data: bytes) -> bool:
+        """One upload over the configured path; ``already_stored``. A recording found again
+        after a lost create has no URL template and goes over gRPC."""
+        if self.cfg.upload_via == "rest" and rec.chunk_url_template:
+            return put_chunk_url(rec.chunk_url_template, chunk.part, data, chunk.md5,
+                                 self.cfg.rpc_timeout_s)
+        return self.client.upload_chunk(server_id, chunk.part, data, chunk.md5)
 
     def _finalize(self, rec: RecordingRow, server_id: str) -> None:
         chunks = self.spool.chunks(rec.local_id)

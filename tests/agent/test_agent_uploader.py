@@ -26,13 +26,15 @@ from serverkit import RunningServer, auth, chunk_messages
 class Rig:
     """A spool with one recorded (not yet closed) recording, and an uploader for it."""
 
-    def __init__(self, server: RunningServer, tmp_path: Path, token: str | None = None) -> None:
+    def __init__(self, server: RunningServer, tmp_path: Path, token: str | None = None,
+                 upload_via: str = "grpc") -> None:
         self.device_id = ""
         if token is None:
             self.device_id, token = server.device_token()
         self.server = server
         self.cfg = AgentConfig(server=server.grpc_target, token=token, chunk_duration_ms=1000,
-                               complexity=0, spool_dir=tmp_path / "spool")
+                               complexity=0, spool_dir=tmp_path / "spool",
+                               upload_via=upload_via)
         self.spool = Spool(self.cfg.spool_dir, self.cfg.max_spool_bytes)
         self.client = AgentClient(self.cfg.server, self.cfg.token, timeout_s=10)
         self.uploader = Uploader(self.cfg, self.spool, self.client)
@@ -167,3 +169,28 @@ def test_run_sends_heartbeats_with_the_spool_state(rig: Rig) -> None:
     assert dev.pending_recordings == 1 and dev.storage_total_mb == 2048
     assert dev.device_state in (device_pb2.DEVICE_STATE_RECORDING,
                                 device_pb2.DEVICE_STATE_UPLOADING)
+
+
+def _requests(server: RunningServer, transport: str, method_part: str) -> float:
+    """Requests the server counted (its Prometheus registry) for matching methods."""
+    total = 0.0
+    for metric in server.app.metrics.registry.collect():
+        for sample in metric.samples:
+            labels = sample.labels
+            if sample.name == "tapedeck_requests_total" and labels.get("transport") == \
+                    transport and method_part in labels.get("method", ""):
+                total += sample.value
+    return total
+
+
+def test_rest_upload_via_the_chunk_url_template(server: RunningServer, tmp_path: Path) -> None:
+    r = Rig(server, tmp_path, upload_via="rest")
+    try:
+        r.close()
+        r.drain()
+        assert r.rec.state == "finalized" and r.rec.chunk_url_template
+        assert [c.uploads for c in r.spool.chunks(r.local_id)] == [1, 1, 1]
+        assert _requests(server, "http", "PUT /v1/recordings/{recording_id}/chunks/") == 3
+        assert _requests(server, "grpc", "UploadChunk") == 0
+    finally:
+        r.shutdown()

@@ -22,6 +22,7 @@ from tapedeck.transcribe.job import build_handler
 from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.v1 import transcription_pb2 as tpb
 from tapedeck.v1 import transcription_pb2_grpc
+from tapedeck.weed import ManagedWeed, free_port
 from tapedeck.worker import Worker, queue_for
 
 import asterisk_speech as speech
@@ -92,6 +93,11 @@ def _completed(srv: RunningServer, token: str, pcm: bytes) -> dict[str, Any]:
 def _drain(transcriber: Worker) -> list[str]:
     """Run every due transcribe job; their outcomes."""
     return list(iter(transcriber.run_once, None))
+
+
+def _settled(outcome: str | None) -> str | None:
+    """A run's outcome, or None while the job is not due or was retried."""
+    return None if outcome in (None, "retry") else outcome
 
 
 def _terminal_ids(srv: RunningServer, rec_id: str) -> list[str]:
@@ -291,3 +297,54 @@ def test_worker_killed_mid_transcription_is_taken_over_without_repeating_events(
         " WHERE j.recording_id = ? AND j.kind = 'transcribe' ORDER BY attempt",
         [rec["id"]]).fetchall()
     assert runs == [(1, None), (2, "succeeded")]
+
+
+def test_unsupported_language_fails_once_with_its_reason(srv: RunningServer,
+                                                         transcriber: Worker) -> None:
+    _drain(transcriber)  # jobs other tests left queued
+    samples, _ = speech.speech_track(["conf-now-recording"])
+    rec = _completed(srv, srv.api_key, pcm16(samples))
+    assert _drain(transcriber) == ["succeeded"]
+    resp = _post(srv, rec["id"], {"language": "xx"})  # well-formed, but no such language
+    assert resp.status_code == 201, resp.text
+    assert _drain(transcriber) == ["failed"]  # permanent: not retried
+    txn = get_json(srv, f"/v1/transcriptions/{resp.json()['id']}")
+    assert (txn["status"], txn["error"]["type"], txn["error"]["reason"]) == (
+        "failed", "transcription_failed", "unsupported_language")
+    assert get_json(srv, f"/v1/recordings/{rec['id']}")["transcription_status"] == "failed"
+    assert _terminal_ids(srv, rec["id"]) == [rec["transcription_id"], txn["id"]]
+
+
+def test_store_outage_is_retried_and_the_transcription_completes_once(
+        whisper_dir: Path, tmp_path: Path) -> None:
+    """The server's own SeaweedFS is stopped while the job runs (download fails: transient,
+    retried with backoff) and started again: the job completes on its second attempt with one
+    started and one completed event."""
+    with ManagedWeed(tmp_path / "weed", s3_port=free_port(), memory_limit="256MiB",
+                     volume_size_limit_mb=64, max_volumes=8) as weed:
+        settings = pipeline_settings(weed, tmp_path / "data", whisper_dir, job_kinds="stitch",
+                                     job_retry_base_ms=100)
+        server = start_server(settings, roles=("grpc", "http", "worker"))
+        handler = build_handler(server.app)
+        assert handler is not None
+        worker = Worker(queue_for(server.app), {"transcribe": handler}, "outage")
+        try:
+            rec = _completed(server, server.api_key, silence(3.0))
+            weed.stop()
+            assert worker.run_once() == "retry"
+            weed.start()
+            # The restarted store may still answer 5xx for a moment: more retries, fine.
+            assert wait_for(lambda: _settled(worker.run_once()), 120, "a retry") == "succeeded"
+            txn = get_json(server, f"/v1/transcriptions/{rec['transcription_id']}")
+            assert (txn["status"], txn["text"]) == ("completed", "")
+            assert [t for t, _ in events(server, rec["id"])] == [
+                "recording.created", "recording.uploaded", "transcription.queued",
+                "transcription.started", "transcription.completed"]
+            runs = server.app.db.read().execute(
+                "SELECT r.outcome, r.error FROM job_runs r JOIN jobs j ON j.id = r.job_id"
+                " WHERE j.kind = 'transcribe' ORDER BY r.attempt").fetchall()
+            assert [o for o, _ in runs] == ["retry"] * (len(runs) - 1) + ["succeeded"]
+            assert all('"storage_unavailable"' in e for _, e in runs[:-1])
+        finally:
+            worker.close()
+            server.close()

@@ -216,3 +216,23 @@ def test_bodyless_posts_accept_empty_or_empty_object(server: RunningServer,
     assert rec.status_code == 201 and rec.json()["status"] == "pending", rec.text
     resp = c.post(f"/v1/recordings/{rec.json()['id']}/upload-complete", content=body)
     assert_error(resp, "invalid_state")
+
+
+def test_finalize_errors_carry_their_details(server: RunningServer) -> None:
+    """The troubleshooting section of the seed document: ``missing_chunks`` to re-upload."""
+    c = client(server.http_url, server.api_key)
+    rec = create_streaming(c)
+    for part in (1, 2, 3, 5, 6, 8, 13):
+        put_chunk(rec["chunk_upload_url_template"], part, b"part %d" % part)
+    url = f"/v1/recordings/{rec['id']}/finalize"
+    err = assert_error(c.post(url, json={"total_chunks": 12, "final_duration_ms": 1000}),
+                       "chunk_mismatch")
+    assert err["missing_chunks"] == [4, 7, 9, 10, 11, 12] and err["unexpected_chunks"] == [13]
+    assert c.get(f"/v1/recordings/{rec['id']}").json()["status"] == "streaming"
+    for part in err["missing_chunks"]:  # re-upload exactly what the error named
+        put_chunk(rec["chunk_upload_url_template"], part, b"part %d" % part)
+    done = c.post(url, json={"total_chunks": 13, "final_duration_ms": 1000})
+    assert done.status_code == 200 and done.json()["chunks_received"] == 13, done.text
+    assert c.delete(f"/v1/recordings/{rec['id']}").status_code == 200
+    assert_error(c.post(url, json={"total_chunks": 13, "final_duration_ms": 1000}),
+                 "recording_not_found")

@@ -30,6 +30,8 @@ complete audio, or its object is gone). Retried by the queue: store/network erro
 (then ``engine_error``), a model that cannot be loaded (then ``engine_unavailable``) and
 unexpected errors (``internal_error``).
 
+Failpoint (tests): ``transcribe.started`` right after step 2.
+
 The engine (one loaded model) is built lazily by the handler on its first job and reused for
 every later job of the worker process; the handler's worker threads take turns on it.
 """

@@ -112,7 +112,7 @@ def via_minio(t: Target) -> Uploader:
 
 
 def start(weed: ManagedWeed, data_dir: Path, chunks: int) -> tuple[ChildServer, Target]:
-    settings = test_settings(weed, data_dir, max_chunks=max(100, chunks))
+    settings = test_settings(weed, data_dir, max_chunks=max(100, chunks), log_level="warning")
     db = Database(settings.db_path)
     _, key = create_project(db, SystemClock())
     db.close()

@@ -285,3 +285,34 @@ def restartable_fixture(weed: Any, tmp_path: Path) -> Iterator[RestartableServer
     finally:
         srv.stop()
         drop_bucket(weed, srv.settings.s3_bucket)
+
+
+class Agents:
+    """Agent child processes of one test; whatever still runs at teardown is killed."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def spawn(self, env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[str]:
+        proc = spawn_agent(env, *args, log=log)
+        self.procs.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+            if proc.stdout:
+                proc.stdout.close()
+
+
+@pytest.fixture(name="agents")
+def agents_fixture() -> Iterator[Agents]:
+    """``agents.spawn(env, *args, log=...)``: background agents killed after the test.
+    Import ``agents_fixture`` into a test module to use it."""
+    agents = Agents()
+    try:
+        yield agents
+    finally:
+        agents.kill_all()

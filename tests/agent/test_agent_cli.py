@@ -13,14 +13,15 @@ import numpy as np
 
 from agentkit import (
     RATE,
+    Agents,
     RestartableServer,
     agent_env,
+    agents_fixture,  # noqa: F401  # the `agents` fixture
     list_chunks,
     opus_packets,
     reference_packets,
     restartable_fixture,  # noqa: F401  # the `restartable` fixture
     run_agent,
-    spawn_agent,
     spooled_chunks,
     status,
     stored_chunk,
@@ -44,14 +45,14 @@ def stored_packets(server: RunningServer, rec_id: str, parts: int) -> list[list[
 
 
 def test_sigterm_finishes_the_current_chunk_and_finalizes(server: RunningServer,
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, agents: Agents) -> None:
     pcm = speech_pcm(30.0)
     wav = write_wav(tmp_path / "in.wav", pcm)
     _, token = server.device_token()
     spool = tmp_path / "spool"
     env = agent_env(tmp_path / "home", spool, server.grpc_target, token,
                     chunk_duration_ms=2000)
-    agent = spawn_agent(env, "record", "--input", str(wav), log=tmp_path / "agent.log")
+    agent = agents.spawn(env, "record", "--input", str(wav), log=tmp_path / "agent.log")
     wait_for(lambda: spooled_chunks(spool) >= 2, 30, "two chunks")
     agent.send_signal(signal.SIGTERM)
     out, _ = agent.communicate(timeout=60)
@@ -99,7 +100,7 @@ def test_full_spool_pauses_live_capture_and_keeps_what_was_captured(
 
 
 def test_full_spool_makes_a_file_upload_wait_then_resume(restartable: RestartableServer,
-                                                        tmp_path: Path) -> None:
+                                                        tmp_path: Path, agents: Agents) -> None:
     _, token = restartable.server.device_token()
     restartable.stop()
     pcm = speech_pcm(12.0)
@@ -107,7 +108,7 @@ def test_full_spool_makes_a_file_upload_wait_then_resume(restartable: Restartabl
     spool = tmp_path / "spool"
     env = agent_env(tmp_path / "home", spool, restartable.target, token,
                     chunk_duration_ms=1000, max_spool_mb=0.025)
-    agent = spawn_agent(env, "upload", str(wav), "--timeout", "120", log=tmp_path / "a.log")
+    agent = agents.spawn(env, "upload", str(wav), "--timeout", "120", log=tmp_path / "a.log")
     wait_for(lambda: "spool full" in (tmp_path / "a.log").read_text(), 30, "the pause")
     paused_at = spooled_chunks(spool)
     assert paused_at < 12

@@ -12,15 +12,16 @@ from pathlib import Path
 
 from agentkit import (
     RATE,
+    Agents,
     RestartableServer,
     agent_env,
+    agents_fixture,  # noqa: F401  # the `agents` fixture
     get_recording,
     list_chunks,
     opus_packets,
     reference_packets,
     restartable_fixture,  # noqa: F401  # the `restartable` fixture
     run_agent,
-    spawn_agent,
     spooled_chunks,
     status,
     status_name,
@@ -70,14 +71,15 @@ def check_finalized_exactly_once(server: RunningServer, env: dict[str, str], loc
     return rec_id
 
 
-def test_kill_9_mid_recording_then_restart(server: RunningServer, tmp_path: Path) -> None:
+def test_kill_9_mid_recording_then_restart(server: RunningServer, tmp_path: Path,
+                                           agents: Agents) -> None:
     pcm = speech_pcm(20.0)
     wav = write_wav(tmp_path / "in.wav", pcm)
     _, token = server.device_token()
     spool = tmp_path / "spool"
     env = agent_env(tmp_path / "home", spool, server.grpc_target, token,
                     chunk_duration_ms=CHUNK_MS)
-    agent = spawn_agent(env, "record", "--input", str(wav), "--wait", "60",
+    agent = agents.spawn(env, "record", "--input", str(wav), "--wait", "60",
                         log=tmp_path / "agent1.log")
     # Mid-recording: at least 4 chunks captured, some already on the server.
     wait_for(lambda: spooled_chunks(spool) >= 4 and _server_chunk_count(server) >= 2, 60,
@@ -106,7 +108,7 @@ def _server_chunk_count(server: RunningServer) -> int:
 
 
 def test_kill_9_mid_upload_then_restart(restartable: RestartableServer,
-                                        tmp_path: Path) -> None:
+                                        tmp_path: Path, agents: Agents) -> None:
     _, token = restartable.server.device_token()
     restartable.stop()  # offline: the agent spools everything first
     pcm = speech_pcm(90.0)
@@ -114,7 +116,7 @@ def test_kill_9_mid_upload_then_restart(restartable: RestartableServer,
     spool = tmp_path / "spool"
     env = agent_env(tmp_path / "home", spool, restartable.target, token,
                     chunk_duration_ms=CHUNK_MS)
-    agent = spawn_agent(env, "upload", str(wav), "--timeout", "120", log=tmp_path / "a1.log")
+    agent = agents.spawn(env, "upload", str(wav), "--timeout", "120", log=tmp_path / "a1.log")
     wait_for(lambda: spooled_chunks(spool) == 90, 60, "the file to be spooled")
     (local_id,) = [p.name for p in (spool / "recordings").iterdir()]
     md5s = spool_md5s(spool, local_id)

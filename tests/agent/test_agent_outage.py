@@ -10,13 +10,14 @@ from pathlib import Path
 
 from agentkit import (
     RATE,
+    Agents,
     RestartableServer,
     agent_env,
+    agents_fixture,  # noqa: F401  # the `agents` fixture
     list_chunks,
     opus_packets,
     reference_packets,
     restartable_fixture,  # noqa: F401  # the `restartable` fixture
-    spawn_agent,
     spooled_chunks,
     status,
     stored_chunk,
@@ -34,7 +35,8 @@ def server_parts(srv: RestartableServer) -> int:
     return int(srv.server.app.db.read().execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
 
-def test_server_outages_while_recording(restartable: RestartableServer, tmp_path: Path) -> None:
+def test_server_outages_while_recording(restartable: RestartableServer, tmp_path: Path,
+                                        agents: Agents) -> None:
     _, token = restartable.server.device_token()
     restartable.stop()
     pcm = speech_pcm(SECONDS)
@@ -47,7 +49,7 @@ def test_server_outages_while_recording(restartable: RestartableServer, tmp_path
     spool = tmp_path / "spool"
     env = agent_env(tmp_path / "home", spool, restartable.target, token,
                     chunk_duration_ms=CHUNK_MS)
-    agent = spawn_agent(env, "record", "--input", str(wav), "--wait", "60",
+    agent = agents.spawn(env, "record", "--input", str(wav), "--wait", "60",
                         log=tmp_path / "agent.log")
 
     # Outage 1: the recording starts offline; chunks pile up without a server id.

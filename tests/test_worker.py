@@ -5,8 +5,11 @@ recordings, against the session's SeaweedFS and a real SQLite file."""
 from __future__ import annotations
 
 import json
+import os
 import queue as queue_mod
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +22,7 @@ import sqlite_utils
 
 from tapedeck.clock import ManualClock
 from tapedeck.db import Database
-from tapedeck.errors import error
+from tapedeck.errors import TapedeckError, error
 from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, RetryPolicy, enqueue
 from tapedeck.oggopus import probe
 from tapedeck.settings import Settings
@@ -28,7 +31,7 @@ from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers
 
-from serverkit import ChildServer, spawn_server, test_settings
+from serverkit import test_settings
 from stitchkit import (
     Project,
     continuous_chunks,
@@ -237,12 +240,18 @@ def test_app_worker_role_stitches_after_finalize(weed: ManagedWeed, tmp_path: Pa
 # -- real worker processes ----------------------------------------------------------------------
 
 class Child:
-    """``tapedeck worker`` as a child process; its stdout lines are collected."""
+    """``python -m tapedeck worker`` as a child process (settings in its environment, as
+    ``serverkit.spawn_server`` does); every JSON line of its stdout is collected, because a
+    failpoint may print before the ``listening`` line does."""
 
     def __init__(self, settings: Settings) -> None:
-        self.server: ChildServer = spawn_server(settings, "worker")
+        env = dict(os.environ)
+        for key, value in vars(settings).items():
+            env["TAPEDECK_" + key.upper()] = str(int(value) if isinstance(value, bool) else value)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tapedeck", "worker"], env=env,
+                                     stdout=subprocess.PIPE, text=True)
         self.lines: queue_mod.Queue[dict[str, Any]] = queue_mod.Queue()
-        stdout = self.server.proc.stdout
+        stdout = self.proc.stdout
         assert stdout is not None
 
         def pump() -> None:
@@ -253,14 +262,22 @@ class Child:
         threading.Thread(target=pump, daemon=True).start()
 
     def wait_failpoint(self, timeout: float = 120) -> dict[str, Any]:
-        return self.lines.get(timeout=timeout)
+        """The first failpoint line (``listening`` lines are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if "failpoint" in line:
+                return line
 
     def kill(self) -> None:
-        self.server.kill()
+        """SIGKILL, then reap."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.server.proc.poll() is None:
-            self.server.terminate()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
 
 
 class KeyWatcher:
@@ -275,8 +292,11 @@ class KeyWatcher:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.005):
-            for info in self._store.list(self._prefix):
-                self.seen.add((info.key, info.size))
+            try:
+                for info in self._store.list(self._prefix):
+                    self.seen.add((info.key, info.size))
+            except TapedeckError:  # the bucket is gone (test teardown)
+                return
 
     def stop(self) -> set[tuple[str, int]]:
         self._stop.set()
@@ -305,10 +325,10 @@ def test_kill_9_mid_stitch_then_restart_completes_exactly_once(
         point: str, big_chunks: list[bytes], worker_settings: Settings) -> None:
     project = open_project(worker_settings)
     children: list[Child] = []
+    rec_id = streaming_recording(project, big_chunks, 360_000)
+    key = audio_key(rec_id)
+    watcher = KeyWatcher(project.app.store, f"recordings/{rec_id}/audio/")
     try:
-        rec_id = streaming_recording(project, big_chunks, 360_000)
-        key = audio_key(rec_id)
-        watcher = KeyWatcher(project.app.store, f"recordings/{rec_id}/audio/")
         first = Child(worker_settings.replace(failpoints=point))
         children.append(first)
         assert first.wait_failpoint() == {"failpoint": point, "recording_id": rec_id,
@@ -336,6 +356,7 @@ def test_kill_9_mid_stitch_then_restart_completes_exactly_once(
             [row["stitching_job_id"]]).fetchall()
         assert runs == [(None,), ("succeeded",)]  # the killed run, then the one that finished
     finally:
+        watcher.stop()
         for child in children:
             child.stop()
         project.app.close(grace=1)

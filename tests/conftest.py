@@ -11,13 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from minio import Minio
 
 from tapedeck.store.s3 import S3Store
 from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port
 
-from serverkit import RunningServer, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, start_server, test_settings
 
 
 def free_port() -> int:
@@ -38,15 +37,6 @@ def weed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedWeed]:
     with ManagedWeed(tmp_path_factory.mktemp("weed"), memory_limit="384MiB",
                      volume_size_limit_mb=64, max_volumes=1000) as w:
         yield w
-
-
-def drop_bucket(weed: ManagedWeed, bucket: str) -> None:
-    """Remove ``bucket`` and everything in it (SeaweedFS gives each bucket its own volume,
-    and the number of volumes is bounded, so tests must not leave buckets behind)."""
-    client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
-                   region="us-east-1")
-    if client.bucket_exists(bucket):
-        client.remove_bucket(bucket)  # weed mini allows removing a non-empty bucket
 
 
 @pytest.fixture

@@ -14,12 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from minio import Minio
 
 from tapedeck.app import App
 from tapedeck.auth import create_project, issue_device_token
 from tapedeck.clock import Clock, SystemClock
 from tapedeck.settings import Settings
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2_grpc
+
+
+def drop_bucket(weed: Any, bucket: str) -> None:
+    """Remove ``bucket`` and everything in it (SeaweedFS gives each bucket its own volume,
+    and the number of volumes is bounded, so tests must not leave buckets behind)."""
+    client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
+                   region="us-east-1")
+    if client.bucket_exists(bucket):
+        client.remove_bucket(bucket)  # weed mini allows removing a non-empty bucket
 
 
 def test_settings(weed: Any, data_dir: Path, **overrides: Any) -> Settings:

@@ -12,14 +12,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from minio import Minio
-
 from tapedeck.app import App
 from tapedeck.auth import Principal, create_project
 from tapedeck.clock import Clock, SystemClock
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.settings import Settings
-from tapedeck.weed import ManagedWeed
 from tapedeck_agent.encoder import EncodedChunk, OpusChunker, encode_independent_chunks
 
 from audio import speech_pcm
@@ -37,15 +34,6 @@ class Project:
     @property
     def db_path(self) -> Path:
         return self.app.settings.db_path
-
-
-def drop_bucket(weed: ManagedWeed, bucket: str) -> None:
-    """Remove a test bucket and its objects (same as ``conftest.drop_bucket``; imported from
-    here because ``import conftest`` picks whichever conftest.py pytest loaded last)."""
-    client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
-                   region="us-east-1")
-    if client.bucket_exists(bucket):
-        client.remove_bucket(bucket)
 
 
 def open_project(settings: Settings, clock: Clock | None = None) -> Project:

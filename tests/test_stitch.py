@@ -24,12 +24,11 @@ from tapedeck.stitch import audio_key, build_handler
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import Worker, queue_for
 
-from serverkit import test_settings
+from serverkit import drop_bucket, test_settings
 from stitchkit import (
     Project,
     continuous_chunks,
     decode,
-    drop_bucket,
     duration_ms,
     events,
     ffmpeg_samples,

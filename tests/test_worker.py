@@ -31,11 +31,10 @@ from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers
 
-from serverkit import test_settings
+from serverkit import drop_bucket, test_settings
 from stitchkit import (
     Project,
     continuous_chunks,
-    drop_bucket,
     jobs_of,
     open_project,
     recording_row,

@@ -26,8 +26,7 @@ from tapedeck.oggopus.stream import OpusStreamReader
 from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck_agent.encoder import OpusChunker
 
-from conftest import drop_bucket
-from serverkit import RunningServer, auth, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
 
 RATE = 16_000
 ALSA_DEVICE = "tdcapture"

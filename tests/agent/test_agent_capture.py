@@ -48,8 +48,7 @@ from agentkit import (
     wait_for,
 )
 from audio import speech_pcm, to_pcm
-from conftest import drop_bucket
-from serverkit import RunningServer, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, start_server, test_settings
 
 CHUNK_MS = 4000
 TS = recording_pb2.TranscriptionStatus

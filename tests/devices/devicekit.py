@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 import httpx
-from minio import Minio
 
 from tapedeck.auth import ALL_SCOPES, create_project
 from tapedeck.clock import Clock
@@ -33,7 +32,7 @@ from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.v1 import webhook_pb2 as whpb
 from tapedeck.weed import ManagedWeed
 
-from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
 
 #: A whole secret of any kind (hints such as ``rk_test_…abcd`` do not match): API keys and
 #: device tokens (prefix, 32 random + 6 checksum base62), upload tokens (payload.signature)
@@ -58,14 +57,6 @@ def serve(weed: ManagedWeed, data_dir: Path, clock: Clock | None = None) -> Iter
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)
-
-
-def drop_bucket(weed: ManagedWeed, bucket: str) -> None:
-    """Remove a test bucket (weed mini removes non-empty buckets; volumes are bounded)."""
-    client = Minio(weed.endpoint, weed.access_key, weed.secret_key, secure=False,
-                   region="us-east-1")
-    if client.bucket_exists(bucket):
-        client.remove_bucket(bucket)
 
 
 def outcome(call: Callable[[], object]) -> str:

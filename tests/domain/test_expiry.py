@@ -15,8 +15,7 @@ from tapedeck.domain.expiry import Expiry, contiguous_prefix
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import TapedeckError
 
-from conftest import drop_bucket
-from serverkit import RunningServer, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, start_server, test_settings
 
 
 @pytest.fixture

@@ -18,9 +18,8 @@ from tapedeck.clock import ManualClock, SystemClock
 from tapedeck.db import Database
 from tapedeck.weed import ManagedWeed
 
-from conftest import drop_bucket
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk, zeros
-from serverkit import RunningServer, spawn_server, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, spawn_server, start_server, test_settings
 
 MiB = 1024 * 1024
 

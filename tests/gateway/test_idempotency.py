@@ -17,9 +17,8 @@ from tapedeck.clock import ManualClock
 from tapedeck.v1 import recording_pb2
 from tapedeck.weed import ManagedWeed
 
-from conftest import drop_bucket
 from restkit import assert_error, client, create_streaming, put_chunk
-from serverkit import RunningServer, auth, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
 
 
 def key(k: str) -> dict[str, str]:

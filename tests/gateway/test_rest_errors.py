@@ -21,9 +21,8 @@ from tapedeck.rpc_errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck.weed import ManagedWeed
 
-from conftest import drop_bucket
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk
-from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
 
 # The error table of api.md (types a recordings client can meet; device and end-user errors
 # belong to their own routes).

@@ -16,8 +16,7 @@ import pytest
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
-from conftest import drop_bucket
-from serverkit import RunningServer, auth, chunk_messages, spawn_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, spawn_server, test_settings
 
 
 def http_put(url: str, data: bytes, headers: dict[str, str] | None = None) -> int:

@@ -25,9 +25,8 @@ from tapedeck.oggopus.opus import GRANULE_RATE
 from tapedeck.stitch import audio_key
 from tapedeck_agent.encoder import EncodedChunk
 
-from conftest import drop_bucket
 from opskit import Receiver, assert_error, create_streaming, md5_b64, put_chunk, wait_until
-from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
 from stitchkit import continuous_chunks, ffmpeg_samples, opusinfo
 
 ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")

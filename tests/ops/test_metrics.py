@@ -19,9 +19,8 @@ from tapedeck.store.s3 import S3Store
 from tapedeck.v1 import recording_pb2
 from tapedeck.weed import free_port
 
-from conftest import drop_bucket
 from opskit import Receiver, Series, delta, opus_chunks, scrape, value, wait_until
-from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
 
 ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
 RECORDINGS = "/tapedeck.v1.RecordingService/"

@@ -22,9 +22,8 @@ from tapedeck.settings import Settings
 from tapedeck.stitch import audio_key, read_object
 from tapedeck.worker import Worker, load_handlers, queue_for
 
-from conftest import drop_bucket
 from opskit import spawn, stop_all, wait_until
-from serverkit import test_settings
+from serverkit import drop_bucket, test_settings
 from stitchkit import (
     Project,
     continuous_chunks,

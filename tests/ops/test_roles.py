@@ -29,7 +29,6 @@ from tapedeck.oggopus.opus import GRANULE_RATE
 from tapedeck.settings import Settings
 from tapedeck.weed import free_port
 
-from conftest import drop_bucket
 from opskit import (
     Child,
     Receiver,
@@ -42,7 +41,7 @@ from opskit import (
     value,
     wait_until,
 )
-from serverkit import test_settings
+from serverkit import drop_bucket, test_settings
 from stitchkit import continuous_chunks
 
 RECORDINGS = 20

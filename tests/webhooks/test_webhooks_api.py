@@ -18,8 +18,7 @@ from tapedeck.auth import create_project
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import recording_pb2, webhook_pb2, webhook_pb2_grpc
 
-from conftest import drop_bucket
-from serverkit import RunningServer, auth, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
 from webhookkit import Receiver
 
 

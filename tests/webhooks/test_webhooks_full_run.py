@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from conftest import drop_bucket
-from serverkit import test_settings
+from serverkit import drop_bucket, test_settings
 from stitchkit import continuous_chunks, duration_ms, open_project, streaming_recording
 from webhookkit import Received, Receiver
 

@@ -47,7 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     _common(tok)
     tok.add_argument("--project-id", required=True)
     tok.add_argument("--device-id")
-    _common(sub.add_parser("settings", help="print every setting"))
+    shown = sub.add_parser("settings", help="print every setting")
+    _common(shown)
+    shown.add_argument("--markdown", action="store_true",
+                       help="print the defaults as the README's Markdown table")
     return parser
 
 
@@ -66,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ROLE_COMMANDS:
             return _run(settings, ROLE_COMMANDS[args.command])
         if args.command == "settings":
+            if args.markdown:
+                print(settings_markdown(), end="")
+                return 0
             return _print_settings(settings)
         return _admin(settings, args)
     except TapedeckError as exc:
@@ -123,6 +129,19 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     finally:
         db.close()
     return 0
+
+
+def settings_markdown() -> str:
+    """Every setting, its environment variable, default and meaning, as a Markdown table
+    (the README's Configuration section is this output; a test keeps them equal)."""
+    from tapedeck.settings import Settings
+
+    rows = ["| environment variable | default | meaning |", "| --- | --- | --- |"]
+    for f in fields(Settings):
+        default = getattr(Settings(), f.name)
+        shown = f"`{default}`" if str(default) != "" else "(empty)"
+        rows.append(f"| `TAPEDECK_{f.name.upper()}` | {shown} | {f.metadata.get('help', '')} |")
+    return "\n".join(rows) + "\n"
 
 
 def _print_settings(settings: Any) -> int:

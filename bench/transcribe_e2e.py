@@ -15,8 +15,9 @@ Asterisk prompts padded to 60 s, repeated) encoded like the device agent does (o
   FinalizeRecording call and stops when the ``transcription.completed`` event is committed
   (polled every 20 ms). The server-side split comes from the database: finalize → stitch job
   done, stitch done → ``transcription.started``, started → completed;
-* baseline (engine only, same run, server idle): ``transcribe_ogg_opus`` on the stitched file
-  read from a local file, with an engine built the same way (model load not timed).
+* baseline (engine only, same run, server idle, right after each end-to-end run):
+  ``transcribe_ogg_opus`` on that stitched file read from a local file, with an engine built
+  the same way (model load not timed).
 
 Prints the audio length, both times, real-time factors (audio seconds per wall second), the
 ratio end-to-end / engine-only and the word error rate of both transcripts. Shared, noisy
@@ -46,7 +47,7 @@ from tapedeck.app import App  # noqa: E402
 from tapedeck.auth import create_project, issue_device_token  # noqa: E402
 from tapedeck.clock import parse_iso  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
-from tapedeck.transcribe import transcribe_ogg_opus  # noqa: E402
+from tapedeck.transcribe import TranscriptionEngine, transcribe_ogg_opus  # noqa: E402
 from tapedeck.transcribe.whisper import load_engine  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2_grpc  # noqa: E402
 from tapedeck.v1 import recording_pb2 as rpb  # noqa: E402
@@ -139,15 +140,15 @@ def run_e2e(app: App, client: Client, chunks: list[bytes], duration_ms: int) -> 
     return rec_id, elapsed
 
 
-def engine_only(app: App, rec_id: str, args: argparse.Namespace, scratch: Path) -> tuple[float, str]:
-    """Baseline: the stitched file of ``rec_id`` transcribed by a fresh engine, from disk."""
+def engine_only(app: App, rec_id: str, engine: TranscriptionEngine,
+                scratch: Path) -> tuple[float, str]:
+    """Baseline: the stitched file of ``rec_id`` transcribed by ``engine``, from disk."""
     key = app.db.read().execute("SELECT audio_key FROM recordings WHERE id = ?",
                                 [rec_id]).fetchone()[0]
     stream = app.store.open(key)
     local = scratch / "stitched.opus"
     local.write_bytes(stream.read())
     stream.close()
-    engine = load_engine(str(args.model), scratch, args.threads)
     started = time.perf_counter()
     with local.open("rb") as f:
         transcript = transcribe_ogg_opus(f, engine, None)
@@ -180,29 +181,31 @@ def main() -> None:
             client = Client(recordings=recording_pb2_grpc.RecordingServiceStub(channel),
                             chunks=chunk_pb2_grpc.ChunkServiceStub(channel), token=token)
             _, warm_s = run_e2e(app, client, warm_chunks, warm_ms)
+            engine = load_engine(str(args.model), Path(tmp), args.threads)  # not timed
             e2e: list[float] = []
+            baseline: list[float] = []
             splits: list[tuple[float, float, float]] = []
-            rec_id = ""
-            for _ in range(args.runs):
+            for _ in range(args.runs):  # interleaved: e2e, then the engine on the same audio
                 rec_id, elapsed = run_e2e(app, client, chunks, duration_ms)
                 e2e.append(elapsed)
                 splits.append(server_split(app, rec_id))
+                seconds, baseline_text = engine_only(app, rec_id, engine, Path(tmp))
+                baseline.append(seconds)
             text = app.db.read().execute(
                 "SELECT t.text FROM transcriptions t JOIN recordings r"
                 " ON r.transcription_id = t.id WHERE r.id = ?", [rec_id]).fetchone()[0]
-            baseline_s, baseline_text = engine_only(app, rec_id, args, Path(tmp))
             channel.close()
         finally:
             app.close(grace=5)
-    report(args, duration_ms, warm_s, e2e, splits, baseline_s,
+    report(args, duration_ms, warm_s, e2e, splits, baseline,
            speech.wer(reference, text), speech.wer(reference, baseline_text))
 
 
 def report(args: argparse.Namespace, duration_ms: int, warm_s: float, e2e: list[float],
-           splits: list[tuple[float, float, float]], baseline_s: float, wer_e2e: float,
+           splits: list[tuple[float, float, float]], baseline: list[float], wer_e2e: float,
            wer_engine: float) -> None:
     audio_s = duration_ms / 1000
-    median = statistics.median(e2e)
+    median, baseline_s = statistics.median(e2e), statistics.median(baseline)
     stitch, wait, transcribe = (statistics.median(s[i] for s in splits) for i in range(3))
     print(f"== {args.minutes} min recording: {audio_s:.1f} s of real speech, "
           f"{args.threads} threads, whisper-base int8, beam 5 ({args.runs} run(s), median)")

@@ -10,14 +10,17 @@ import io
 import json
 import os
 import subprocess
+import time
 import wave
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tapedeck.clock import ManualClock
+from tapedeck.errors import TapedeckError
 from tapedeck.jobs import JobQueue, RetryPolicy
 from tapedeck.oggopus import probe
 from tapedeck.stitch import audio_key, build_handler
@@ -260,6 +263,21 @@ def test_deleted_recording_job_is_a_no_op(project: Project) -> None:
     assert job is not None and job["status"] == "succeeded"
 
 
+def wait_writable(store: Any, timeout: float = 60.0) -> None:
+    """Wait until a restarted store accepts writes (its volume server can lag behind the
+    S3 endpoint's first answer on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            store.put("probe/writable", io.BytesIO(b"ok"), 2)
+            store.delete("probe/writable")
+            return
+        except TapedeckError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def test_store_down_is_retried_with_backoff_then_succeeds(tmp_path: Path) -> None:
     clock = ManualClock()
     with ManagedWeed(tmp_path / "weed", memory_limit="256MiB") as own:
@@ -281,6 +299,7 @@ def test_store_down_is_retried_with_backoff_then_succeeds(tmp_path: Path) -> Non
             clock.advance(timedelta(seconds=14))
             assert worker.run_once() is None  # second backoff is 20 s ± 25 %: not due yet
             own.start()
+            wait_writable(proj.app.store)
             clock.advance(timedelta(seconds=12))
             assert worker.run_once() == "succeeded"
             assert recording_row(proj, rec_id)["status"] == "completed"

@@ -312,7 +312,7 @@ def big_chunks() -> list[bytes]:
 
 @pytest.fixture
 def worker_settings(weed: ManagedWeed, tmp_path: Path) -> Iterator[Settings]:
-    settings = test_settings(weed, tmp_path / "data", job_lease_s=2, job_poll_ms=50,
+    settings = test_settings(weed, tmp_path / "data", job_lease_s=5, job_poll_ms=50,
                              job_kinds="stitch", job_retry_base_ms=200)
     yield settings
     drop_bucket(weed, settings.s3_bucket)

@@ -102,7 +102,9 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
             listening["http"] = f"http://{settings.host}:{app.http_port}"
         if app.metrics_port:
             listening["metrics"] = f"http://{settings.host}:{app.metrics_port}/metrics"
-        print(json.dumps({"listening": listening}), flush=True)
+        # One write call: a worker thread may print a failpoint line at the same moment.
+        sys.stdout.write(json.dumps({"listening": listening}) + "\n")
+        sys.stdout.flush()
         log.info("started %s", listening)
         stop.wait()
         log.info("stopping (grace %d s)", settings.shutdown_grace_s)

@@ -275,6 +275,7 @@ class Failpoints:
     def hit(self, name: str, **info: Any) -> None:
         if name not in self.names:
             return
-        print(json.dumps({"failpoint": name, **info}), file=sys.stdout, flush=True)
+        sys.stdout.write(json.dumps({"failpoint": name, **info}) + "\n")  # one write: atomic
+        sys.stdout.flush()
         log.warning("failpoint %s reached; hanging", name)
         threading.Event().wait()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -55,7 +54,8 @@ def compare(name: str, bare: Callable[[], object], observed: Callable[[], object
     per_round = max(1, requests // rounds)
     for call in (bare, observed):  # warm-up
         timed_each(call, 50)
-    a, b = [], []
+    a: list[float] = []
+    b: list[float] = []
     for i in range(rounds):
         order = [(bare, a), (observed, b)] if i % 2 == 0 else [(observed, b), (bare, a)]
         for call, out in order:
@@ -112,7 +112,7 @@ def run(app: App, args: argparse.Namespace) -> None:
     for server in (bare_http, seen_http):
         server.start()
     headers = {"Authorization": f"Bearer {key}"}
-    md = [("authorization", f"Bearer {key}")]
+    md: tuple[tuple[str, str | bytes], ...] = (("authorization", f"Bearer {key}"),)
     try:
         with httpx.Client(headers=headers) as c1, httpx.Client(headers=headers) as c2, \
                 grpc.insecure_channel(f"127.0.0.1:{bare_port}") as ch1, \
@@ -141,4 +141,4 @@ def run(app: App, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -17,7 +17,7 @@ that follows a recording from the API to the worker and the dispatcher, and no s
   ``dtok_``, ``up_``, ``whsec_`` tokens), a bearer credential, or a presigned URL's
   signature/credential, in the message, its arguments and the formatted traceback.
 
-Imports only the standard library (``tapedeck.db`` imports this module).
+Imports only the standard library and ``tapedeck.ids`` (``tapedeck.db`` imports this module).
 """
 
 from __future__ import annotations
@@ -34,11 +34,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
+from tapedeck.ids import base62
+
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("tapedeck_request_id",
                                                                          default=None)
 REQUEST_ID_HEADER = "x-request-id"
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
-_ID_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_VALID_ID = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$", re.ASCII)
 
 REDACTED = "[redacted]"
 _SECRET_PATTERNS = (
@@ -65,12 +66,12 @@ def redact(text: str) -> str:
 # -- request ids --------------------------------------------------------------------------------
 
 def new_request_id() -> str:
-    """A fresh request id: ``req_`` + 20 random base62 characters."""
-    return "req_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(20))
+    """A fresh request id: ``req_`` + 20 base62 characters of 112 random bits."""
+    return "req_" + base62(int.from_bytes(secrets.token_bytes(14)), 20)
 
 
 def accept_request_id(incoming: str | None) -> str:
-    """The caller's ``x-request-id`` if it is a plausible id (1-128 of ``A-Za-z0-9._:@/+=-``),
+    """The caller's ``x-request-id`` if it is a plausible id (1-128 of ``A-Za-z0-9_.:@/+=-``),
     else a fresh one."""
     if incoming and _VALID_ID.match(incoming):
         return incoming

@@ -128,6 +128,8 @@ def test_redact_leaves_ordinary_text_alone() -> None:
 
 def test_incoming_request_ids_are_checked() -> None:
     assert accept_request_id("3f2c1a-client.42") == "3f2c1a-client.42"
+    echoed = accept_request_id(None)
+    assert accept_request_id(echoed) == echoed  # our own ids come back unchanged
     for bad in (None, "", "has space", "new\nline", "x" * 129, "quote\"d"):
         fresh = accept_request_id(bad)
         assert fresh.startswith("req_") and len(fresh) == 24

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tapedeck.errors import TapedeckError
+from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.metrics import MeteredStore, Metrics
 from tapedeck.store.s3 import S3Store
 from tapedeck.v1 import recording_pb2
@@ -44,7 +45,7 @@ def _record(srv: RunningServer, token: str, chunks: list[bytes]) -> str:
     created, call = srv.recordings().CreateRecording.with_call(
         recording_pb2.CreateRecordingRequest(streaming=True, chunk_duration_ms=1000),
         metadata=[*auth(token), ("x-request-id", "client-create-1")])
-    assert ("x-request-id", "client-create-1") in call.initial_metadata()
+    assert ("x-request-id", "client-create-1") in call.trailing_metadata()
     rec_id = created.recording.id
     for part, data in enumerate(chunks, start=1):
         srv.chunks().UploadChunk(chunk_messages(rec_id, part, data), metadata=auth(token))
@@ -160,7 +161,14 @@ def test_a_fresh_request_id_when_the_caller_sends_none(full: RunningServer) -> N
     assert resp.headers["x-request-id"].startswith("req_")
     _, call = full.recordings().ListRecordings.with_call(
         recording_pb2.ListRecordingsRequest(), metadata=auth(full.api_key))
-    assert dict(call.initial_metadata())["x-request-id"].startswith("req_")
+    assert dict(call.trailing_metadata())["x-request-id"].startswith("req_")
+    with pytest.raises(grpc.RpcError) as info:  # errors carry it too, beside the details
+        full.recordings().GetRecording(recording_pb2.GetRecordingRequest(id="rec_x"),
+                                       metadata=[*auth(full.api_key), ("x-request-id", "e-1")])
+    err: Any = info.value
+    trailing = dict(err.trailing_metadata())
+    assert trailing["x-request-id"] == "e-1" and "grpc-status-details-bin" in trailing
+    assert from_rpc_error(info.value).type == "recording_not_found"
 
 
 def test_store_errors_are_counted() -> None:

@@ -4,7 +4,7 @@ and one ``tapedeck_requests_total`` / latency observation per call.
 - The request id is the caller's ``x-request-id`` metadata (if plausible, see
   ``tapedeck.logs.accept_request_id``) or a fresh one; it is set as the context's request id
   while the servicer runs (so logs, jobs and events carry it) and sent back as
-  ``x-request-id`` initial metadata.
+  ``x-request-id`` trailing metadata (on success and on error).
 - Each call is logged once on ``tapedeck.access`` (method, outcome, milliseconds).
 - The outcome is ``ok``, or the error ``type`` of the status the servicer aborted with (the
   reason of its ``google.rpc.ErrorInfo``, lower-cased), or the gRPC code name otherwise.
@@ -79,7 +79,6 @@ class ObservingInterceptor(_Interceptor):
             started = time.perf_counter()
             outcome = "internal_error"
             with request_context(rid):
-                context.send_initial_metadata(((REQUEST_ID_HEADER, rid),))
                 try:
                     response = behavior(request, context)
                     outcome = call_outcome(context)
@@ -90,6 +89,10 @@ class ObservingInterceptor(_Interceptor):
                         outcome = "unknown"
                     raise
                 finally:
+                    # Trailing metadata rides on the status (no extra frame); keep what an
+                    # abort_with_status put there (the error details).
+                    context.set_trailing_metadata(
+                        (*(context.trailing_metadata() or ()), (REQUEST_ID_HEADER, rid)))
                     seconds = time.perf_counter() - started
                     metrics.observe_request("grpc", method, outcome, seconds)
                     access.info("grpc %s %s %.1f ms", method, outcome, seconds * 1000)

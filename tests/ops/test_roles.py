@@ -121,8 +121,7 @@ def test_api_two_workers_and_a_dispatcher_on_one_data_directory(
         api, http = children[0], children[0].listening["http"]
         worker_a = spawn(base.replace(failpoints="stitch.stitching", metrics_port=free_port()),
                          "worker", logs, "worker-a")
-        worker_b = spawn(base.replace(metrics_port=free_port()), "worker", logs, "worker-b")
-        children += [worker_a, worker_b, spawn(base, "dispatcher", logs, "dispatcher")]
+        children += [worker_a, spawn(base, "dispatcher", logs, "dispatcher")]
         project = _admin(base, "bootstrap")
         tokens = [_admin(base, "device-token", "--project-id", project["project_id"])
                   ["device_token"] for _ in range(2)]
@@ -136,6 +135,9 @@ def test_api_two_workers_and_a_dispatcher_on_one_data_directory(
             rec_ids = list(pool.map(run.record, range(RECORDINGS)))
 
         held = worker_a.wait_failpoint("stitch.stitching")  # worker A is mid-job
+        # Worker B starts now, so A surely holds a job; both claim from the same queue.
+        worker_b = spawn(base.replace(metrics_port=free_port()), "worker", logs, "worker-b")
+        children.append(worker_b)
         assert worker_a.terminate() == 0  # SIGTERM: grace, then the job is handed back
         db = Database(base.db_path)
         try:

@@ -256,7 +256,7 @@ class S3Store:
         self._clock = clock
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
-            maxsize=10,
+            maxsize=64,  # keep-alive connections per host: the gateway runs many uploads at once
             retries=urllib3.Retry(
                 total=retries,
                 connect=retries,

@@ -38,8 +38,30 @@ class Sink(Protocol):
     def write(self, data: bytes, /) -> int | None: ...
 
 
+class _PageFlags:
+    """The header-type flags of a page, as properties over ``flags``."""
+
+    __slots__ = ()
+    flags: int
+
+    @property
+    def continued(self) -> bool:
+        """The page starts with the rest of a packet from the previous page."""
+        return bool(self.flags & FLAG_CONTINUED)
+
+    @property
+    def bos(self) -> bool:
+        """First page of a logical stream."""
+        return bool(self.flags & FLAG_BOS)
+
+    @property
+    def eos(self) -> bool:
+        """Last page of a logical stream."""
+        return bool(self.flags & FLAG_EOS)
+
+
 @dataclass(frozen=True, slots=True)
-class RawPage:
+class RawPage(_PageFlags):
     """One verified page exactly as read: ``data`` is the whole page, ``reversed_data`` the
     same bytes bit-reversed (kept so the CRC of a relabelled copy costs no second pass).
     """
@@ -63,21 +85,9 @@ class RawPage:
         """The page payload."""
         return self.data[27 + self.nseg :]
 
-    @property
-    def continued(self) -> bool:
-        return bool(self.flags & FLAG_CONTINUED)
-
-    @property
-    def bos(self) -> bool:
-        return bool(self.flags & FLAG_BOS)
-
-    @property
-    def eos(self) -> bool:
-        return bool(self.flags & FLAG_EOS)
-
 
 @dataclass(frozen=True, slots=True)
-class OggPage:
+class OggPage(_PageFlags):
     """A page as values; ``to_bytes`` serializes it with a fresh CRC."""
 
     flags: int
@@ -87,17 +97,6 @@ class OggPage:
     segments: bytes
     body: bytes
 
-    @property
-    def continued(self) -> bool:
-        return bool(self.flags & FLAG_CONTINUED)
-
-    @property
-    def bos(self) -> bool:
-        return bool(self.flags & FLAG_BOS)
-
-    @property
-    def eos(self) -> bool:
-        return bool(self.flags & FLAG_EOS)
 
     def to_bytes(self) -> bytes:
         """The page on the wire."""

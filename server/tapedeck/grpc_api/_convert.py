@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tapedeck.domain.models import (
@@ -34,19 +35,31 @@ def from_ts(msg: Timestamp, present: bool) -> datetime | None:
     return msg.ToDatetime(tzinfo=UTC) if present else None
 
 
+def enum_name(enum: EnumDescriptor, prefix: str, value: int, field: str) -> str | None:
+    """The lower-case name of ``value`` without ``prefix``; None for 0 (UNSPECIFIED);
+    ``invalid_request`` naming ``field`` for a number ``enum`` does not define."""
+    if value == 0:
+        return None
+    known = enum.values_by_number.get(value)
+    if known is None:
+        raise invalid(field, f"Unknown {field} {value}.")
+    return known.name.removeprefix(prefix).lower()
+
+
+def page_limit(page_size: int, default: int = 25) -> int:
+    """A list call's ``limit`` from ``page_size``: 0 → ``default``; negative is invalid."""
+    if page_size < 0:
+        raise invalid("page_size", "page_size must not be negative.")
+    return page_size or default
+
+
 def status_enum(status: str) -> int:
     return int(pb.RecordingStatus.Value("RECORDING_STATUS_" + status.upper()))
 
 
 def status_name(value: int) -> str | None:
     """Lowercase status name, None for UNSPECIFIED; ``invalid_request`` for unknown values."""
-    if value == 0:
-        return None
-    try:
-        name = pb.RecordingStatus.Name(pb.RecordingStatus.ValueType(value))
-        return name.removeprefix("RECORDING_STATUS_").lower()
-    except ValueError:
-        raise invalid("status", f"Unknown status {value}.") from None
+    return enum_name(pb.RecordingStatus.DESCRIPTOR, "RECORDING_STATUS_", value, "status")
 
 
 def transcription_enum(status: str) -> int:
@@ -58,12 +71,8 @@ def codec_enum(codec: str) -> int:
 
 
 def codec_name(value: int) -> str:
-    if value == 0:
-        return "opus"
-    try:
-        return pb.Codec.Name(pb.Codec.ValueType(value)).removeprefix("CODEC_").lower()
-    except ValueError:
-        raise invalid("codec", f"Unknown codec {value}.") from None
+    """Lowercase codec name, ``opus`` for UNSPECIFIED; ``invalid_request`` for unknown."""
+    return enum_name(pb.Codec.DESCRIPTOR, "CODEC_", value, "codec") or "opus"
 
 
 def media_pb(m: Media) -> pb.Media:

@@ -12,7 +12,6 @@ from tapedeck.domain import Domain
 from tapedeck.domain.devices import Device, Heartbeat, NewDevice
 from tapedeck.domain.end_users import EndUser, NewEndUser
 from tapedeck.domain.keys import ApiKey
-from tapedeck.errors import invalid
 from tapedeck.grpc_api import _convert as cv
 from tapedeck.grpc_api._errors import translate_errors
 from tapedeck.grpc_api.servicers import principal
@@ -44,21 +43,13 @@ def device_pb(d: Device) -> dpb.Device:
     return out
 
 
-def _device_state(value: int) -> str | None:
-    if value == 0:
-        return None
-    try:
-        return dpb.DeviceState.Name(value).removeprefix("DEVICE_STATE_").lower()  # type: ignore[arg-type]
-    except ValueError:
-        raise invalid("device_state", f"Unknown device_state {value}.") from None
-
-
 def heartbeat_from_pb(r: dpb.SendHeartbeatRequest) -> Heartbeat:
     """The domain heartbeat of a request (unset fields → ``None``)."""
     ints = {name: getattr(r, name) if r.HasField(name) else None  # type: ignore[arg-type]
             for name in _HEARTBEAT_INTS}
     return Heartbeat(**ints, firmware_version=r.firmware_version or None,
-                     device_state=_device_state(r.device_state),
+                     device_state=cv.enum_name(dpb.DeviceState.DESCRIPTOR, "DEVICE_STATE_",
+                                                r.device_state, "device_state"),
                      connection_type=r.connection_type or None)
 
 
@@ -74,12 +65,8 @@ def key_pb(k: ApiKey) -> kpb.Key:
 
 
 def _key_kind(value: int) -> str:
-    if value == 0:
-        return "restricted"
-    try:
-        return kpb.KeyKind.Name(value).removeprefix("KEY_KIND_").lower()  # type: ignore[arg-type]
-    except ValueError:
-        raise invalid("kind", f"Unknown kind {value}.") from None
+    """The domain key kind; UNSPECIFIED means ``restricted``."""
+    return cv.enum_name(kpb.KeyKind.DESCRIPTOR, "KEY_KIND_", value, "kind") or "restricted"
 
 
 # -- servicers ---------------------------------------------------------------------------
@@ -171,9 +158,8 @@ class KeyServicer(key_pb2_grpc.KeyServiceServicer):
     @translate_errors
     def ListKeys(self, request: kpb.ListKeysRequest,
                  context: grpc.ServicerContext) -> kpb.ListKeysResponse:
-        if request.page_size < 0:
-            raise invalid("page_size", "page_size must not be negative.")
-        page = self._d.keys.list(principal(self._d, context), limit=request.page_size or 25,
+        page = self._d.keys.list(principal(self._d, context),
+                                 limit=cv.page_limit(request.page_size),
                                  cursor=request.page_token or None)
         return kpb.ListKeysResponse(keys=[key_pb(k) for k in page.data],
                                     next_page_token=page.next_cursor or "")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import grpc
 
 from tapedeck.domain import Domain
-from tapedeck.errors import invalid
 from tapedeck.grpc_api import _convert as cv
 from tapedeck.grpc_api._errors import translate_errors
 from tapedeck.grpc_api.servicers import principal
@@ -44,21 +43,6 @@ def delivery_pb(d: Delivery) -> pb.Delivery:
         attempts=[attempt_pb(a) for a in d.attempts])
 
 
-def _delivery_status(value: int) -> str | None:
-    if value == 0:
-        return None
-    try:
-        return pb.DeliveryStatus.Name(value).removeprefix("DELIVERY_STATUS_").lower()  # type: ignore[arg-type]
-    except ValueError:
-        raise invalid("status", f"Unknown status {value}.") from None
-
-
-def _page_size(value: int) -> int:
-    if value < 0:
-        raise invalid("page_size", "page_size must not be negative.")
-    return value or 25
-
-
 # -- service -----------------------------------------------------------------------------
 class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     """tapedeck.v1.WebhookService over the domain."""
@@ -84,7 +68,7 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
     def ListWebhooks(self, request: pb.ListWebhooksRequest,
                      context: grpc.ServicerContext) -> pb.ListWebhooksResponse:
         page = self._d.webhooks.list(principal(self._d, context),
-                                     limit=_page_size(request.page_size),
+                                     limit=cv.page_limit(request.page_size),
                                      cursor=request.page_token or None)
         return pb.ListWebhooksResponse(webhooks=[webhook_pb(e) for e in page.data],
                                        next_page_token=page.next_cursor or "")
@@ -101,8 +85,10 @@ class WebhookServicer(webhook_pb2_grpc.WebhookServiceServicer):
                               ) -> pb.ListWebhookDeliveriesResponse:
         page = self._d.webhooks.deliveries(
             principal(self._d, context), request.webhook_id,
-            limit=_page_size(request.page_size), cursor=request.page_token or None,
-            status=_delivery_status(request.status), event_id=request.event_id or None)
+            limit=cv.page_limit(request.page_size), cursor=request.page_token or None,
+            status=cv.enum_name(pb.DeliveryStatus.DESCRIPTOR, "DELIVERY_STATUS_",
+                                request.status, "status"),
+            event_id=request.event_id or None)
         return pb.ListWebhookDeliveriesResponse(
             deliveries=[delivery_pb(d) for d in page.data],
             next_page_token=page.next_cursor or "")

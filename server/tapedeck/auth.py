@@ -20,7 +20,7 @@ import secrets
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -248,6 +248,3 @@ def issue_device_token(db: Database, clock: Clock, project_id: str,
     return device_id, token
 
 
-def utc(ts: float) -> datetime:
-    """A POSIX timestamp as an aware UTC datetime."""
-    return datetime.fromtimestamp(ts, UTC)

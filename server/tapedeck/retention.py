@@ -15,6 +15,10 @@ Policy (``RetentionPolicy``, from settings; a negative value keeps the objects f
 - ``failed_s`` (``retention_failed_s``, default 30 days): every chunk object of a ``failed``
   streaming recording, this long after it failed.
 
+Every sweep of a recording also aborts the multipart uploads left unfinished under its
+prefix (a worker that died while writing the stitched audio): they are invisible but hold
+their parts until aborted.
+
 The stitched audio and single-file uploads are never deleted here: only deleting the
 recording (``Recordings.delete``) removes every object it owns.
 
@@ -38,7 +42,7 @@ from datetime import timedelta
 from typing import Any
 
 from tapedeck.clock import iso
-from tapedeck.domain._base import Context, stored_parts
+from tapedeck.domain._base import Context, recording_prefix, stored_parts
 from tapedeck.jobs import Failpoints
 from tapedeck.metrics import Metrics
 from tapedeck.settings import Settings
@@ -48,7 +52,6 @@ log = logging.getLogger("tapedeck.retention")
 
 _PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _READ_BLOCK = 1 << 20
-STAGES = ("stitched", "leftover", "failed", "expired")
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class Retention:
             rec = self._row(recording_id)
             if rec is None or rec["status"] != status or rec["chunks_retention"] != state:
                 return "skipped"
+            self._abort_incomplete(recording_id)
             if not rec["streaming"]:
                 return self._mark(recording_id, status, state, "purged")
             if stage == "stitched":
@@ -170,6 +174,13 @@ class Retention:
         return size, md5.hexdigest()
 
     # -- shared -------------------------------------------------------------------------------
+    def _abort_incomplete(self, recording_id: str) -> None:
+        """Free the parts of multipart uploads a worker left unfinished when it died mid-stitch
+        (invisible, never completed). The recording is finished, so none is still running."""
+        aborted = self._ctx.store.abort_incomplete_uploads(recording_prefix(recording_id))
+        if aborted:
+            log.info("recording %s: %d unfinished upload(s) aborted", recording_id, aborted)
+
     def _delete(self, recording_id: str, objects: Any, reason: str) -> None:
         count = 0
         for obj in objects:

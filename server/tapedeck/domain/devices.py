@@ -41,7 +41,6 @@ from tapedeck.ids import new_id
 
 DEVICE_STATES = ("idle", "recording", "syncing", "uploading", "charging", "low_battery",
                  "storage_full", "error")
-DEVICE_STATUSES = ("unbound", "bound")
 ME = "me"
 _CONNECTION_RE = re.compile(r"^[a-z0-9_-]{1,32}$")
 _MAX_MB = 1_000_000_000

@@ -220,19 +220,3 @@ class DownloadUrlOut(_Response):
     expires_at: AwareDatetime
 
 
-class ErrorBody(BaseModel):
-    """``type`` (from the error table), a human ``message``, and type-specific details
-    (``field``, ``missing_chunks``, ``expected``/``actual``, …) as extra members."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field(description="An error type of the table (see the README).")
-    message: str
-
-
-class ErrorEnvelope(BaseModel):
-    """Every error: ``{"error": {"type", "message", ...details}}``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    error: ErrorBody

@@ -15,7 +15,6 @@ EVENT_TYPES = (
     "transcription.completed", "transcription.failed",
 )
 ALL_EVENTS = "*"
-ENDPOINT_STATUSES = ("enabled", "disabled")
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "cancelled")
 
 

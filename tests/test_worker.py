@@ -23,13 +23,13 @@ import sqlite_utils
 from tapedeck.clock import ManualClock
 from tapedeck.db import Database
 from tapedeck.errors import TapedeckError, error
-from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, RetryPolicy, enqueue
+from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, JobSignals, RetryPolicy, enqueue
 from tapedeck.oggopus import probe
 from tapedeck.settings import Settings
 from tapedeck.stitch import audio_key
 from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
-from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers
+from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes
 
 from serverkit import drop_bucket, test_settings
 from stitchkit import (
@@ -90,9 +90,9 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database.close()
 
 
-def add(db: Database, clock: Any, action: str) -> str:
+def add(db: Database, clock: Any, action: str, kind: str = "probe") -> str:
     with db.write() as tx:
-        return enqueue(tx, clock, "probe", payload={"action": action})
+        return enqueue(tx, clock, kind, payload={"action": action})
 
 
 def job_status(db: Database, job_id: str) -> tuple[str, int]:
@@ -211,6 +211,52 @@ def test_heartbeats_notice_a_lost_lease(db: Database) -> None:
     assert job_status(db, job_id) == ("running", 2)
 
 
+def test_each_kind_has_its_own_lane_woken_by_signals(db: Database) -> None:
+    """One loop per kind: a ``fast`` job queued while the only ``slow`` loop is blocked runs
+    at once — woken by the signal, since idle loops would otherwise sleep an hour."""
+    clock, slow, fast, signals = ManualClock(), Probe(), Probe(), JobSignals()
+    pool = WorkerPool(make_queue(db, clock), {"slow": slow, "fast": fast}, threads=1,
+                      poll_s=3600, name="pool", signals=signals).start()
+    try:
+        assert pool.lanes == {"slow": 1, "fast": 1} and len(pool.workers) == 2
+        blocked = add(db, clock, "block", kind="slow")
+        signals.notify("slow")
+        assert slow.started.wait(30)
+        done = add(db, clock, "ok", kind="fast")
+        signals.notify("fast")
+        wait_for(lambda: job_status(db, done) == ("succeeded", 1), timeout=30)
+        assert job_status(db, blocked) == ("running", 1)  # still running all along
+        slow.release.set()
+        wait_for(lambda: job_status(db, blocked) == ("succeeded", 1), timeout=30)
+    finally:
+        slow.release.set()
+        pool.stop(grace=5)
+    assert signals._listeners == []  # the stopped pool unsubscribed
+
+
+def test_lane_counts_override_threads_per_kind(db: Database) -> None:
+    pool = WorkerPool(make_queue(db, ManualClock()), {"a": Probe(), "b": Probe()}, threads=2,
+                      poll_s=1, name="host:42", lanes={"a": 3})
+    assert pool.lanes == {"a": 3, "b": 2}
+    assert sorted(w.name for w in pool.workers) == [
+        "host:42:a:0", "host:42:a:1", "host:42:a:2", "host:42:b:0", "host:42:b:1"]
+    assert all(len(w.handlers) == 1 for w in pool.workers)
+
+
+@pytest.mark.parametrize("spec", ["stitch", "stitch:0", "stitch:x", "nope:1", "stitch:1,stitch:2",
+                                  "stitch:-1", ":1"])
+def test_malformed_worker_lanes_are_rejected(spec: str) -> None:
+    with pytest.raises(TapedeckError) as info:
+        parse_lanes(spec, {"stitch", "transcribe"})
+    assert info.value.type == "invalid_request" and info.value.details["field"] == "worker_lanes"
+
+
+def test_worker_lanes_parse() -> None:
+    known = {"stitch", "transcribe"}
+    assert parse_lanes("", known) == {}
+    assert parse_lanes(" stitch : 2 , transcribe:1, ", known) == {"stitch": 2, "transcribe": 1}
+
+
 def wait_for(cond: Callable[[], bool], timeout: float = 120.0) -> None:
     """Poll ``cond`` until true (a liveness bound, not a timing assertion)."""
     deadline = time.monotonic() + timeout
@@ -234,6 +280,38 @@ def test_app_worker_role_stitches_after_finalize(weed: ManagedWeed, tmp_path: Pa
     finally:
         project.app.close(grace=5)
         drop_bucket(weed, settings.s3_bucket)
+
+
+def test_stitching_runs_while_a_transcription_hangs_and_wakes_without_polling(
+        weed: ManagedWeed, tmp_path: Path) -> None:
+    """The default lanes (one stitch + one transcribe loop) with the real handlers: recording
+    A is stitched and its transcription hangs at the ``transcribe.started`` failpoint;
+    recording B, finalized afterwards, is still stitched. Idle loops poll once a minute, so
+    every step within 30 s was started by an in-process wake-up (finalize → stitch,
+    stitch completion → transcribe)."""
+    settings = test_settings(weed, tmp_path / "data", job_poll_ms=60_000,
+                             failpoints="transcribe.started")
+    project = open_project(settings)
+    try:
+        project.app.start(["worker"])
+        assert project.app.services[-1].lanes == {  # type: ignore[attr-defined]
+            "stitch": 1, "transcribe": 1}
+        chunks = [c.data for c in continuous_chunks(6.0, 2_000)]
+        first = streaming_recording(project, chunks, 6_000)
+        wait_for(lambda: transcription_job(project, first) == "running", timeout=30)
+        second = streaming_recording(project, chunks, 6_000)
+        wait_for(lambda: recording_row(project, second)["status"] == "completed", timeout=30)
+        assert transcription_job(project, first) == "running"  # still hanging
+        assert recording_row(project, first)["transcription_status"] == "processing"
+    finally:
+        project.app.close(grace=1)
+        drop_bucket(weed, settings.s3_bucket)
+
+
+def transcription_job(project: Project, rec_id: str) -> str | None:
+    """Status of the recording's ``transcribe`` job (None before it is queued)."""
+    return next((j["status"] for j in jobs_of(project, rec_id) if j["kind"] == "transcribe"),
+                None)
 
 
 # -- real worker processes ----------------------------------------------------------------------

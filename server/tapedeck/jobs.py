@@ -31,7 +31,7 @@ import random
 import sqlite3
 import sys
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -259,6 +259,40 @@ class JobQueue:
         if row is None:
             return None
         return dict(zip([d[0] for d in cur.description], row, strict=True))
+
+
+class JobSignals:
+    """In-process wake-ups for job loops, so a job queued by this process starts at once
+    instead of at the next poll.
+
+    Whoever commits an ``enqueue`` calls ``notify(kind)`` AFTER the transaction commits (a
+    loop woken earlier would not see the job yet). Worker pools of this process
+    ``subscribe`` a listener taking the kind; with no listener ``notify`` does nothing, and
+    other processes find the job at their next poll. Listeners must be quick and must not
+    raise (they only set events). One instance per domain ``Context``; no global state.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[str], None]] = []
+
+    def subscribe(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(kind)`` on every ``notify``; returns the unsubscribe function."""
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+        return unsubscribe
+
+    def notify(self, kind: str) -> None:
+        """A ``kind`` job was just committed: wake this process's idle loops of that kind."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(kind)
 
 
 class Failpoints:

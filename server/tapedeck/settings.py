@@ -52,7 +52,13 @@ class Settings:
         "help": "requests per second per credential (bursts of twice that); 0 = no limit"})
     max_json_bytes: int = field(default=64 * 1024, metadata={
         "help": "largest JSON request body the REST gateway accepts, bytes"})
-    workers: int = field(default=1, metadata={"help": "job workers inside `tapedeck serve`"})
+    workers: int = field(default=1, metadata={
+        "help": "claim loops (threads) per job kind in a process running jobs (`serve`, "
+                "`worker`): each kind has its own, so stitching never waits behind a "
+                "transcription"})
+    worker_lanes: str = field(default="", metadata={
+        "help": "per-kind loop counts overriding `workers`, e.g. stitch:2,transcribe:1 "
+                "(job_kinds still decides which kinds run)"})
     job_kinds: str = field(default="", metadata={
         "help": "job kinds this process runs, comma-separated (e.g. stitch); empty = every "
                 "kind whose handler is installed"})

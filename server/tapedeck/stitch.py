@@ -326,11 +326,15 @@ class StitchHandler:
     """Runs ``stitch`` jobs (see the module docstring)."""
 
     def __init__(self, db: Database, store: ObjectStore, clock: Clock,
-                 failpoints: Failpoints | None = None) -> None:
+                 failpoints: Failpoints | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
+        """``notify(kind)`` is called after a commit that enqueued a ``kind`` job (the
+        domain's ``JobSignals.notify``: this process's transcribers start at once)."""
         self._db = db
         self._store = store
         self._clock = clock
         self._fp = failpoints or Failpoints()
+        self._notify = notify
 
     def run(self, run: JobRun) -> None:
         """Stitch (or validate) the job's recording and publish it, or raise ``JobFailed``."""
@@ -432,19 +436,22 @@ class StitchHandler:
     # -- outcomes -----------------------------------------------------------------------------
     def _publish(self, run: JobRun, rec: Recording, audio: _Audio) -> None:
         """Complete the job and the recording in one transaction (see module docstring)."""
-        orphan = False
+        orphan = queued_transcription = False
         with self._db.write() as tx:
             run.complete(tx)
             current = self._recording(tx, rec.id)
             if current is None:  # deleted while we stitched: drop what we wrote
                 orphan = audio.media_id is None
             elif current.status in ("uploaded", "stitching"):
-                self._commit_completed(tx, current, audio)
+                queued_transcription = self._commit_completed(tx, current, audio)
+        if queued_transcription and self._notify is not None:
+            self._notify("transcribe")
         if orphan:
             self._store.delete(audio.key)
 
     def _commit_completed(self, tx: sqlite_utils.Database, rec: Recording,
-                          audio: _Audio) -> None:
+                          audio: _Audio) -> bool:
+        """Record the completed audio; True when a ``transcribe`` job was enqueued."""
         now = iso(self._clock.now())
         if audio.media_id is None:
             tx.execute(
@@ -464,6 +471,8 @@ class StitchHandler:
                              payload={"transcription_id": rec.transcription_id})
             tx.execute("UPDATE transcriptions SET job_id = ? WHERE id = ?",
                        [job_id, rec.transcription_id])
+            return True
+        return False
 
     def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
         """Fail the recording and its queued transcription; emit both events."""
@@ -546,4 +555,5 @@ def _demuxed_ms(container: Any, audio: Any) -> int:
 
 def build_handler(app: App) -> StitchHandler:
     """The ``stitch`` handler of an ``App`` (``tapedeck.worker.HANDLER_FACTORIES``)."""
-    return StitchHandler(app.db, app.store, app.clock, Failpoints(app.settings.failpoints))
+    return StitchHandler(app.db, app.store, app.clock, Failpoints(app.settings.failpoints),
+                         notify=app.domain.ctx.job_signals.notify)

@@ -18,6 +18,12 @@ Handler contract (``JobHandler``):
 - ``on_failure(tx, job, failure)`` records a permanent failure in the domain (recording
   ``failed``, events, …) inside the transaction that marks the job ``failed``.
 
+Lanes: a ``WorkerPool`` gives every job kind its own claim loops (``settings.workers`` per
+kind, ``settings.worker_lanes`` overrides per kind), and a loop only claims its kind, so a
+stitch job (under a second) is claimed at once even while a transcription (minutes) runs.
+Idle loops poll every ``job_poll_ms``; a job this process enqueues wakes the idle loops of
+its kind at once through the domain's ``JobSignals`` (the pool subscribes while running).
+
 While a handler runs, a heartbeat thread extends the lease every ``lease_s / 3`` seconds.
 ``WorkerPool.stop(grace)`` lets running jobs finish for ``grace`` seconds, then hands the rest
 back to the queue (``release``), so another worker picks them up at once.
@@ -38,7 +44,8 @@ from typing import TYPE_CHECKING, Protocol
 import sqlite_utils
 
 from tapedeck.db import Database
-from tapedeck.jobs import Failure, Job, JobQueue, LeaseLost, RetryPolicy, classify
+from tapedeck.errors import invalid
+from tapedeck.jobs import Failure, Job, JobQueue, JobSignals, LeaseLost, RetryPolicy, classify
 from tapedeck.logs import request_context
 
 if TYPE_CHECKING:
@@ -236,34 +243,50 @@ class Worker:
 
 
 class WorkerPool:
-    """``threads`` claim loops over one queue; idle loops poll every ``poll_s`` seconds."""
+    """Claim loops over one queue, in lanes: every kind in ``handlers`` gets its own loops
+    (``lanes[kind]`` of them, else ``threads``), each claiming only that kind, so a long job
+    of one kind never delays another kind's jobs. Idle loops poll every ``poll_s`` seconds,
+    or look at once after ``wake(kind)``; with ``signals``, the pool is subscribed to them
+    while it runs (``start`` … ``stop``)."""
 
     def __init__(self, queue: JobQueue, handlers: Mapping[str, JobHandler], *, threads: int,
-                 poll_s: float, name: str, observe: JobObserver | None = None) -> None:
+                 poll_s: float, name: str, observe: JobObserver | None = None,
+                 lanes: Mapping[str, int] | None = None,
+                 signals: JobSignals | None = None) -> None:
         self.queue = queue
         self.poll_s = poll_s
-        self.workers = [Worker(queue, handlers, f"{name}:{i}", observe)
-                        for i in range(max(1, threads))]
+        self.lanes = {kind: max(1, (lanes or {}).get(kind, threads)) for kind in handlers}
+        self.workers = [Worker(queue, {kind: handlers[kind]}, f"{name}:{kind}:{i}", observe)
+                        for kind, count in self.lanes.items() for i in range(count)]
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._wake = {kind: threading.Event() for kind in self.lanes}
         self._threads: list[threading.Thread] = []
+        self._signals = signals
+        self._unsubscribe: Callable[[], None] | None = None
 
     def start(self) -> WorkerPool:
-        """Start one thread per worker."""
+        """Start one thread per worker (and listen to ``signals``)."""
+        if self._signals is not None:
+            self._unsubscribe = self._signals.subscribe(self.wake)
         for worker in self.workers:
-            t = threading.Thread(target=self._loop, args=(worker,), daemon=True,
-                                 name=f"worker-{worker.name}")
+            (kind,) = worker.handlers
+            t = threading.Thread(target=self._loop, args=(worker, self._wake[kind]),
+                                 daemon=True, name=f"worker-{worker.name}")
             t.start()
             self._threads.append(t)
-        log.info("%d worker(s) started for kinds %s", len(self.workers),
-                 sorted(self.workers[0].handlers))
+        log.info("job workers started, loops per kind: %s", self.lanes)
         return self
 
-    def wake(self) -> None:
-        """Make idle loops look for jobs now (after an in-process enqueue)."""
-        self._wake.set()
+    def wake(self, kind: str | None = None) -> None:
+        """Make idle loops of ``kind`` (None: of every kind) look for jobs now; call after
+        committing an enqueue. Kinds this pool does not run are ignored."""
+        if kind is None:
+            for event in self._wake.values():
+                event.set()
+        elif kind in self._wake:
+            self._wake[kind].set()
 
-    def _loop(self, worker: Worker) -> None:
+    def _loop(self, worker: Worker, wake: threading.Event) -> None:
         while not self._stop.is_set():
             try:
                 outcome = worker.run_once()
@@ -271,13 +294,16 @@ class WorkerPool:
                 log.exception("worker %s: claim loop error", worker.name)
                 outcome = None
             if outcome is None and not self._stop.is_set():
-                self._wake.wait(self.poll_s)
-                self._wake.clear()
+                # Cleared before the next claim, so a wake-up after that claim's read is kept.
+                wake.wait(self.poll_s)
+                wake.clear()
 
     def stop(self, grace: float) -> None:
         """Stop claiming; let running jobs finish for ``grace`` s, then hand the rest back."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
         self._stop.set()
-        self._wake.set()
+        self.wake()
         deadline = time.monotonic() + grace
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
@@ -321,15 +347,36 @@ def queue_for(app: App) -> JobQueue:
     return JobQueue(app.db, app.clock, lease_s=float(s.job_lease_s), retry=policy)
 
 
+def parse_lanes(spec: str, known: Collection[str]) -> dict[str, int]:
+    """``settings.worker_lanes`` (``"stitch:2,transcribe:1"``) as kind → loop count; empty
+    → {}. ``invalid_request`` naming ``worker_lanes`` for a malformed item, a count below 1,
+    a repeated kind or a kind not in ``known``."""
+    lanes: dict[str, int] = {}
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        kind, _, count = (part.strip() for part in item.partition(":"))
+        if (kind not in known or kind in lanes or not (count.isascii() and count.isdigit())
+                or int(count) < 1):
+            raise invalid("worker_lanes",
+                          f"worker_lanes item {item!r} is not KIND:THREADS with a known kind "
+                          f"({', '.join(sorted(known))}), listed once, and THREADS >= 1.")
+        lanes[kind] = int(count)
+    return lanes
+
+
 def start_workers(app: App, handlers: Mapping[str, JobHandler] | None = None) -> WorkerPool:
-    """Start ``settings.workers`` claim loops in this process (the ``worker`` role), for the
-    kinds in ``settings.job_kinds`` (default: all installed)."""
+    """Start this process's job loops (the ``worker`` role): for every kind in
+    ``settings.job_kinds`` (default: all installed), ``settings.worker_lanes[kind]`` loops,
+    else ``settings.workers``; subscribed to the domain's ``JobSignals`` for wake-ups."""
     queue = queue_for(app)
     if handlers is None:
         kinds = [k.strip() for k in app.settings.job_kinds.split(",") if k.strip()]
         handlers = load_handlers(app, kinds=kinds)
+    lanes = parse_lanes(app.settings.worker_lanes, {*HANDLER_FACTORIES, *handlers})
     pool = WorkerPool(queue, handlers,
                       threads=app.settings.workers, poll_s=app.settings.job_poll_ms / 1000,
                       name=f"{socket.gethostname()}:{os.getpid()}",
-                      observe=app.metrics.observe_job)
+                      observe=app.metrics.observe_job, lanes=lanes,
+                      signals=app.domain.ctx.job_signals)
     return pool.start()

@@ -8,7 +8,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from tapedeck.db import Database
 from tapedeck.domain.models import Media, Recording
 from tapedeck.errors import error
 from tapedeck.ids import new_id
+from tapedeck.jobs import JobSignals
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectInfo, ObjectStore
 
@@ -96,13 +97,17 @@ class KeyedLocks:
 
 @dataclass
 class Context:
-    """What every domain service is built from."""
+    """What every domain service is built from. ``job_signals``: call
+    ``job_signals.notify(kind)`` after committing a transaction that enqueued a ``kind`` job,
+    so this process's idle workers of that kind start it at once (``tapedeck.worker``
+    subscribes; the domain never imports the worker)."""
 
     db: Database
     store: ObjectStore
     clock: Clock
     settings: Settings
     locks: KeyedLocks
+    job_signals: JobSignals = field(default_factory=JobSignals)
 
 
 def load_recording(db: sqlite_utils.Database, p: Principal, recording_id: str) -> Recording:

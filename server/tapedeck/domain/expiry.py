@@ -83,7 +83,8 @@ class Expiry:
                     self._mark_expired(tx, rec)
                     return "expired"
                 self._auto_finalize(tx, rec, k, listing)
-                return "finalized"
+        ctx.job_signals.notify("stitch")  # committed: wake this process's stitch workers
+        return "finalized"
 
     def _mark_expired(self, tx: Any, rec: Recording) -> None:
         now = iso(self._ctx.clock.now())

@@ -206,6 +206,7 @@ class Recordings:
                     return done
                 self._commit_finalize(tx, rec, body, listing)
                 rec = load_recording(tx, p, recording_id)
+        ctx.job_signals.notify("stitch")  # committed: wake this process's stitch workers
         return _finalize_result(rec)
 
     def _check_chunks(self, recording_id: str, total: int,
@@ -343,6 +344,7 @@ class Recordings:
                 fresh = load_recording(tx, p, rec.id)
                 emit(tx, ctx.clock, rec.project_id, "recording.uploaded", fresh.to_json(), rec.id)
                 emit_transcription_queued(tx, ctx.clock, rec, txn_id)
+            ctx.job_signals.notify("stitch")  # committed: wake this process's stitch workers
             return fresh
 
     def create_download_url(self, p: Principal, recording_id: str) -> DownloadUrl:

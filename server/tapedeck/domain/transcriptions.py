@@ -204,6 +204,7 @@ class Transcriptions:
             assert txn is not None
             emit(tx, ctx.clock, rec.project_id, "transcription.queued", txn.event_data(),
                  rec.id)
+        ctx.job_signals.notify("transcribe")  # committed: wake this process's transcribers
         return txn
 
 

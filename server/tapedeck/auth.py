@@ -115,6 +115,8 @@ class UploadTokens:
         return cls(path.read_bytes())
 
     def issue(self, project_id: str, recording_id: str, expires_at: datetime) -> str:
+        """An ``up_`` token for ``recording_id`` of ``project_id``, valid until
+        ``expires_at`` (whole seconds), signed with this instance's key."""
         payload = json.dumps(
             {"p": project_id, "r": recording_id, "e": int(expires_at.timestamp())},
             separators=(",", ":"),

@@ -64,6 +64,7 @@ class RetentionPolicy:
 
     @classmethod
     def from_settings(cls, s: Settings) -> RetentionPolicy:
+        """The policy of the ``retention_chunks_s``, ``_failed_s`` and ``_expired_s`` settings."""
         return cls(chunks_s=s.retention_chunks_s, failed_s=s.retention_failed_s,
                    expired_s=s.retention_expired_s)
 

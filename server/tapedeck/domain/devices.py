@@ -113,6 +113,7 @@ class IssuedToken:
     device_token: str
 
     def to_json(self) -> dict[str, Any]:
+        """The device object plus its new ``device_token`` (shown only this once)."""
         return {**self.device.to_json(), "device_token": self.device_token}
 
 
@@ -124,6 +125,7 @@ class RefreshedToken:
     device_token: str
 
     def to_json(self) -> dict[str, Any]:
+        """``device_id`` and the new ``device_token`` (shown only this once)."""
         return {"device_id": self.device_id, "device_token": self.device_token}
 
 

@@ -49,6 +49,7 @@ class ApiKey:
     revoked_at: datetime | None
 
     def to_json(self) -> dict[str, Any]:
+        """The key object of ``api.md``: never the secret, only its ``hint``."""
         return {"id": self.id, "kind": self.kind, "mode": self.mode, "name": self.name,
                 "scopes": self.scopes, "hint": self.hint, "created_at": iso(self.created_at),
                 "revoked_at": iso(self.revoked_at)}
@@ -62,6 +63,7 @@ class CreatedKey:
     secret: str
 
     def to_json(self) -> dict[str, Any]:
+        """The key object plus its ``secret`` (the only time it is shown)."""
         return {**self.key.to_json(), "secret": self.secret}
 
 
@@ -73,6 +75,7 @@ class KeyPage:
     next_cursor: str | None
 
     def to_json(self) -> dict[str, Any]:
+        """``data`` (key objects), ``has_more`` and ``next_cursor``."""
         return {"data": [k.to_json() for k in self.data],
                 "has_more": self.next_cursor is not None, "next_cursor": self.next_cursor}
 

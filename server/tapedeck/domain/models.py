@@ -33,6 +33,7 @@ class Media:
     object_key: str
 
     def to_json(self) -> dict[str, Any]:
+        """The media object of ``api.md`` (no object key: that stays server-side)."""
         return {"id": self.id, "type": self.type, "mime_type": self.mime_type,
                 "file_size_bytes": self.file_size_bytes, "status": self.status,
                 "created_at": iso(self.created_at)}
@@ -158,6 +159,7 @@ class CreatedRecording:
     chunk_upload_url_template: str | None
 
     def to_json(self) -> dict[str, Any]:
+        """The recording object, plus ``chunk_upload_url_template`` for streaming ones."""
         out = self.recording.to_json()
         if self.chunk_upload_url_template is not None:
             out["chunk_upload_url_template"] = self.chunk_upload_url_template
@@ -175,6 +177,7 @@ class FinalizeResult:
     stitching_job_id: str | None
 
     def to_json(self) -> dict[str, Any]:
+        """The finalize response of ``api.md``."""
         return {"id": self.id, "status": self.status,
                 "transcription_status": self.transcription_status,
                 "chunks_received": self.chunks_received,
@@ -191,6 +194,7 @@ class Chunk:
     received_at: datetime
 
     def to_json(self) -> dict[str, Any]:
+        """One entry of a chunk list: part, size, MD5 (hex), receipt time."""
         return {"part": self.part, "size_bytes": self.size_bytes, "md5": self.md5,
                 "received_at": iso(self.received_at)}
 
@@ -204,6 +208,7 @@ class ChunkList:
     missing_chunks: list[int]
 
     def to_json(self) -> dict[str, Any]:
+        """The chunk list of ``api.md``: ``data`` by part, and ``missing_chunks``."""
         return {"recording_id": self.recording_id,
                 "data": [c.to_json() for c in self.chunks],
                 "missing_chunks": self.missing_chunks}
@@ -219,6 +224,7 @@ class ChunkUploadResult:
     replaced: bool
 
     def to_json(self) -> dict[str, Any]:
+        """The chunk fields plus ``already_stored`` (same bytes) and ``replaced``."""
         return {"recording_id": self.recording_id, **self.chunk.to_json(),
                 "already_stored": self.already_stored, "replaced": self.replaced}
 
@@ -234,6 +240,7 @@ class UploadUrl:
     expires_at: datetime
 
     def to_json(self) -> dict[str, Any]:
+        """The presigned upload of ``api.md``: URL, method, headers to send, expiry."""
         return {"media_id": self.media_id, "upload_url": self.upload_url,
                 "method": self.method, "headers": self.headers,
                 "expires_at": iso(self.expires_at)}
@@ -250,6 +257,7 @@ class DownloadUrl:
     expires_at: datetime
 
     def to_json(self) -> dict[str, Any]:
+        """The presigned download of ``api.md``: URL, media, content type, expiry."""
         return {"download_url": self.download_url, "media_id": self.media_id,
                 "content_type": self.content_type, "file_size_bytes": self.file_size_bytes,
                 "expires_at": iso(self.expires_at)}
@@ -263,6 +271,7 @@ class Page:
     next_cursor: str | None
 
     def to_json(self) -> dict[str, Any]:
+        """``data`` (each item's ``to_json``), ``has_more`` and ``next_cursor``."""
         return {"data": [d.to_json() for d in self.data], "has_more": self.next_cursor is not None,
                 "next_cursor": self.next_cursor}
 

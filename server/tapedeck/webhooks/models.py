@@ -43,6 +43,7 @@ class Endpoint:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Endpoint:
+        """The endpoint of a ``webhook_endpoints`` row (the sealed secret is not read)."""
         created, updated = _dt(row["created_at"]), _dt(row["updated_at"])
         assert created is not None and updated is not None
         return cls(id=row["id"], url=row["url"], events=tuple(json.loads(row["events"])),
@@ -51,6 +52,7 @@ class Endpoint:
                    created_at=created, updated_at=updated)
 
     def to_json(self) -> dict[str, Any]:
+        """The webhook endpoint object of ``api.md``: never the secret, only its hint."""
         return {"id": self.id, "url": self.url, "events": list(self.events),
                 "description": self.description, "status": self.status,
                 "disabled_reason": self.disabled_reason, "secret_hint": self.secret_hint,
@@ -65,6 +67,7 @@ class CreatedEndpoint:
     secret: str
 
     def to_json(self) -> dict[str, Any]:
+        """The endpoint object plus its ``secret`` (the only time it is shown)."""
         return {**self.endpoint.to_json(), "secret": self.secret}
 
 
@@ -79,6 +82,7 @@ class Attempt:
     error: str | None
 
     def to_json(self) -> dict[str, Any]:
+        """One attempt of a delivery's ``attempts`` list."""
         return {"attempt": self.attempt, "attempted_at": iso(self.attempted_at),
                 "status_code": self.status_code, "latency_ms": self.latency_ms,
                 "error": self.error}
@@ -103,6 +107,7 @@ class Delivery:
     attempts: list[Attempt] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """The delivery object of ``api.md``, with its attempts, oldest first."""
         return {"id": self.id, "webhook_id": self.webhook_id, "event_id": self.event_id,
                 "event_type": self.event_type, "replay": self.origin == "replay",
                 "status": self.status, "attempt_count": self.attempt_count,
@@ -122,6 +127,7 @@ class ReplayResult:
     next_since: datetime | None
 
     def to_json(self) -> dict[str, Any]:
+        """What a replay queued, with ``has_more`` and ``next_since`` to continue."""
         return {"webhook_id": self.webhook_id, "replayed": self.replayed,
                 "already_pending": self.already_pending,
                 "has_more": self.next_since is not None, "next_since": iso(self.next_since)}

@@ -38,13 +38,13 @@ LOCAL_ID_KEY = "agent_recording_id"
 
 _C = grpc.StatusCode
 #: Error types that concern the agent's credentials: nothing will work until an operator acts.
-CREDENTIAL_TYPES = {"unauthorized", "forbidden"}
+CREDENTIAL_TYPES = frozenset({"unauthorized", "forbidden"})
 #: Error types that are worth retrying later, whatever the recording.
-TRANSIENT_TYPES = {"storage_unavailable", "rate_limit_exceeded", "idempotency_conflict",
-                   "internal_error"}
+TRANSIENT_TYPES = frozenset({"storage_unavailable", "rate_limit_exceeded", "idempotency_conflict",
+                             "internal_error"})
 #: gRPC codes without an ErrorInfo that are worth retrying (network, overload, server bugs).
-TRANSIENT_CODES = {_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.RESOURCE_EXHAUSTED, _C.ABORTED,
-                   _C.INTERNAL, _C.UNKNOWN, _C.CANCELLED}
+TRANSIENT_CODES = frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.RESOURCE_EXHAUSTED,
+                             _C.ABORTED, _C.INTERNAL, _C.UNKNOWN, _C.CANCELLED})
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Domain errors on the gRPC wire, both ways: ``TapedeckError`` ⇄ status + ErrorInfo.
 
-Shared by the server and the device agent (imports only grpc, grpcio-status and protobuf):
-ErrorInfo.reason is the upper-case error ``type`` and ErrorInfo.metadata holds the details,
-each JSON-encoded.
+Used by the gRPC servicers and by Python callers of the API (tests, tools); imports only
+grpc, grpcio-status and protobuf. (The device agent decodes errors itself, into
+``tapedeck_agent.client.ServerError`` with a retry class.) ErrorInfo.reason is the
+upper-case error ``type`` and ErrorInfo.metadata holds the details, each JSON-encoded.
 """
 
 from __future__ import annotations

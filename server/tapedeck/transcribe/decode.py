@@ -75,12 +75,9 @@ def _to_16k(samples48: int) -> int:
     return (samples48 + _RATIO // 2) // _RATIO
 
 
-_EMPTY: Samples = np.zeros(0, dtype=np.float32)
-
-
 def _concat(parts: list[Samples]) -> Samples:
     if not parts:
-        return _EMPTY
+        return np.zeros(0, dtype=np.float32)
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

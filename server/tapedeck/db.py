@@ -48,18 +48,29 @@ class Database:
         return db
 
     @contextmanager
-    def write(self) -> Iterator[sqlite_utils.Database]:
-        """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error)."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite_utils.Database]:
+        """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
+
+        ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one
+        transaction): still atomic and ordered, and kept if the process dies, but an OS crash
+        or power loss may drop it (and later non-durable commits). Only for rows that are a
+        cache of a truth kept elsewhere (e.g. the chunk ledger, rebuilt from the store)."""
         db = self._conn()
         if db.conn.in_transaction:
             raise RuntimeError("nested Database.write() on one thread")
-        db.conn.execute("BEGIN IMMEDIATE")
+        if not durable:
+            db.conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield db
-        except BaseException:
-            db.conn.rollback()
-            raise
-        db.conn.commit()
+            db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.conn.rollback()
+                raise
+            db.conn.commit()
+        finally:
+            if not durable:
+                db.conn.execute("PRAGMA synchronous=FULL")
 
     def read(self) -> sqlite_utils.Database:
         """The calling thread's connection, for queries outside a write transaction."""

@@ -198,10 +198,10 @@ class MeteredStore:
 
     def put(self, key: str, data: BinaryIO, length: int = -1, *,
             content_type: str = "application/octet-stream",
-            content_md5_b64: str | None = None) -> ObjectInfo:
+            content_md5_b64: str | None = None, if_absent: bool = False) -> ObjectInfo:
         try:
             info = self.inner.put(key, data, length, content_type=content_type,
-                                  content_md5_b64=content_md5_b64)
+                                  content_md5_b64=content_md5_b64, if_absent=if_absent)
         except TapedeckError as exc:
             self._failed("put", exc)
             raise
@@ -236,6 +236,13 @@ class MeteredStore:
             self.inner.delete(key)
         except TapedeckError as exc:
             self._failed("delete", exc)
+            raise
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        try:
+            return self.inner.abort_incomplete_uploads(prefix)
+        except TapedeckError as exc:
+            self._failed("abort", exc)
             raise
 
     def presign_put(self, key: str, expires: timedelta, *,

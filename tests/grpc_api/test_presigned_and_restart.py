@@ -46,6 +46,40 @@ def test_presigned_part_url_plain_http_put(server: RunningServer) -> None:
     assert [(c.part, c.md5) for c in listed.chunks] == [(1, hashlib.md5(data).hexdigest())]
 
 
+def test_the_store_not_the_ledger_decides_stored_or_replaced(server: RunningServer) -> None:
+    """Presigned PUTs bypass the server's chunk ledger: an upload must still compare with
+    what the store holds (ledger row says X but the store holds Y; no ledger row but the
+    store holds the bytes)."""
+    _, token = server.device_token()
+    rec_id = new_recording(server, token)
+
+    def put_direct(part: int, data: bytes) -> None:
+        url = server.chunks().CreateChunkUploadUrl(
+            chunk_pb2.CreateChunkUploadUrlRequest(recording_id=rec_id, part=part),
+            metadata=auth(token))
+        assert http_put(url.upload_url, data, dict(url.headers)) == 200
+
+    def upload(part: int, data: bytes) -> chunk_pb2.UploadChunkResponse:
+        return server.chunks().UploadChunk(chunk_messages(rec_id, part, data),
+                                           metadata=auth(token))
+
+    def stored(part: int) -> bytes:
+        return server.app.store.open(f"recordings/{rec_id}/chunks/chunk_{part}.opus").read()
+
+    first = upload(1, b"the device's bytes")
+    assert not first.already_stored and not first.replaced
+    put_direct(1, b"other bytes, put directly")
+    again = upload(1, b"the device's bytes")
+    assert again.replaced and not again.already_stored
+    assert stored(1) == b"the device's bytes"
+    put_direct(2, b"part two, put directly")
+    same = upload(2, b"part two, put directly")
+    assert same.already_stored and not same.replaced
+    other = upload(2, b"part two, from the device")
+    assert other.replaced and not other.already_stored
+    assert stored(2) == b"part two, from the device"
+
+
 def test_presigned_url_tampered_or_wrong_md5_refused(server: RunningServer) -> None:
     _, token = server.device_token()
     rec_id = new_recording(server, token)

@@ -111,6 +111,19 @@ def test_default_retention_deletes_chunks_once_the_stitch_is_verified(
     assert list(project.app.store.list(recording_prefix(rec_id))) == []
 
 
+def test_sweep_aborts_uploads_a_dead_worker_left_unfinished(make_project: Any) -> None:
+    project = make_project()
+    rec_id = _record(project)
+    assert _stitch(project) == "succeeded"
+    # What a worker killed mid-stitch leaves: a multipart upload of the audio, never completed.
+    store = project.app.store.inner
+    upload_id = store._client._create_multipart_upload(store.bucket, audio_key(rec_id), {})
+    store._client._upload_part(store.bucket, audio_key(rec_id), b"x" * 1024, {}, upload_id, 1)
+    assert _retention(project).sweep() == {rec_id: "purged"}
+    assert project.app.store.abort_incomplete_uploads(recording_prefix(rec_id)) == 0
+    assert read_object(project.app.store, audio_key(rec_id))  # the finished audio stays
+
+
 def test_retention_delays_and_keep_forever(make_project: Any) -> None:
     clock = ManualClock()
     hour = make_project(clock, retention_chunks_s=3600)

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tapedeck.errors import TapedeckError
-from tapedeck.store import ObjectNotFound, ObjectStore
+from tapedeck.store import ObjectExists, ObjectNotFound, ObjectStore
 from tapedeck.store.s3 import PART_SIZE, S3Store
 from tapedeck.weed import ManagedWeed, free_port
 
@@ -133,6 +133,46 @@ def test_put_overwrites(obj_store: ObjectStore) -> None:
     assert read_all(obj_store, "k") == b"second!"
     st = obj_store.stat("k")
     assert st is not None and st.size == 7 and st.etag == md5_hex(b"second!")
+
+
+def test_put_if_absent_writes_only_a_new_key(obj_store: ObjectStore) -> None:
+    info = obj_store.put("k", io.BytesIO(b"first"), 5, if_absent=True)
+    assert info.etag == md5_hex(b"first")
+    with pytest.raises(ObjectExists):
+        obj_store.put("k", io.BytesIO(b"second!"), 7, if_absent=True,
+                      content_md5_b64=base64.b64encode(hashlib.md5(b"second!").digest()).decode())
+    assert read_all(obj_store, "k") == b"first"
+    obj_store.delete("k")
+    obj_store.put("k", io.BytesIO(b"third"), 5, if_absent=True)
+    assert read_all(obj_store, "k") == b"third"
+
+
+@pytest.fixture
+def start_upload(backend: str, obj_store: ObjectStore) -> Callable[[str], None]:
+    """Leave an unfinished multipart upload (one part sent) under a key, as a worker killed
+    in the middle of ``put(length=-1)`` does."""
+    if backend != "s3":
+        raise AssertionError(backend)
+    assert isinstance(obj_store, S3Store)
+    client, bucket = obj_store._client, obj_store.bucket
+
+    def start(key: str) -> None:
+        upload_id = client._create_multipart_upload(bucket, key, {})
+        client._upload_part(bucket, key, b"x" * 1024, {}, upload_id, 1)
+    return start
+
+
+def test_abort_incomplete_uploads_under_a_prefix(
+        obj_store: ObjectStore, start_upload: Callable[[str], None]) -> None:
+    put_bytes(obj_store, "recordings/a/chunks/chunk_1.opus", b"kept")
+    for key in ("recordings/a/audio/a.opus", "recordings/a/audio/a.opus",
+                "recordings/a/other.opus", "recordings/ab/audio/ab.opus"):
+        start_upload(key)
+    assert obj_store.abort_incomplete_uploads("recordings/a/") == 3
+    assert obj_store.abort_incomplete_uploads("recordings/a/") == 0
+    assert obj_store.abort_incomplete_uploads("recordings/") == 1  # only ab's was left
+    assert read_all(obj_store, "recordings/a/chunks/chunk_1.opus") == b"kept"
+    assert [o.key for o in obj_store.list("recordings/")] == ["recordings/a/chunks/chunk_1.opus"]
 
 
 def test_stream_reads_in_pieces_and_close_is_final(obj_store: ObjectStore) -> None:
@@ -342,6 +382,7 @@ def test_store_down_is_storage_unavailable(down_store: ObjectStore) -> None:
         lambda: down_store.stat("k"),
         lambda: list(down_store.list("")),
         lambda: down_store.delete("k"),
+        lambda: down_store.abort_incomplete_uploads("k"),
     ]
     for call in calls:
         with pytest.raises(TapedeckError) as exc:

@@ -29,17 +29,23 @@ from tapedeck.domain._base import (
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
 from tapedeck.domain.recordings import _check_md5_b64, not_streaming
 from tapedeck.errors import error, invalid
+from tapedeck.store import ObjectExists, ObjectInfo
 
 _HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 
 class _Received:
-    """A chunk body spooled (memory, then disk) with its size and digests."""
+    """A chunk body spooled (memory, then disk) with its size and digests.
 
-    def __init__(self, body: Iterable[bytes], limit: int) -> None:
+    The MD5 is always computed (it becomes the store's Content-MD5 and ETag); the SHA-256
+    only when ``want_sha256`` (the client sent one to check), else ``sha256`` is None.
+    """
+
+    def __init__(self, body: Iterable[bytes], limit: int, *, want_sha256: bool) -> None:
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115  # closed by the caller
-        md5, sha = hashlib.md5(), hashlib.sha256()
+        md5 = hashlib.md5()
+        sha = hashlib.sha256() if want_sha256 else None
         self.size = 0
         for block in body:
             self.size += len(block)
@@ -48,10 +54,12 @@ class _Received:
                 raise error("payload_too_large", f"A chunk may be at most {limit} bytes.",
                             max_bytes=limit)
             md5.update(block)
-            sha.update(block)
+            if sha is not None:
+                sha.update(block)
             self.file.write(block)
         self.file.seek(0)
-        self.md5, self.sha256 = md5.hexdigest(), sha.hexdigest()
+        self.md5 = md5.hexdigest()
+        self.sha256 = sha.hexdigest() if sha is not None else None
 
     def verify(self, md5: str | None, sha256: str | None) -> None:
         """``checksum_mismatch`` (nothing stored) unless every given digest matches."""
@@ -103,7 +111,8 @@ class Chunks:
         if require_checksum and md5 is None and sha256 is None:
             raise invalid("md5", "Send the chunk's md5 or sha256.")
         self.precheck(p, recording_id, part)
-        received = _Received(body, self._ctx.settings.max_chunk_bytes)
+        received = _Received(body, self._ctx.settings.max_chunk_bytes,
+                             want_sha256=sha256 is not None)
         try:
             if received.size == 0:
                 raise invalid("body", "A chunk must not be empty; nothing was stored.")
@@ -114,24 +123,58 @@ class Chunks:
 
     def _store(self, p: Principal, recording_id: str, part: int,
                received: _Received) -> ChunkUploadResult:
-        ctx, key = self._ctx, chunk_key(recording_id, part)
-        with ctx.locks.hold(recording_id):
+        """Under the recording's lock: store the part unless identical bytes are there.
+
+        The store is the truth (presigned PUTs bypass the ledger), so the common case, a new
+        part, is one conditional PUT (written only if the key is absent) and no HEAD; only
+        when the key exists is it stat-ed to tell ``already_stored`` from ``replaced``. A
+        ledger row with the same MD5 (a likely retry) only makes it ask the store first, so
+        a retry does not send the bytes twice."""
+        with self._ctx.locks.hold(recording_id):
             self.precheck(p, recording_id, part)
-            existing = ctx.store.stat(key)
-            if existing is not None and existing.etag == received.md5:
-                chunk = self._record(recording_id, part, existing.size, existing.etag)
-                return ChunkUploadResult(recording_id, chunk, already_stored=True,
-                                         replaced=False)
-            md5_b64 = base64.b64encode(bytes.fromhex(received.md5)).decode()
-            info = ctx.store.put(key, received.file, received.size,  # type: ignore[arg-type]
-                                 content_type="audio/ogg", content_md5_b64=md5_b64)
+            if self._ledger_md5(recording_id, part) == received.md5:
+                return self._settle(recording_id, part, received)
+            try:
+                info = self._put(chunk_key(recording_id, part), received, if_absent=True)
+            except ObjectExists:
+                return self._settle(recording_id, part, received)
             chunk = self._record(recording_id, part, info.size, received.md5)
+        return ChunkUploadResult(recording_id, chunk, already_stored=False, replaced=False)
+
+    def _settle(self, recording_id: str, part: int, received: _Received) -> ChunkUploadResult:
+        """(Lock held.) Compare with what the store holds: identical → ``already_stored``
+        (nothing written), else PUT over it (``replaced`` if something was there)."""
+        key = chunk_key(recording_id, part)
+        existing = self._ctx.store.stat(key)
+        if existing is not None and existing.etag == received.md5:
+            chunk = self._record(recording_id, part, existing.size, existing.etag)
+            return ChunkUploadResult(recording_id, chunk, already_stored=True, replaced=False)
+        info = self._put(key, received, if_absent=False)
+        chunk = self._record(recording_id, part, info.size, received.md5)
         return ChunkUploadResult(recording_id, chunk, already_stored=False,
                                  replaced=existing is not None)
 
+    def _put(self, key: str, received: _Received, *, if_absent: bool) -> ObjectInfo:
+        """One atomic PUT of the received bytes; the store checks them against their MD5."""
+        received.file.seek(0)
+        md5_b64 = base64.b64encode(bytes.fromhex(received.md5)).decode()
+        return self._ctx.store.put(key, received.file, received.size,  # type: ignore[arg-type]
+                                   content_type="audio/ogg", content_md5_b64=md5_b64,
+                                   if_absent=if_absent)
+
+    def _ledger_md5(self, recording_id: str, part: int) -> str | None:
+        """The MD5 the ledger last recorded for the part (a hint; the store is the truth)."""
+        row = self._ctx.db.read().execute(
+            "SELECT md5 FROM chunks WHERE recording_id = ? AND part = ?",
+            [recording_id, part]).fetchone()
+        return None if row is None else str(row[0])
+
     def _record(self, recording_id: str, part: int, size: int, md5: str) -> Chunk:
+        """Note the part in the ledger. Not fsynced: while streaming the ledger is a cache
+        (chunk counts, the retry hint); the store is the truth and finalize snapshots the
+        ledger from the store's listing with a durable commit."""
         now = self._ctx.clock.now()
-        with self._ctx.db.write() as tx:
+        with self._ctx.db.write(durable=False) as tx:
             tx.execute(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
                 " DO UPDATE SET size_bytes = excluded.size_bytes, md5 = excluded.md5,"

@@ -21,6 +21,10 @@ class ObjectNotFound(KeyError):
     """The key does not exist in the store."""
 
 
+class ObjectExists(Exception):
+    """``put(if_absent=True)`` found the key already there (nothing was written)."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """Metadata of one stored object. ``etag`` is the lowercase hex MD5 for single PUTs."""
@@ -42,10 +46,13 @@ class ObjectStore(Protocol):
         *,
         content_type: str = "application/octet-stream",
         content_md5_b64: str | None = None,
+        if_absent: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key`` atomically. ``length=-1`` streams in multipart
         parts (for outputs of unknown size). With ``content_md5_b64`` the store itself
-        rejects other bytes (``checksum_mismatch``)."""
+        rejects other bytes (``checksum_mismatch``). With ``if_absent`` (single PUTs only,
+        ``length>=0``) the store writes only if ``key`` does not exist, checked atomically
+        by the store; otherwise it raises ``ObjectExists`` and leaves the object as it was."""
         ...
 
     def open(self, key: str) -> BinaryIO:
@@ -62,6 +69,12 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
+        ...
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Abort every unfinished multipart upload (e.g. of a worker that died mid-``put``)
+        whose key starts with ``prefix``, freeing its parts; returns how many. Objects are
+        untouched. Only call it when no ``put`` under ``prefix`` can still be running."""
         ...
 
     def presign_put(

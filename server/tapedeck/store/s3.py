@@ -7,6 +7,9 @@ Contract details beyond ``tapedeck.store.ObjectStore``:
 - ``put(length>=0)`` is ONE ``PutObject`` (ETag = hex MD5 of the bytes); the body is read
   into memory first (SigV4 signs its SHA-256), so use it for chunk-sized objects and
   ``length=-1`` (multipart, 5 MiB parts, streamed) for big or unknown-size outputs.
+- ``put(if_absent=True)`` sends ``If-None-Match: *`` (the store answers 412 when the key
+  exists → ``ObjectExists``). The store must honour it (SeaweedFS, MinIO and AWS S3 do; the
+  contract suite checks it).
 - ``content_md5_b64`` is sent as ``Content-MD5`` on a single PUT, so the store itself
   refuses other bytes (``checksum_mismatch``, nothing stored). Multipart has no object-level
   Content-MD5: the MD5 is computed while streaming and a mismatch aborts the upload before it
@@ -44,14 +47,16 @@ from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from tapedeck.errors import TapedeckError, error
-from tapedeck.store import ObjectInfo, ObjectNotFound
+from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound
 
 PART_SIZE = 5 * 1024 * 1024
 MAX_SINGLE_PUT = 5 * 1024 * 1024 * 1024
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
+_EXISTS_CODES = frozenset({"PreconditionFailed"})
 _DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
 _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError)
 _STREAM_BUFFER = 256 * 1024
+_ABORT_BATCH = 1000  # uploads per ListMultipartUploads page
 
 
 def _utcnow() -> datetime:
@@ -318,10 +323,13 @@ class S3Store:
         *,
         content_type: str = "application/octet-stream",
         content_md5_b64: str | None = None,
+        if_absent: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key`` (see module doc for single PUT vs multipart)."""
         expected = _b64_md5_bytes(content_md5_b64) if content_md5_b64 is not None else None
         if length < 0:
+            if if_absent:
+                raise ValueError("if_absent needs a known length (a single PUT)")
             return self._put_multipart(key, data, content_type, expected)
         if length > MAX_SINGLE_PUT:
             raise ValueError("a single PUT is at most 5 GiB; use length=-1")
@@ -329,11 +337,15 @@ class S3Store:
         headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": content_type}
         if content_md5_b64 is not None:
             headers["Content-MD5"] = content_md5_b64
+        if if_absent:
+            headers["If-None-Match"] = "*"
         try:
             # The public put_object() turns unknown headers into x-amz-meta-*; the single
             # PutObject call is what lets Content-MD5 reach the store.
             result = self._client._put_object(self.bucket, key, body, headers)
         except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            if isinstance(exc, S3Error) and exc.code in _EXISTS_CODES:
+                raise ObjectExists(key) from exc
             raise _translate(exc) from exc
         return ObjectInfo(
             key=key,
@@ -425,6 +437,31 @@ class S3Store:
             if _is_not_found(exc):
                 return
             raise _unavailable(exc) from exc
+
+    def abort_incomplete_uploads(self, prefix: str) -> int:
+        """Abort the unfinished multipart uploads under ``prefix`` (lists again until none
+        is left, so more than one listing page is handled); returns how many."""
+        aborted = 0
+        try:
+            while uploads := self._client._list_multipart_uploads(
+                self.bucket, prefix=prefix, max_uploads=_ABORT_BATCH
+            ).uploads:
+                for upload in uploads:
+                    self._abort_upload(str(upload.object_name), str(upload.upload_id))
+                    aborted += 1
+                if len(uploads) < _ABORT_BATCH:
+                    break
+        except (MinioException, *_TRANSPORT_ERRORS) as exc:
+            raise _unavailable(exc) from exc
+        return aborted
+
+    def _abort_upload(self, key: str, upload_id: str) -> None:
+        """Abort one multipart upload; one already gone (aborted concurrently) is fine."""
+        try:
+            self._client._abort_multipart_upload(self.bucket, key, upload_id)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise
 
     def presign_put(
         self, key: str, expires: timedelta, *, content_md5_b64: str | None = None

@@ -8,6 +8,7 @@ import json
 import os
 import queue as queue_mod
 import random
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,14 +23,16 @@ import sqlite_utils
 
 from tapedeck.clock import ManualClock
 from tapedeck.db import Database
+from tapedeck.domain.expiry import Expiry
+from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import TapedeckError, error
 from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, JobSignals, RetryPolicy, enqueue
 from tapedeck.oggopus import probe
 from tapedeck.settings import Settings
-from tapedeck.stitch import audio_key
+from tapedeck.stitch import audio_key, build_handler
 from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
-from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes
+from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes, queue_for
 
 from serverkit import drop_bucket, test_settings
 from stitchkit import (
@@ -38,6 +41,7 @@ from stitchkit import (
     jobs_of,
     open_project,
     recording_row,
+    single_file_recording,
     streaming_recording,
 )
 
@@ -304,6 +308,68 @@ def test_stitching_runs_while_a_transcription_hangs_and_wakes_without_polling(
         assert transcription_job(project, first) == "running"  # still hanging
         assert recording_row(project, first)["transcription_status"] == "processing"
     finally:
+        project.app.close(grace=1)
+        drop_bucket(weed, settings.s3_bucket)
+
+
+def test_a_requested_transcription_wakes_the_transcribe_loop(weed: ManagedWeed,
+                                                             tmp_path: Path) -> None:
+    """On-demand transcription wakes the transcribe loop (idle loops poll once a minute).
+    The model directory is empty, so every transcription fails at once, for real
+    (``engine_unavailable``, one attempt): the first after stitching, then the requested one."""
+    empty_model = tmp_path / "empty-model"
+    empty_model.mkdir()
+    settings = test_settings(weed, tmp_path / "data", job_poll_ms=60_000, job_max_attempts=1,
+                             whisper_model=str(empty_model))
+    project = open_project(settings)
+    try:
+        project.app.start(["worker"])
+        rec_id = streaming_recording(project, [c.data for c in continuous_chunks(4.0, 2_000)],
+                                     4_000)
+        wait_for(lambda: recording_row(project, rec_id)["transcription_status"] == "failed",
+                 timeout=30)
+        transcriptions, p = project.app.domain.transcriptions, project.principal
+        txn = transcriptions.request(p, rec_id)
+        wait_for(lambda: transcriptions.get(p, txn.id).status == "failed", timeout=30)
+        error = transcriptions.get(p, txn.id).error
+        assert error is not None and error.get("reason") == "engine_unavailable", error
+    finally:
+        project.app.close(grace=1)
+        drop_bucket(weed, settings.s3_bucket)
+
+
+def test_signals_fire_after_the_enqueue_committed(weed: ManagedWeed, tmp_path: Path) -> None:
+    """Every in-process enqueue notifies its kind, and only once the job is visible to
+    another connection (a loop woken before the commit would find nothing and sleep):
+    finalize, upload-complete, stitch completion (→ transcribe) and expiry auto-finalize."""
+    clock = ManualClock()
+    settings = test_settings(weed, tmp_path / "data")
+    project = open_project(settings, clock=clock)
+    other = sqlite3.connect(settings.db_path)
+    seen: list[tuple[str, int]] = []
+
+    def listener(kind: str) -> None:
+        count = other.execute("SELECT count(*) FROM jobs WHERE kind = ?", [kind]).fetchone()[0]
+        seen.append((kind, count))
+
+    project.app.domain.ctx.job_signals.subscribe(listener)
+    chunks = [c.data for c in continuous_chunks(4.0, 2_000)]
+    stitcher = Worker(queue_for(project.app), {"stitch": build_handler(project.app)}, "t")
+    try:
+        streaming_recording(project, chunks, 4_000)
+        single_file_recording(project, b"".join(chunks[:1]))
+        assert stitcher.run_once() == stitcher.run_once() == "succeeded"
+        domain, p = project.app.domain, project.principal
+        left = domain.recordings.create(p, NewRecording(streaming=True, codec="opus",
+                                                        chunk_duration_ms=2_000)).recording.id
+        domain.chunks.upload(p, left, 1, [chunks[0]])
+        clock.advance(timedelta(days=30))
+        assert Expiry(domain.ctx).sweep() == {left: "finalized"}
+        assert seen == [("stitch", 1), ("stitch", 2), ("transcribe", 1), ("transcribe", 2),
+                        ("stitch", 3)]
+    finally:
+        stitcher.close()
+        other.close()
         project.app.close(grace=1)
         drop_bucket(weed, settings.s3_bucket)
 

@@ -16,7 +16,6 @@ Rules (``api.md`` "Authentication and scopes"):
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import sqlite_utils
 
 from tapedeck.auth import ALL_SCOPES, Principal, insert_api_key
 from tapedeck.clock import iso, parse_iso
+from tapedeck.domain import cursors
 from tapedeck.domain._base import Context
 from tapedeck.errors import error, invalid
 
@@ -150,13 +150,14 @@ class Keys:
         where, args = "project_id = ?", [p.project_id]
         if cursor:
             where += " AND (created_at, id) < (?, ?)"
-            args += list(_decode_cursor(cursor))
+            args += list(cursors.decode_position(cursor))
         rows = self._ctx.db.read().execute(
             f"SELECT {_COLUMNS} FROM api_keys WHERE {where}"
             " ORDER BY created_at DESC, id DESC LIMIT ?", [*args, limit + 1]).fetchall()
         keys = [_key(r) for r in rows[:limit]]
         more = len(rows) > limit
-        return KeyPage(keys, _encode_cursor(keys[-1]) if more else None)
+        return KeyPage(keys, cursors.encode_position(iso(keys[-1].created_at), keys[-1].id)
+                       if more else None)
 
     def revoke(self, p: Principal, key_id: str) -> ApiKey:
         """Revoke a key of the caller's project (idempotent)."""
@@ -179,17 +180,3 @@ def _active_secret_keys(tx: sqlite_utils.Database, project_id: str) -> int:
     return int(row[0])
 
 
-def _encode_cursor(key: ApiKey) -> str:
-    raw = json.dumps({"c": iso(key.created_at), "i": key.id}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        created, key_id = data["c"], data["i"]
-        if parse_iso(created) is None or not isinstance(key_id, str):
-            raise ValueError
-        return str(created), key_id
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise invalid("cursor", "cursor is not a value returned by this API.") from None

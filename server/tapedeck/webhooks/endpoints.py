@@ -16,7 +16,6 @@ Contracts:
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -27,6 +26,7 @@ import sqlite_utils
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
+from tapedeck.domain import cursors
 from tapedeck.domain._base import Context
 from tapedeck.domain.models import Page
 from tapedeck.errors import error, invalid
@@ -135,10 +135,10 @@ class Webhooks:
         where, args = "project_id = ? AND status != 'deleted'", [p.project_id]
         if cursor:
             where += " AND id < ?"
-            args.append(_decode_cursor(cursor, str))
+            args.append(cursors.decode_key(cursor, str))
         rows = _rows(self._ctx.db.read(), f"SELECT * FROM webhook_endpoints WHERE {where}"
                      " ORDER BY id DESC LIMIT ?", [*args, limit + 1])
-        nxt = _encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+        nxt = cursors.encode_key(rows[limit - 1]["id"]) if len(rows) > limit else None
         return Page([Endpoint.from_row(r) for r in rows[:limit]], nxt)
 
     def delete(self, p: Principal, webhook_id: str) -> None:
@@ -162,19 +162,20 @@ class Webhooks:
             raise invalid("status", f"status must be one of {', '.join(DELIVERY_STATUSES)}.")
         db = self._ctx.db.read()
         _load(db, p, webhook_id)
-        where, args = ["d.endpoint_id = ?"], [webhook_id]
+        where = ["d.endpoint_id = ?"]
+        args: list[str | int] = [webhook_id]
         for col, value in (("d.status", status), ("d.event_id", event_id)):
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
         if cursor:
             where.append("d.seq < ?")
-            args.append(_decode_cursor(cursor, int))
+            args.append(cursors.decode_key(cursor, int))
         rows = _rows(db, "SELECT d.*, e.type AS event_type FROM webhook_deliveries d"
                      " LEFT JOIN events e ON e.id = d.event_id"
                      f" WHERE {' AND '.join(where)} ORDER BY d.seq DESC LIMIT ?",
                      [*args, limit + 1])
-        nxt = _encode_cursor(rows[limit - 1]["seq"]) if len(rows) > limit else None
+        nxt = cursors.encode_key(rows[limit - 1]["seq"]) if len(rows) > limit else None
         return Page(_with_attempts(db, rows[:limit]), nxt)
 
     # -- replay -------------------------------------------------------------------------------
@@ -331,15 +332,3 @@ def _with_attempts(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> lis
     return out
 
 
-def _encode_cursor(value: str | int) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"k": value}).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, kind: type[Any]) -> Any:
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["k"]
-        if not isinstance(value, kind):
-            raise ValueError
-        return value
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise invalid("cursor", "cursor is not a value returned by this API.") from None

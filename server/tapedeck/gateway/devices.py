@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal, get_args
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
 from tapedeck.auth import Principal
 from tapedeck.domain.devices import Heartbeat, NewDevice
@@ -27,7 +27,7 @@ from tapedeck.domain.idempotency import StoredResponse, check_key, fingerprint, 
 from tapedeck.gateway.body import parse_json
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, Gateway, IdempotencyKey
-from tapedeck.gateway.schemas import EmptyRequest
+from tapedeck.gateway.schemas import EmptyRequest, Metadata, RequestModel, ResponseModel
 from tapedeck.webhooks.secretbox import SecretBox
 
 DeviceState = Literal["idle", "recording", "syncing", "uploading", "charging", "low_battery",
@@ -39,21 +39,11 @@ Scope = Literal["recordings:read", "recordings:write", "transcriptions:read",
 DeviceId = Annotated[str, Path(description="Device identifier (dev_…).")]
 DeviceOrMe = Annotated[str, Path(description="Device identifier (dev_…), or `me` with a "
                                              "device token.")]
-Metadata = Annotated[dict[Annotated[str, Field(max_length=40)],
-                          Annotated[str, Field(max_length=500)]], Field(max_length=50)]
 _SEALED = "sealed_secret"
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class _Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # -- request bodies ----------------------------------------------------------------------
-class CreateEndUserRequest(_Request):
+class CreateEndUserRequest(RequestModel):
     """Body of ``POST /v1/end-users``; ``external_id`` is unique per project."""
 
     external_id: Annotated[str, Field(min_length=1, max_length=255)] | None = None
@@ -62,7 +52,7 @@ class CreateEndUserRequest(_Request):
     metadata: Metadata = Field(default_factory=dict)
 
 
-class CreateDeviceRequest(_Request):
+class CreateDeviceRequest(RequestModel):
     """Body of ``POST /v1/devices``."""
 
     serial_number: Annotated[str, Field(min_length=1, max_length=255)] | None = None
@@ -70,13 +60,13 @@ class CreateDeviceRequest(_Request):
     firmware_version: Annotated[str, Field(min_length=1, max_length=100)] | None = None
 
 
-class BindDeviceRequest(_Request):
+class BindDeviceRequest(RequestModel):
     """Body of ``POST /v1/devices/{id}/bind``."""
 
     end_user_id: Annotated[str, Field(min_length=1, max_length=100)]
 
 
-class HeartbeatRequest(_Request):
+class HeartbeatRequest(RequestModel):
     """Body of ``POST /v1/devices/{id|me}/heartbeat``: all optional; it replaces the
     device's previous heartbeat state (omitted fields are no longer reported)."""
 
@@ -91,7 +81,7 @@ class HeartbeatRequest(_Request):
         default=None, description="For example wifi, cellular, ethernet, bluetooth.")
 
 
-class CreateKeyRequest(_Request):
+class CreateKeyRequest(RequestModel):
     """Body of ``POST /v1/keys``: a restricted key with ``scopes``, or a secret key."""
 
     kind: Literal["restricted", "secret"] = "restricted"
@@ -107,7 +97,7 @@ BODY_MODELS = (CreateEndUserRequest, CreateDeviceRequest, BindDeviceRequest, Hea
 
 
 # -- responses ---------------------------------------------------------------------------
-class EndUserOut(_Response):
+class EndUserOut(ResponseModel):
     """The end user object."""
 
     id: str
@@ -118,7 +108,7 @@ class EndUserOut(_Response):
     created_at: AwareDatetime
 
 
-class DeviceOut(_Response):
+class DeviceOut(ResponseModel):
     """The device object, with its last heartbeat's fields and ``last_heartbeat_at``."""
 
     id: str
@@ -145,20 +135,20 @@ class BoundDeviceOut(DeviceOut):
     device_token: str
 
 
-class RefreshedTokenOut(_Response):
+class RefreshedTokenOut(ResponseModel):
     """The new device token (shown only here); the one used for the request is revoked."""
 
     device_id: str
     device_token: str
 
 
-class HeartbeatOut(_Response):
+class HeartbeatOut(ResponseModel):
     """The heartbeat was stored."""
 
     status: Literal["ok"]
 
 
-class KeyOut(_Response):
+class KeyOut(ResponseModel):
     """An API key, without its secret."""
 
     id: str
@@ -177,7 +167,7 @@ class CreatedKeyOut(KeyOut):
     secret: str
 
 
-class KeyPageOut(_Response):
+class KeyPageOut(ResponseModel):
     """One page of keys, newest first."""
 
     data: list[KeyOut]

@@ -34,16 +34,20 @@ Metadata = Annotated[dict[Annotated[str, Field(max_length=40)], Annotated[str, F
                      Field(max_length=50)]
 
 
-class _Request(BaseModel):
+class RequestModel(BaseModel):
+    """Base of every request body: strict types (no coercion), unknown members rejected."""
+
     model_config = ConfigDict(strict=True, extra="forbid")
 
 
-class _Response(BaseModel):
+class ResponseModel(BaseModel):
+    """Base of every response model: a closed object (documents no extra members)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 # -- requests ----------------------------------------------------------------------------
-class CreateRecordingRequest(_Request):
+class CreateRecordingRequest(RequestModel):
     """Body of ``POST /v1/recordings``. With a device token, ``device_id`` and
     ``end_user_id`` come from the token and the body's values are ignored."""
 
@@ -61,7 +65,7 @@ class CreateRecordingRequest(_Request):
     metadata: Metadata = Field(default_factory=dict)
 
 
-class FinalizeRequest(_Request):
+class FinalizeRequest(RequestModel):
     """Body of ``POST /v1/recordings/{id}/finalize`` (the original document's three fields)."""
 
     total_chunks: Annotated[int, Field(ge=1, le=MAX_PARTS)] = Field(
@@ -71,7 +75,7 @@ class FinalizeRequest(_Request):
         default=None, description="Hex MD5 of all chunk bytes concatenated in part order.")
 
 
-class UploadUrlRequest(_Request):
+class UploadUrlRequest(RequestModel):
     """Body of ``POST /v1/recordings/{id}/upload-url``."""
 
     type: Literal["audio"] = "audio"
@@ -82,12 +86,12 @@ class UploadUrlRequest(_Request):
         default=None, description="Base64 MD5; the store then refuses any other bytes.")
 
 
-class EmptyRequest(_Request):
+class EmptyRequest(RequestModel):
     """A body with no fields (``{}`` or nothing at all)."""
 
 
 # -- responses ---------------------------------------------------------------------------
-class MediaOut(_Response):
+class MediaOut(ResponseModel):
     """One stored audio object of a recording."""
 
     id: str
@@ -98,14 +102,14 @@ class MediaOut(_Response):
     created_at: AwareDatetime
 
 
-class FailureOut(_Response):
+class FailureOut(ResponseModel):
     """Why a recording failed."""
 
     type: str
     message: str | None
 
 
-class RecordingOut(_Response):
+class RecordingOut(ResponseModel):
     """The recording object of ``api.md``."""
 
     id: str
@@ -145,7 +149,7 @@ class CreatedRecordingOut(RecordingOut):
         "literal {part} and PUT the raw chunk bytes there (the URL carries an upload token).")
 
 
-class RecordingPageOut(_Response):
+class RecordingPageOut(ResponseModel):
     """One page of recordings, newest first."""
 
     data: list[RecordingOut]
@@ -153,14 +157,14 @@ class RecordingPageOut(_Response):
     next_cursor: str | None
 
 
-class DeletedOut(_Response):
+class DeletedOut(ResponseModel):
     """The answer to a delete."""
 
     id: str
     deleted: bool
 
 
-class FinalizeOut(_Response):
+class FinalizeOut(ResponseModel):
     """The finalize response of the original document, field for field."""
 
     id: str
@@ -170,7 +174,7 @@ class FinalizeOut(_Response):
     stitching_job_id: str | None
 
 
-class ChunkOut(_Response):
+class ChunkOut(ResponseModel):
     """One chunk the store holds."""
 
     part: int
@@ -179,7 +183,7 @@ class ChunkOut(_Response):
     received_at: AwareDatetime
 
 
-class ChunkListOut(_Response):
+class ChunkListOut(ResponseModel):
     """The chunks the store holds, and the parts missing up to the highest one."""
 
     recording_id: str
@@ -187,7 +191,7 @@ class ChunkListOut(_Response):
     missing_chunks: list[int]
 
 
-class ChunkUploadOut(_Response):
+class ChunkUploadOut(ResponseModel):
     """The stored chunk; ``already_stored``: identical bytes were there; ``replaced``:
     different bytes were replaced (allowed while streaming)."""
 
@@ -200,7 +204,7 @@ class ChunkUploadOut(_Response):
     replaced: bool
 
 
-class UploadUrlOut(_Response):
+class UploadUrlOut(ResponseModel):
     """A presigned direct-to-store upload."""
 
     media_id: str | None
@@ -210,7 +214,7 @@ class UploadUrlOut(_Response):
     expires_at: AwareDatetime
 
 
-class DownloadUrlOut(_Response):
+class DownloadUrlOut(ResponseModel):
     """A presigned download of the recording's audio."""
 
     download_url: str

@@ -12,29 +12,22 @@ from typing import Annotated, Literal, get_args
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
 from tapedeck.domain.idempotency import StoredResponse
 from tapedeck.domain.transcriptions import PROVIDERS, request_fingerprint
 from tapedeck.gateway.body import parse_json
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, ON_RECORDING, Gateway, IdempotencyKey, RecordingId
+from tapedeck.gateway.schemas import RequestModel, ResponseModel
 
 Provider = Literal["whisper"]
 assert get_args(Provider) == PROVIDERS, "gateway/transcriptions.py is out of date"
 TranscriptionId = Annotated[str, Path(description="Transcription identifier (txn_…).")]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class _Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # -- request bodies ----------------------------------------------------------------------
-class TranscribeRequest(_Request):
+class TranscribeRequest(RequestModel):
     """Body of ``POST /v1/recordings/{id}/transcribe`` (may be empty)."""
 
     language: Annotated[str, Field(pattern=r"^[a-z]{2,3}$")] | None = Field(
@@ -48,7 +41,7 @@ BODY_MODELS = (TranscribeRequest,)
 
 
 # -- responses ---------------------------------------------------------------------------
-class WordOut(_Response):
+class WordOut(ResponseModel):
     """One word: milliseconds from the start of the recording, confidence in [0, 1]."""
 
     word: str
@@ -57,7 +50,7 @@ class WordOut(_Response):
     confidence: float
 
 
-class SegmentOut(_Response):
+class SegmentOut(ResponseModel):
     """A stretch of speech with its words, in time order."""
 
     start_ms: int
@@ -68,7 +61,7 @@ class SegmentOut(_Response):
     words: list[WordOut]
 
 
-class TranscriptionErrorOut(_Response):
+class TranscriptionErrorOut(ResponseModel):
     """Why a transcription failed: ``type`` ``transcription_failed`` with a ``reason``
     (``undecodable_audio``, ``unsupported_language``, ``engine_error``,
     ``engine_unavailable``, ``missing_audio``, ``storage_unavailable``,
@@ -79,7 +72,7 @@ class TranscriptionErrorOut(_Response):
     reason: str | None = None
 
 
-class TranscriptionOut(_Response):
+class TranscriptionOut(ResponseModel):
     """The transcription object of ``api.md``. ``text``, ``word_count``, ``model`` and
     ``duration_ms`` are null until it completes; silent audio completes with empty text."""
 

@@ -12,14 +12,14 @@ from typing import Annotated, Literal, get_args
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 
 from tapedeck.domain.idempotency import StoredResponse, fingerprint
 from tapedeck.gateway.body import parse_json
 from tapedeck.gateway.devices import SecretResponder
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, Gateway, IdempotencyKey
-from tapedeck.gateway.schemas import DeletedOut
+from tapedeck.gateway.schemas import DeletedOut, RequestModel, ResponseModel
 from tapedeck.webhooks.models import DELIVERY_STATUSES, EVENT_TYPES
 from tapedeck.webhooks.secretbox import SecretBox
 
@@ -33,16 +33,8 @@ WebhookId = Annotated[str, Path(description="Webhook endpoint identifier (wh_…
 Cursor = Annotated[str | None, Query(description="next_cursor of a previous page")]
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid")
-
-
-class _Response(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # -- request bodies ----------------------------------------------------------------------
-class CreateWebhookRequest(_Request):
+class CreateWebhookRequest(RequestModel):
     """Body of ``POST /v1/webhooks``."""
 
     url: Annotated[str, Field(min_length=1, max_length=2048)] = Field(
@@ -56,7 +48,7 @@ class CreateWebhookRequest(_Request):
     description: Annotated[str, Field(max_length=500)] | None = None
 
 
-class ReplayRequest(_Request):
+class ReplayRequest(RequestModel):
     """Body of ``POST /v1/webhooks/{id}/replay``: a time range (``since`` ≤ created_at <
     ``until``, subscribed types) or ``event_ids`` (exactly those events), not both."""
 
@@ -70,7 +62,7 @@ BODY_MODELS = (CreateWebhookRequest, ReplayRequest)
 
 
 # -- responses ---------------------------------------------------------------------------
-class WebhookOut(_Response):
+class WebhookOut(ResponseModel):
     """A webhook endpoint (its secret is never shown again)."""
 
     id: str
@@ -90,7 +82,7 @@ class CreatedWebhookOut(WebhookOut):
     secret: str
 
 
-class WebhookPageOut(_Response):
+class WebhookPageOut(ResponseModel):
     """One page of endpoints, newest first."""
 
     data: list[WebhookOut]
@@ -98,7 +90,7 @@ class WebhookPageOut(_Response):
     next_cursor: str | None
 
 
-class AttemptOut(_Response):
+class AttemptOut(ResponseModel):
     """One HTTP attempt: when, the status code (null if no answer), latency, error."""
 
     attempt: int
@@ -108,7 +100,7 @@ class AttemptOut(_Response):
     error: str | None
 
 
-class DeliveryOut(_Response):
+class DeliveryOut(ResponseModel):
     """One event's delivery to the endpoint, with every attempt."""
 
     id: str
@@ -126,7 +118,7 @@ class DeliveryOut(_Response):
     attempts: list[AttemptOut]
 
 
-class DeliveryPageOut(_Response):
+class DeliveryPageOut(ResponseModel):
     """One page of the delivery log, newest first."""
 
     data: list[DeliveryOut]
@@ -134,7 +126,7 @@ class DeliveryPageOut(_Response):
     next_cursor: str | None
 
 
-class ReplayOut(_Response):
+class ReplayOut(ResponseModel):
     """What a replay queued; ``next_since`` continues a range of more than 10,000 events."""
 
     webhook_id: str

@@ -15,8 +15,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import secrets
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tapedeck import keyfile
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.errors import error
@@ -104,15 +103,7 @@ class UploadTokens:
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> UploadTokens:
         """Load (or create, mode 0600) the signing key ``DATA/upload-signing.key``."""
-        path = data_dir / "upload-signing.key"
-        if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-                f.flush()
-                os.fsync(f.fileno())
-        return cls(path.read_bytes())
+        return cls(keyfile.load_or_create(data_dir / "upload-signing.key"))
 
     def issue(self, project_id: str, recording_id: str, expires_at: datetime) -> str:
         """An ``up_`` token for ``recording_id`` of ``project_id``, valid until

@@ -10,12 +10,13 @@ copied onto another endpoint's row does not open. Format: ``v1.`` + urlsafe base
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tapedeck import keyfile
 
 KEY_FILE = "webhook-secrets.key"
 _VERSION = "v1."
@@ -33,18 +34,7 @@ class SecretBox:
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> SecretBox:
         """Load (or create, mode 0600, fsynced) ``DATA/webhook-secrets.key``."""
-        path = data_dir / KEY_FILE
-        if not path.exists():
-            data_dir.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:  # another process created it first
-                return cls(path.read_bytes())
-            with os.fdopen(fd, "wb") as f:
-                f.write(secrets.token_bytes(32))
-                f.flush()
-                os.fsync(f.fileno())
-        return cls(path.read_bytes())
+        return cls(keyfile.load_or_create(data_dir / KEY_FILE))
 
     def seal(self, plaintext: str, associated: str) -> str:
         """Encrypt ``plaintext`` bound to ``associated`` (e.g. the endpoint id)."""

@@ -83,14 +83,7 @@ class OpusChunker:
         complexity: int = 10, application: str = "voip", overlap_ms: int = 80,
         serial: int | None = None, vendor: str = DEFAULT_VENDOR,
     ) -> None:
-        if sample_rate not in (8_000, 12_000, 16_000, 24_000, 48_000):
-            raise ValueError("sample_rate must be 8, 12, 16, 24 or 48 kHz")
-        if frame_ms not in (10, 20, 40, 60):
-            raise ValueError("frame_ms must be 10, 20, 40 or 60")
-        if chunk_duration_ms is not None and (
-            chunk_duration_ms <= 0 or chunk_duration_ms % frame_ms
-        ):
-            raise ValueError("chunk_duration_ms must be a positive multiple of frame_ms")
+        _check_format(sample_rate, frame_ms, chunk_duration_ms)
         opus = load_opuslib()
         self._encoder: Any = opus.Encoder(sample_rate, channels, application)
         self._encoder.bitrate = bitrate
@@ -190,6 +183,17 @@ class OpusChunker:
         self._packets = list(self._recent)
         self._prefix = len(self._packets)
         return chunk
+
+
+def _check_format(sample_rate: int, frame_ms: int, chunk_duration_ms: int | None) -> None:
+    """``ValueError`` unless libopus takes ``sample_rate`` and ``frame_ms`` and chunks hold a
+    whole number of frames."""
+    if sample_rate not in (8_000, 12_000, 16_000, 24_000, 48_000):
+        raise ValueError("sample_rate must be 8, 12, 16, 24 or 48 kHz")
+    if frame_ms not in (10, 20, 40, 60):
+        raise ValueError("frame_ms must be 10, 20, 40 or 60")
+    if chunk_duration_ms is not None and (chunk_duration_ms <= 0 or chunk_duration_ms % frame_ms):
+        raise ValueError("chunk_duration_ms must be a positive multiple of frame_ms")
 
 
 def encode_independent_chunks(

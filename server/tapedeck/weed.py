@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import io
 import json
 import os
 import secrets
@@ -215,6 +216,14 @@ def _tail(path: Path, offset: int, lines: int = 40) -> str:
         return ""
     text = data.decode("utf-8", "replace").splitlines()
     return "\n".join(text[-lines:])
+
+
+def _probe_write(client: Minio) -> None:
+    """Create (once) the probe bucket, then put and remove a tiny object in it."""
+    if not client.bucket_exists(_PROBE_BUCKET):
+        client.make_bucket(_PROBE_BUCKET)
+    client.put_object(_PROBE_BUCKET, "ready", io.BytesIO(b"ok"), 2)
+    client.remove_object(_PROBE_BUCKET, "ready")
 
 
 class ManagedWeed:
@@ -499,7 +508,8 @@ class ManagedWeed:
         self._save_state()
 
     def _wait_ready(self, log_offset: int) -> None:
-        """Poll a signed ``bucket_exists`` until it answers, the process dies, or timeout."""
+        """Poll until a signed write round trip succeeds (the S3 endpoint can answer before its
+        volume server has registered), the process dies, or the timeout passes."""
         proc = self._proc
         assert proc is not None
         http = urllib3.PoolManager(
@@ -524,7 +534,7 @@ class ManagedWeed:
                         f"({self.log_path}):\n{_tail(self.log_path, log_offset)}"
                     )
                 try:
-                    client.bucket_exists(_PROBE_BUCKET)
+                    _probe_write(client)
                     return
                 except Exception as exc:  # any failure means "not ready yet"
                     last_error = f"{type(exc).__name__}: {exc}"

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -46,11 +45,10 @@ from tapedeck.domain._base import Context, recording_prefix, stored_parts
 from tapedeck.jobs import Failpoints
 from tapedeck.metrics import Metrics
 from tapedeck.settings import Settings
-from tapedeck.store import ObjectInfo, ObjectNotFound
+from tapedeck.store import MD5_HEX, ObjectInfo, ObjectNotFound
 
 log = logging.getLogger("tapedeck.retention")
 
-_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _READ_BLOCK = 1 << 20
 
 
@@ -212,5 +210,5 @@ class Retention:
 
 def _same_bytes(obj: ObjectInfo, snapshot_md5: str) -> bool:
     """The stored object is the one snapshotted at finalize (multipart ETags: by trust)."""
-    return not _PLAIN_MD5.match(obj.etag) or obj.etag == snapshot_md5
+    return not MD5_HEX.match(obj.etag) or obj.etag == snapshot_md5
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import re
 import tempfile
 import threading
 from collections import deque
@@ -60,7 +59,7 @@ from tapedeck.ids import new_id
 from tapedeck.jobs import Failpoints, Failure, Job, JobFailed, enqueue
 from tapedeck.oggopus import InvalidAudio, RemuxResult, probe, remux
 from tapedeck.oggopus.opus import GRANULE_RATE
-from tapedeck.store import ObjectNotFound, ObjectStore
+from tapedeck.store import MD5_HEX, ObjectNotFound, ObjectStore
 from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
@@ -73,7 +72,6 @@ DURATION_TOLERANCE_MIN_MS = 100
 #: part of the output was handed to the store (or all of a smaller output was).
 _FIRST_PART = 5 * 1024 * 1024
 _PIPE_LIMIT = 8 * 1024 * 1024
-_PLAIN_MD5 = re.compile(r"^[0-9a-f]{32}$")
 _READ_BLOCK = 1 << 20
 
 
@@ -271,7 +269,7 @@ def _fetch_verified(store: ObjectStore, recording_id: str, chunk: ChunkRecord) -
         raise JobFailed("chunk_missing", f"Chunk {chunk.part} is no longer in the store.",
                         part=chunk.part) from None
     digest = hashlib.md5(data).hexdigest()
-    if len(data) != chunk.size or (_PLAIN_MD5.match(chunk.md5) and digest != chunk.md5):
+    if len(data) != chunk.size or (MD5_HEX.match(chunk.md5) and digest != chunk.md5):
         raise JobFailed("checksum_mismatch",
                         f"Chunk {chunk.part} changed after finalize (MD5 {digest}, "
                         f"expected {chunk.md5}).", part=chunk.part)
@@ -410,7 +408,7 @@ class StitchHandler:
                                            [media.id]).fetchone()[0] or ""
         with tempfile.TemporaryFile() as spool:
             size, digest = self._download(media.object_key, spool)
-            if _PLAIN_MD5.match(snapshot) and digest != snapshot:
+            if MD5_HEX.match(snapshot) and digest != snapshot:
                 raise JobFailed("checksum_mismatch",
                                 "The uploaded file changed after upload-complete.")
             spool.seek(0)

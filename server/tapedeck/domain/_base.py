@@ -80,6 +80,8 @@ class KeyedLocks:
 
     @contextmanager
     def hold(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s lock for the ``with`` block (other holders of the same key wait;
+        the lock is dropped from the table once nobody holds or waits for it)."""
         with self._guard:
             lock, users = self._locks.get(key, (threading.Lock(), 0))
             self._locks[key] = (lock, users + 1)

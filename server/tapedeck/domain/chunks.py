@@ -29,9 +29,9 @@ from tapedeck.domain._base import (
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
 from tapedeck.domain.recordings import _check_md5_b64, not_streaming
 from tapedeck.errors import error, invalid
-from tapedeck.store import ObjectExists, ObjectInfo
+from tapedeck.store import MD5_HEX, ObjectExists, ObjectInfo
 
-_HEX = {"md5": re.compile(r"^[0-9a-f]{32}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
+_HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
 
 

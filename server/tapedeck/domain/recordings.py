@@ -9,13 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tapedeck.auth import Principal, UploadTokens
-from tapedeck.clock import Clock, iso, parse_iso
+from tapedeck.clock import Clock, iso
+from tapedeck.domain import cursors
 from tapedeck.domain._base import (
     Context,
     check_part,
@@ -40,13 +40,12 @@ from tapedeck.domain.models import (
 )
 from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.ids import new_id
-from tapedeck.store import ObjectInfo
+from tapedeck.store import MD5_HEX, ObjectInfo
 
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 # Timestamps a recorder can plausibly send (and that ISO-8601 with 4-digit years can store).
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-_MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ def validate_finalize(total_chunks: int, final_duration_ms: int,
     if checksum_md5 is None or checksum_md5 == "":
         return None
     checksum = checksum_md5.lower()
-    if not _MD5_HEX.match(checksum):
+    if not MD5_HEX.match(checksum):
         raise invalid("checksum_md5", "checksum_md5 must be 32 hexadecimal characters.")
     return checksum
 
@@ -170,7 +169,7 @@ class Recordings:
                 where.append(f"{col} = ?")
                 args.append(value)
         if cursor:
-            created_at, last_id = _decode_cursor(cursor)
+            created_at, last_id = cursors.decode_position(cursor)
             where.append("(created_at, id) < (?, ?)")
             args += [created_at, last_id]
         db = self._ctx.db.read()
@@ -181,7 +180,7 @@ class Recordings:
         rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
         more = len(rows) > limit
         rows = rows[:limit]
-        nxt = _encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        nxt = cursors.encode_position(rows[-1]["created_at"], rows[-1]["id"]) if more else None
         return Page([to_recording(db, r) for r in rows], nxt)
 
     # -- finalize -----------------------------------------------------------------------
@@ -437,19 +436,3 @@ def _check_md5_b64(value: str | None) -> str | None:
     if len(raw) != 16:
         raise invalid("content_md5", "content_md5 must be the base64 of a 16-byte MD5.")
     return value
-
-
-def _decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        created, rid = data["c"], data["i"]
-        if parse_iso(created) is None or not isinstance(rid, str):
-            raise ValueError
-        return created, rid
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError):
-        raise invalid("cursor", "cursor is not a value returned by this API.") from None
-
-
-def _encode_cursor(created_at: str, rec_id: str) -> str:
-    raw = json.dumps({"c": created_at, "i": rec_id}, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")

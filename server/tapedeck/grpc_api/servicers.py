@@ -83,10 +83,8 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
     @translate_errors
     def ListRecordings(self, request: pb.ListRecordingsRequest,
                        context: grpc.ServicerContext) -> pb.ListRecordingsResponse:
-        if request.page_size < 0:
-            raise invalid("page_size", "page_size must not be negative.")
         page = self._d.recordings.list(
-            principal(self._d, context), limit=request.page_size or 25,
+            principal(self._d, context), limit=cv.page_limit(request.page_size),
             cursor=request.page_token or None, device_id=request.device_id or None,
             end_user_id=request.end_user_id or None, status=cv.status_name(request.status))
         return pb.ListRecordingsResponse(recordings=[cv.recording_pb(r) for r in page.data],

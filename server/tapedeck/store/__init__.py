@@ -11,10 +11,15 @@ when the store cannot be reached, and ``ObjectNotFound`` for a missing key where
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol
+
+MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
+"""A lowercase hex MD5: what a client sends as a digest, and what the ETag of a single PUT
+is (a multipart ETag, ``<hex>-<parts>``, is not an MD5 of the object)."""
 
 
 class ObjectNotFound(KeyError):

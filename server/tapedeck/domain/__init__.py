@@ -49,8 +49,9 @@ class Domain:
         """Wire the services from their dependencies (called from ``cli``/tests)."""
         ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=KeyedLocks())
         uploads = UploadTokens.from_data_dir(settings.data_dir)
+        chunks = Chunks(ctx)
         return cls(ctx=ctx, auth=Authenticator(db, uploads, clock), uploads=uploads,
-                   recordings=Recordings(ctx, uploads), chunks=Chunks(ctx),
+                   recordings=Recordings(ctx, uploads, chunks), chunks=chunks,
                    idempotency=IdempotencyStore(db, clock),
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),

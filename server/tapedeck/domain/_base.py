@@ -3,6 +3,7 @@ per-recording locks and the event outbox."""
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -18,7 +19,7 @@ from tapedeck.auth import Principal
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.domain.models import Media, Recording
-from tapedeck.errors import error
+from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.ids import new_id
 from tapedeck.jobs import JobSignals
 from tapedeck.settings import Settings
@@ -149,3 +150,26 @@ def to_recording(db: sqlite_utils.Database, rec: dict[str, Any]) -> Recording:
     ]
     return Recording.from_row(rec, count, media)
 
+
+def not_streaming(rec: Recording) -> TapedeckError:
+    """The typed error for a chunk or finalize on a recording that is not streaming."""
+    if rec.status == "expired" or rec.finalized_by == "expiry":
+        return error("recording_expired", "The recording expired before it was finalized.",
+                     status=rec.status)
+    return error("recording_not_streaming",
+                 f"The recording is {rec.status}; it no longer accepts chunks or finalize.",
+                 status=rec.status)
+
+
+def check_md5_b64(value: str | None) -> str | None:
+    """A client's base64 Content-MD5, or None; ``invalid_request`` on ``content_md5`` if it is
+    not the base64 of 16 bytes."""
+    if not value:
+        return None
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 16:
+        raise invalid("content_md5", "content_md5 must be the base64 of a 16-byte MD5.")
+    return value

@@ -21,13 +21,14 @@ from tapedeck.auth import Principal
 from tapedeck.clock import iso
 from tapedeck.domain._base import (
     Context,
+    check_md5_b64,
     check_part,
     chunk_key,
     load_recording,
+    not_streaming,
     stored_parts,
 )
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
-from tapedeck.domain.recordings import _check_md5_b64, not_streaming
 from tapedeck.errors import error, invalid
 from tapedeck.store import MD5_HEX, ObjectExists, ObjectInfo
 
@@ -197,7 +198,7 @@ class Chunks:
     def create_upload_url(self, p: Principal, recording_id: str, part: int,
                           content_md5: str | None = None) -> UploadUrl:
         """A presigned direct-to-store PUT for one part."""
-        md5_b64 = _check_md5_b64(content_md5)
+        md5_b64 = check_md5_b64(content_md5)
         self.precheck(p, recording_id, part)
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
         url, headers = self._ctx.store.presign_put(chunk_key(recording_id, part), expires,

@@ -6,7 +6,6 @@ Every public method takes the caller's ``Principal`` first and raises only
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -18,14 +17,16 @@ from tapedeck.clock import Clock, iso
 from tapedeck.domain import cursors
 from tapedeck.domain._base import (
     Context,
-    check_part,
+    check_md5_b64,
     chunk_key,
     emit,
     load_recording,
+    not_streaming,
     recording_prefix,
     stored_parts,
     to_recording,
 )
+from tapedeck.domain.chunks import Chunks
 from tapedeck.domain.devices import recording_owner
 from tapedeck.domain.models import (
     CODECS,
@@ -38,7 +39,7 @@ from tapedeck.domain.models import (
     Recording,
     UploadUrl,
 )
-from tapedeck.errors import TapedeckError, error, invalid
+from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
 from tapedeck.store import MD5_HEX, ObjectInfo
 
@@ -109,9 +110,10 @@ def validate_finalize(total_chunks: int, final_duration_ms: int,
 class Recordings:
     """The recording rules."""
 
-    def __init__(self, ctx: Context, uploads: UploadTokens) -> None:
+    def __init__(self, ctx: Context, uploads: UploadTokens, chunks: Chunks) -> None:
         self._ctx = ctx
         self._uploads = uploads
+        self._chunks = chunks
 
     # -- create / read ----------------------------------------------------------------
     def create(self, p: Principal, req: NewRecording) -> CreatedRecording:
@@ -281,19 +283,14 @@ class Recordings:
         p.require("recordings:write")
         if type != "audio":
             raise invalid("type", "type must be audio.")
-        md5_b64 = _check_md5_b64(content_md5)
+        md5_b64 = check_md5_b64(content_md5)
         ctx = self._ctx
         rec = load_recording(ctx.db.read(), p, recording_id)
-        expires = timedelta(seconds=ctx.settings.upload_url_ttl_s)
         if rec.streaming:
             if part is None:
                 raise invalid("part", "part is required for streaming recordings.")
-            check_part(rec, part)
-            if rec.status != "streaming":
-                raise not_streaming(rec)
-            url, headers = ctx.store.presign_put(chunk_key(rec.id, part), expires,
-                                                 content_md5_b64=md5_b64)
-            return UploadUrl(None, url, "PUT", headers, ctx.clock.now() + expires)
+            return self._chunks.create_upload_url(p, recording_id, part, content_md5)
+        expires = timedelta(seconds=ctx.settings.upload_url_ttl_s)
         if part is not None:
             raise invalid("part", "part is only allowed for streaming recordings.")
         if rec.status != "pending":
@@ -414,25 +411,3 @@ def _already_finalized(rec: Recording, body: dict[str, Any]) -> FinalizeResult |
 def _finalize_result(rec: Recording) -> FinalizeResult:
     return FinalizeResult(rec.id, rec.status, rec.transcription_status, rec.chunks_received,
                           rec.stitching_job_id)
-
-
-def not_streaming(rec: Recording) -> TapedeckError:
-    """The typed error for a chunk or finalize on a recording that is not streaming."""
-    if rec.status == "expired" or rec.finalized_by == "expiry":
-        return error("recording_expired", "The recording expired before it was finalized.",
-                     status=rec.status)
-    return error("recording_not_streaming",
-                 f"The recording is {rec.status}; it no longer accepts chunks or finalize.",
-                 status=rec.status)
-
-
-def _check_md5_b64(value: str | None) -> str | None:
-    if not value:
-        return None
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except ValueError:
-        raw = b""
-    if len(raw) != 16:
-        raise invalid("content_md5", "content_md5 must be the base64 of a 16-byte MD5.")
-    return value

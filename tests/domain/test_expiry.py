@@ -102,3 +102,18 @@ def test_auto_finalize_off(weed: Any, tmp_path: Path) -> None:
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def test_part_upload_url_refused_once_due_even_before_the_sweep(
+        clocked: tuple[RunningServer, ManualClock]) -> None:
+    srv, clock = clocked
+    d = srv.app.domain
+    p = d.auth.authenticate(f"Bearer {srv.api_key}")
+    rec = d.recordings.create(p, NewRecording(streaming=True)).recording
+    assert d.recordings.create_upload_url(p, rec.id, part=1).method == "PUT"
+    clock.advance(timedelta(seconds=srv.app.settings.streaming_ttl_s + 1))
+    for call in (lambda: d.recordings.create_upload_url(p, rec.id, part=1),
+                 lambda: d.chunks.create_upload_url(p, rec.id, 1)):
+        with pytest.raises(TapedeckError) as info:
+            call()
+        assert info.value.type == "recording_expired"

@@ -117,9 +117,10 @@ _INSERT = """INSERT INTO search_segments (recording_id, transcription_id, projec
         json_extract(j.value, '$.start_ms'), json_extract(j.value, '$.end_ms'),
         json_extract(j.value, '$.speaker'),
         replace(replace(trim(json_extract(j.value, '$.text')), char(57344), ''), char(57345), '')
-    FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id,
-        json_each(t.segments) j
-    WHERE t.id = ? AND t.status = 'completed' ORDER BY CAST(j.key AS INTEGER)"""
+    FROM transcriptions t, json_each(t.segments) j
+    WHERE t.id = ? AND t.status = 'completed' AND EXISTS (SELECT 1 FROM recordings r
+        WHERE r.id = t.recording_id AND r.transcription_id = t.id)
+    ORDER BY CAST(j.key AS INTEGER)"""
 
 _RECORDED_AT = "coalesce(r.started_at, r.created_at)"
 

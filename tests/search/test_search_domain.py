@@ -7,6 +7,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tapedeck.auth import Principal
 from tapedeck.domain.search import SearchRequest
@@ -265,3 +267,31 @@ def test_bad_order_and_limit(srv: RunningServer, project: Project) -> None:
         with pytest.raises(TapedeckError) as info:
             find(srv, project[2], "x", **kw)
         assert info.value.details["field"] == fld
+
+
+def test_a_superseded_transcription_does_not_replace_the_current_one(
+        srv: RunningServer, project: Project) -> None:
+    _, _, p = project
+    rec = new_recording(srv, p)
+    old = store_transcript(srv, rec, [segment(0, 1_000, "the first damson")])
+    store_transcript(srv, rec, [segment(0, 1_000, "the second damson")])
+    with srv.app.db.write() as tx:  # e.g. a late completion of the older transcription
+        assert backend_for(tx).replace(tx, old) == 0
+    assert texts(find(srv, p, "damson")) == ["the second damson"]
+
+
+_ALPHABET = st.sampled_from(['"', "(", ")", "*", " ", "AND", "OR", "NOT", "-", ":", "^",
+                             "NEAR", "lease", "office", "é", "'", ",", "+", "{", "}", "\\"])
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(q=st.lists(st.one_of(_ALPHABET, st.text(max_size=4)), max_size=12).map(" ".join))
+def test_any_query_is_a_result_or_invalid_request(srv: RunningServer, project: Project,
+                                                 lease: tuple[str, str], q: str) -> None:
+    try:
+        hits = find(srv, project[2], q)
+    except TapedeckError as exc:
+        assert exc.type == "invalid_request" and exc.details["field"] == "q", exc
+    else:
+        assert all(h["recording_id"] == lease[0] for h in hits)

@@ -137,9 +137,11 @@ class Fts5Index:
     triggers. BM25 ranks (FTS5's ``rank``: lower is better; reported negated)."""
 
     def replace(self, tx: sqlite_utils.Database, transcription_id: str) -> int:
-        row = tx.execute("SELECT recording_id FROM transcriptions WHERE id = ?",
-                         [transcription_id]).fetchone()
-        if row is None:
+        row = tx.execute(
+            "SELECT t.recording_id FROM transcriptions t JOIN recordings r ON r.id ="
+            " t.recording_id AND r.transcription_id = t.id WHERE t.id = ? AND t.status ="
+            " 'completed'", [transcription_id]).fetchone()
+        if row is None:  # gone, unfinished, or superseded: the index keeps what it has
             return 0
         self.remove_recording(tx, str(row[0]))
         return int(tx.execute(_INSERT, [transcription_id]).rowcount)

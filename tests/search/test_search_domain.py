@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tapedeck.auth import Principal
+from tapedeck.domain.end_users import NewEndUser
 from tapedeck.domain.search import SearchRequest
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import TapedeckError
@@ -219,9 +220,7 @@ def test_filters(srv: RunningServer, project: Project) -> None:
     assert info.value.details["field"] == "until"
 
 
-def _end_user(external_id: str) -> object:
-    from tapedeck.domain.end_users import NewEndUser
-
+def _end_user(external_id: str) -> NewEndUser:
     return NewEndUser(external_id=external_id)
 
 
@@ -295,3 +294,25 @@ def test_any_query_is_a_result_or_invalid_request(srv: RunningServer, project: P
         assert exc.type == "invalid_request" and exc.details["field"] == "q", exc
     else:
         assert all(h["recording_id"] == lease[0] for h in hits)
+
+
+def test_end_user_removal_and_cascades(srv: RunningServer, project: Project) -> None:
+    _, _, p = project
+    d = srv.app.domain
+    eu = d.end_users.create(p, _end_user("wearer-cascade")).id
+    mine = new_recording(srv, p, end_user_id=eu)
+    other = new_recording(srv, p)
+    txn = store_transcript(srv, mine, [segment(0, 1_000, "rowan berries")])
+    store_transcript(srv, other, [segment(0, 1_000, "rowan wood")])
+    with srv.app.db.write() as tx:
+        assert backend_for(tx).remove_end_user(tx, p.project_id, eu) == 1
+    assert texts(find(srv, p, "rowan")) == ["rowan wood"]
+    with srv.app.db.write() as tx:
+        backend_for(tx).replace(tx, txn)
+        tx.execute("DELETE FROM transcriptions WHERE id = ?", [txn])  # any other deletion path
+    assert texts(find(srv, p, "rowan")) == ["rowan wood"]
+    with srv.app.db.write() as tx:
+        tx.execute("DELETE FROM recordings WHERE id = ?", [other])
+    assert find(srv, p, "rowan") == []
+    with srv.app.db.write() as tx:
+        tx.execute("INSERT INTO search_fts(search_fts) VALUES ('integrity-check')")

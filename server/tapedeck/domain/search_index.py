@@ -11,8 +11,10 @@ When it is written (the contract every backend keeps):
   go, the new transcript's segments come, atomically with the completion itself. A
   transcription that is not (or no longer) its recording's current one indexes nothing.
 - ``remove_recording(tx, recording_id)`` inside the transaction that deletes a recording
-  (``Recordings.delete``; end-user deletion and retention go through recording deletion).
-  In SQLite the foreign keys also cascade, so a row can never outlive its recording.
+  (``Recordings.delete``). In SQLite the foreign keys also cascade, so a row can never
+  outlive its recording or transcription, whatever deletes them (retention, an end user's
+  deletion). ``remove_end_user(tx, project_id, end_user_id)`` is the one call for an
+  end-user deletion that keeps the recordings' rows (none exists yet).
 - ``rebuild(db)`` (``tapedeck admin reindex``) recreates the index from the transcripts.
 
 Search: ``search(db, query)`` runs a parsed query (``tapedeck.domain.search_query``) with
@@ -100,6 +102,11 @@ class SearchIndex(Protocol):
         """Drop a recording's rows; how many."""
         ...
 
+    def remove_end_user(self, tx: sqlite_utils.Database, project_id: str,
+                        end_user_id: str) -> int:
+        """Drop the rows of every recording of an end user; how many."""
+        ...
+
     def search(self, db: sqlite_utils.Database, query: IndexQuery) -> list[SegmentHit]:
         """Up to ``query.limit`` hits after ``query.after``, in ``query.order``."""
         ...
@@ -148,6 +155,13 @@ class Fts5Index:
 
     def remove_recording(self, tx: sqlite_utils.Database, recording_id: str) -> int:
         cur = tx.execute("DELETE FROM search_segments WHERE recording_id = ?", [recording_id])
+        return int(cur.rowcount)
+
+    def remove_end_user(self, tx: sqlite_utils.Database, project_id: str,
+                        end_user_id: str) -> int:
+        cur = tx.execute("DELETE FROM search_segments WHERE recording_id IN (SELECT id FROM"
+                         " recordings WHERE project_id = ? AND end_user_id = ?)",
+                         [project_id, end_user_id])
         return int(cur.rowcount)
 
     def search(self, db: sqlite_utils.Database, query: IndexQuery) -> list[SegmentHit]:

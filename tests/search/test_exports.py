@@ -66,6 +66,8 @@ def test_cues_are_readable_and_split_on_words() -> None:
         assert all(len(line) <= exports.LINE_CHARS for line in c.lines) or len(c.lines) == 2
         assert sum(len(line) for line in c.lines) <= exports.MAX_CUE_CHARS
         assert c.end_ms - c.start_ms <= exports.MAX_CUE_MS + 2_000  # last word may overhang
+    sizes = [sum(len(line) for line in c.lines) for c in long_cues]
+    assert min(sizes) >= max(sizes) / 2, sizes  # spread evenly: no one-word tail cue
     words = SEGMENTS[1]["words"]
     inner = {c.start_ms for c in long_cues[1:]}
     assert inner <= {w["start_ms"] for w in words}  # boundaries are word starts

@@ -109,14 +109,7 @@ def cues(segments: list[dict[str, Any]]) -> list[Cue]:
 def segment_cues(seg: dict[str, Any]) -> list[Cue]:
     """The cues of one segment."""
     start, end = int(seg["start_ms"]), int(seg["end_ms"])
-    words = _timed_words(seg, start, end)
-    groups: list[list[tuple[str, int, int]]] = []
-    for w in words:
-        group = groups[-1] if groups else None
-        if group is not None and _fits(group, w):
-            group.append(w)
-        else:
-            groups.append([w])
+    groups = _balanced(_timed_words(seg, start, end))
     speaker = seg.get("speaker")
     result = []
     for i, group in enumerate(groups):
@@ -127,12 +120,47 @@ def segment_cues(seg: dict[str, Any]) -> list[Cue]:
     return result
 
 
-def _fits(group: list[tuple[str, int, int]], w: tuple[str, int, int]) -> bool:
+Timed = tuple[str, int, int]
+
+
+def _greedy(words: list[Timed]) -> list[list[Timed]]:
+    groups: list[list[Timed]] = []
+    for w in words:
+        if groups and _fits(groups[-1], w):
+            groups[-1].append(w)
+        else:
+            groups.append([w])
+    return groups
+
+
+def _balanced(words: list[Timed]) -> list[list[Timed]]:
+    """As few cues as the greedy fill needs, but with the words spread evenly over them by
+    length (no one-word tail cue), unless that would break a limit."""
+    greedy = _greedy(words)
+    k = len(greedy)
+    if k < 2:
+        return greedy
+    total = sum(len(w[0]) + 1 for w in words)
+    groups: list[list[Timed]] = [[]]
+    acc = 0
+    for w in words:
+        size = len(w[0]) + 1
+        cut = total * len(groups) / k
+        if groups[-1] and len(groups) < k and acc + size / 2 > cut:
+            groups.append([])
+        groups[-1].append(w)
+        acc += size
+    if all(_fits(g[:-1], g[-1]) for g in groups if len(g) > 1):
+        return groups
+    return greedy
+
+
+def _fits(group: list[Timed], w: Timed) -> bool:
     chars = sum(len(x[0]) + 1 for x in group) + len(w[0])
     return chars <= MAX_CUE_CHARS and w[2] - group[0][1] <= MAX_CUE_MS
 
 
-def _timed_words(seg: dict[str, Any], start: int, end: int) -> list[tuple[str, int, int]]:
+def _timed_words(seg: dict[str, Any], start: int, end: int) -> list[Timed]:
     """``(word, start_ms, end_ms)`` of a segment's non-empty words; from the text, with times
     interpolated by character offset, when it has no word timestamps."""
     timed = [(str(w["word"]).strip(), int(w["start_ms"]), int(w["end_ms"]))

@@ -2,7 +2,7 @@
 
     tapedeck serve       everything in one process (the embedded default)
     tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
-    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token
+    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex
     tapedeck settings    print every setting with its value and environment variable
 """
 
@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(tok)
     tok.add_argument("--project-id", required=True)
     tok.add_argument("--device-id")
+    _common(admin.add_parser("reindex", help="rebuild the transcript search index from the "
+                                             "transcripts"))
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -121,7 +123,9 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
 
     db = Database(settings.db_path)
     try:
-        if args.admin == "bootstrap":
+        if args.admin == "reindex":
+            print(json.dumps(reindex(db)))
+        elif args.admin == "bootstrap":
             project_id, key = create_project(db, SystemClock())
             print(json.dumps({"project_id": project_id, "api_key": key}))
         else:
@@ -131,6 +135,17 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     finally:
         db.close()
     return 0
+
+
+def reindex(db: Any) -> dict[str, int]:
+    """``tapedeck admin reindex``: recreate the search index (works while the server runs;
+    search stays complete meanwhile). Prints ``{"transcriptions": N, "segments": M}``."""
+    from tapedeck.domain.search_index import backend_for
+
+    count = db.read().execute(
+        "SELECT count(*) FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id"
+        " WHERE t.status = 'completed'").fetchone()[0]
+    return {"transcriptions": int(count), "segments": backend_for(db).rebuild(db)}
 
 
 def settings_markdown() -> str:

@@ -205,6 +205,41 @@ def m0007_operations(db: sqlite_utils.Database) -> None:
                " ON recordings(status, chunks_retention, updated_at)")
 
 
+def m_search_fts(db: sqlite_utils.Database) -> None:
+    """Full-text search over transcripts (issue 20; see ``tapedeck.domain.search_index``).
+
+    ``search_segments``: one row per segment of every recording's CURRENT completed
+    transcription (deleted with its recording or transcription by the foreign keys).
+    ``search_fts``: an FTS5 index over its ``text`` (external content, English porter stemming,
+    accent-insensitive unicode61), kept in step by triggers. Existing transcripts are indexed
+    here, so an upgraded deployment searches its history at once."""
+    db.execute("""CREATE TABLE search_segments (
+        rowid INTEGER PRIMARY KEY,
+        recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        transcription_id TEXT NOT NULL REFERENCES transcriptions(id) ON DELETE CASCADE,
+        project_id TEXT NOT NULL, segment_index INTEGER NOT NULL,
+        start_ms INTEGER NOT NULL, end_ms INTEGER NOT NULL, speaker TEXT, text TEXT NOT NULL)""")
+    db.execute("CREATE INDEX search_segments_recording ON search_segments(recording_id)")
+    db.execute("CREATE INDEX search_segments_transcription ON search_segments(transcription_id)")
+    db.execute("""CREATE VIRTUAL TABLE search_fts USING fts5(text, content='search_segments',
+        content_rowid='rowid', tokenize='porter unicode61 remove_diacritics 2')""")
+    db.execute("""CREATE TRIGGER search_segments_ai AFTER INSERT ON search_segments BEGIN
+        INSERT INTO search_fts(rowid, text) VALUES (NEW.rowid, NEW.text); END""")
+    db.execute("""CREATE TRIGGER search_segments_ad AFTER DELETE ON search_segments BEGIN
+        INSERT INTO search_fts(search_fts, rowid, text) VALUES ('delete', OLD.rowid, OLD.text);
+        END""")
+    db.execute("""INSERT INTO search_segments (recording_id, transcription_id, project_id,
+            segment_index, start_ms, end_ms, speaker, text)
+        SELECT t.recording_id, t.id, t.project_id, CAST(j.key AS INTEGER),
+            json_extract(j.value, '$.start_ms'), json_extract(j.value, '$.end_ms'),
+            json_extract(j.value, '$.speaker'),
+            replace(replace(trim(json_extract(j.value, '$.text')), char(57344), ''),
+                    char(57345), '')
+        FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id,
+            json_each(t.segments) j
+        WHERE t.status = 'completed' ORDER BY t.id, CAST(j.key AS INTEGER)""")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -213,6 +248,7 @@ MIGRATIONS: list[Migration] = [
     m0005_end_users_devices,
     m0006_transcription_error_reason,
     m0007_operations,
+    m_search_fts,
 ]
 
 

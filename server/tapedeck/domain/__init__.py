@@ -19,6 +19,7 @@ from tapedeck.domain.idempotency import IdempotencyStore
 from tapedeck.domain.keys import Keys
 from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
+from tapedeck.domain.search import Search
 from tapedeck.domain.transcriptions import Transcriptions
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
@@ -42,6 +43,7 @@ class Domain:
     keys: Keys
     webhooks: Webhooks
     transcriptions: Transcriptions
+    search: Search
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -56,7 +58,7 @@ class Domain:
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
                    webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)),
-                   transcriptions=Transcriptions(ctx))
+                   transcriptions=Transcriptions(ctx), search=Search(ctx))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:

@@ -39,6 +39,7 @@ from tapedeck.domain.models import (
     Recording,
     UploadUrl,
 )
+from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
 from tapedeck.store import MD5_HEX, ObjectInfo
@@ -271,6 +272,7 @@ class Recordings:
             with ctx.db.write() as tx:
                 tx.execute("DELETE FROM jobs WHERE recording_id = ? AND status != 'running'",
                            [rec.id])
+                backend_for(tx).remove_recording(tx, rec.id)  # its search index rows
                 tx.execute("DELETE FROM recordings WHERE id = ?", [rec.id])
                 emit(tx, ctx.clock, rec.project_id, "recording.deleted",
                      {"id": rec.id, "deleted": True}, rec.id)

@@ -28,6 +28,7 @@ from typing import Any
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
 from tapedeck.domain._base import Context, emit, load_recording
+from tapedeck.domain.exports import paragraphs
 from tapedeck.domain.idempotency import fingerprint
 from tapedeck.domain.models import Recording
 from tapedeck.errors import NotFound, error, invalid
@@ -95,13 +96,15 @@ class Transcription:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The transcription object of ``api.md``."""
+        """The transcription object of ``api.md``, plus ``paragraphs``
+        (``tapedeck.domain.exports.paragraphs`` of the segments)."""
         return {
             "id": self.id, "recording_id": self.recording_id, "status": self.status,
             "language": self.language, "provider": self.provider, "model": self.model,
             "duration_ms": self.duration_ms, "text": self.text, "segments": self.segments,
             "word_count": self.word_count, "error": self.error,
             "created_at": iso(self.created_at), "completed_at": iso(self.completed_at),
+            "paragraphs": paragraphs(self.segments),
         }
 
     @classmethod

@@ -12,6 +12,7 @@ from tapedeck.gateway import docs, errors, schemas
 from tapedeck.gateway.devices import BODY_MODELS as DEVICE_BODY_MODELS
 from tapedeck.gateway.devices import add_device_routes
 from tapedeck.gateway.routes import Gateway, add_routes
+from tapedeck.gateway.search import add_search_routes
 from tapedeck.gateway.transcriptions import BODY_MODELS as TRANSCRIPTION_BODY_MODELS
 from tapedeck.gateway.transcriptions import add_transcription_routes
 from tapedeck.gateway.webhooks import BODY_MODELS as WEBHOOK_BODY_MODELS
@@ -32,6 +33,7 @@ def build_app(domain: Domain) -> FastAPI:
     add_device_routes(app.router, Gateway(domain))
     add_webhook_routes(app.router, Gateway(domain))
     add_transcription_routes(app.router, Gateway(domain))
+    add_search_routes(app.router, Gateway(domain))
     errors.install(app)
 
     def openapi() -> dict[str, Any]:

@@ -7,13 +7,14 @@ in ``routes``; the rules live in ``tapedeck.domain.transcriptions``.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, Field
 
+from tapedeck.domain import exports
 from tapedeck.domain.idempotency import StoredResponse
 from tapedeck.domain.transcriptions import PROVIDERS, request_fingerprint
 from tapedeck.gateway.body import parse_json
@@ -24,6 +25,14 @@ from tapedeck.gateway.schemas import RequestModel, ResponseModel
 Provider = Literal["whisper"]
 assert get_args(Provider) == PROVIDERS, "gateway/transcriptions.py is out of date"
 TranscriptionId = Annotated[str, Path(description="Transcription identifier (txn_…).")]
+Format = Literal["json", "txt", "srt", "vtt"]
+assert get_args(Format) == exports.FORMATS, "gateway/transcriptions.py is out of date"
+ExportFormat = Annotated[Format | None, Query(
+    description="json (default: the transcription object), txt, srt or vtt (a file).")]
+_FILE = {"schema": {"type": "string"}}
+EXPORT_DOC: dict[int | str, dict[str, Any]] = {200: {
+    "description": "The transcription object, or with format=txt|srt|vtt the transcript file.",
+    "content": {"text/plain": _FILE, "application/x-subrip": _FILE, "text/vtt": _FILE}}}
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -72,6 +81,18 @@ class TranscriptionErrorOut(ResponseModel):
     reason: str | None = None
 
 
+class ParagraphOut(ResponseModel):
+    """Consecutive segments of one speaker without a long pause (``segment_count`` segments
+    from index ``first_segment``), their texts joined: for readers that want prose."""
+
+    start_ms: int
+    end_ms: int
+    speaker: str | None
+    text: str
+    first_segment: int
+    segment_count: int
+
+
 class TranscriptionOut(ResponseModel):
     """The transcription object of ``api.md``. ``text``, ``word_count``, ``model`` and
     ``duration_ms`` are null until it completes; silent audio completes with empty text."""
@@ -89,6 +110,7 @@ class TranscriptionOut(ResponseModel):
     error: TranscriptionErrorOut | None
     created_at: AwareDatetime
     completed_at: AwareDatetime | None
+    paragraphs: list[ParagraphOut]
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -116,11 +138,19 @@ def add_transcription_routes(router: APIRouter, gw: Gateway) -> None:
 
     @router.get("/v1/transcriptions/{transcription_id}", response_model=TranscriptionOut,
                 summary="Get a transcription",
-                responses=errors_doc("transcription_not_found"))
-    async def get_transcription(request: Request,
-                                transcription_id: TranscriptionId) -> Response:
+                responses={**EXPORT_DOC, **errors_doc("transcription_not_found",
+                                                      "invalid_state")})
+    async def get_transcription(request: Request, transcription_id: TranscriptionId,
+                                format: ExportFormat = None) -> Response:
         """One transcription (``transcriptions:read``; a device token: its own device's
-        recordings): text, segments with word timestamps, language, model, word count."""
+        recordings): text, segments with word timestamps, paragraphs, language, model, word
+        count. ``format`` ``txt``, ``srt`` or ``vtt``: the completed transcript as a file
+        (``Content-Disposition: attachment``; ``invalid_state`` before it completes)."""
         p = await gw.caller(request)
+        fmt = exports.check_format(format)
         txn = await anyio.to_thread.run_sync(lambda: d.transcriptions.get(p, transcription_id))
-        return JSONResponse(txn.to_json())
+        if fmt == "json":
+            return JSONResponse(txn.to_json())
+        out = exports.render(txn.id, txn.status, txn.segments, fmt)
+        return Response(out.body, media_type=out.content_type, headers={
+            "Content-Disposition": f'attachment; filename="{out.filename}"'})

@@ -8,9 +8,13 @@ from typing import Any
 import grpc
 
 from tapedeck.auth import Principal
+from tapedeck.clock import parse_iso
 from tapedeck.domain import Domain
+from tapedeck.domain.exports import paragraphs
 from tapedeck.domain.idempotency import StoredResponse, check_key, scope_of
+from tapedeck.domain.search import SearchHit, SearchRequest
 from tapedeck.domain.transcriptions import Transcription, request_fingerprint
+from tapedeck.errors import invalid
 from tapedeck.grpc_api import _convert as cv
 from tapedeck.grpc_api._errors import translate_errors
 from tapedeck.grpc_api.servicers import principal
@@ -34,13 +38,22 @@ def segment_pb(s: dict[str, Any]) -> pb.Segment:
     return out
 
 
+def paragraph_pb(p: dict[str, Any]) -> pb.Paragraph:
+    out = pb.Paragraph(start_ms=p["start_ms"], end_ms=p["end_ms"], text=p["text"],
+                       first_segment=p["first_segment"], segment_count=p["segment_count"])
+    if p.get("speaker") is not None:
+        out.speaker = p["speaker"]
+    return out
+
+
 def transcription_pb(t: Transcription) -> pb.Transcription:
     """The proto form of the transcription object (empty strings for JSON nulls)."""
     out = pb.Transcription(
         id=t.id, recording_id=t.recording_id, status=cv.transcription_enum(t.status),  # type: ignore[arg-type]
         language=t.language or "", provider=t.provider, model=t.model or "",
         text=t.text or "", segments=[segment_pb(s) for s in t.segments],
-        create_time=cv.ts(t.created_at), complete_time=cv.ts(t.completed_at))
+        create_time=cv.ts(t.created_at), complete_time=cv.ts(t.completed_at),
+        paragraphs=[paragraph_pb(p) for p in paragraphs(t.segments)])
     if t.duration_ms is not None:
         out.duration_ms = t.duration_ms
     if t.word_count is not None:
@@ -49,6 +62,34 @@ def transcription_pb(t: Transcription) -> pb.Transcription:
     if err is not None:
         out.error.CopyFrom(pb.TranscriptionError(type=err["type"], message=err["message"],
                                                  reason=err.get("reason", "")))
+    return out
+
+
+_ORDERS = {pb.SEARCH_ORDER_UNSPECIFIED: None, pb.SEARCH_ORDER_RELEVANCE: "relevance",
+           pb.SEARCH_ORDER_NEWEST: "newest"}
+
+
+def search_request(r: pb.SearchTranscriptsRequest) -> SearchRequest:
+    """The domain request of a SearchTranscripts call (empty strings = not given)."""
+    if r.order not in _ORDERS:
+        raise invalid("order", "order must be SEARCH_ORDER_RELEVANCE or SEARCH_ORDER_NEWEST.")
+    return SearchRequest(
+        q=r.query, order=_ORDERS[r.order], limit=cv.page_limit(r.page_size),
+        cursor=r.page_token or None, device_id=r.device_id or None,
+        end_user_id=r.end_user_id or None, speaker=r.speaker or None,
+        since=cv.from_ts(r.since, r.HasField("since")),
+        until=cv.from_ts(r.until, r.HasField("until")), metadata=dict(r.metadata))
+
+
+def search_hit_pb(h: SearchHit) -> pb.SearchHit:
+    out = pb.SearchHit(
+        recording_id=h.recording_id, transcription_id=h.transcription_id,
+        segment_index=h.segment_index, start_ms=h.start_ms, end_ms=h.end_ms, text=h.text,
+        matches=[pb.MatchSpan(start=m.start, end=m.end) for m in h.matches],
+        snippet=h.snippet, score=h.score, record_time=cv.ts(parse_iso(h.recorded_at)),
+        device_id=h.device_id or "", end_user_id=h.end_user_id or "")
+    if h.speaker is not None:
+        out.speaker = h.speaker
     return out
 
 
@@ -76,6 +117,13 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         else:
             txn = self._d.transcriptions.request(p, *args)
         return pb.CreateTranscriptionResponse(transcription=transcription_pb(txn))
+
+    @translate_errors
+    def SearchTranscripts(self, request: pb.SearchTranscriptsRequest,
+                          context: grpc.ServicerContext) -> pb.SearchTranscriptsResponse:
+        page = self._d.search.search(principal(self._d, context), search_request(request))
+        return pb.SearchTranscriptsResponse(hits=[search_hit_pb(h) for h in page.data],
+                                            next_page_token=page.next_cursor or "")
 
     def _create_once(self, p: Principal, args: tuple[str, str | None, str | None],
                      key: str) -> Transcription:

@@ -53,6 +53,7 @@ import sqlite_utils
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.domain._base import emit
+from tapedeck.domain.search_index import backend_for
 from tapedeck.domain.transcriptions import (
     TERMINAL_STATUSES,
     TRANSCRIPTION_FAILED,
@@ -208,6 +209,7 @@ class TranscribeHandler:
                 [t.language, provider, t.model, t.duration_ms, t.text,
                  _segments_json(t), t.word_count, iso(self._clock.now()), txn.id])
             if cur.rowcount == 1:
+                backend_for(tx).replace(tx, txn.id)  # the search index, same transaction
                 self._terminal_event(tx, txn, "completed")
 
     # -- failures ------------------------------------------------------------------------------

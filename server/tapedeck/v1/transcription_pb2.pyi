@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tapedeck.v1 import recording_pb2 as _recording_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SearchOrder:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SearchOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SearchOrder.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SEARCH_ORDER_UNSPECIFIED: _SearchOrder.ValueType  # 0
+    """Unspecified: relevance."""
+    SEARCH_ORDER_RELEVANCE: _SearchOrder.ValueType  # 1
+    """Best matches first (BM25)."""
+    SEARCH_ORDER_NEWEST: _SearchOrder.ValueType  # 2
+    """Newest recordings first (by start time), segments of a recording in time order."""
+
+class SearchOrder(_SearchOrder, metaclass=_SearchOrderEnumTypeWrapper):
+    """SearchOrder is the order of search hits."""
+
+SEARCH_ORDER_UNSPECIFIED: SearchOrder.ValueType  # 0
+"""Unspecified: relevance."""
+SEARCH_ORDER_RELEVANCE: SearchOrder.ValueType  # 1
+"""Best matches first (BM25)."""
+SEARCH_ORDER_NEWEST: SearchOrder.ValueType  # 2
+"""Newest recordings first (by start time), segments of a recording in time order."""
+Global___SearchOrder: _TypeAlias = SearchOrder  # noqa: Y015
 
 @_typing.final
 class Word(_message.Message):
@@ -153,6 +178,7 @@ class Transcription(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    PARAGRAPHS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Transcription identifier (txn_...)."""
     recording_id: _builtins.str
@@ -187,6 +213,10 @@ class Transcription(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp:
         """When it completed or failed."""
 
+    @_builtins.property
+    def paragraphs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Paragraph]:
+        """Segments grouped at pauses and speaker changes, for readers that want prose."""
+
     def __init__(
         self,
         *,
@@ -203,10 +233,11 @@ class Transcription(_message.Message):
         error: Global___TranscriptionError | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        paragraphs: _abc.Iterable[Global___Paragraph] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "word_count", b"word_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "language", b"language", "model", b"model", "provider", b"provider", "recording_id", b"recording_id", "segments", b"segments", "status", b"status", "text", b"text", "word_count", b"word_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "language", b"language", "model", b"model", "paragraphs", b"paragraphs", "provider", b"provider", "recording_id", b"recording_id", "segments", b"segments", "status", b"status", "text", b"text", "word_count", b"word_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__duration_ms: _TypeAlias = _typing.Literal["duration_ms"]  # noqa: Y015
     _WhichOneofArgType__duration_ms: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms"]  # noqa: Y015
@@ -324,3 +355,261 @@ class CreateTranscriptionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateTranscriptionResponse: _TypeAlias = CreateTranscriptionResponse  # noqa: Y015
+
+@_typing.final
+class Paragraph(_message.Message):
+    """Paragraph is a run of consecutive segments of one speaker without a long pause."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    FIRST_SEGMENT_FIELD_NUMBER: _builtins.int
+    SEGMENT_COUNT_FIELD_NUMBER: _builtins.int
+    start_ms: _builtins.int
+    """Start of its first segment, in milliseconds from the start of the recording."""
+    end_ms: _builtins.int
+    """End of its last segment, in milliseconds from the start of the recording."""
+    speaker: _builtins.str
+    """Speaker label; unset when speakers are not distinguished."""
+    text: _builtins.str
+    """The segments' texts joined by spaces."""
+    first_segment: _builtins.int
+    """Index of its first segment in Transcription.segments."""
+    segment_count: _builtins.int
+    """Number of segments it groups."""
+    def __init__(
+        self,
+        *,
+        start_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+        speaker: _builtins.str | None = ...,
+        text: _builtins.str = ...,
+        first_segment: _builtins.int = ...,
+        segment_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "speaker", b"speaker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "end_ms", b"end_ms", "first_segment", b"first_segment", "segment_count", b"segment_count", "speaker", b"speaker", "start_ms", b"start_ms", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__speaker: _TypeAlias = _typing.Literal["speaker"]  # noqa: Y015
+    _WhichOneofArgType__speaker: _TypeAlias = _typing.Literal["_speaker", b"_speaker"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speaker) -> _WhichOneofReturnType__speaker | None: ...
+
+Global___Paragraph: _TypeAlias = Paragraph  # noqa: Y015
+
+@_typing.final
+class SearchTranscriptsRequest(_message.Message):
+    """SearchTranscriptsRequest is the request of TranscriptionService.SearchTranscripts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    QUERY_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    UNTIL_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    query: _builtins.str
+    """The query (see SearchTranscripts); at most 500 characters and 32 words or phrases."""
+    order: Global___SearchOrder.ValueType
+    """Hit order."""
+    page_size: _builtins.int
+    """Maximum number of hits to return, 1..100; 0 means 25."""
+    page_token: _builtins.str
+    """Opaque token from a previous response's next_page_token (same query and order)."""
+    device_id: _builtins.str
+    """Only recordings of this device."""
+    end_user_id: _builtins.str
+    """Only recordings of this end user."""
+    speaker: _builtins.str
+    """Only segments of this speaker."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only recordings started at or after this time."""
+
+    @_builtins.property
+    def until(self) -> _timestamp_pb2.Timestamp:
+        """Only recordings started before this time."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Only recordings whose metadata holds every one of these pairs."""
+
+    def __init__(
+        self,
+        *,
+        query: _builtins.str = ...,
+        order: Global___SearchOrder.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        end_user_id: _builtins.str = ...,
+        speaker: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        until: _timestamp_pb2.Timestamp | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "end_user_id", b"end_user_id", "metadata", b"metadata", "order", b"order", "page_size", b"page_size", "page_token", b"page_token", "query", b"query", "since", b"since", "speaker", b"speaker", "until", b"until"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchTranscriptsRequest: _TypeAlias = SearchTranscriptsRequest  # noqa: Y015
+
+@_typing.final
+class MatchSpan(_message.Message):
+    """MatchSpan is a matched span of a hit's text, in characters: [start, end)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    start: _builtins.int
+    """First character of the match."""
+    end: _builtins.int
+    """One past its last character."""
+    def __init__(
+        self,
+        *,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchSpan: _TypeAlias = MatchSpan  # noqa: Y015
+
+@_typing.final
+class SearchHit(_message.Message):
+    """SearchHit is one matching segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_INDEX_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    MATCHES_FIELD_NUMBER: _builtins.int
+    SNIPPET_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """The recording (rec_...)."""
+    transcription_id: _builtins.str
+    """The transcription (txn_...), the recording's current one."""
+    segment_index: _builtins.int
+    """Index of the segment in Transcription.segments."""
+    start_ms: _builtins.int
+    """Start, in milliseconds from the start of the recording."""
+    end_ms: _builtins.int
+    """End, in milliseconds from the start of the recording."""
+    speaker: _builtins.str
+    """Speaker label; unset when speakers are not distinguished."""
+    text: _builtins.str
+    """The segment's text."""
+    snippet: _builtins.str
+    """Up to ~60 characters around the first match, HTML-escaped, matches in <mark></mark>."""
+    score: _builtins.float
+    """Relevance; higher is better."""
+    device_id: _builtins.str
+    """The recording's device (dev_...); empty when none."""
+    end_user_id: _builtins.str
+    """The recording's end user (eu_...); empty when none."""
+    @_builtins.property
+    def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchSpan]:
+        """The matched spans of text."""
+
+    @_builtins.property
+    def record_time(self) -> _timestamp_pb2.Timestamp:
+        """When the recording started (else when it was created)."""
+
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        transcription_id: _builtins.str = ...,
+        segment_index: _builtins.int = ...,
+        start_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+        speaker: _builtins.str | None = ...,
+        text: _builtins.str = ...,
+        matches: _abc.Iterable[Global___MatchSpan] | None = ...,
+        snippet: _builtins.str = ...,
+        score: _builtins.float = ...,
+        record_time: _timestamp_pb2.Timestamp | None = ...,
+        device_id: _builtins.str = ...,
+        end_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "record_time", b"record_time", "speaker", b"speaker"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "device_id", b"device_id", "end_ms", b"end_ms", "end_user_id", b"end_user_id", "matches", b"matches", "record_time", b"record_time", "recording_id", b"recording_id", "score", b"score", "segment_index", b"segment_index", "snippet", b"snippet", "speaker", b"speaker", "start_ms", b"start_ms", "text", b"text", "transcription_id", b"transcription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__speaker: _TypeAlias = _typing.Literal["speaker"]  # noqa: Y015
+    _WhichOneofArgType__speaker: _TypeAlias = _typing.Literal["_speaker", b"_speaker"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speaker) -> _WhichOneofReturnType__speaker | None: ...
+
+Global___SearchHit: _TypeAlias = SearchHit  # noqa: Y015
+
+@_typing.final
+class SearchTranscriptsResponse(_message.Message):
+    """SearchTranscriptsResponse is the response of TranscriptionService.SearchTranscripts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HITS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there are no more hits."""
+    @_builtins.property
+    def hits(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchHit]:
+        """One page of hits."""
+
+    def __init__(
+        self,
+        *,
+        hits: _abc.Iterable[Global___SearchHit] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hits", b"hits", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SearchTranscriptsResponse: _TypeAlias = SearchTranscriptsResponse  # noqa: Y015

@@ -53,6 +53,11 @@ class TranscriptionServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionResponse.FromString,
                 _registered_method=True)
+        self.SearchTranscripts = channel.unary_unary(
+                '/tapedeck.v1.TranscriptionService/SearchTranscripts',
+                request_serializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsResponse.FromString,
+                _registered_method=True)
 
 
 class TranscriptionServiceServicer:
@@ -83,6 +88,17 @@ class TranscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchTranscripts(self, request, context):
+        """SearchTranscripts finds segments of the project's current completed transcripts that
+        match a query (words, "exact phrases", prefix*, AND/OR/NOT, parentheses; English
+        stemming, case and accents ignored). A query without any word, or malformed, is
+        INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
+        device token: recordings:read, and only its own device's recordings).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TranscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +111,11 @@ def add_TranscriptionServiceServicer_to_server(servicer, server):
                     servicer.CreateTranscription,
                     request_deserializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionResponse.SerializeToString,
+            ),
+            'SearchTranscripts': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchTranscripts,
+                    request_deserializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +181,33 @@ class TranscriptionService:
             '/tapedeck.v1.TranscriptionService/CreateTranscription',
             tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionRequest.SerializeToString,
             tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchTranscripts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.TranscriptionService/SearchTranscripts',
+            tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsRequest.SerializeToString,
+            tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,13 @@ class TranscriptionServiceStub:
     complete (else INVALID_STATE, also while its current transcription is still queued
     or processing). It becomes the recording's transcription_id.
     """
+    SearchTranscripts: _grpc.UnaryUnaryMultiCallable[_transcription_pb2.SearchTranscriptsRequest, _transcription_pb2.SearchTranscriptsResponse]
+    """SearchTranscripts finds segments of the project's current completed transcripts that
+    match a query (words, "exact phrases", prefix*, AND/OR/NOT, parentheses; English
+    stemming, case and accents ignored). A query without any word, or malformed, is
+    INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
+    device token: recordings:read, and only its own device's recordings).
+    """
 
 @_typing.type_check_only
 class TranscriptionServiceAsyncStub(TranscriptionServiceStub):
@@ -70,6 +77,13 @@ class TranscriptionServiceAsyncStub(TranscriptionServiceStub):
     """CreateTranscription queues a new transcription of a recording whose audio is
     complete (else INVALID_STATE, also while its current transcription is still queued
     or processing). It becomes the recording's transcription_id.
+    """
+    SearchTranscripts: _aio.UnaryUnaryMultiCallable[_transcription_pb2.SearchTranscriptsRequest, _transcription_pb2.SearchTranscriptsResponse]  # type: ignore[assignment]
+    """SearchTranscripts finds segments of the project's current completed transcripts that
+    match a query (words, "exact phrases", prefix*, AND/OR/NOT, parentheses; English
+    stemming, case and accents ignored). A query without any word, or malformed, is
+    INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
+    device token: recordings:read, and only its own device's recordings).
     """
 
 class TranscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +115,19 @@ class TranscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateTranscription queues a new transcription of a recording whose audio is
         complete (else INVALID_STATE, also while its current transcription is still queued
         or processing). It becomes the recording's transcription_id.
+        """
+
+    @_abc_1.abstractmethod
+    def SearchTranscripts(
+        self,
+        request: _transcription_pb2.SearchTranscriptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_transcription_pb2.SearchTranscriptsResponse, _abc.Awaitable[_transcription_pb2.SearchTranscriptsResponse]]:
+        """SearchTranscripts finds segments of the project's current completed transcripts that
+        match a query (words, "exact phrases", prefix*, AND/OR/NOT, parentheses; English
+        stemming, case and accents ignored). A query without any word, or malformed, is
+        INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
+        device token: recordings:read, and only its own device's recordings).
         """
 
 def add_TranscriptionServiceServicer_to_server(servicer: TranscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,31 @@
+"""Fixtures of the search and export tests: one in-process server (gRPC + REST) per module;
+each test works in a project of its own (``project``), so tests cannot see each other."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tapedeck.auth import Principal, create_project
+
+from serverkit import RunningServer, drop_bucket, start_server, test_settings
+
+
+@pytest.fixture(scope="module")
+def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = start_server(test_settings(weed, tmp_path_factory.mktemp("search") / "data"),
+                          roles=("grpc", "http"))
+    try:
+        yield server
+    finally:
+        server.close()
+        drop_bucket(weed, server.app.settings.s3_bucket)
+
+
+@pytest.fixture
+def project(srv: RunningServer) -> tuple[str, str, Principal]:
+    """A fresh project of ``srv``: (project_id, secret key, its principal)."""
+    project_id, key = create_project(srv.app.db, srv.app.clock)
+    return project_id, key, srv.app.domain.auth.authenticate(f"Bearer {key}")

@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tapedeck.domain import Domain
 from tapedeck.grpc_api import devices
+from tapedeck.grpc_api.decode import DecodeGuard
 from tapedeck.grpc_api import transcriptions as transcription_api
 from tapedeck.grpc_api import webhooks as webhook_api
 from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
@@ -31,10 +32,11 @@ def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 1
                       interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
                       ) -> tuple[grpc.Server, int]:
     """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
-    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics)."""
+    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics);
+    innermost, ``DecodeGuard`` refuses undecodable messages with ``invalid_request``."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=list(interceptors),
+        interceptors=[*interceptors, DecodeGuard()],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(domain), server)

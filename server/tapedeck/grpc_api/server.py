@@ -12,9 +12,9 @@ from grpc_reflection.v1alpha import reflection
 
 from tapedeck.domain import Domain
 from tapedeck.grpc_api import devices
-from tapedeck.grpc_api.decode import DecodeGuard
 from tapedeck.grpc_api import transcriptions as transcription_api
 from tapedeck.grpc_api import webhooks as webhook_api
+from tapedeck.grpc_api.decode import DecodeGuard
 from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 

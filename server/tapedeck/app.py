@@ -18,6 +18,7 @@ from tapedeck.clock import Clock, SystemClock
 from tapedeck.db import Database
 from tapedeck.domain import Domain
 from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
+from tapedeck.private import private_dir, tighten_tree
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 from tapedeck.store.s3 import S3Store
@@ -55,7 +56,8 @@ class App:
     def open(cls, settings: Settings, clock: Clock | None = None) -> App:
         """Connect to (or start) the store, open the database, build the domain."""
         clock = clock or SystemClock()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
+        tighten_tree(settings.data_dir)  # 0700/0600 also for a data dir made before
         weed = None
         if settings.s3_endpoint:
             endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,

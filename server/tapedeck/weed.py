@@ -47,6 +47,8 @@ from types import TracebackType
 import urllib3
 from minio import Minio
 
+from tapedeck.private import tighten_tree
+
 HOST = "127.0.0.1"
 # The admin server's plugin worker dials admin.port + 10000 whatever admin.port.grpc says,
 # so the admin gRPC port is always placed there (otherwise the log fills with retries).
@@ -71,6 +73,9 @@ _LOG_ROTATE_BYTES = 64 * 1024 * 1024
 _MAX_UNIX_SOCKET_PATH = 100
 _PORT_RACE_ATTEMPTS = 3
 _PROBE_BUCKET = "tapedeck-readiness-probe"
+# weed creates its volumes, filer db and logs 0644/0755 by default: under this umask they
+# are 0600/0700 (nobody but the owner reads the data dir; see tapedeck.private).
+WEED_UMASK = 0o077
 
 
 class WeedStartError(RuntimeError):
@@ -226,6 +231,13 @@ def _probe_write(client: Minio) -> None:
     client.remove_object(_PROBE_BUCKET, "ready")
 
 
+def _tighten(data_dir: Path) -> None:
+    """Files weed wrote before it ran under ``WEED_UMASK``, and the ``.vif`` volume-info
+    files it chmods 0644 itself (metadata, no audio), become 0600 (directories 0700). A
+    volume made later has its ``.vif`` 0644 again, inside the 0700 directory."""
+    tighten_tree(data_dir)
+
+
 class ManagedWeed:
     """One ``weed mini`` child process keeping its data in ``data_dir`` (see module doc).
 
@@ -338,7 +350,7 @@ class ManagedWeed:
             return
         self._reap()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.data_dir / "logs").mkdir(exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True, mode=0o700)
         self._lock_data_dir()
         try:
             binary = self._binary or find_weed_binary()
@@ -427,7 +439,9 @@ class ManagedWeed:
 
     def _save_state(self) -> None:
         tmp = self.data_dir / (_STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"ports": self._ports}, indent=2, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"ports": self._ports}, indent=2, sort_keys=True))
         os.replace(tmp, self.data_dir / _STATE_FILE)
 
     def _command(self, binary: str, ports: dict[str, int]) -> list[str]:
@@ -497,6 +511,7 @@ class ManagedWeed:
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=WEED_UMASK,
                 preexec_fn=_die_with_parent if self._die_with_parent else None,
                 pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
             )
@@ -506,6 +521,7 @@ class ManagedWeed:
             os.close(log_fd)
         self._wait_ready(offset)
         self._save_state()
+        _tighten(self.data_dir)
 
     def _wait_ready(self, log_offset: int) -> None:
         """Poll until a signed write round trip succeeds (the S3 endpoint can answer before its

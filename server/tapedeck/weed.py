@@ -3,8 +3,10 @@
 ``ManagedWeed(data_dir)`` starts one ``weed mini`` process that keeps everything under
 ``data_dir`` and exposes an S3 endpoint on 127.0.0.1. Contract:
 
-- Loopback only: every component binds 127.0.0.1 (the filer port serves objects without
-  auth, so it must never leave loopback). Every port is chosen explicitly (free ports, or the
+- One door: the S3 endpoint (signatures checked). Every other port (master, volume, filer,
+  admin; HTTP and gRPC) requires a client certificate of a private CA made at each start,
+  and volume/filer reads and writes a JWT (``tapedeck.weed_security``).
+- Loopback only: every component binds 127.0.0.1. Every port is chosen explicitly (free ports, or the
   ones persisted from the previous run when still free); telemetry, WebDAV, the admin UI and
   the Iceberg/Lance servers are off, and so is creating buckets on first PUT.
 - Always authenticated: started without credentials ``weed`` accepts unsigned requests, so
@@ -48,6 +50,7 @@ import urllib3
 from minio import Minio
 
 from tapedeck.private import tighten_tree
+from tapedeck.weed_security import weed_environment, write_security_config
 
 HOST = "127.0.0.1"
 # The admin server's plugin worker dials admin.port + 10000 whatever admin.port.grpc says,
@@ -479,7 +482,7 @@ class ManagedWeed:
         return args
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = weed_environment(os.environ)
         for name in ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL"):
             env.pop(name, None)
         env["AWS_ACCESS_KEY_ID"] = self.access_key
@@ -501,6 +504,7 @@ class ManagedWeed:
     def _start_once(self, binary: str, ports: dict[str, int]) -> None:
         self._ports = dict(ports)
         self._remove_sockets()
+        write_security_config(self.data_dir)  # only the S3 port lets anyone in
         log_fd, offset = self._open_log()
         try:
             self._proc = subprocess.Popen(

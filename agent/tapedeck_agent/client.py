@@ -41,7 +41,9 @@ _C = grpc.StatusCode
 CREDENTIAL_TYPES = frozenset({"unauthorized", "forbidden"})
 #: Error types that are worth retrying later, whatever the recording.
 TRANSIENT_TYPES = frozenset({"storage_unavailable", "rate_limit_exceeded", "idempotency_conflict",
-                             "internal_error"})
+                             "internal_error",
+                             # limits (issue 15): keep the audio spooled and retry later
+                             "streaming_limit_exceeded", "storage_quota_exceeded"})
 #: gRPC codes without an ErrorInfo that are worth retrying (network, overload, server bugs).
 TRANSIENT_CODES = frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.RESOURCE_EXHAUSTED,
                              _C.ABORTED, _C.INTERNAL, _C.UNKNOWN, _C.CANCELLED})

@@ -48,7 +48,7 @@ class Settings:
         "help": "when a streaming recording expires, stitch the contiguous chunks it holds "
                 "(off: it just becomes expired)"})
     upload_url_ttl_s: int = field(default=3600, metadata={"help": "presigned URL lifetime"})
-    rate_limit_per_s: int = field(default=0, metadata={
+    rate_limit_per_s: int = field(default=20, metadata={
         "help": "requests per second per credential (bursts of twice that); 0 = no limit"})
     max_json_bytes: int = field(default=64 * 1024, metadata={
         "help": "largest JSON request body the REST gateway accepts, bytes"})
@@ -105,6 +105,12 @@ class Settings:
     shutdown_grace_s: int = field(default=10, metadata={
         "help": "on SIGTERM, running jobs, requests and webhook attempts get this long to "
                 "finish; unfinished jobs are then handed back to the queue"})
+    max_streaming_per_device: int = field(default=8, metadata={
+        "help": "open streaming recordings one device may have at once (429 "
+                "streaming_limit_exceeded beyond); 0 = no limit"})
+    storage_quota_bytes: int = field(default=100 * 1024**3, metadata={
+        "help": "bytes one project may store; at the quota new recordings and uploads get "
+                "403 storage_quota_exceeded; 0 = no limit"})
 
     @property
     def db_path(self) -> Path:

@@ -28,7 +28,7 @@ class Settings:
     http_port: int = field(default=8080, metadata={"help": "REST gateway port (0 = any free)"})
     public_url: str = field(default="", metadata={
         "help": "base URL devices use to reach the REST gateway (chunk upload URLs); "
-                "default http://HOST:HTTP_PORT"})
+                "default http://HOST:HTTP_PORT (https:// with TLS files)"})
     s3_endpoint: str = field(default="", metadata={
         "help": "host:port of an external S3 store; empty = start a managed SeaweedFS"})
     s3_access_key: str = field(default="", metadata={"help": "S3 access key"})
@@ -111,6 +111,13 @@ class Settings:
     storage_quota_bytes: int = field(default=100 * 1024**3, metadata={
         "help": "bytes one project may store; at the quota new recordings and uploads get "
                 "403 storage_quota_exceeded; 0 = no limit"})
+    tls_cert_file: str = field(default="", metadata={
+        "help": "PEM certificate (chain) for the gRPC and HTTP ports; with tls_key_file both "
+                "speak TLS only, and changed files are picked up without a restart"})
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of tls_cert_file"})
+    allow_plaintext: bool = field(default=False, metadata={
+        "help": "serve plaintext on a non-loopback host (only behind a TLS-terminating "
+                "proxy); without TLS files and this, such a host refuses to start"})
 
     @property
     def db_path(self) -> Path:
@@ -120,7 +127,8 @@ class Settings:
     @property
     def gateway_url(self) -> str:
         """Base URL of the REST gateway as devices see it."""
-        return self.public_url.rstrip("/") or f"http://{self.host}:{self.http_port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return self.public_url.rstrip("/") or f"{scheme}://{self.host}:{self.http_port}"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied."""

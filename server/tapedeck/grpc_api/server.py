@@ -29,9 +29,11 @@ SERVICE_NAMES = (
 
 
 def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 16,
-                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
+                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+                      credentials: grpc.ServerCredentials | None = None,
                       ) -> tuple[grpc.Server, int]:
     """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
+    ``credentials`` (``tapedeck.tls``) make the port TLS-only; None = plaintext.
     ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics);
     innermost, ``DecodeGuard`` refuses undecodable messages with ``invalid_request``."""
     server = grpc.server(
@@ -50,7 +52,9 @@ def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 1
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME,
                                          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_insecure_port(address) if credentials is None
+             else server.add_secure_port(address, credentials))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     server.start()

@@ -38,6 +38,9 @@ def test_settings(weed: Any, data_dir: Path, **overrides: Any) -> Settings:
         data_dir=data_dir, grpc_port=0, http_port=0, s3_endpoint=weed.endpoint,
         s3_access_key=weed.access_key, s3_secret_key=weed.secret_key,
         s3_bucket="t-" + uuid.uuid4().hex[:20], webhooks_allow_private=True,
+        # The limits that are on by default would throttle load and crash tests; tests of
+        # the limits set them explicitly (tests/security/test_limits.py).
+        rate_limit_per_s=0, max_streaming_per_device=0, storage_quota_bytes=0,
     )
     return base.replace(**overrides)
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,7 +43,9 @@ _C = grpc.StatusCode
 CREDENTIAL_TYPES = frozenset({"unauthorized", "forbidden"})
 #: Error types that are worth retrying later, whatever the recording.
 TRANSIENT_TYPES = frozenset({"storage_unavailable", "rate_limit_exceeded", "idempotency_conflict",
-                             "internal_error"})
+                             "internal_error",
+                             # limits (issue 15): keep the audio spooled and retry later
+                             "streaming_limit_exceeded", "storage_quota_exceeded"})
 #: gRPC codes without an ErrorInfo that are worth retrying (network, overload, server bugs).
 TRANSIENT_CODES = frozenset({_C.UNAVAILABLE, _C.DEADLINE_EXCEEDED, _C.RESOURCE_EXHAUSTED,
                              _C.ABORTED, _C.INTERNAL, _C.UNKNOWN, _C.CANCELLED})
@@ -123,16 +127,25 @@ def _remote(rec: recording_pb2.Recording) -> RemoteRecording:
                            rec.chunk_upload_url_template or None)
 
 
-def put_chunk_url(template: str, part: int, data: bytes, md5: str, timeout_s: float) -> bool:
+def tls_context(ca_file: str = "") -> ssl.SSLContext:
+    """A client context verifying the server (certificate and host name) against
+    ``ca_file`` or, when empty, the system roots."""
+    return ssl.create_default_context(cafile=ca_file or None)
+
+
+def put_chunk_url(template: str, part: int, data: bytes, md5: str, timeout_s: float, *,
+                  ca_file: str = "") -> bool:
     """PUT one chunk to ``chunk_upload_url_template`` (its upload token authorizes, with a
     Content-MD5 the server checks); returns ``already_stored``. Errors become ServerError:
-    the REST error type when the body has one, else transient for 5xx/429 and no answer."""
+    the REST error type when the body has one, else transient for 5xx/429 and no answer.
+    An https URL is verified with ``ca_file`` (or the system roots)."""
     url = template.replace("{part}", str(part))
     headers = {"Content-MD5": base64.b64encode(bytes.fromhex(md5)).decode(),
                "Content-Type": "audio/ogg"}
     request = urllib.request.Request(url, data=data, method="PUT", headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as resp:
+        context = tls_context(ca_file) if url.startswith("https:") else None
+        with urllib.request.urlopen(request, timeout=timeout_s, context=context) as resp:
             return bool(json.loads(resp.read() or b"{}").get("already_stored"))
     except urllib.error.HTTPError as err:
         raise _http_error(err) from None
@@ -160,7 +173,9 @@ class AgentClient:
     """One gRPC channel to the server, authenticated with the device token."""
 
     def __init__(self, target: str, token: str, *, tls: bool = False, timeout_s: float = 30.0,
-                 reconnect_max_s: float = 10.0) -> None:
+                 reconnect_max_s: float = 10.0, ca_file: str = "") -> None:
+        """TLS (``tls`` or a ``ca_file``) verifies the server with ``ca_file`` or the system
+        roots; otherwise the channel is plaintext (a server on loopback)."""
         options = [
             # Reconnect quickly after an outage; the uploader does its own backoff.
             ("grpc.initial_reconnect_backoff_ms", 500),
@@ -168,8 +183,10 @@ class AgentClient:
             ("grpc.max_reconnect_backoff_ms", int(reconnect_max_s * 1000)),
             ("grpc.keepalive_time_ms", 60_000),
         ]
-        if tls:
-            self._channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options)
+        if tls or ca_file:
+            roots = Path(ca_file).read_bytes() if ca_file else None
+            self._channel = grpc.secure_channel(
+                target, grpc.ssl_channel_credentials(root_certificates=roots), options)
         else:
             self._channel = grpc.insecure_channel(target, options)
         self._metadata = (("authorization", f"Bearer {token}"),)

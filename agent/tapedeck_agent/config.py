@@ -41,6 +41,9 @@ class AgentConfig:
     server: str = field(default="", metadata={"help": "host:port of the Tapedeck gRPC server"})
     token: str = field(default="", metadata={"help": "device token (dtok_...)"})
     tls: bool = field(default=False, metadata={"help": "use TLS (system roots) for gRPC"})
+    ca_file: str = field(default="", metadata={
+        "help": "PEM file of the CA(s) that verify the server, instead of the system roots "
+                "(implies tls; also for chunk PUTs to https URLs)"})
     upload_via: str = field(default="grpc", metadata={
         "help": "chunk uploads: grpc (ChunkService.UploadChunk) or rest (PUT to the "
                 "recording's chunk_upload_url_template)"})
@@ -99,6 +102,8 @@ class AgentConfig:
             ("backoff_max_s", self.backoff_max_s >= self.backoff_initial_s,
              "at least backoff_initial_s"),
         ]
+        if self.ca_file:
+            checks.append(("ca_file", os.path.isfile(self.ca_file), "a readable PEM file"))
         for name, ok, rule in checks:
             if not ok:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be {rule}")

@@ -54,6 +54,7 @@ class UploadService:
             return
         self._lock = lock
         self._client = AgentClient(self.cfg.server, self.cfg.token, tls=self.cfg.tls,
+                                   ca_file=self.cfg.ca_file,
                                    timeout_s=self.cfg.rpc_timeout_s,
                                    reconnect_max_s=min(10.0, self.cfg.backoff_max_s))
         self.uploader = Uploader(self.cfg, self.spool, self._client)

@@ -247,7 +247,7 @@ class Uploader:
         after a lost create has no URL template and goes over gRPC."""
         if self.cfg.upload_via == "rest" and rec.chunk_url_template:
             return put_chunk_url(rec.chunk_url_template, chunk.part, data, chunk.md5,
-                                 self.cfg.rpc_timeout_s)
+                                 self.cfg.rpc_timeout_s, ca_file=self.cfg.ca_file)
         return self.client.upload_chunk(server_id, chunk.part, data, chunk.md5)
 
     def _finalize(self, rec: RecordingRow, server_id: str) -> None:

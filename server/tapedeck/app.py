@@ -18,9 +18,11 @@ from tapedeck.clock import Clock, SystemClock
 from tapedeck.db import Database
 from tapedeck.domain import Domain
 from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
+from tapedeck.private import private_dir, tighten_tree
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 from tapedeck.store.s3 import S3Store
+from tapedeck.tls import ServerCertificate, check_transport
 from tapedeck.weed import ManagedWeed
 
 log = logging.getLogger("tapedeck.app")
@@ -50,12 +52,15 @@ class App:
     grpc_port: int | None = None
     http_port: int | None = None
     metrics_port: int | None = None
+    certificate: ServerCertificate | None = None  # TLS for gRPC and HTTP (None: plaintext)
 
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None) -> App:
         """Connect to (or start) the store, open the database, build the domain."""
         clock = clock or SystemClock()
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        certificate = check_transport(settings)  # before anything starts: a one-line refusal
+        private_dir(settings.data_dir)
+        tighten_tree(settings.data_dir)  # 0700/0600 also for a data dir made before
         weed = None
         if settings.s3_endpoint:
             endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,
@@ -74,7 +79,7 @@ class App:
         metrics.watch(db, clock)
         domain = Domain.build(db, store, clock, settings)
         return cls(settings=settings, db=db, store=store, domain=domain, clock=clock, weed=weed,
-                   metrics=metrics)
+                   metrics=metrics, certificate=certificate)
 
     def start(self, roles: Iterable[str]) -> None:
         """Start the given roles (see ``ROLES``)."""
@@ -85,7 +90,8 @@ class App:
 
             server, self.grpc_port = build_grpc_server(
                 self.domain, self.settings.host, self.settings.grpc_port,
-                interceptors=[ObservingInterceptor(self.metrics)])
+                interceptors=[ObservingInterceptor(self.metrics)],
+                credentials=self.certificate.grpc_credentials() if self.certificate else None)
             self.services.append(server)
         if "http" in roles:
             from tapedeck.gateway import start_gateway

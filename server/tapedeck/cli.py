@@ -63,6 +63,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tapedeck`` console script."""
     args = _parser().parse_args(argv)
+    from tapedeck.private import private_umask
+
+    private_umask()  # every file a server or admin command creates is 0600 (dirs 0700)
     from tapedeck.settings import Settings
 
     flags = {k: getattr(args, k, None) for k in ("data_dir", "grpc_port", "http_port", "host")}

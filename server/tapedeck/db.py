@@ -18,6 +18,7 @@ import sqlite_utils
 
 from tapedeck.logs import install_sql_function
 from tapedeck.migrations import migrate
+from tapedeck.private import private_database
 
 
 class Database:
@@ -34,7 +35,7 @@ class Database:
     def _conn(self) -> sqlite_utils.Database:
         db: sqlite_utils.Database | None = getattr(self._local, "db", None)
         if db is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_database(self.path)
             conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")

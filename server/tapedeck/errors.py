@@ -11,6 +11,8 @@ Every error a client can see is a ``TapedeckError`` with a ``type`` from ``ERROR
     ├── Unprocessable             checksum_mismatch, ...   422  FAILED_PRECONDITION/INVALID_ARGUMENT
     ├── PayloadTooLarge           payload_too_large        413  RESOURCE_EXHAUSTED
     ├── RateLimited               rate_limit_exceeded      429  RESOURCE_EXHAUSTED
+    │                             streaming_limit_exceeded 429  RESOURCE_EXHAUSTED
+    │   (Forbidden)               storage_quota_exceeded   403  RESOURCE_EXHAUSTED
     ├── StorageUnavailable        storage_unavailable      503  UNAVAILABLE
     └── InternalError             internal_error           500  INTERNAL
 
@@ -74,6 +76,10 @@ ERRORS: dict[str, ErrorKind] = {
                   "This Idempotency-Key was used with a different request body."),
         ErrorKind("payload_too_large", 413, _C.RESOURCE_EXHAUSTED, "The request body is too large."),
         ErrorKind("rate_limit_exceeded", 429, _C.RESOURCE_EXHAUSTED, "Too many requests."),
+        ErrorKind("streaming_limit_exceeded", 429, _C.RESOURCE_EXHAUSTED,
+                  "The device has too many open streaming recordings."),
+        ErrorKind("storage_quota_exceeded", 403, _C.RESOURCE_EXHAUSTED,
+                  "The project's storage quota is used up."),
         ErrorKind("storage_unavailable", 503, _C.UNAVAILABLE, "The object store is unavailable."),
         ErrorKind("internal_error", 500, _C.INTERNAL, "An internal error occurred."),
     ]

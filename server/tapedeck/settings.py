@@ -28,7 +28,7 @@ class Settings:
     http_port: int = field(default=8080, metadata={"help": "REST gateway port (0 = any free)"})
     public_url: str = field(default="", metadata={
         "help": "base URL devices use to reach the REST gateway (chunk upload URLs); "
-                "default http://HOST:HTTP_PORT"})
+                "default http://HOST:HTTP_PORT (https:// with TLS files)"})
     s3_endpoint: str = field(default="", metadata={
         "help": "host:port of an external S3 store; empty = start a managed SeaweedFS"})
     s3_access_key: str = field(default="", metadata={"help": "S3 access key"})
@@ -48,7 +48,7 @@ class Settings:
         "help": "when a streaming recording expires, stitch the contiguous chunks it holds "
                 "(off: it just becomes expired)"})
     upload_url_ttl_s: int = field(default=3600, metadata={"help": "presigned URL lifetime"})
-    rate_limit_per_s: int = field(default=0, metadata={
+    rate_limit_per_s: int = field(default=20, metadata={
         "help": "requests per second per credential (bursts of twice that); 0 = no limit"})
     max_json_bytes: int = field(default=64 * 1024, metadata={
         "help": "largest JSON request body the REST gateway accepts, bytes"})
@@ -105,6 +105,19 @@ class Settings:
     shutdown_grace_s: int = field(default=10, metadata={
         "help": "on SIGTERM, running jobs, requests and webhook attempts get this long to "
                 "finish; unfinished jobs are then handed back to the queue"})
+    max_streaming_per_device: int = field(default=8, metadata={
+        "help": "open streaming recordings one device may have at once (429 "
+                "streaming_limit_exceeded beyond); 0 = no limit"})
+    storage_quota_bytes: int = field(default=100 * 1024**3, metadata={
+        "help": "bytes one project may store; at the quota new recordings and uploads get "
+                "403 storage_quota_exceeded; 0 = no limit"})
+    tls_cert_file: str = field(default="", metadata={
+        "help": "PEM certificate (chain) for the gRPC and HTTP ports; with tls_key_file both "
+                "speak TLS only, and changed files are picked up without a restart"})
+    tls_key_file: str = field(default="", metadata={"help": "PEM private key of tls_cert_file"})
+    allow_plaintext: bool = field(default=False, metadata={
+        "help": "serve plaintext on a non-loopback host (only behind a TLS-terminating "
+                "proxy); without TLS files and this, such a host refuses to start"})
 
     @property
     def db_path(self) -> Path:
@@ -114,7 +127,8 @@ class Settings:
     @property
     def gateway_url(self) -> str:
         """Base URL of the REST gateway as devices see it."""
-        return self.public_url.rstrip("/") or f"http://{self.host}:{self.http_port}"
+        scheme = "https" if self.tls_cert_file else "http"
+        return self.public_url.rstrip("/") or f"{scheme}://{self.host}:{self.http_port}"
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied."""

@@ -3,8 +3,10 @@
 ``ManagedWeed(data_dir)`` starts one ``weed mini`` process that keeps everything under
 ``data_dir`` and exposes an S3 endpoint on 127.0.0.1. Contract:
 
-- Loopback only: every component binds 127.0.0.1 (the filer port serves objects without
-  auth, so it must never leave loopback). Every port is chosen explicitly (free ports, or the
+- One door: the S3 endpoint (signatures checked). Every other port (master, volume, filer,
+  admin; HTTP and gRPC) requires a client certificate of a private CA made at each start,
+  and volume/filer reads and writes a JWT (``tapedeck.weed_security``).
+- Loopback only: every component binds 127.0.0.1. Every port is chosen explicitly (free ports, or the
   ones persisted from the previous run when still free); telemetry, WebDAV, the admin UI and
   the Iceberg/Lance servers are off, and so is creating buckets on first PUT.
 - Always authenticated: started without credentials ``weed`` accepts unsigned requests, so
@@ -47,6 +49,9 @@ from types import TracebackType
 import urllib3
 from minio import Minio
 
+from tapedeck.private import tighten_tree
+from tapedeck.weed_security import weed_environment, write_security_config
+
 HOST = "127.0.0.1"
 # The admin server's plugin worker dials admin.port + 10000 whatever admin.port.grpc says,
 # so the admin gRPC port is always placed there (otherwise the log fills with retries).
@@ -71,6 +76,9 @@ _LOG_ROTATE_BYTES = 64 * 1024 * 1024
 _MAX_UNIX_SOCKET_PATH = 100
 _PORT_RACE_ATTEMPTS = 3
 _PROBE_BUCKET = "tapedeck-readiness-probe"
+# weed creates its volumes, filer db and logs 0644/0755 by default: under this umask they
+# are 0600/0700 (nobody but the owner reads the data dir; see tapedeck.private).
+WEED_UMASK = 0o077
 
 
 class WeedStartError(RuntimeError):
@@ -226,6 +234,13 @@ def _probe_write(client: Minio) -> None:
     client.remove_object(_PROBE_BUCKET, "ready")
 
 
+def _tighten(data_dir: Path) -> None:
+    """Files weed wrote before it ran under ``WEED_UMASK``, and the ``.vif`` volume-info
+    files it chmods 0644 itself (metadata, no audio), become 0600 (directories 0700). A
+    volume made later has its ``.vif`` 0644 again, inside the 0700 directory."""
+    tighten_tree(data_dir)
+
+
 class ManagedWeed:
     """One ``weed mini`` child process keeping its data in ``data_dir`` (see module doc).
 
@@ -338,7 +353,7 @@ class ManagedWeed:
             return
         self._reap()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (self.data_dir / "logs").mkdir(exist_ok=True)
+        (self.data_dir / "logs").mkdir(exist_ok=True, mode=0o700)
         self._lock_data_dir()
         try:
             binary = self._binary or find_weed_binary()
@@ -427,7 +442,9 @@ class ManagedWeed:
 
     def _save_state(self) -> None:
         tmp = self.data_dir / (_STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps({"ports": self._ports}, indent=2, sort_keys=True))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"ports": self._ports}, indent=2, sort_keys=True))
         os.replace(tmp, self.data_dir / _STATE_FILE)
 
     def _command(self, binary: str, ports: dict[str, int]) -> list[str]:
@@ -465,7 +482,7 @@ class ManagedWeed:
         return args
 
     def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = weed_environment(os.environ)
         for name in ("S3_BUCKET", "S3_TABLE_BUCKET", "S3_EXTERNAL_URL"):
             env.pop(name, None)
         env["AWS_ACCESS_KEY_ID"] = self.access_key
@@ -487,6 +504,7 @@ class ManagedWeed:
     def _start_once(self, binary: str, ports: dict[str, int]) -> None:
         self._ports = dict(ports)
         self._remove_sockets()
+        write_security_config(self.data_dir)  # only the S3 port lets anyone in
         log_fd, offset = self._open_log()
         try:
             self._proc = subprocess.Popen(
@@ -497,6 +515,7 @@ class ManagedWeed:
                 stdout=log_fd,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=WEED_UMASK,
                 preexec_fn=_die_with_parent if self._die_with_parent else None,
                 pass_fds=(self._lock_fd,) if self._lock_fd is not None else (),
             )
@@ -506,6 +525,7 @@ class ManagedWeed:
             os.close(log_fd)
         self._wait_ready(offset)
         self._save_state()
+        _tighten(self.data_dir)
 
     def _wait_ready(self, log_offset: int) -> None:
         """Poll until a signed write round trip succeeds (the S3 endpoint can answer before its

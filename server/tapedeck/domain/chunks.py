@@ -19,6 +19,7 @@ from typing import IO
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso
+from tapedeck.domain import limits
 from tapedeck.domain._base import (
     Context,
     check_md5_b64,
@@ -112,6 +113,7 @@ class Chunks:
         if require_checksum and md5 is None and sha256 is None:
             raise invalid("md5", "Send the chunk's md5 or sha256.")
         self.precheck(p, recording_id, part)
+        limits.check_storage(self._ctx.db.read(), self._ctx.settings, p.project_id)
         received = _Received(body, self._ctx.settings.max_chunk_bytes,
                              want_sha256=sha256 is not None)
         try:
@@ -200,6 +202,7 @@ class Chunks:
         """A presigned direct-to-store PUT for one part."""
         md5_b64 = check_md5_b64(content_md5)
         self.precheck(p, recording_id, part)
+        limits.check_storage(self._ctx.db.read(), self._ctx.settings, p.project_id)
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
         url, headers = self._ctx.store.presign_put(chunk_key(recording_id, part), expires,
                                                    content_md5_b64=md5_b64)

@@ -14,7 +14,7 @@ from typing import Any
 
 from tapedeck.auth import Principal, UploadTokens
 from tapedeck.clock import Clock, iso
-from tapedeck.domain import cursors
+from tapedeck.domain import cursors, limits
 from tapedeck.domain._base import (
     Context,
     check_md5_b64,
@@ -130,6 +130,9 @@ class Recordings:
             max_chunks = ctx.settings.max_chunks
         with ctx.db.write() as tx:
             device_id, end_user_id = recording_owner(tx, p, req.device_id, req.end_user_id)
+            limits.check_storage(tx, ctx.settings, p.project_id)
+            if req.streaming:
+                limits.check_streaming_cap(tx, ctx.settings, now, device_id)
             tx.execute(
                 "INSERT INTO recordings (id, project_id, device_id, end_user_id, name, status,"
                 " codec, streaming, mime_type, started_at, ended_at, created_at,"
@@ -297,6 +300,7 @@ class Recordings:
             raise invalid("part", "part is only allowed for streaming recordings.")
         if rec.status != "pending":
             raise error("invalid_state", "The file of this recording was already uploaded.")
+        limits.check_storage(ctx.db.read(), ctx.settings, rec.project_id)
         media_id, key = self._pending_media(rec, content_type)
         url, headers = ctx.store.presign_put(key, expires, content_md5_b64=md5_b64)
         return UploadUrl(media_id, url, "PUT", headers, ctx.clock.now() + expires)

@@ -30,7 +30,8 @@ def start_gateway(app: App) -> GatewayServer:
     settings = app.settings
     sock = bind(settings.host, settings.http_port)
     api = build_app(app.domain)
-    server = GatewayServer(ObservingMiddleware(api, app.metrics, api.routes), sock)
+    server = GatewayServer(ObservingMiddleware(api, app.metrics, api.routes), sock,
+                           ssl_context=app.certificate.ssl_context() if app.certificate else None)
     if settings.http_port != server.port:
         app.settings = settings.replace(http_port=server.port)
         app.domain.ctx.settings = app.settings

@@ -24,7 +24,7 @@ log = logging.getLogger("tapedeck.gateway")
 def error_response(exc: TapedeckError, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON response of a domain error (status from the error table)."""
     extra = dict(headers or {})
-    if exc.type == "rate_limit_exceeded" and "retry_after_s" in exc.details:
+    if exc.kind.http_status in (429, 503) and "retry_after_s" in exc.details:
         extra["Retry-After"] = str(exc.details["retry_after_s"])
     if exc.type == "unauthorized":
         extra["WWW-Authenticate"] = "Bearer"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -40,11 +41,17 @@ def bind(host: str, port: int) -> socket.socket:
 class GatewayServer:
     """uvicorn serving ``asgi`` on an already bound socket, in a daemon thread."""
 
-    def __init__(self, asgi: Any, sock: socket.socket) -> None:
+    def __init__(self, asgi: Any, sock: socket.socket,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """``ssl_context`` (``tapedeck.tls``): serve HTTPS only with it; None = plain HTTP."""
         self._sock = sock
         self.port: int = sock.getsockname()[1]
+        tls: dict[str, Any] = {}
+        if ssl_context is not None:
+            context = ssl_context
+            tls["ssl_context_factory"] = lambda _config, _default: context
         config = uvicorn.Config(asgi, log_config=None, access_log=False, lifespan="off",
-                                server_header=False, timeout_keep_alive=30)
+                                server_header=False, timeout_keep_alive=30, **tls)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
                                         kwargs={"sockets": [sock]}, daemon=True,

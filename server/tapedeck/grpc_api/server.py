@@ -14,6 +14,7 @@ from tapedeck.domain import Domain
 from tapedeck.grpc_api import devices
 from tapedeck.grpc_api import transcriptions as transcription_api
 from tapedeck.grpc_api import webhooks as webhook_api
+from tapedeck.grpc_api.decode import DecodeGuard
 from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
@@ -28,13 +29,16 @@ SERVICE_NAMES = (
 
 
 def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 16,
-                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
+                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+                      credentials: grpc.ServerCredentials | None = None,
                       ) -> tuple[grpc.Server, int]:
     """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
-    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics)."""
+    ``credentials`` (``tapedeck.tls``) make the port TLS-only; None = plaintext.
+    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics);
+    innermost, ``DecodeGuard`` refuses undecodable messages with ``invalid_request``."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=list(interceptors),
+        interceptors=[*interceptors, DecodeGuard()],
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(domain), server)
@@ -48,7 +52,9 @@ def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 1
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME,
                                          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_insecure_port(address) if credentials is None
+             else server.add_secure_port(address, credentials))
     if bound == 0:
         raise OSError(f"cannot bind gRPC to {host}:{port}")
     server.start()

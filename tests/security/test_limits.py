@@ -1,0 +1,155 @@
+"""Limits are on by default (issue 15 item 8): a per-credential request rate, a cap on open
+streaming recordings per device, a per-project storage quota. Each refusal is typed, the
+same over REST and gRPC, with ``Retry-After`` where waiting helps."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+
+from tapedeck.clock import ManualClock
+from tapedeck.errors import ERRORS
+from tapedeck.rpc_errors import from_rpc_error
+from tapedeck.settings import Settings
+from tapedeck.v1 import recording_pb2
+from tapedeck.weed import ManagedWeed
+
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+
+DEFAULTS = Settings()
+
+
+@pytest.fixture
+def make(weed: ManagedWeed, tmp_path: Path) -> Iterator[Any]:
+    servers: list[RunningServer] = []
+
+    def start(clock: ManualClock | None = None, **overrides: Any) -> RunningServer:
+        settings = test_settings(weed, tmp_path / f"d{len(servers)}", **overrides)
+        srv = start_server(settings, roles=("grpc", "http"), clock=clock)
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.close()
+        drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def _rest(srv: RunningServer, token: str) -> httpx.Client:
+    return httpx.Client(base_url=srv.http_url, headers={"Authorization": f"Bearer {token}"},
+                        timeout=30)
+
+
+def _refused(resp: httpx.Response, type_: str) -> dict[str, Any]:
+    assert resp.status_code == ERRORS[type_].http_status, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == type_
+    return dict(err)
+
+
+def _grpc_refused(call: Any, type_: str) -> Any:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    assert caught.value.code() == ERRORS[type_].grpc_code
+    typed = from_rpc_error(caught.value)
+    assert typed.type == type_
+    return typed
+
+
+def test_the_defaults_are_limits() -> None:
+    assert DEFAULTS.rate_limit_per_s > 0
+    assert DEFAULTS.max_streaming_per_device > 0
+    assert DEFAULTS.storage_quota_bytes > 0
+    assert ERRORS["streaming_limit_exceeded"].http_status == 429
+    assert ERRORS["storage_quota_exceeded"].http_status == 403
+
+
+def test_default_rate_limit_throttles_one_credential(make: Any) -> None:
+    clock = ManualClock()
+    srv = make(clock, rate_limit_per_s=DEFAULTS.rate_limit_per_s)
+    _, token = srv.device_token()
+    burst = srv.app.domain.limiter.burst
+    with _rest(srv, token) as c:
+        for _ in range(burst):
+            assert c.get("/v1/recordings").status_code == 200
+        resp = c.get("/v1/recordings")
+        err = _refused(resp, "rate_limit_exceeded")
+        assert int(resp.headers["Retry-After"]) == err["retry_after_s"] >= 1
+        _, other = srv.device_token()  # another credential has its own budget
+        assert _rest(srv, other).get("/v1/recordings").status_code == 200
+    _grpc_refused(lambda: srv.recordings().ListRecordings(
+        recording_pb2.ListRecordingsRequest(), metadata=auth(token)), "rate_limit_exceeded")
+    clock.advance(timedelta(seconds=2))
+    with _rest(srv, token) as c:
+        assert c.get("/v1/recordings").status_code == 200
+
+
+def test_open_streaming_recordings_per_device_are_capped(make: Any) -> None:
+    clock = ManualClock()
+    cap = DEFAULTS.max_streaming_per_device
+    srv = make(clock, max_streaming_per_device=cap)
+    _, token = srv.device_token()
+    with _rest(srv, token) as c:
+        for _ in range(cap):
+            assert c.post("/v1/recordings", json={"streaming": True}).status_code == 201
+        assert c.post("/v1/recordings", json={}).status_code == 201  # single-file: not capped
+        resp = c.post("/v1/recordings", json={"streaming": True})
+        err = _refused(resp, "streaming_limit_exceeded")
+        assert err["limit"] == cap
+        # Waiting helps: the oldest open recording expires (streaming_ttl_s) and frees a slot.
+        assert int(resp.headers["Retry-After"]) == err["retry_after_s"]
+        assert 0 < err["retry_after_s"] <= DEFAULTS.streaming_ttl_s
+    _grpc_refused(lambda: srv.recordings().CreateRecording(
+        recording_pb2.CreateRecordingRequest(streaming=True), metadata=auth(token)),
+        "streaming_limit_exceeded")
+    _, other = srv.device_token()
+    with _rest(srv, other) as c:
+        assert c.post("/v1/recordings", json={"streaming": True}).status_code == 201
+    clock.advance(timedelta(seconds=DEFAULTS.streaming_ttl_s + 1))
+    with _rest(srv, token) as c:
+        assert c.post("/v1/recordings", json={"streaming": True}).status_code == 201
+
+
+def _chunk(srv: RunningServer, token: str, rec_id: str, part: int, data: bytes) -> Any:
+    return srv.chunks().UploadChunk(chunk_messages(rec_id, part, data), metadata=auth(token))
+
+
+def test_storage_quota_per_project(make: Any) -> None:
+    quota = 300_000
+    srv = make(storage_quota_bytes=quota)
+    _, token = srv.device_token()
+    data = os.urandom(200_000)
+    with _rest(srv, token) as c:
+        rec = c.post("/v1/recordings", json={"streaming": True}).json()
+        _chunk(srv, token, rec["id"], 1, data)
+        _chunk(srv, token, rec["id"], 2, data)  # 200 kB used < quota: accepted, now over
+        _grpc_refused(lambda: _chunk(srv, token, rec["id"], 3, data), "storage_quota_exceeded")
+        url = rec["chunk_upload_url_template"].replace("{part}", "3")
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+        err = _refused(httpx.put(url, content=data, headers={"Content-MD5": md5}),
+                       "storage_quota_exceeded")
+        assert err["quota_bytes"] == quota and err["used_bytes"] == 2 * len(data)
+        _refused(c.post(f"/v1/recordings/{rec['id']}/upload-url", json={"part": 3}),
+                 "storage_quota_exceeded")
+        _refused(c.post("/v1/recordings", json={}), "storage_quota_exceeded")
+        _grpc_refused(lambda: srv.recordings().CreateRecording(
+            recording_pb2.CreateRecordingRequest(), metadata=auth(token)),
+            "storage_quota_exceeded")
+        # Another project is not affected; deleting frees the space.
+        from tapedeck.auth import create_project
+
+        _, key2 = create_project(srv.app.db, srv.app.clock)
+        assert _rest(srv, key2).post("/v1/recordings", json={}).status_code == 201
+    with _rest(srv, srv.api_key) as admin:
+        assert admin.delete(f"/v1/recordings/{rec['id']}").status_code in (200, 204)
+    with _rest(srv, token) as c:
+        assert c.post("/v1/recordings", json={"streaming": True}).status_code == 201

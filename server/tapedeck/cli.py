@@ -104,7 +104,8 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
         if app.grpc_port:
             listening["grpc"] = f"{settings.host}:{app.grpc_port}"
         if app.http_port:
-            listening["http"] = f"http://{settings.host}:{app.http_port}"
+            scheme = "https" if app.certificate else "http"
+            listening["http"] = f"{scheme}://{settings.host}:{app.http_port}"
         if app.metrics_port:
             listening["metrics"] = f"http://{settings.host}:{app.metrics_port}/metrics"
         # One write call: a worker thread may print a failpoint line at the same moment.

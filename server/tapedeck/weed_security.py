@@ -80,12 +80,5 @@ def weed_environment(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("WEED_")}
 
 
-def client_tls_files(data_dir: Path) -> tuple[Path, Path, Path]:
-    """(CA, certificate, key) of the running weed, for tools that must reach its internal
-    ports (e.g. ``weed shell``); readable only by the data dir's owner."""
-    folder = data_dir / SECURITY_DIR
-    return folder / "ca.pem", folder / "weed.pem", folder / "weed.key"
-
-
-__all__ = ["client_tls_files", "render_config", "weed_environment",
+__all__ = ["render_config", "weed_environment",
            "write_security_config"]

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.errors import ERRORS
+from tapedeck.errors import ERRORS, TapedeckError
 from tapedeck.rpc_errors import from_rpc_error
 from tapedeck.settings import Settings
 from tapedeck.v1 import recording_pb2
@@ -153,3 +153,44 @@ def test_storage_quota_per_project(make: Any) -> None:
         assert admin.delete(f"/v1/recordings/{rec['id']}").status_code in (200, 204)
     with _rest(srv, token) as c:
         assert c.post("/v1/recordings", json={"streaming": True}).status_code == 201
+
+
+def test_the_storage_meter_reuses_a_measurement_only_within_its_bound(tmp_path: Path) -> None:
+    """Far from the quota a measurement is reused (no query per chunk); bytes it did not see
+    (another process) are caught once the allowance it handed out could reach the quota,
+    or when the measurement is older than METER_TTL_S."""
+    from tapedeck.db import Database
+    from tapedeck.domain.limits import METER_TTL_S, StorageMeter
+
+    clock = ManualClock()
+    db = Database(tmp_path / "t.db")
+    settings = Settings(storage_quota_bytes=1000)
+    now = "2026-01-01T00:00:00.000Z"
+    with db.write() as tx:
+        tx.execute("INSERT INTO projects VALUES ('prj_1', 'p', ?)", [now])
+
+    def stored(size: int) -> None:  # bytes arriving behind the meter's back
+        with db.write() as tx:
+            tx.execute("INSERT INTO recordings (id, project_id, status, codec, streaming,"
+                       " created_at, updated_at, file_size_bytes) VALUES"
+                       " (?, 'prj_1', 'completed', 'opus', 0, ?, ?, ?)",
+                       [f"rec_{os.urandom(6).hex()}", now, now, size])
+
+    meter = StorageMeter(clock)
+    meter.check(db.read(), settings, "prj_1", 100)  # measures 0
+    stored(5000)
+    passed = 0
+    with pytest.raises(TapedeckError) as caught:
+        for _ in range(20):
+            meter.check(db.read(), settings, "prj_1", 100)
+            passed += 1
+    assert caught.value.type == "storage_quota_exceeded"
+    assert 0 < passed <= 1000 // 100  # reused, but never past what could reach the quota
+
+    fresh = StorageMeter(clock)
+    fresh.check(db.read(), Settings(storage_quota_bytes=10**9), "prj_1", 100)
+    stored(10**9)
+    fresh.check(db.read(), Settings(storage_quota_bytes=10**9), "prj_1", 100)  # reused
+    clock.advance(timedelta(seconds=METER_TTL_S + 1))
+    with pytest.raises(TapedeckError):
+        fresh.check(db.read(), Settings(storage_quota_bytes=10**9), "prj_1", 100)

@@ -207,3 +207,20 @@ def test_plaintext_only_on_loopback(tmp_path: Path, pki: Pki) -> None:
     assert len(lines) == 1, out.stderr
     assert "TAPEDECK_TLS_CERT_FILE" in json.loads(lines[0])["error"]["message"]
     assert not (tmp_path / "d").exists()  # refused before anything was created
+
+
+def test_serve_announces_https(weed: ManagedWeed, tmp_path: Path, pki: Pki) -> None:
+    from serverkit import spawn_server
+
+    settings = test_settings(weed, tmp_path / "child", tls_cert_file=str(pki.cert),
+                             tls_key_file=str(pki.key))
+    child = spawn_server(settings, command="api")
+    try:
+        url = child.listening["http"]
+        assert url.startswith("https://")
+        resp = httpx.get(url + "/v1/recordings", timeout=10,
+                         verify=ssl.create_default_context(cafile=str(pki.ca_file("one"))))
+        assert resp.status_code == 401  # TLS works; no credential sent
+    finally:
+        child.terminate()
+        drop_bucket(weed, settings.s3_bucket)

@@ -87,6 +87,7 @@ class Chunks:
 
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
+        self.meter = limits.StorageMeter(ctx.clock)  # the storage quota (also for Recordings)
 
     def precheck(self, p: Principal, recording_id: str, part: int) -> Recording:
         """Fail fast (before reading a body) if this chunk would be refused anyway."""
@@ -113,7 +114,8 @@ class Chunks:
         if require_checksum and md5 is None and sha256 is None:
             raise invalid("md5", "Send the chunk's md5 or sha256.")
         self.precheck(p, recording_id, part)
-        limits.check_storage(self._ctx.db.read(), self._ctx.settings, p.project_id)
+        self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
+                         self._ctx.settings.max_chunk_bytes)
         received = _Received(body, self._ctx.settings.max_chunk_bytes,
                              want_sha256=sha256 is not None)
         try:
@@ -202,7 +204,8 @@ class Chunks:
         """A presigned direct-to-store PUT for one part."""
         md5_b64 = check_md5_b64(content_md5)
         self.precheck(p, recording_id, part)
-        limits.check_storage(self._ctx.db.read(), self._ctx.settings, p.project_id)
+        self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
+                         self._ctx.settings.max_chunk_bytes)
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
         url, headers = self._ctx.store.presign_put(chunk_key(recording_id, part), expires,
                                                    content_md5_b64=md5_b64)

@@ -130,7 +130,7 @@ class Recordings:
             max_chunks = ctx.settings.max_chunks
         with ctx.db.write() as tx:
             device_id, end_user_id = recording_owner(tx, p, req.device_id, req.end_user_id)
-            limits.check_storage(tx, ctx.settings, p.project_id)
+            self._chunks.meter.check(tx, ctx.settings, p.project_id, 0)
             if req.streaming:
                 limits.check_streaming_cap(tx, ctx.settings, now, device_id)
             tx.execute(
@@ -300,7 +300,8 @@ class Recordings:
             raise invalid("part", "part is only allowed for streaming recordings.")
         if rec.status != "pending":
             raise error("invalid_state", "The file of this recording was already uploaded.")
-        limits.check_storage(ctx.db.read(), ctx.settings, rec.project_id)
+        self._chunks.meter.check(ctx.db.read(), ctx.settings, rec.project_id,
+                                 ctx.settings.max_file_bytes)
         media_id, key = self._pending_media(rec, content_type)
         url, headers = ctx.store.presign_put(key, expires, content_md5_b64=md5_b64)
         return UploadUrl(media_id, url, "PUT", headers, ctx.clock.now() + expires)

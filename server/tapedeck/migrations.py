@@ -205,6 +205,13 @@ def m0007_operations(db: sqlite_utils.Database) -> None:
                " ON recordings(status, chunks_retention, updated_at)")
 
 
+def m_sec1_pinned_chunks(db: sqlite_utils.Database) -> None:
+    """``chunks.object_key``: the store object of each part (every upload writes a new,
+    versioned key; finalize pins the one it accepted and the stitcher reads exactly it).
+    NULL on rows from before: the unversioned ``chunk_{part}.opus``."""
+    db.execute("ALTER TABLE chunks ADD COLUMN object_key TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -213,6 +220,7 @@ MIGRATIONS: list[Migration] = [
     m0005_end_users_devices,
     m0006_transcription_error_reason,
     m0007_operations,
+    m_sec1_pinned_chunks,
 ]
 
 

@@ -212,6 +212,14 @@ def m_sec1_pinned_chunks(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE chunks ADD COLUMN object_key TEXT")
 
 
+def m_sec1_event_redaction(db: sqlite_utils.Database) -> None:
+    """``deleted_recordings``: deleted recordings whose events still wait to be redacted
+    (see ``tapedeck.domain.redaction``), and an index of events by recording."""
+    db.execute("""CREATE TABLE deleted_recordings (
+        recording_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, deleted_at TEXT NOT NULL)""")
+    db.execute("CREATE INDEX events_recording ON events(recording_id)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -221,6 +229,7 @@ MIGRATIONS: list[Migration] = [
     m0006_transcription_error_reason,
     m0007_operations,
     m_sec1_pinned_chunks,
+    m_sec1_event_redaction,
 ]
 
 

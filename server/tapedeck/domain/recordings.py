@@ -39,6 +39,7 @@ from tapedeck.domain.models import (
     Recording,
     UploadUrl,
 )
+from tapedeck.domain.redaction import queue_redaction, redact_now
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
 from tapedeck.store import MD5_HEX, ObjectInfo
@@ -267,7 +268,8 @@ class Recordings:
 
     # -- delete -------------------------------------------------------------------------
     def delete(self, p: Principal, recording_id: str) -> None:
-        """Remove every object the recording owns, then the recording (event emitted)."""
+        """Remove every object the recording owns, then the recording (event emitted); its
+        stored events are redacted once delivered (``tapedeck.domain.redaction``)."""
         p.require("recordings:write")
         if p.kind == "device":
             raise error("forbidden", "Device tokens cannot delete recordings.")
@@ -282,6 +284,8 @@ class Recordings:
                 tx.execute("DELETE FROM recordings WHERE id = ?", [rec.id])
                 emit(tx, ctx.clock, rec.project_id, "recording.deleted",
                      {"id": rec.id, "deleted": True}, rec.id)
+                queue_redaction(tx, rec.id, rec.project_id, iso(ctx.clock.now()))
+                redact_now(tx, rec.id)
 
     # -- single-file upload and download -------------------------------------------------
     def create_upload_url(self, p: Principal, recording_id: str, *, type: str = "audio",

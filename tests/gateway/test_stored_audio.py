@@ -87,6 +87,8 @@ def test_unused_url_issued_before_finalize_changes_nothing(server: RunningServer
         "total_chunks": len(datas), "final_duration_ms": 3_000})
     assert fin.status_code == 200, fin.text
     assert put(spare, datas[0]) == 200  # the store takes it under a key no one reads
+    listing = c.get(f"/v1/recordings/{rec['id']}/chunks").json()
+    assert [ch["md5"] for ch in listing["data"]] == [hashlib.md5(d).hexdigest() for d in datas]
     assert run_stitch(server) == "succeeded"
     assert audio_md5(c, rec["id"]) == stitched_md5(datas)
 

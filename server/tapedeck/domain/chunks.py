@@ -30,6 +30,7 @@ from tapedeck.domain._base import (
     load_recording,
     new_chunk_key,
     not_streaming,
+    part_key,
     stored_parts,
 )
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
@@ -179,8 +180,8 @@ class Chunks:
     def list(self, p: Principal, recording_id: str) -> ChunkList:
         """The chunks the store holds, and the parts missing up to the highest one."""
         p.require("recordings:read")
-        load_recording(self._ctx.db.read(), p, recording_id)
-        return self._listing(recording_id)
+        rec = load_recording(self._ctx.db.read(), p, recording_id)
+        return self._listing(recording_id, finalized=rec.finalize_request is not None)
 
     def delete(self, p: Principal, recording_id: str, part: int) -> ChunkList:
         """Delete every stored object of ``part`` while the recording is streaming (a stray
@@ -201,8 +202,18 @@ class Chunks:
                            [recording_id, part])
         return self._listing(recording_id)
 
-    def _listing(self, recording_id: str) -> ChunkList:
-        parts = stored_parts(self._ctx.store, recording_id)
+    def _listing(self, recording_id: str, *, finalized: bool = False) -> ChunkList:
+        """The current object of each part; once finalized, only the objects finalize pinned
+        (a later PUT through an old URL is not the recording's audio, so it is not listed)."""
+        if finalized:
+            pinned = {part: part_key(recording_id, part, key) for part, key in
+                      self._ctx.db.read().execute(
+                          "SELECT part, object_key FROM chunks WHERE recording_id = ?",
+                          [recording_id]).fetchall()}
+            parts = {part: obj for part, objs in chunk_objects(self._ctx.store, recording_id).items()
+                     for obj in objs if obj.key == pinned.get(part)}
+        else:
+            parts = stored_parts(self._ctx.store, recording_id)
         chunks = [Chunk(part, obj.size, obj.etag, obj.last_modified)
                   for part, obj in sorted(parts.items())]
         present = set(parts)

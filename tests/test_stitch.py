@@ -190,11 +190,14 @@ def test_corrupt_chunk_fails_with_invalid_audio_naming_the_part(project: Project
 
 
 def test_chunk_replaced_after_finalize_fails_checksum(project: Project) -> None:
+    """No upload path can overwrite a pinned chunk object; one changed behind the server's
+    back (a store operator, corruption) is still caught."""
     chunks = [c.data for c in continuous_chunks(9.0, 3_000)]
     rec_id = streaming_recording(project, chunks, 9_000)
     other = continuous_chunks(9.0, 3_000, start=5)[1].data  # valid Opus, other bytes
-    project.app.store.put(f"recordings/{rec_id}/chunks/chunk_2.opus", io.BytesIO(other),
-                          len(other))
+    pinned = project.app.db.read().execute(
+        "SELECT object_key FROM chunks WHERE recording_id = ? AND part = 2", [rec_id]).fetchone()[0]
+    project.app.store.put(pinned, io.BytesIO(other), len(other))
     assert stitch_worker(project).run_once() == "failed"
     row = recording_row(project, rec_id)
     assert (row["status"], row["failure_type"]) == ("failed", "checksum_mismatch")

@@ -82,6 +82,9 @@ ERRORS: dict[str, ErrorKind] = {
                   "The project's storage quota is used up."),
         ErrorKind("storage_unavailable", 503, _C.UNAVAILABLE, "The object store is unavailable."),
         ErrorKind("internal_error", 500, _C.INTERNAL, "An internal error occurred."),
+        ErrorKind("chunk_too_large", 409, _C.FAILED_PRECONDITION,
+                  "A stored part exceeds max_chunk_bytes."),
+        ErrorKind("chunk_not_found", 404, _C.NOT_FOUND, "Chunk not found."),
     ]
 }
 

@@ -246,8 +246,10 @@ class MeteredStore:
             raise
 
     def presign_put(self, key: str, expires: timedelta, *,
-                    content_md5_b64: str | None = None) -> tuple[str, dict[str, str]]:
-        return self.inner.presign_put(key, expires, content_md5_b64=content_md5_b64)
+                    content_md5_b64: str | None = None, if_absent: bool = False,
+                    content_length: int | None = None) -> tuple[str, dict[str, str]]:
+        return self.inner.presign_put(key, expires, content_md5_b64=content_md5_b64,
+                                      if_absent=if_absent, content_length=content_length)
 
     def presign_get(self, key: str, expires: timedelta) -> str:
         return self.inner.presign_get(key, expires)

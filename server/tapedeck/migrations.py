@@ -240,6 +240,21 @@ def m_search_fts(db: sqlite_utils.Database) -> None:
         WHERE t.status = 'completed' ORDER BY t.id, CAST(j.key AS INTEGER)""")
 
 
+def m_sec1_pinned_chunks(db: sqlite_utils.Database) -> None:
+    """``chunks.object_key``: the store object of each part (every upload writes a new,
+    versioned key; finalize pins the one it accepted and the stitcher reads exactly it).
+    NULL on rows from before: the unversioned ``chunk_{part}.opus``."""
+    db.execute("ALTER TABLE chunks ADD COLUMN object_key TEXT")
+
+
+def m_sec1_event_redaction(db: sqlite_utils.Database) -> None:
+    """``deleted_recordings``: deleted recordings whose events still wait to be redacted
+    (see ``tapedeck.domain.redaction``), and an index of events by recording."""
+    db.execute("""CREATE TABLE deleted_recordings (
+        recording_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, deleted_at TEXT NOT NULL)""")
+    db.execute("CREATE INDEX events_recording ON events(recording_id)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -249,6 +264,8 @@ MIGRATIONS: list[Migration] = [
     m0006_transcription_error_reason,
     m0007_operations,
     m_search_fts,
+    m_sec1_pinned_chunks,
+    m_sec1_event_redaction,
 ]
 
 

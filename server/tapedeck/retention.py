@@ -41,7 +41,7 @@ from datetime import timedelta
 from typing import Any
 
 from tapedeck.clock import iso
-from tapedeck.domain._base import Context, recording_prefix, stored_parts
+from tapedeck.domain._base import Context, chunk_objects, part_key, recording_prefix
 from tapedeck.jobs import Failpoints
 from tapedeck.metrics import Metrics
 from tapedeck.settings import Settings
@@ -121,9 +121,10 @@ class Retention:
                 return self._mark(recording_id, status, state, "purged")
             if stage == "stitched":
                 return self._clean_stitched(rec)
-            listing = stored_parts(self._ctx.store, recording_id)
+            every = [obj for objs in chunk_objects(self._ctx.store, recording_id).values()
+                     for obj in objs]
             self._fp.hit("retention.cleanup", recording_id=recording_id, stage=stage)
-            self._delete(recording_id, listing.values(), stage)
+            self._delete(recording_id, every, stage)
             return self._mark(recording_id, status, state, "purged")
 
     # -- the stitched stage ---------------------------------------------------------------------
@@ -131,14 +132,17 @@ class Retention:
         recording_id = rec["id"]
         if not self._audio_verified(rec):
             return self._mark(recording_id, "completed", None, "blocked")
-        snapshot = dict(self._ctx.db.read().execute(
-            "SELECT part, md5 FROM chunks WHERE recording_id = ?", [recording_id]).fetchall())
-        listing = stored_parts(self._ctx.store, recording_id)
-        stitched = [obj for part, obj in sorted(listing.items())
-                    if part in snapshot and _same_bytes(obj, snapshot[part])]
+        snapshot = {part: (part_key(recording_id, part, key), md5) for part, md5, key in
+                    self._ctx.db.read().execute(
+                        "SELECT part, md5, object_key FROM chunks WHERE recording_id = ?",
+                        [recording_id]).fetchall()}
+        every = [(part, obj) for part, objs in
+                 sorted(chunk_objects(self._ctx.store, recording_id).items()) for obj in objs]
+        stitched = [obj for part, obj in every if part in snapshot
+                    and obj.key == snapshot[part][0] and _same_bytes(obj, snapshot[part][1])]
         self._fp.hit("retention.cleanup", recording_id=recording_id, stage="stitched")
         self._delete(recording_id, stitched, "stitched")
-        left = len(listing) - len(stitched)
+        left = len(every) - len(stitched)
         return self._mark(recording_id, "completed", None, "stitched" if left else "purged")
 
     def _audio_verified(self, rec: dict[str, Any]) -> bool:

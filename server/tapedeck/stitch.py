@@ -1,7 +1,9 @@
 """The ``stitch`` job: a finalized recording's chunks become ONE Ogg Opus file in the store.
 
 Streaming recordings (``uploaded`` → ``stitching`` → ``completed`` | ``failed``):
-1. Chunks 1..N are read from the store in order. Each must still have the size and MD5
+1. Chunks 1..N are streamed from the store in order, from exactly the objects finalize
+   pinned (``chunks.object_key``: versioned create-only keys that no upload can
+   overwrite), with memory bounded by a constant. Each must still have the size and MD5
    snapshotted at finalize (``chunks`` table; the MD5 check is skipped for multipart ETags),
    and, when the device sent ``checksum_md5``, all bytes in part order must hash to it —
    else ``checksum_mismatch`` naming the part. A missing chunk fails with ``chunk_missing``.
@@ -43,9 +45,7 @@ import io
 import logging
 import tempfile
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -53,7 +53,7 @@ import sqlite_utils
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
-from tapedeck.domain._base import chunk_key, emit, recording_prefix, to_recording
+from tapedeck.domain._base import emit, part_key, recording_prefix, to_recording
 from tapedeck.domain.models import Recording
 from tapedeck.ids import new_id
 from tapedeck.jobs import Failpoints, Failure, Job, JobFailed, enqueue
@@ -245,11 +245,12 @@ def stitch_into_store(store: ObjectStore, chunks: Iterable[BinaryIO], key: str, 
 
 @dataclass(frozen=True)
 class ChunkRecord:
-    """A chunk as snapshotted at finalize."""
+    """A chunk as snapshotted at finalize: the pinned object (``key``), its size and MD5."""
 
     part: int
     size: int
     md5: str
+    key: str
 
 
 def read_object(store: ObjectStore, key: str) -> bytes:
@@ -261,46 +262,77 @@ def read_object(store: ObjectStore, key: str) -> bytes:
         stream.close()
 
 
-def _fetch_verified(store: ObjectStore, recording_id: str, chunk: ChunkRecord) -> bytes:
-    """One chunk's bytes, checked against its finalize snapshot (``JobFailed`` otherwise)."""
+class _VerifiedChunk(io.RawIOBase):
+    """One pinned chunk object streamed from the store (never held whole in memory),
+    counted and MD5-hashed as it is read, also into the recording's running ``whole`` MD5.
+
+    ``finish()`` reads whatever the consumer left, closes the stream and raises
+    ``JobFailed('checksum_mismatch')`` unless the bytes have the snapshotted size and MD5
+    (the MD5 check is skipped for multipart ETags)."""
+
+    def __init__(self, stream: BinaryIO, chunk: ChunkRecord, whole: Any) -> None:
+        super().__init__()
+        self._stream = stream
+        self._chunk = chunk
+        self._whole = whole
+        self._md5 = hashlib.md5()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self._stream.read(min(len(view), _READ_BLOCK))
+        n = len(data)
+        view[:n] = data
+        self._md5.update(data)
+        self._whole.update(data)
+        self.size += n
+        return n
+
+    def finish(self) -> None:
+        while self.readinto(bytearray(_READ_BLOCK)):
+            pass
+        self._stream.close()
+        chunk, digest = self._chunk, self._md5.hexdigest()
+        if self.size != chunk.size or (MD5_HEX.match(chunk.md5) and digest != chunk.md5):
+            raise JobFailed("checksum_mismatch",
+                            f"Chunk {chunk.part} changed after finalize (MD5 {digest}, "
+                            f"expected {chunk.md5}).", part=chunk.part)
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def _open_chunk(store: ObjectStore, chunk: ChunkRecord) -> BinaryIO:
     try:
-        data = read_object(store, chunk_key(recording_id, chunk.part))
+        return store.open(chunk.key)
     except ObjectNotFound:
         raise JobFailed("chunk_missing", f"Chunk {chunk.part} is no longer in the store.",
                         part=chunk.part) from None
-    digest = hashlib.md5(data).hexdigest()
-    if len(data) != chunk.size or (MD5_HEX.match(chunk.md5) and digest != chunk.md5):
-        raise JobFailed("checksum_mismatch",
-                        f"Chunk {chunk.part} changed after finalize (MD5 {digest}, "
-                        f"expected {chunk.md5}).", part=chunk.part)
-    return data
 
 
-def verified_chunks(store: ObjectStore, recording_id: str, chunks: list[ChunkRecord],
-                    checksum_md5: str | None, before_each: Callable[[], None] | None = None,
-                    *, prefetch: int = 2) -> Iterator[BinaryIO]:
-    """Chunk streams in part order, each checked against its finalize snapshot; after the last
-    one, the MD5 of all bytes against ``checksum_md5`` (if given). Raises ``JobFailed``.
+def verified_chunks(store: ObjectStore, chunks: list[ChunkRecord], checksum_md5: str | None,
+                    before_each: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
+    """Chunk streams in part order, read from the objects finalize pinned, each checked
+    against its snapshot once consumed; after the last one, the MD5 of all bytes against
+    ``checksum_md5`` (if given). Raises ``JobFailed``.
 
-    Up to ``prefetch`` chunks are fetched (and MD5-checked) ahead by a helper thread, so
-    reading the store overlaps with the remux of the current chunk; errors surface in part
-    order, when their chunk's turn comes."""
+    Memory is bounded by a constant whatever the chunk sizes: each chunk is streamed in
+    ``_READ_BLOCK`` reads (nothing is prefetched or held whole), and its check runs when the
+    consumer asks for the next chunk (or the end), before the stitched upload can finish."""
     whole = hashlib.md5()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-fetch") as pool:
-        pending: deque[Future[bytes]] = deque()
+    for chunk in chunks:
+        if before_each is not None:
+            before_each()
+        current = _VerifiedChunk(_open_chunk(store, chunk), chunk, whole)
         try:
-            for index in range(len(chunks)):
-                while len(pending) <= prefetch and index + len(pending) < len(chunks):
-                    ahead = chunks[index + len(pending)]
-                    pending.append(pool.submit(_fetch_verified, store, recording_id, ahead))
-                if before_each is not None:
-                    before_each()
-                data = pending.popleft().result()
-                whole.update(data)
-                yield io.BytesIO(data)
+            yield io.BufferedReader(current, buffer_size=_READ_BLOCK)
+            current.finish()
         finally:
-            for future in pending:
-                future.cancel()
+            current.close()
     if checksum_md5 is not None and whole.hexdigest() != checksum_md5:
         raise JobFailed("checksum_mismatch",
                         "The chunks no longer match the checksum_md5 given at finalize.",
@@ -362,7 +394,7 @@ class StitchHandler:
     def _stitch(self, run: JobRun, rec: Recording) -> _Audio:
         chunks = self._chunks(rec)
         body = rec.finalize_request or {}
-        source = verified_chunks(self._store, rec.id, chunks, body.get("checksum_md5"),
+        source = verified_chunks(self._store, chunks, body.get("checksum_md5"),
                                  before_each=run.check)
 
         def check(result: RemuxResult) -> None:
@@ -390,9 +422,10 @@ class StitchHandler:
 
     def _chunks(self, rec: Recording) -> list[ChunkRecord]:
         rows = self._db.read().execute(
-            "SELECT part, size_bytes, md5 FROM chunks WHERE recording_id = ? ORDER BY part",
-            [rec.id]).fetchall()
-        chunks = [ChunkRecord(*row) for row in rows]
+            "SELECT part, size_bytes, md5, object_key FROM chunks WHERE recording_id = ?"
+            " ORDER BY part", [rec.id]).fetchall()
+        chunks = [ChunkRecord(part, size, md5, part_key(rec.id, part, key))
+                  for part, size, md5, key in rows]
         total = (rec.finalize_request or {}).get("total_chunks", len(chunks))
         if [c.part for c in chunks] != list(range(1, total + 1)):
             raise JobFailed("chunk_missing",

@@ -1,6 +1,7 @@
 """The sweeper: a periodic loop (the ``sweeper`` role, started by ``tapedeck serve`` and
 ``tapedeck worker``) that expires overdue streaming recordings (``domain.expiry.Expiry``)
-and then applies chunk retention (``tapedeck.retention.Retention``).
+and then applies chunk retention (``tapedeck.retention.Retention``), then redacts the events
+of deleted recordings whose deliveries are done (``domain.redaction.EventRedaction``).
 
 Every round handles all due work in batches (bounded, so a stop is honoured between
 batches). Each expired recording is handled under a fresh request id, which its stitching
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tapedeck.domain.expiry import Expiry
+from tapedeck.domain.redaction import EventRedaction
 from tapedeck.jobs import Failpoints
 from tapedeck.logs import request_context
 from tapedeck.metrics import Metrics
@@ -40,15 +42,18 @@ class SweepReport:
 
     expired: dict[str, str] = field(default_factory=dict)
     cleaned: dict[str, str] = field(default_factory=dict)
+    redacted: dict[str, int] = field(default_factory=dict)
 
 
 class Sweeper:
     """Runs ``run_once`` every ``interval_s`` seconds in a background thread."""
 
     def __init__(self, expiry: Expiry, retention: Retention, interval_s: float,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 redaction: EventRedaction | None = None) -> None:
         self.expiry = expiry
         self.retention = retention
+        self.redaction = redaction
         self.interval_s = interval_s
         self._metrics = metrics
         self._stop = threading.Event()
@@ -69,6 +74,8 @@ class Sweeper:
                 report.cleaned[rec_id] = self.retention.clean(rec_id, stage)
             if len(batch) < BATCH or self._stop.is_set():
                 break
+        if self.redaction is not None:
+            report.redacted = self.redaction.sweep(BATCH * MAX_BATCHES)
         return report
 
     def _expire(self, recording_id: str) -> str:
@@ -116,5 +123,5 @@ def start_sweeper(app: App) -> Sweeper:
     retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
                           failpoints=Failpoints(s.failpoints), metrics=app.metrics)
     sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
-                      metrics=app.metrics)
+                      metrics=app.metrics, redaction=EventRedaction(app.domain.ctx))
     return sweeper.start()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tapedeck.domain._base import chunk_key
+from tapedeck.domain._base import stored_parts
 from tapedeck.oggopus.stream import OpusStreamReader
 from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck_agent.encoder import OpusChunker
@@ -179,7 +179,7 @@ def status_name(rec: recording_pb2.Recording) -> str:
 
 def stored_chunk(server: RunningServer, rec_id: str, part: int) -> bytes:
     """The bytes the object store holds for chunk ``part``."""
-    stream = server.app.store.open(chunk_key(rec_id, part))
+    stream = server.app.store.open(stored_parts(server.app.store, rec_id)[part].key)
     try:
         return stream.read()
     finally:

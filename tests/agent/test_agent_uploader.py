@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.domain._base import chunk_key
+from tapedeck.domain._base import chunk_objects
 from tapedeck.v1 import device_pb2, device_pb2_grpc, recording_pb2
 from tapedeck_agent.client import AgentClient
 from tapedeck_agent.config import AgentConfig
@@ -85,7 +85,8 @@ def test_happy_path_uploads_then_finalizes_with_checksum(rig: Rig) -> None:
 
 def test_chunk_mismatch_on_finalize_resends_the_missing_part(rig: Rig) -> None:
     rig.drain()
-    rig.server.app.store.delete(chunk_key(rig.rec.server_id, 2))  # the server lost part 2
+    for obj in chunk_objects(rig.server.app.store, rig.rec.server_id, 2)[2]:
+        rig.server.app.store.delete(obj.key)  # the server lost part 2
     rig.close()
     rig.drain()
     assert rig.rec.state == "finalized"

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tapedeck.domain._base import stored_parts
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
@@ -64,7 +65,7 @@ def test_the_store_not_the_ledger_decides_stored_or_replaced(server: RunningServ
                                            metadata=auth(token))
 
     def stored(part: int) -> bytes:
-        return server.app.store.open(f"recordings/{rec_id}/chunks/chunk_{part}.opus").read()
+        return server.app.store.open(stored_parts(server.app.store, rec_id)[part].key).read()
 
     first = upload(1, b"the device's bytes")
     assert not first.already_stored and not first.replaced
@@ -88,7 +89,8 @@ def test_presigned_url_tampered_or_wrong_md5_refused(server: RunningServer) -> N
     url = server.chunks().CreateChunkUploadUrl(
         chunk_pb2.CreateChunkUploadUrlRequest(recording_id=rec_id, part=2, content_md5=md5_b64),
         metadata=auth(token))
-    tampered = url.upload_url.replace("chunk_2.opus", "chunk_3.opus")
+    tampered = url.upload_url.replace("chunk_2.", "chunk_3.")
+    assert tampered != url.upload_url
     assert http_put(tampered, data, dict(url.headers)) == 403
     assert http_put(url.upload_url, b"other bytes!!!", dict(url.headers)) in (400, 403)
     assert list(server.app.store.list(f"recordings/{rec_id}/")) == []

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.domain._base import chunk_prefix
+from tapedeck.domain._base import CHUNK_KEY_RE, chunk_prefix
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.oggopus.opus import GRANULE_RATE
 from tapedeck.stitch import audio_key
@@ -51,7 +51,8 @@ def _row(srv: RunningServer, rec_id: str) -> dict[str, Any]:
 
 
 def _stored(srv: RunningServer, rec_id: str) -> list[str]:
-    return [o.key.rsplit("/", 1)[1] for o in srv.app.store.list(chunk_prefix(rec_id))]
+    return [f"chunk_{m.group(2)}.opus" for o in srv.app.store.list(chunk_prefix(rec_id))
+            if (m := CHUNK_KEY_RE.match(o.key))]
 
 
 def _late_chunk_refused(srv: RunningServer, rest: httpx.Client, template: str, rec_id: str,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.domain._base import chunk_prefix, recording_prefix
+from tapedeck.domain._base import CHUNK_KEY_RE, chunk_prefix, recording_prefix
 from tapedeck.retention import Retention, RetentionPolicy
 from tapedeck.settings import Settings
 from tapedeck.stitch import audio_key, read_object
@@ -76,8 +76,15 @@ def _retention(project: Project) -> Retention:
                      RetentionPolicy.from_settings(project.app.settings))
 
 
+def unversioned(key: str) -> str:
+    """``chunk_{part}.opus`` for any object of the part (its upload version dropped)."""
+    m = CHUNK_KEY_RE.match(key)
+    assert m, key
+    return f"chunk_{m.group(2)}.opus"
+
+
 def _parts(project: Project, rec_id: str) -> list[str]:
-    return [o.key.rsplit("/", 1)[1] for o in project.app.store.list(chunk_prefix(rec_id))]
+    return [unversioned(o.key) for o in project.app.store.list(chunk_prefix(rec_id))]
 
 
 def _audio_intact(project: Project, rec_id: str, tmp: Path) -> None:

@@ -25,7 +25,11 @@ from tapedeck.jobs import JobSignals
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectInfo, ObjectStore
 
-CHUNK_KEY_RE = re.compile(r"^recordings/(rec_[0-9A-Za-z]+)/chunks/chunk_(\d+)\.opus$")
+# A part's object: ``chunk_{part}.{version}.opus``, one new object (a fresh sortable version)
+# per upload or presigned URL, so no upload ever overwrites another; ``chunk_{part}.opus``
+# (no version, the oldest) is the layout before issue 15.
+CHUNK_KEY_RE = re.compile(
+    r"^recordings/(rec_[0-9A-Za-z]+)/chunks/chunk_(\d+)(?:\.(v[0-9A-Za-z]+))?\.opus$")
 
 
 def chunk_prefix(recording_id: str) -> str:
@@ -33,20 +37,45 @@ def chunk_prefix(recording_id: str) -> str:
     return f"recordings/{recording_id}/chunks/"
 
 
-def chunk_key(recording_id: str, part: int) -> str:
-    """Store key of one chunk: ``recordings/{id}/chunks/chunk_{part}.opus``."""
-    return f"{chunk_prefix(recording_id)}chunk_{part}.opus"
+def chunk_key(recording_id: str, part: int, version: str | None = None) -> str:
+    """Store key of one object of a part: ``recordings/{id}/chunks/chunk_{part}.{version}.opus``
+    (``chunk_{part}.opus`` without a version). THE chunk layout: every writer and reader
+    of a part's object goes through this function, ``new_chunk_key``, ``part_key`` or
+    ``stored_parts``."""
+    suffix = "" if version is None else f".{version}"
+    return f"{chunk_prefix(recording_id)}chunk_{part}{suffix}.opus"
 
 
-def stored_parts(store: ObjectStore, recording_id: str) -> dict[int, ObjectInfo]:
-    """The chunk objects the store holds for a recording, by part number (the truth that
-    finalize, expiry and chunk listings go by)."""
-    parts = {}
-    for obj in store.list(chunk_prefix(recording_id)):
+def new_chunk_key(recording_id: str, part: int) -> str:
+    """A key no object has yet for a new upload of ``part`` (newer than every earlier one)."""
+    return chunk_key(recording_id, part, new_id("v"))
+
+
+def part_key(recording_id: str, part: int, pinned: str | None) -> str:
+    """The object finalize pinned for ``part`` (``chunks.object_key``); ledger rows written
+    before pinning existed (``None``) name the unversioned key."""
+    return pinned if pinned is not None else chunk_key(recording_id, part)
+
+
+def chunk_objects(store: ObjectStore, recording_id: str,
+                  part: int | None = None) -> dict[int, list[ObjectInfo]]:
+    """Every chunk object the store holds for a recording (or only for ``part``), by part,
+    oldest upload first."""
+    prefix = chunk_prefix(recording_id) + ("" if part is None else f"chunk_{part}.")
+    parts: dict[int, list[tuple[str, ObjectInfo]]] = {}
+    for obj in store.list(prefix):
         m = CHUNK_KEY_RE.match(obj.key)
         if m and m.group(1) == recording_id:
-            parts[int(m.group(2))] = obj
-    return parts
+            parts.setdefault(int(m.group(2)), []).append((m.group(3) or "", obj))
+    return {part: [obj for _, obj in sorted(objs, key=lambda vo: vo[0])]
+            for part, objs in parts.items()}
+
+
+def stored_parts(store: ObjectStore, recording_id: str,
+                 part: int | None = None) -> dict[int, ObjectInfo]:
+    """The current object of each part the store holds (its latest upload), by part number:
+    the truth that finalize, expiry and chunk listings go by."""
+    return {n: objs[-1] for n, objs in chunk_objects(store, recording_id, part).items()}
 
 
 def recording_prefix(recording_id: str) -> str:
@@ -173,3 +202,16 @@ def check_md5_b64(value: str | None) -> str | None:
     if len(raw) != 16:
         raise invalid("content_md5", "content_md5 must be the base64 of a 16-byte MD5.")
     return value
+
+
+def check_size(size_bytes: int | None, limit: int | None) -> int | None:
+    """A client's announced upload size, or None: ``invalid_request`` on ``size_bytes`` unless
+    positive, ``payload_too_large`` above ``limit``."""
+    if size_bytes is None:
+        return None
+    if size_bytes < 1:
+        raise invalid("size_bytes", "size_bytes must be a positive integer.")
+    if limit is not None and size_bytes > limit:
+        raise error("payload_too_large", f"A chunk may be at most {limit} bytes.",
+                    max_bytes=limit)
+    return size_bytes

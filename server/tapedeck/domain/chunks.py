@@ -1,10 +1,12 @@
 """Chunk rules: upload (verified before it counts), list with missing parts, presigned PUT.
 
 A chunk counts once its bytes are complete, their checksum matches what the client sent, and
-the store holds them under ``recordings/{id}/chunks/chunk_{part}.opus`` (an atomic PUT, so
-nothing half-written is ever visible there). While the recording is ``streaming``, identical
-bytes sent again change nothing and different bytes replace the part; afterwards every upload
-answers ``recording_not_streaming`` (or ``recording_expired``).
+the store holds them under a new ``recordings/{id}/chunks/chunk_{part}.{version}.opus``
+(an atomic create-only PUT, so nothing half-written is ever visible and no object is ever
+overwritten). While the recording is ``streaming``, identical bytes sent again change
+nothing and different bytes replace the part (a newer object becomes its current one);
+afterwards every upload answers ``recording_not_streaming`` (or ``recording_expired``), and
+the objects finalize pinned are the audio.
 """
 
 from __future__ import annotations
@@ -24,14 +26,17 @@ from tapedeck.domain._base import (
     Context,
     check_md5_b64,
     check_part,
-    chunk_key,
+    check_size,
+    chunk_objects,
     load_recording,
+    new_chunk_key,
     not_streaming,
+    part_key,
     stored_parts,
 )
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
 from tapedeck.errors import error, invalid
-from tapedeck.store import MD5_HEX, ObjectExists, ObjectInfo
+from tapedeck.store import MD5_HEX, ObjectInfo
 
 _HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
@@ -128,70 +133,91 @@ class Chunks:
 
     def _store(self, p: Principal, recording_id: str, part: int,
                received: _Received) -> ChunkUploadResult:
-        """Under the recording's lock: store the part unless identical bytes are there.
+        """Under the recording's lock: store the part unless identical bytes are its current
+        object.
 
-        The store is the truth (presigned PUTs bypass the ledger), so the common case, a new
-        part, is one conditional PUT (written only if the key is absent) and no HEAD; only
-        when the key exists is it stat-ed to tell ``already_stored`` from ``replaced``. A
-        ledger row with the same MD5 (a likely retry) only makes it ask the store first, so
-        a retry does not send the bytes twice."""
+        The store is the truth (presigned PUTs bypass the ledger): the part's current object
+        (its latest upload) is looked up; identical bytes → ``already_stored``, nothing
+        written. Otherwise the bytes go to a NEW versioned key with a create-only PUT, so no
+        upload ever overwrites an object (finalize pins one; see ``_base.chunk_key``), and
+        become the part's current object (``replaced`` if it had one)."""
         with self._ctx.locks.hold(recording_id):
             self.precheck(p, recording_id, part)
-            if self._ledger_md5(recording_id, part) == received.md5:
-                return self._settle(recording_id, part, received)
-            try:
-                info = self._put(chunk_key(recording_id, part), received, if_absent=True)
-            except ObjectExists:
-                return self._settle(recording_id, part, received)
-            chunk = self._record(recording_id, part, info.size, received.md5)
-        return ChunkUploadResult(recording_id, chunk, already_stored=False, replaced=False)
-
-    def _settle(self, recording_id: str, part: int, received: _Received) -> ChunkUploadResult:
-        """(Lock held.) Compare with what the store holds: identical → ``already_stored``
-        (nothing written), else PUT over it (``replaced`` if something was there)."""
-        key = chunk_key(recording_id, part)
-        existing = self._ctx.store.stat(key)
-        if existing is not None and existing.etag == received.md5:
-            chunk = self._record(recording_id, part, existing.size, existing.etag)
-            return ChunkUploadResult(recording_id, chunk, already_stored=True, replaced=False)
-        info = self._put(key, received, if_absent=False)
-        chunk = self._record(recording_id, part, info.size, received.md5)
+            current = self._current(recording_id, part)
+            if current is not None and current.etag == received.md5:
+                chunk = self._record(recording_id, part, current.size, current.etag,
+                                     current.key)
+                return ChunkUploadResult(recording_id, chunk, already_stored=True,
+                                         replaced=False)
+            info = self._put(new_chunk_key(recording_id, part), received)
+            chunk = self._record(recording_id, part, info.size, received.md5, info.key)
         return ChunkUploadResult(recording_id, chunk, already_stored=False,
-                                 replaced=existing is not None)
+                                 replaced=current is not None)
 
-    def _put(self, key: str, received: _Received, *, if_absent: bool) -> ObjectInfo:
-        """One atomic PUT of the received bytes; the store checks them against their MD5."""
+    def _current(self, recording_id: str, part: int) -> ObjectInfo | None:
+        """The part's current object in the store (one LIST of that part's keys)."""
+        return stored_parts(self._ctx.store, recording_id, part).get(part)
+
+    def _put(self, key: str, received: _Received) -> ObjectInfo:
+        """One atomic create-only PUT of the received bytes; the store checks their MD5."""
         received.file.seek(0)
         md5_b64 = base64.b64encode(bytes.fromhex(received.md5)).decode()
         return self._ctx.store.put(key, received.file, received.size,  # type: ignore[arg-type]
                                    content_type="audio/ogg", content_md5_b64=md5_b64,
-                                   if_absent=if_absent)
+                                   if_absent=True)
 
-    def _ledger_md5(self, recording_id: str, part: int) -> str | None:
-        """The MD5 the ledger last recorded for the part (a hint; the store is the truth)."""
-        row = self._ctx.db.read().execute(
-            "SELECT md5 FROM chunks WHERE recording_id = ? AND part = ?",
-            [recording_id, part]).fetchone()
-        return None if row is None else str(row[0])
-
-    def _record(self, recording_id: str, part: int, size: int, md5: str) -> Chunk:
+    def _record(self, recording_id: str, part: int, size: int, md5: str, key: str) -> Chunk:
         """Note the part in the ledger. Not fsynced: while streaming the ledger is a cache
-        (chunk counts, the retry hint); the store is the truth and finalize snapshots the
-        ledger from the store's listing with a durable commit."""
+        (chunk counts); the store is the truth and finalize snapshots the ledger from the
+        store's listing with a durable commit."""
         now = self._ctx.clock.now()
         with self._ctx.db.write(durable=False) as tx:
             tx.execute(
-                "INSERT INTO chunks VALUES (?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
+                "INSERT INTO chunks (recording_id, part, size_bytes, md5, received_at,"
+                " object_key) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
                 " DO UPDATE SET size_bytes = excluded.size_bytes, md5 = excluded.md5,"
-                " received_at = excluded.received_at WHERE chunks.md5 != excluded.md5",
-                [recording_id, part, size, md5, iso(now)])
+                " received_at = excluded.received_at, object_key = excluded.object_key"
+                " WHERE chunks.object_key IS NOT excluded.object_key",
+                [recording_id, part, size, md5, iso(now), key])
         return Chunk(part, size, md5, now)
 
     def list(self, p: Principal, recording_id: str) -> ChunkList:
         """The chunks the store holds, and the parts missing up to the highest one."""
         p.require("recordings:read")
-        load_recording(self._ctx.db.read(), p, recording_id)
-        parts = stored_parts(self._ctx.store, recording_id)
+        rec = load_recording(self._ctx.db.read(), p, recording_id)
+        return self._listing(recording_id, finalized=rec.finalize_request is not None)
+
+    def delete(self, p: Principal, recording_id: str, part: int) -> ChunkList:
+        """Delete every stored object of ``part`` while the recording is streaming (a stray
+        part above ``total_chunks`` would otherwise make finalize answer ``chunk_mismatch``
+        forever); returns the listing after it. Same callers and errors as an upload of
+        the part, plus ``chunk_not_found`` when the store holds nothing for it. A presigned
+        URL handed out earlier can still write the part again until it expires."""
+        self.precheck(p, recording_id, part)
+        with self._ctx.locks.hold(recording_id):
+            self.precheck(p, recording_id, part)
+            objects = chunk_objects(self._ctx.store, recording_id, part).get(part, [])
+            if not objects:
+                raise error("chunk_not_found", f"Part {part} is not stored.", part=part)
+            for obj in objects:
+                self._ctx.store.delete(obj.key)
+            with self._ctx.db.write(durable=False) as tx:
+                tx.execute("DELETE FROM chunks WHERE recording_id = ? AND part = ?",
+                           [recording_id, part])
+        return self._listing(recording_id)
+
+    def _listing(self, recording_id: str, *, finalized: bool = False) -> ChunkList:
+        """The current object of each part; once finalized, only the objects finalize pinned
+        (a later PUT through an old URL is not the recording's audio, so it is not listed)."""
+        if finalized:
+            pinned = {part: part_key(recording_id, part, key) for part, key in
+                      self._ctx.db.read().execute(
+                          "SELECT part, object_key FROM chunks WHERE recording_id = ?",
+                          [recording_id]).fetchall()}
+            parts = {part: obj for part, objs in chunk_objects(self._ctx.store, recording_id).items()
+                     for obj in objs if obj.key == pinned.get(part)}
+        else:
+            parts = stored_parts(self._ctx.store, recording_id)
         chunks = [Chunk(part, obj.size, obj.etag, obj.last_modified)
                   for part, obj in sorted(parts.items())]
         present = set(parts)
@@ -200,13 +226,21 @@ class Chunks:
                          [i for i in range(1, top + 1) if i not in present])
 
     def create_upload_url(self, p: Principal, recording_id: str, part: int,
-                          content_md5: str | None = None) -> UploadUrl:
-        """A presigned direct-to-store PUT for one part."""
+                          content_md5: str | None = None,
+                          size_bytes: int | None = None) -> UploadUrl:
+        """A presigned direct-to-store PUT for one part: a create-only URL (``If-None-Match:
+        *`` is signed into it) to a new versioned key, so it can write the part once and never
+        replace anything; the latest URL that was used is the part's current object. With
+        ``size_bytes`` the size is signed too (``Content-Length``: any other size → 403);
+        without it a presigned PUT cannot bound the size (S3 enforces a size range only on
+        POST policies), so finalize refuses oversize parts (``chunk_too_large``)."""
         md5_b64 = check_md5_b64(content_md5)
+        size = check_size(size_bytes, self._ctx.settings.max_chunk_bytes)
         self.precheck(p, recording_id, part)
         self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
                          self._ctx.settings.max_chunk_bytes)
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
-        url, headers = self._ctx.store.presign_put(chunk_key(recording_id, part), expires,
-                                                   content_md5_b64=md5_b64)
+        url, headers = self._ctx.store.presign_put(
+            new_chunk_key(recording_id, part), expires, content_md5_b64=md5_b64,
+            if_absent=True, content_length=size)
         return UploadUrl(None, url, "PUT", headers, self._ctx.clock.now() + expires)

@@ -18,7 +18,7 @@ from tapedeck.domain import cursors, limits
 from tapedeck.domain._base import (
     Context,
     check_md5_b64,
-    chunk_key,
+    check_size,
     emit,
     load_recording,
     not_streaming,
@@ -39,6 +39,7 @@ from tapedeck.domain.models import (
     Recording,
     UploadUrl,
 )
+from tapedeck.domain.redaction import queue_redaction, redact_now
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
@@ -225,18 +226,26 @@ class Recordings:
                         f"Chunk count mismatch: expected parts 1..{total}, "
                         f"{len(missing)} missing, {len(unexpected)} unexpected.",
                         missing_chunks=missing, unexpected_chunks=unexpected)
+        limit = self._ctx.settings.max_chunk_bytes
+        oversize = sorted(part for part, obj in listing.items() if obj.size > limit)
+        if oversize:
+            raise error("chunk_too_large",
+                        f"{len(oversize)} part(s) exceed max_chunk_bytes ({limit} bytes); "
+                        "replace or delete them, then finalize again.",
+                        oversize_chunks=oversize, max_bytes=limit)
         if checksum is not None:
-            actual = self._md5_of_chunks(recording_id, total)
+            actual = self._md5_of_chunks(listing)
             if actual != checksum:
                 raise error("checksum_mismatch",
                             "checksum_md5 does not match the MD5 of the chunks in part order.",
                             expected=checksum, actual=actual)
         return listing
 
-    def _md5_of_chunks(self, recording_id: str, total: int) -> str:
+    def _md5_of_chunks(self, listing: dict[int, ObjectInfo]) -> str:
+        """MD5 of the listed objects (the ones finalize pins) in part order."""
         md5 = hashlib.md5()
-        for part in range(1, total + 1):
-            stream = self._ctx.store.open(chunk_key(recording_id, part))
+        for _, obj in sorted(listing.items()):
+            stream = self._ctx.store.open(obj.key)
             try:
                 while block := stream.read(1 << 20):
                     md5.update(block)
@@ -263,7 +272,8 @@ class Recordings:
 
     # -- delete -------------------------------------------------------------------------
     def delete(self, p: Principal, recording_id: str) -> None:
-        """Remove every object the recording owns, then the recording (event emitted)."""
+        """Remove every object the recording owns, then the recording (event emitted); its
+        stored events are redacted once delivered (``tapedeck.domain.redaction``)."""
         p.require("recordings:write")
         if p.kind == "device":
             raise error("forbidden", "Device tokens cannot delete recordings.")
@@ -279,11 +289,14 @@ class Recordings:
                 tx.execute("DELETE FROM recordings WHERE id = ?", [rec.id])
                 emit(tx, ctx.clock, rec.project_id, "recording.deleted",
                      {"id": rec.id, "deleted": True}, rec.id)
+                queue_redaction(tx, rec.id, rec.project_id, iso(ctx.clock.now()))
+                redact_now(tx, rec.id)
 
     # -- single-file upload and download -------------------------------------------------
     def create_upload_url(self, p: Principal, recording_id: str, *, type: str = "audio",
                           content_type: str | None = None, part: int | None = None,
-                          content_md5: str | None = None) -> UploadUrl:
+                          content_md5: str | None = None,
+                          size_bytes: int | None = None) -> UploadUrl:
         """A presigned direct-to-store PUT for the single file, or for one chunk part."""
         p.require("recordings:write")
         if type != "audio":
@@ -294,7 +307,8 @@ class Recordings:
         if rec.streaming:
             if part is None:
                 raise invalid("part", "part is required for streaming recordings.")
-            return self._chunks.create_upload_url(p, recording_id, part, content_md5)
+            return self._chunks.create_upload_url(p, recording_id, part, content_md5,
+                                                  size_bytes)
         expires = timedelta(seconds=ctx.settings.upload_url_ttl_s)
         if part is not None:
             raise invalid("part", "part is only allowed for streaming recordings.")
@@ -302,14 +316,20 @@ class Recordings:
             raise error("invalid_state", "The file of this recording was already uploaded.")
         self._chunks.meter.check(ctx.db.read(), ctx.settings, rec.project_id,
                                  ctx.settings.max_file_bytes)
-        media_id, key = self._pending_media(rec, content_type)
-        url, headers = ctx.store.presign_put(key, expires, content_md5_b64=md5_b64)
+        media_id = self._pending_media(rec, content_type)
+        key = f"{original_prefix(rec.id, media_id)}{new_id('v')}.{rec.codec}"
+        size = check_size(size_bytes, None)
+        url, headers = ctx.store.presign_put(key, expires, content_md5_b64=md5_b64,
+                                             if_absent=True, content_length=size)
         return UploadUrl(media_id, url, "PUT", headers, ctx.clock.now() + expires)
 
-    def _pending_media(self, rec: Recording, content_type: str | None) -> tuple[str, str]:
+    def _pending_media(self, rec: Recording, content_type: str | None) -> str:
+        """The pending media row of the single file (created by the first upload-url).
+        Every URL is create-only to a new versioned key under ``original_prefix``;
+        upload-complete pins the latest one that holds a file."""
         existing = [m for m in rec.media if m.status == "pending"]
         if existing:
-            return existing[0].id, existing[0].object_key
+            return existing[0].id
         media_id = new_id("med_")
         key = f"{recording_prefix(rec.id)}original/{media_id}.{rec.codec}"
         with self._ctx.db.write() as tx:
@@ -318,7 +338,7 @@ class Recordings:
                 " created_at) VALUES (?, ?, 'audio', ?, ?, 'pending', ?)",
                 [media_id, rec.id, content_type or rec.mime_type or "application/octet-stream",
                  key, iso(self._ctx.clock.now())])
-        return media_id, key
+        return media_id
 
     def complete_upload(self, p: Principal, recording_id: str) -> Recording:
         """Verify the single file is in the store; ``pending`` → ``uploaded``, jobs queued."""
@@ -331,13 +351,14 @@ class Recordings:
             if rec.status != "pending":
                 return rec
             media = next((m for m in rec.media if m.status == "pending"), None)
-            info = ctx.store.stat(media.object_key) if media else None
+            info = self._uploaded_file(rec.id, media.id, media.object_key) if media else None
             if media is None or info is None:
                 raise error("invalid_state", "No uploaded file found; PUT it to upload_url first.")
             now = iso(ctx.clock.now())
             with ctx.db.write() as tx:
-                tx.execute("UPDATE media SET status = 'uploaded', file_size_bytes = ?, md5 = ?"
-                           " WHERE id = ?", [info.size, info.etag, media.id])
+                tx.execute("UPDATE media SET status = 'uploaded', file_size_bytes = ?, md5 = ?,"
+                           " object_key = ? WHERE id = ?",
+                           [info.size, info.etag, info.key, media.id])
                 job_id, txn_id = queue_processing(tx, rec, now)
                 tx.execute(
                     "UPDATE recordings SET status = 'uploaded', uploaded_at = ?,"
@@ -349,6 +370,17 @@ class Recordings:
                 emit_transcription_queued(tx, ctx.clock, rec, txn_id)
             ctx.job_signals.notify("stitch")  # committed: wake this process's stitch workers
             return fresh
+
+    def _uploaded_file(self, recording_id: str, media_id: str,
+                       legacy_key: str) -> ObjectInfo | None:
+        """The file upload-complete pins: the latest versioned upload of the media, else the
+        unversioned key of media rows from before versioned uploads."""
+        prefix = original_prefix(recording_id, media_id)
+        versions = [o for o in self._ctx.store.list(prefix)
+                    if o.key[len(prefix):].startswith("v") and o.key != legacy_key]
+        if versions:
+            return max(versions, key=lambda o: o.key)
+        return self._ctx.store.stat(legacy_key)
 
     def create_download_url(self, p: Principal, recording_id: str) -> DownloadUrl:
         """A presigned GET of the stitched (or uploaded) audio."""
@@ -366,13 +398,20 @@ class Recordings:
                            ctx.clock.now() + expires)
 
 
+def original_prefix(recording_id: str, media_id: str) -> str:
+    """Prefix of the single file's uploads: ``…/original/{media_id}.{version}.{codec}``."""
+    return f"{recording_prefix(recording_id)}original/{media_id}."
+
+
 def snapshot_chunks(tx: Any, recording_id: str, listing: dict[int, ObjectInfo],
                     now: str | None) -> None:
-    """Freeze the parts that make up the audio (part → size, md5) for the stitcher."""
+    """Freeze the parts that make up the audio (part → object key, size, md5): the stitcher
+    reads exactly these objects, which no upload can overwrite (versioned create-only keys)."""
     tx.execute("DELETE FROM chunks WHERE recording_id = ?", [recording_id])
     for part, obj in sorted(listing.items()):
-        tx.execute("INSERT INTO chunks VALUES (?, ?, ?, ?, ?)",
-                   [recording_id, part, obj.size, obj.etag, now])
+        tx.execute("INSERT INTO chunks (recording_id, part, size_bytes, md5, received_at,"
+                   " object_key) VALUES (?, ?, ?, ?, ?, ?)",
+                   [recording_id, part, obj.size, obj.etag, now, obj.key])
 
 
 def queue_processing(tx: Any, rec: Recording, now: str | None) -> tuple[str, str]:

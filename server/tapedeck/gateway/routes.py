@@ -173,7 +173,8 @@ def _action_routes(r: APIRouter, gw: Gateway) -> None:
         return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
             200, d.recordings.create_upload_url(
                 p, recording_id, type=body.type, content_type=body.content_type,
-                part=body.part, content_md5=body.content_md5).to_json()))
+                part=body.part, content_md5=body.content_md5,
+                size_bytes=body.size_bytes).to_json()))
 
     @r.post("/v1/recordings/{recording_id}/upload-complete", response_model=s.RecordingOut,
             summary="Complete a single-file upload",
@@ -252,6 +253,22 @@ def _chunk_routes(r: APIRouter, gw: Gateway) -> None:
         fresh = not (result.already_stored or result.replaced)
         return JSONResponse(result.to_json(), status_code=201 if fresh else 200,
                             headers={"ETag": f'"{result.chunk.md5}"'})
+
+    @r.delete("/v1/recordings/{recording_id}/chunks/{part}", response_model=s.ChunkListOut,
+              summary="Delete one stored chunk part while streaming",
+              responses=errors_doc(*ON_RECORDING, *NOT_STREAMING, "chunk_not_found",
+                                   "invalid_state"),
+              openapi_extra={"security": BEARER_OR_TOKEN})
+    async def delete_chunk(request: Request, recording_id: RecordingId, part: Part,
+                           token: Annotated[str | None, Query(
+                               include_in_schema=False)] = None) -> Response:
+        """Delete every stored object of the part (e.g. a stray part above
+        ``total_chunks`` that makes finalize answer ``chunk_mismatch``); same credentials as
+        the chunk PUT. Returns the chunk list after the delete; ``chunk_not_found`` if the
+        store holds nothing for the part."""
+        p = await gw.caller(request, upload=True, token=token)
+        left = await anyio.to_thread.run_sync(lambda: d.chunks.delete(p, recording_id, part))
+        return JSONResponse(left.to_json())
 
 
 UPLOAD_THREADS = 128

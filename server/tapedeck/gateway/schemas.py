@@ -75,6 +75,9 @@ class FinalizeRequest(RequestModel):
         default=None, description="Hex MD5 of all chunk bytes concatenated in part order.")
 
 
+MAX_SIZE_BYTES = 5 * 1024**3  # one S3 PUT
+
+
 class UploadUrlRequest(RequestModel):
     """Body of ``POST /v1/recordings/{id}/upload-url``."""
 
@@ -84,6 +87,9 @@ class UploadUrlRequest(RequestModel):
         default=None, description="Streaming recordings only: the chunk part to upload.")
     content_md5: Md5Base64 | None = Field(
         default=None, description="Base64 MD5; the store then refuses any other bytes.")
+    size_bytes: Annotated[int, Field(ge=1, le=MAX_SIZE_BYTES)] | None = Field(
+        default=None, description="Exact size of the bytes; the URL then refuses any other "
+                                  "size (a chunk part above max_chunk_bytes: payload_too_large).")
 
 
 class EmptyRequest(RequestModel):

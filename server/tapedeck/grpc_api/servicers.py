@@ -110,7 +110,8 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
         url = self._d.recordings.create_upload_url(
             principal(self._d, context), request.id, type=request.type or "audio",
             content_type=request.content_type or None, part=request.part or None,
-            content_md5=request.content_md5 or None)
+            content_md5=request.content_md5 or None,
+            size_bytes=request.size_bytes if request.HasField("size_bytes") else None)
         return cv.upload_url_pb(url)
 
     @translate_errors
@@ -158,10 +159,20 @@ class ChunkServicer(chunk_pb2_grpc.ChunkServiceServicer):
                              context: grpc.ServicerContext) -> cpb.CreateChunkUploadUrlResponse:
         url = self._d.chunks.create_upload_url(principal(self._d, context),
                                                request.recording_id, request.part,
-                                               request.content_md5 or None)
+                                               request.content_md5 or None,
+                                               request.size_bytes
+                                               if request.HasField("size_bytes") else None)
         return cpb.CreateChunkUploadUrlResponse(upload_url=url.upload_url, method=url.method,
                                                 headers=url.headers,
                                                 expire_time=cv.ts(url.expires_at))
+
+
+    @translate_errors
+    def DeleteChunk(self, request: cpb.DeleteChunkRequest,
+                    context: grpc.ServicerContext) -> cpb.DeleteChunkResponse:
+        p = principal(self._d, context, allow_upload_token=True)
+        left = cv.chunk_list_pb(self._d.chunks.delete(p, request.recording_id, request.part))
+        return cpb.DeleteChunkResponse(chunks=left.chunks, missing_chunks=left.missing_chunks)
 
 
 def _data(messages: Iterator[cpb.UploadChunkRequest]) -> Iterator[bytes]:

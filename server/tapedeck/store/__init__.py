@@ -83,9 +83,12 @@ class ObjectStore(Protocol):
         ...
 
     def presign_put(
-        self, key: str, expires: timedelta, *, content_md5_b64: str | None = None
+        self, key: str, expires: timedelta, *, content_md5_b64: str | None = None,
+        if_absent: bool = False, content_length: int | None = None,
     ) -> tuple[str, dict[str, str]]:
-        """A URL a client can PUT the object to directly, and the headers it must send."""
+        """A URL a client can PUT the object to directly, and the headers it must send.
+        ``if_absent``: create-only (a PUT once the key exists fails); ``content_length``:
+        the body must be exactly that many bytes."""
         ...
 
     def presign_get(self, key: str, expires: timedelta) -> str:

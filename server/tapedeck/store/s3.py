@@ -26,6 +26,9 @@ Contract details beyond ``tapedeck.store.ObjectStore``:
   into a presigned URL, so ``presign_put(content_md5_b64=...)`` signs ``host;content-md5``
   itself (SigV4 query signing, path-style URL): the client must send exactly that
   ``Content-MD5`` header (else 403) and the store checks the body against it (else 400).
+  The same way ``if_absent=True`` signs ``If-None-Match: *`` (a create-only URL: once the key
+  exists every PUT to it answers 412, so the URL cannot replace what it wrote) and
+  ``content_length`` signs ``Content-Length`` (any other body size answers 403).
 - ``public_url`` (e.g. ``https://media.example.com``) puts another scheme/host into the
   presigned URLs than the one the server talks to (a reverse proxy that keeps ``Host``).
 """
@@ -464,18 +467,25 @@ class S3Store:
                 raise
 
     def presign_put(
-        self, key: str, expires: timedelta, *, content_md5_b64: str | None = None
+        self, key: str, expires: timedelta, *, content_md5_b64: str | None = None,
+        if_absent: bool = False, content_length: int | None = None,
     ) -> tuple[str, dict[str, str]]:
         """A URL to PUT ``key`` to directly, and the headers the client must send."""
-        if content_md5_b64 is None:
+        headers: dict[str, str] = {}
+        if content_md5_b64 is not None:
+            _b64_md5_bytes(content_md5_b64)
+            headers["Content-MD5"] = content_md5_b64
+        if if_absent:
+            headers["If-None-Match"] = "*"
+        if content_length is not None:
+            headers["Content-Length"] = str(int(content_length))
+        if not headers:
             url = self._signer.get_presigned_url(
                 "PUT", self.bucket, key, expires=expires, request_date=self._clock()
             )
             return url, {}
-        _b64_md5_bytes(content_md5_b64)
         if not timedelta(seconds=1) <= expires <= timedelta(days=7):
             raise ValueError("expires must be between 1 second and 7 days")
-        headers = {"Content-MD5": content_md5_b64}
         url = presign_v4(
             method="PUT",
             url=f"{self._public_base}/{self.bucket}/{quote(key, safe='/~')}",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tapedeck/v1/chunk.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n\x0b\x43hunkHeader\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\x12\x0b\n\x03md5\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x17\n\nsize_bytes\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_size_bytes\"[\n\x12UploadChunkRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tapedeck.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"b\n\x13UploadChunkResponse\x12!\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.tapedeck.v1.Chunk\x12\x16\n\x0e\x61lready_stored\x18\x02 \x01(\x08\x12\x10\n\x08replaced\x18\x03 \x01(\x08\"h\n\x05\x43hunk\x12\x0c\n\x04part\x18\x01 \x01(\x05\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0b\n\x03md5\x18\x03 \x01(\t\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x11ListChunksRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\"P\n\x12ListChunksResponse\x12\"\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x12.tapedeck.v1.Chunk\x12\x16\n\x0emissing_chunks\x18\x02 \x03(\x05\"V\n\x1b\x43reateChunkUploadUrlRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\x12\x13\n\x0b\x63ontent_md5\x18\x03 \x01(\t\"\xec\x01\n\x1c\x43reateChunkUploadUrlResponse\x12\x12\n\nupload_url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12G\n\x07headers\x18\x03 \x03(\x0b\x32\x36.tapedeck.v1.CreateChunkUploadUrlResponse.HeadersEntry\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\x9e\x02\n\x0c\x43hunkService\x12R\n\x0bUploadChunk\x12\x1f.tapedeck.v1.UploadChunkRequest\x1a .tapedeck.v1.UploadChunkResponse(\x01\x12M\n\nListChunks\x12\x1e.tapedeck.v1.ListChunksRequest\x1a\x1f.tapedeck.v1.ListChunksResponse\x12k\n\x14\x43reateChunkUploadUrl\x12(.tapedeck.v1.CreateChunkUploadUrlRequest\x1a).tapedeck.v1.CreateChunkUploadUrlResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tapedeck/v1/chunk.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"v\n\x0b\x43hunkHeader\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\x12\x0b\n\x03md5\x18\x03 \x01(\t\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12\x17\n\nsize_bytes\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_size_bytes\"[\n\x12UploadChunkRequest\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.tapedeck.v1.ChunkHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\t\n\x07\x63ontent\"b\n\x13UploadChunkResponse\x12!\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x12.tapedeck.v1.Chunk\x12\x16\n\x0e\x61lready_stored\x18\x02 \x01(\x08\x12\x10\n\x08replaced\x18\x03 \x01(\x08\"h\n\x05\x43hunk\x12\x0c\n\x04part\x18\x01 \x01(\x05\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\x12\x0b\n\x03md5\x18\x03 \x01(\t\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\")\n\x11ListChunksRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\"P\n\x12ListChunksResponse\x12\"\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x12.tapedeck.v1.Chunk\x12\x16\n\x0emissing_chunks\x18\x02 \x03(\x05\"~\n\x1b\x43reateChunkUploadUrlRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\x12\x13\n\x0b\x63ontent_md5\x18\x03 \x01(\t\x12\x17\n\nsize_bytes\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\r\n\x0b_size_bytes\"\xec\x01\n\x1c\x43reateChunkUploadUrlResponse\x12\x12\n\nupload_url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12G\n\x07headers\x18\x03 \x03(\x0b\x32\x36.tapedeck.v1.CreateChunkUploadUrlResponse.HeadersEntry\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x12\x44\x65leteChunkRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x0c\n\x04part\x18\x02 \x01(\x05\"Q\n\x13\x44\x65leteChunkResponse\x12\"\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x12.tapedeck.v1.Chunk\x12\x16\n\x0emissing_chunks\x18\x02 \x03(\x05\x32\xf0\x02\n\x0c\x43hunkService\x12R\n\x0bUploadChunk\x12\x1f.tapedeck.v1.UploadChunkRequest\x1a .tapedeck.v1.UploadChunkResponse(\x01\x12M\n\nListChunks\x12\x1e.tapedeck.v1.ListChunksRequest\x1a\x1f.tapedeck.v1.ListChunksResponse\x12k\n\x14\x43reateChunkUploadUrl\x12(.tapedeck.v1.CreateChunkUploadUrlRequest\x1a).tapedeck.v1.CreateChunkUploadUrlResponse\x12P\n\x0b\x44\x65leteChunk\x12\x1f.tapedeck.v1.DeleteChunkRequest\x1a .tapedeck.v1.DeleteChunkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,11 +47,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCHUNKSRESPONSE']._serialized_start=535
   _globals['_LISTCHUNKSRESPONSE']._serialized_end=615
   _globals['_CREATECHUNKUPLOADURLREQUEST']._serialized_start=617
-  _globals['_CREATECHUNKUPLOADURLREQUEST']._serialized_end=703
-  _globals['_CREATECHUNKUPLOADURLRESPONSE']._serialized_start=706
-  _globals['_CREATECHUNKUPLOADURLRESPONSE']._serialized_end=942
-  _globals['_CREATECHUNKUPLOADURLRESPONSE_HEADERSENTRY']._serialized_start=896
-  _globals['_CREATECHUNKUPLOADURLRESPONSE_HEADERSENTRY']._serialized_end=942
-  _globals['_CHUNKSERVICE']._serialized_start=945
-  _globals['_CHUNKSERVICE']._serialized_end=1231
+  _globals['_CREATECHUNKUPLOADURLREQUEST']._serialized_end=743
+  _globals['_CREATECHUNKUPLOADURLRESPONSE']._serialized_start=746
+  _globals['_CREATECHUNKUPLOADURLRESPONSE']._serialized_end=982
+  _globals['_CREATECHUNKUPLOADURLRESPONSE_HEADERSENTRY']._serialized_start=936
+  _globals['_CREATECHUNKUPLOADURLRESPONSE_HEADERSENTRY']._serialized_end=982
+  _globals['_DELETECHUNKREQUEST']._serialized_start=984
+  _globals['_DELETECHUNKREQUEST']._serialized_end=1040
+  _globals['_DELETECHUNKRESPONSE']._serialized_start=1042
+  _globals['_DELETECHUNKRESPONSE']._serialized_end=1123
+  _globals['_CHUNKSERVICE']._serialized_start=1126
+  _globals['_CHUNKSERVICE']._serialized_end=1494
 # @@protoc_insertion_point(module_scope)

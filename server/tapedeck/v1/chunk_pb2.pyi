@@ -218,24 +218,32 @@ class CreateChunkUploadUrlRequest(_message.Message):
     RECORDING_ID_FIELD_NUMBER: _builtins.int
     PART_FIELD_NUMBER: _builtins.int
     CONTENT_MD5_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     recording_id: _builtins.str
     """Recording identifier (rec_...)."""
     part: _builtins.int
     """Part number, 1..max_chunks."""
     content_md5: _builtins.str
     """Optional base64 MD5 of the bytes; the store then rejects any other bytes."""
+    size_bytes: _builtins.int
+    """Optional exact size of the bytes; the URL then accepts no other size (above
+    max_chunk_bytes is refused with PAYLOAD_TOO_LARGE).
+    """
     def __init__(
         self,
         *,
         recording_id: _builtins.str = ...,
         part: _builtins.int = ...,
         content_md5: _builtins.str = ...,
+        size_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "size_bytes", b"size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_md5", b"content_md5", "part", b"part", "recording_id", b"recording_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "content_md5", b"content_md5", "part", b"part", "recording_id", b"recording_id", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__size_bytes: _TypeAlias = _typing.Literal["size_bytes"]  # noqa: Y015
+    _WhichOneofArgType__size_bytes: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_bytes) -> _WhichOneofReturnType__size_bytes | None: ...
 
 Global___CreateChunkUploadUrlRequest: _TypeAlias = CreateChunkUploadUrlRequest  # noqa: Y015
 
@@ -296,3 +304,59 @@ class CreateChunkUploadUrlResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateChunkUploadUrlResponse: _TypeAlias = CreateChunkUploadUrlResponse  # noqa: Y015
+
+@_typing.final
+class DeleteChunkRequest(_message.Message):
+    """DeleteChunkRequest is the request of ChunkService.DeleteChunk."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Recording identifier (rec_...)."""
+    part: _builtins.int
+    """Part number, 1..max_chunks."""
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        part: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "recording_id", b"recording_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteChunkRequest: _TypeAlias = DeleteChunkRequest  # noqa: Y015
+
+@_typing.final
+class DeleteChunkResponse(_message.Message):
+    """DeleteChunkResponse is the response of ChunkService.DeleteChunk: the chunks left."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    MISSING_CHUNKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunks(self) -> _containers.RepeatedCompositeFieldContainer[Global___Chunk]:
+        """Stored chunks in part order, after the delete."""
+
+    @_builtins.property
+    def missing_chunks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Parts missing between 1 and the highest part stored."""
+
+    def __init__(
+        self,
+        *,
+        chunks: _abc.Iterable[Global___Chunk] | None = ...,
+        missing_chunks: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "missing_chunks", b"missing_chunks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteChunkResponse: _TypeAlias = DeleteChunkResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class ChunkServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_chunk__pb2.CreateChunkUploadUrlRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_chunk__pb2.CreateChunkUploadUrlResponse.FromString,
                 _registered_method=True)
+        self.DeleteChunk = channel.unary_unary(
+                '/tapedeck.v1.ChunkService/DeleteChunk',
+                request_serializer=tapedeck_dot_v1_dot_chunk__pb2.DeleteChunkRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_chunk__pb2.DeleteChunkResponse.FromString,
+                _registered_method=True)
 
 
 class ChunkServiceServicer:
@@ -81,6 +86,16 @@ class ChunkServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteChunk(self, request, context):
+        """DeleteChunk deletes every stored object of one part while the recording is
+        streaming (e.g. a stray part above total_chunks that makes finalize refuse), with the
+        same credentials and errors as UploadChunk, plus CHUNK_NOT_FOUND when nothing is
+        stored for the part. Returns the chunk list after the delete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChunkServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +113,11 @@ def add_ChunkServiceServicer_to_server(servicer, server):
                     servicer.CreateChunkUploadUrl,
                     request_deserializer=tapedeck_dot_v1_dot_chunk__pb2.CreateChunkUploadUrlRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_chunk__pb2.CreateChunkUploadUrlResponse.SerializeToString,
+            ),
+            'DeleteChunk': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteChunk,
+                    request_deserializer=tapedeck_dot_v1_dot_chunk__pb2.DeleteChunkRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_chunk__pb2.DeleteChunkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +202,33 @@ class ChunkService:
             '/tapedeck.v1.ChunkService/CreateChunkUploadUrl',
             tapedeck_dot_v1_dot_chunk__pb2.CreateChunkUploadUrlRequest.SerializeToString,
             tapedeck_dot_v1_dot_chunk__pb2.CreateChunkUploadUrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteChunk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.ChunkService/DeleteChunk',
+            tapedeck_dot_v1_dot_chunk__pb2.DeleteChunkRequest.SerializeToString,
+            tapedeck_dot_v1_dot_chunk__pb2.DeleteChunkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,12 @@ class ChunkServiceStub:
     """
     CreateChunkUploadUrl: _grpc.UnaryUnaryMultiCallable[_chunk_pb2.CreateChunkUploadUrlRequest, _chunk_pb2.CreateChunkUploadUrlResponse]
     """CreateChunkUploadUrl returns a presigned direct-to-store PUT URL for one part."""
+    DeleteChunk: _grpc.UnaryUnaryMultiCallable[_chunk_pb2.DeleteChunkRequest, _chunk_pb2.DeleteChunkResponse]
+    """DeleteChunk deletes every stored object of one part while the recording is
+    streaming (e.g. a stray part above total_chunks that makes finalize refuse), with the
+    same credentials and errors as UploadChunk, plus CHUNK_NOT_FOUND when nothing is
+    stored for the part. Returns the chunk list after the delete.
+    """
 
 @_typing.type_check_only
 class ChunkServiceAsyncStub(ChunkServiceStub):
@@ -63,6 +69,12 @@ class ChunkServiceAsyncStub(ChunkServiceStub):
     """
     CreateChunkUploadUrl: _aio.UnaryUnaryMultiCallable[_chunk_pb2.CreateChunkUploadUrlRequest, _chunk_pb2.CreateChunkUploadUrlResponse]  # type: ignore[assignment]
     """CreateChunkUploadUrl returns a presigned direct-to-store PUT URL for one part."""
+    DeleteChunk: _aio.UnaryUnaryMultiCallable[_chunk_pb2.DeleteChunkRequest, _chunk_pb2.DeleteChunkResponse]  # type: ignore[assignment]
+    """DeleteChunk deletes every stored object of one part while the recording is
+    streaming (e.g. a stray part above total_chunks that makes finalize refuse), with the
+    same credentials and errors as UploadChunk, plus CHUNK_NOT_FOUND when nothing is
+    stored for the part. Returns the chunk list after the delete.
+    """
 
 class ChunkServiceServicer(metaclass=_abc_1.ABCMeta):
     """ChunkService receives the numbered Opus chunks of streaming recordings."""
@@ -96,5 +108,17 @@ class ChunkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chunk_pb2.CreateChunkUploadUrlResponse, _abc.Awaitable[_chunk_pb2.CreateChunkUploadUrlResponse]]:
         """CreateChunkUploadUrl returns a presigned direct-to-store PUT URL for one part."""
+
+    @_abc_1.abstractmethod
+    def DeleteChunk(
+        self,
+        request: _chunk_pb2.DeleteChunkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chunk_pb2.DeleteChunkResponse, _abc.Awaitable[_chunk_pb2.DeleteChunkResponse]]:
+        """DeleteChunk deletes every stored object of one part while the recording is
+        streaming (e.g. a stray part above total_chunks that makes finalize refuse), with the
+        same credentials and errors as UploadChunk, plus CHUNK_NOT_FOUND when nothing is
+        stored for the part. Returns the chunk list after the delete.
+        """
 
 def add_ChunkServiceServicer_to_server(servicer: ChunkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

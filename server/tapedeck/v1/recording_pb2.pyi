@@ -801,6 +801,7 @@ class CreateUploadUrlRequest(_message.Message):
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     PART_FIELD_NUMBER: _builtins.int
     CONTENT_MD5_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Recording identifier (rec_...)."""
     type: _builtins.str
@@ -811,6 +812,10 @@ class CreateUploadUrlRequest(_message.Message):
     """Chunk part (streaming recordings only); 0 for the single file."""
     content_md5: _builtins.str
     """Optional base64 MD5 of the bytes; the store then rejects any other bytes."""
+    size_bytes: _builtins.int
+    """Optional exact size of the bytes; the URL then accepts no other size (a chunk part
+    above max_chunk_bytes is refused with PAYLOAD_TOO_LARGE).
+    """
     def __init__(
         self,
         *,
@@ -819,12 +824,15 @@ class CreateUploadUrlRequest(_message.Message):
         content_type: _builtins.str = ...,
         part: _builtins.int = ...,
         content_md5: _builtins.str = ...,
+        size_bytes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "size_bytes", b"size_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content_md5", b"content_md5", "content_type", b"content_type", "id", b"id", "part", b"part", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes", "content_md5", b"content_md5", "content_type", b"content_type", "id", b"id", "part", b"part", "size_bytes", b"size_bytes", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__size_bytes: _TypeAlias = _typing.Literal["size_bytes"]  # noqa: Y015
+    _WhichOneofArgType__size_bytes: _TypeAlias = _typing.Literal["_size_bytes", b"_size_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__size_bytes) -> _WhichOneofReturnType__size_bytes | None: ...
 
 Global___CreateUploadUrlRequest: _TypeAlias = CreateUploadUrlRequest  # noqa: Y015
 

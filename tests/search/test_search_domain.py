@@ -296,6 +296,20 @@ def test_any_query_is_a_result_or_invalid_request(srv: RunningServer, project: P
         assert all(h["recording_id"] == lease[0] for h in hits)
 
 
+@pytest.mark.parametrize("q", ["lea\x00se", "\x00", "lease\x1f", "\"lea\x00"])
+def test_control_characters_are_spaces(srv: RunningServer, project: Project,
+                                       lease: tuple[str, str], q: str) -> None:
+    """FTS5 ends a string at NUL ("unterminated string"): control characters never reach it."""
+    try:
+        hits = find(srv, project[2], q)
+    except TapedeckError as exc:
+        assert exc.type == "invalid_request" and exc.details["field"] == "q", exc
+    else:
+        assert all(h["recording_id"] == lease[0] for h in hits)
+    if q == "lease\x1f":
+        assert hits, "lease followed by a control character still finds the lease"
+
+
 def test_end_user_removal_and_cascades(srv: RunningServer, project: Project) -> None:
     _, _, p = project
     d = srv.app.domain

@@ -75,7 +75,7 @@ def parse(q: str) -> Node:
     """The tree of query ``q`` (see the module docstring), or ``invalid_request``."""
     if len(q) > MAX_QUERY_CHARS:
         raise _bad(f"The query is longer than {MAX_QUERY_CHARS} characters.")
-    tokens = _lex(q)
+    tokens = _lex(_CONTROL.sub(" ", q))  # FTS5 strings end at NUL: control chars are spaces
     terms = [t for t in tokens if isinstance(t, Term)]
     if not terms:
         raise _bad("The query has no words to search for (only operators, punctuation or "
@@ -90,6 +90,8 @@ def parse(q: str) -> Node:
 
 
 # -- lexing --------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 Token = Term | str  # a Term, or one of "(", ")", "AND", "OR", "NOT"
 

@@ -67,6 +67,10 @@ def test_rest_errors_are_envelopes_never_500(srv: RunningServer, project: Projec
         assert r.json()["error"]["type"] == "invalid_request"
         assert r.json()["error"]["field"] == fld, r.json()
     assert get(srv, "sk_test_nope", q="x").status_code == 401
+    with httpx.Client(base_url=srv.http_url, headers={"Authorization": f"Bearer {key}"}) as c:
+        dup = c.get("/v1/search", params=[("q", "x"), ("metadata[room]", "a"),
+                                          ("metadata[room]", "b")])
+    assert dup.status_code == 400 and dup.json()["error"]["field"] == "metadata[room]"
 
 
 def test_rest_device_token_sees_only_its_device(srv: RunningServer, project: Project) -> None:

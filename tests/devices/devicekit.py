@@ -341,6 +341,7 @@ ACCESS: dict[str, Access] = {
     "UploadChunk": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "ListChunks": _a(R_READ, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "CreateChunkUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
+    "DeleteChunk": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     # transcriptions (a device token reads its own recordings' transcripts)
     "CreateTranscription": _a({"transcriptions:write"}, streaming_recording, NOT_READY,
                               NOT_READY, FORB, FORB, FORB, *_401, RNF),

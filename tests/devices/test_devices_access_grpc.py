@@ -65,6 +65,8 @@ CALLS: dict[str, Call] = {
         cpb.ListChunksRequest(recording_id=t.recording_id), metadata=md),
     "CreateChunkUploadUrl": lambda w, t, md: w.rpc.chunks.CreateChunkUploadUrl(
         cpb.CreateChunkUploadUrlRequest(recording_id=t.recording_id, part=2), metadata=md),
+    "DeleteChunk": lambda w, t, md: w.rpc.chunks.DeleteChunk(
+        cpb.DeleteChunkRequest(recording_id=t.recording_id, part=1), metadata=md),
     "CreateWebhook": lambda w, t, md: w.rpc.webhooks.CreateWebhook(
         whpb.CreateWebhookRequest(url="https://hooks.example.com/a", events=["*"]), metadata=md),
     "GetWebhook": lambda w, t, md: w.rpc.webhooks.GetWebhook(

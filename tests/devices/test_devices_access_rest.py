@@ -41,10 +41,11 @@ class Route:
     path: str
     json: dict[str, Any] | None = None
     content: bytes | None = None
+    part: int = 2
 
     def send(self, w: World, t: Target, token: str) -> httpx.Response:
         path = self.path.format(recording_id=t.recording_id, device_id=t.device_id,
-                                end_user_id=t.end_user_id, key_id=t.key_id, part=2,
+                                end_user_id=t.end_user_id, key_id=t.key_id, part=self.part,
                                 transcription_id=t.transcription_id,
                                 webhook_id=t.webhook_id)
         json = {k: (w.end_user_id if v == "$end_user" else t.device_id if v == "$device"
@@ -69,6 +70,7 @@ ROUTES: dict[str, Route] = {
     "CreateDownloadUrl": Route("POST", REC + "/download-url", {}),
     "UploadChunk": Route("PUT", REC + "/chunks/{part}", content=b"second chunk"),
     "ListChunks": Route("GET", REC + "/chunks"),
+    "DeleteChunk": Route("DELETE", REC + "/chunks/{part}", part=1),
     "CreateWebhook": Route("POST", "/v1/webhooks", {"url": "https://hooks.example.com/a",
                                                     "events": ["*"]}),
     "GetWebhook": Route("GET", "/v1/webhooks/{webhook_id}"),

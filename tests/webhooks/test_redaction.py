@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 
 from tapedeck.clock import ManualClock
+from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.domain.redaction import EventRedaction
+from tapedeck.retention import Retention, RetentionPolicy
+from tapedeck.sweeper import Sweeper
 from tapedeck.webhooks.dispatcher import Dispatcher, RetrySchedule
 from tapedeck.webhooks.netguard import NetGuard, NetPolicy
 from tapedeck.webhooks.secretbox import SecretBox
@@ -102,5 +105,8 @@ def test_events_nobody_waits_for_are_redacted_by_the_delete(project: Project) ->
     assert event_data(project, queued)["recording.created"]["redacted"] is True
     assert event_data(project, late)["recording.created"]["name"] == SECRET
     d.drain()
-    assert EventRedaction(domain.ctx).sweep() == {late: 1}
+    app = project.app
+    sweeper = Sweeper(Expiry(app.domain.ctx), Retention(app.domain.ctx, RetentionPolicy.
+                      from_settings(app.settings)), 1.0, redaction=EventRedaction(app.domain.ctx))
+    assert sweeper.run_once().redacted == {late: 1}  # the sweeper role's round
     assert event_data(project, late)["recording.created"]["redacted"] is True

@@ -71,6 +71,9 @@ class AgentConfig:
         "help": "seconds between device heartbeats (0 = none)"})
     keep_uploaded: bool = field(default=False, metadata={
         "help": "keep chunk files after the server accepted the finalize"})
+    dtx: bool = field(default=True, metadata={
+        "help": "Opus discontinuous transmission: silence and steady low noise cost a small "
+                "fraction of speech; the timeline stays exact"})
 
     @property
     def max_spool_bytes(self) -> int:

@@ -114,7 +114,7 @@ class Recorder:
                  self._rate, cfg.channels, cfg.chunk_duration_ms)
         chunker = OpusChunker(sample_rate=self._rate, channels=cfg.channels,
                               chunk_duration_ms=cfg.chunk_duration_ms, frame_ms=FRAME_MS,
-                              bitrate=cfg.bitrate, complexity=cfg.complexity)
+                              bitrate=cfg.bitrate, complexity=cfg.complexity, dtx=cfg.dtx)
         try:
             self._feed_until_end(source, stop, local_id, chunker, max_frames, result)
         finally:

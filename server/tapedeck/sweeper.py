@@ -1,6 +1,8 @@
 """The sweeper: a periodic loop (the ``sweeper`` role, started by ``tapedeck serve`` and
 ``tapedeck worker``) that expires overdue streaming recordings (``domain.expiry.Expiry``)
-and then applies chunk retention (``tapedeck.retention.Retention``).
+and then applies chunk retention (``tapedeck.retention.Retention``), and marks devices
+silent for ``device_offline_after_s`` offline (``domain.fleet.Fleet.sweep_offline``, one
+``device.offline`` event per transition).
 
 Every round handles all due work in batches (bounded, so a stop is honoured between
 batches). Each expired recording is handled under a fresh request id, which its stitching
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tapedeck.domain.expiry import Expiry
+from tapedeck.domain.fleet import Fleet
 from tapedeck.jobs import Failpoints
 from tapedeck.logs import request_context
 from tapedeck.metrics import Metrics
@@ -40,14 +43,16 @@ class SweepReport:
 
     expired: dict[str, str] = field(default_factory=dict)
     cleaned: dict[str, str] = field(default_factory=dict)
+    offline: list[str] = field(default_factory=list)  # devices marked offline
 
 
 class Sweeper:
     """Runs ``run_once`` every ``interval_s`` seconds in a background thread."""
 
     def __init__(self, expiry: Expiry, retention: Retention, interval_s: float,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, fleet: Fleet | None = None) -> None:
         self.expiry = expiry
+        self.fleet = fleet
         self.retention = retention
         self.interval_s = interval_s
         self._metrics = metrics
@@ -69,7 +74,19 @@ class Sweeper:
                 report.cleaned[rec_id] = self.retention.clean(rec_id, stage)
             if len(batch) < BATCH or self._stop.is_set():
                 break
+        if self.fleet is not None:
+            self._sweep_fleet(self.fleet, report)
         return report
+
+    def _sweep_fleet(self, fleet: Fleet, report: SweepReport) -> None:
+        for _ in range(MAX_BATCHES):
+            marked = fleet.sweep_offline(BATCH)
+            report.offline += marked
+            for device_id in marked:
+                log.info("device %s is offline (no heartbeat for %d s)", device_id,
+                         fleet.offline_after_s)
+            if len(marked) < BATCH or self._stop.is_set():
+                break
 
     def _expire(self, recording_id: str) -> str:
         with request_context(None):
@@ -116,5 +133,5 @@ def start_sweeper(app: App) -> Sweeper:
     retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
                           failpoints=Failpoints(s.failpoints), metrics=app.metrics)
     sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
-                      metrics=app.metrics)
+                      metrics=app.metrics, fleet=app.domain.fleet)
     return sweeper.start()

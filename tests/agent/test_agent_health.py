@@ -4,18 +4,24 @@ directory laid out like the kernel's) and pushed settings applied per recording.
 from __future__ import annotations
 
 import json
+import threading
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from tapedeck.v1 import device_pb2, device_pb2_grpc
 from tapedeck_agent import health
 from tapedeck_agent.cli import main
+from tapedeck_agent.client import AgentClient
 from tapedeck_agent.config import AgentConfig
 from tapedeck_agent.encoder import OpusChunker
 from tapedeck_agent.spool import Spool
+from tapedeck_agent.uploader import Uploader
 
+from agentkit import wait_for
 from audio import speech_pcm
+from serverkit import RunningServer, auth
 
 RATE = 16_000
 
@@ -110,3 +116,42 @@ def test_status_shows_health_and_settings(tmp_path: Path,
     text = capsys.readouterr().out
     assert "backlog 1 recording(s), 3 chunk(s)" in text
     assert 'from server version 7 {"bitrate": 20000}' in text
+
+
+def test_a_state_change_sends_a_heartbeat_at_once_and_settings_are_kept(
+        server: RunningServer, tmp_path: Path) -> None:
+    device_id, token = server.device_token()
+    stub = device_pb2_grpc.DeviceServiceStub(server.channel())
+    key = tuple(auth(server.api_key))
+    stub.UpdateDeviceSettings(device_pb2.UpdateDeviceSettingsRequest(
+        device_id=device_id, settings=device_pb2.DeviceSettings(heartbeat_interval_s=5,
+                                                                bitrate=20_000)), metadata=key)
+    cfg = AgentConfig(server=server.grpc_target, token=token, spool_dir=tmp_path / "spool",
+                      heartbeat_interval_s=3600)
+    spool = Spool(cfg.spool_dir, cfg.max_spool_bytes)
+    client = AgentClient(cfg.server, cfg.token, timeout_s=10)
+    uploader = Uploader(cfg, spool, client)
+
+    def state() -> int:
+        return stub.GetDevice(device_pb2.GetDeviceRequest(id=device_id),
+                              metadata=key).device.device_state
+
+    thread = threading.Thread(target=uploader.run)
+    thread.start()
+    try:
+        wait_for(lambda: state() == device_pb2.DEVICE_STATE_IDLE, 30, "the first heartbeat")
+        assert uploader.heartbeat_interval_s() == 5.0  # pushed: applies at once
+        pushed = health.load_pushed(spool)
+        assert pushed is not None and (pushed.version, pushed.bitrate) == (1, 20_000)
+        spool.set_state("capture", "recording rec-x")  # what the recorder does
+        uploader.notify()
+        # Well before the 5 s interval: the change itself triggered the heartbeat.
+        wait_for(lambda: state() == device_pb2.DEVICE_STATE_RECORDING, 4, "a state heartbeat")
+    finally:
+        uploader.stop()
+        thread.join(timeout=30)
+        client.close()
+    device = stub.GetDevice(device_pb2.GetDeviceRequest(id=device_id), metadata=key).device
+    assert device.firmware_version.startswith("tapedeck-agent ")
+    assert device.HasField("backlog_oldest_age_s") and device.backlog_chunks == 0
+    assert "sent (recording" in spool.states()["heartbeat"][0]

@@ -226,12 +226,13 @@ class Fleet:
         clock, after = self._ctx.clock, self._ctx.settings.device_offline_after_s
         cutoff = iso(clock.now() - timedelta(seconds=after))
         marked: list[str] = []
-        with self._ctx.db.write() as tx:
-            rows = tx.execute(
-                "SELECT id, project_id, end_user_id, last_heartbeat_at FROM devices"
-                " WHERE offline = 0 AND last_heartbeat_at IS NOT NULL"
-                " AND last_heartbeat_at < ? ORDER BY last_heartbeat_at LIMIT ?",
-                [cutoff, limit]).fetchall()
+        due = ("SELECT id, project_id, end_user_id, last_heartbeat_at FROM devices"
+               " WHERE offline = 0 AND last_heartbeat_at IS NOT NULL"
+               " AND last_heartbeat_at < ? ORDER BY last_heartbeat_at LIMIT ?")
+        if not self._ctx.db.read().execute(due, [cutoff, 1]).fetchall():
+            return marked  # the usual case: no write transaction at all
+        with self._ctx.db.write() as tx:  # re-read under the write lock: exactly once
+            rows = tx.execute(due, [cutoff, limit]).fetchall()
             for device_id, project_id, end_user_id, last_at in rows:
                 tx.execute("UPDATE devices SET offline = 1 WHERE id = ?", [device_id])
                 emit(tx, clock, project_id, "device.offline",

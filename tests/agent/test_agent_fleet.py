@@ -2,7 +2,8 @@
 server with its sweeper and webhook dispatcher; events arrive at a real HTTP receiver and are
 verified with ``standardwebhooks``.
 
-- spool over the threshold → ``device.storage_low``; the agent killed → ``device.offline``
+- spool over the threshold → ``device.storage_low``; audio waiting past the threshold →
+  ``device.backlog``; the agent killed → ``device.offline``
   (a 4 s offline threshold, swept every 0.2 s: no long sleeps); restarted →
   ``device.online``; each once per transition;
 - settings pushed while an agent records reach it through its heartbeats and apply from its
@@ -26,6 +27,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tapedeck.oggopus import probe
 from tapedeck.weed import ManagedWeed
+from tapedeck_agent import health
 from tapedeck_agent.spool import Spool
 
 from agentkit import (
@@ -267,3 +269,47 @@ def test_an_agent_ignoring_pushed_settings_keeps_working(fleet_server: RunningSe
     assert rec["chunk_duration_ms"] == 1000 and rec["status"] in ("uploaded", "completed")
     assert status(env)["settings"]["running_version"] == 0
     assert rest(srv, "GET", f"/v1/devices/{device_id}")["settings_version"] in (None, 0)
+
+
+@pytest.fixture
+def backlog_server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
+    settings = test_settings(weed, tmp_path / "data", device_backlog_alert_s=2,
+                             sweep_interval_ms=200)
+    srv = start_server(settings, roles=["grpc", "http", "sweeper", "dispatcher"])
+    try:
+        yield srv
+    finally:
+        srv.close()
+        drop_bucket(weed, settings.s3_bucket)
+
+
+def test_audio_waiting_on_the_device_raises_device_backlog_once(
+        backlog_server: RunningServer, receiver: Receiver, tmp_path: Path) -> None:
+    srv = backlog_server
+    secret = rest(srv, "POST", "/v1/webhooks", {"url": receiver.url,
+                                                "events": ["device.backlog"]})["secret"]
+    device_id, token = srv.device_token()
+    home, spool_dir = tmp_path / "home", tmp_path / "spool"
+    home.mkdir()
+    wav = write_wav(tmp_path / "talk.wav", speech_pcm(6))
+    offline = agent_env(home, spool_dir, chunk_duration_ms=1000)
+    assert run_agent(offline, "upload", str(wav), "--timeout", "0").returncode == 75
+    # The audio waits on the device well past the server's 2 s threshold (a chunk's time is
+    # the recording's start plus the audio up to its end).
+    spool = Spool(spool_dir, 1 << 30)
+    wait_for(lambda: (health.spool_backlog(spool).oldest_age_s or 0) >= 8, 30,
+             "the spooled audio to be 8 s old")
+    spool.close()
+    online = agent_env(home, spool_dir, srv.grpc_target, token, heartbeat_interval_s=0.2)
+    assert run_agent(online, "sync", "--timeout", "60").returncode == 0
+    wait_for(lambda: receiver.events(secret), 30, "device.backlog")
+    (event,) = receiver.events(secret)
+    assert event["type"] == "device.backlog" and event["data"]["device_id"] == device_id
+    assert event["data"]["backlog_recordings"] == 1 and event["data"]["backlog_chunks"] == 6
+    assert event["data"]["backlog_oldest_age_s"] >= 8 and event["data"]["threshold_s"] == 2
+    # Once everything is acknowledged the next heartbeat clears it, without an event.
+    final = agent_env(home, spool_dir, srv.grpc_target, token, heartbeat_interval_s=0.2)
+    assert run_agent(final, "sync", "--timeout", "10").returncode == 0
+    shown = rest(srv, "GET", f"/v1/devices/{device_id}")
+    assert shown["backlog_overdue"] is False and shown["backlog_chunks"] == 0
+    assert len(receiver.events(secret)) == 1

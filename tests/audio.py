@@ -170,3 +170,30 @@ def ffprobe_duration_includes_pre_skip() -> bool:
     if abs(seconds - (1.0 + 312 / 48_000)) < 0.0005:
         return True
     raise AssertionError(f"unexpected ffprobe duration {seconds} for 1.000 s (+312 pre-skip)")
+
+
+def low_noise_pcm(seconds: float, level: float, rate: int = 16_000, *, seed: int = 0) -> bytes:
+    """``seconds`` of steady Gaussian background noise with standard deviation ``level``
+    (int16 units: 3 ≈ a quiet microphone's self-noise, 25 ≈ a quiet room), deterministic."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    noise = rng.normal(0.0, level, round(seconds * rate))
+    return bytes(np.clip(noise, -32768, 32767).astype("<i2").tobytes())
+
+
+def day_mix_pcm(seconds: float, rate: int = 16_000, *, speech_share: float = 0.2,
+                period_s: float = 60.0) -> bytes:
+    """A day-like mix for a wearable: each ``period_s`` holds ``speech_share`` of real speech
+    (the Asterisk prompts, continuing through the list), then half the rest near-silence
+    (microphone self-noise) and half low background noise. Exactly ``seconds`` long."""
+    out = bytearray()
+    period = 0
+    while len(out) < round(seconds * rate) * BYTES_PER_SAMPLE:
+        talk = period_s * speech_share
+        quiet = (period_s - talk) / 2
+        out += speech_pcm(talk, rate, start=period * 7)
+        out += low_noise_pcm(quiet, 3, rate, seed=2 * period)
+        out += low_noise_pcm(quiet, 25, rate, seed=2 * period + 1)
+        period += 1
+    return bytes(out[: round(seconds * rate) * BYTES_PER_SAMPLE])

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from tapedeck_agent import health
 from tapedeck_agent.capture import (
     AudioSource,
     CaptureError,
@@ -218,8 +219,31 @@ def cmd_sync(args: argparse.Namespace, cfg: AgentConfig) -> int:
     return EXIT_OK if outcome.finalized else EXIT_LATER
 
 
-def status_data(spool: Spool, include_all: bool) -> dict[str, Any]:
-    """The spool as JSON-able data (used by ``status``)."""
+def fleet_status(spool: Spool, cfg: AgentConfig) -> dict[str, Any]:
+    """Health (as the heartbeat reports it) and settings: configured, pushed by the server,
+    and the version the current recording runs."""
+    backlog = health.spool_backlog(spool)
+    mb = 1024 * 1024
+    return {
+        "health": {"storage_used_mb": spool.usage_bytes() // mb,
+                   "storage_total_mb": spool.max_bytes // mb,
+                   "battery_percent": health.battery_percent(cfg.power_supply_dir),
+                   "firmware_version": health.agent_version(),
+                   "backlog": {"recordings": backlog.recordings, "chunks": backlog.chunks,
+                               "bytes": backlog.bytes, "oldest_age_s": backlog.oldest_age_s}},
+        "settings": {
+            "configured": {"chunk_duration_ms": cfg.chunk_duration_ms, "bitrate": cfg.bitrate,
+                           "dtx": cfg.dtx, "heartbeat_interval_s": cfg.heartbeat_interval_s},
+            "apply_server_settings": cfg.apply_server_settings,
+            "pushed": (p.to_json() if (p := health.load_pushed(spool)) else None),
+            "running_version": health.running_version(spool)},
+    }
+
+
+def status_data(spool: Spool, include_all: bool,
+                cfg: AgentConfig | None = None) -> dict[str, Any]:
+    """The spool as JSON-able data (used by ``status``); with ``cfg`` also the device's
+    health and settings (``fleet_status``)."""
     recs = []
     for rec in spool.recordings(limit=None if include_all else 50):
         if rec.state == "finalized" and not include_all:
@@ -237,13 +261,15 @@ def status_data(spool: Spool, include_all: bool) -> dict[str, Any]:
             "parked_reason": rec.parked_reason})
     return {"spool_dir": str(spool.root), "used_bytes": spool.usage_bytes(),
             "limit_bytes": spool.max_bytes,
-            "agent": {k: {"value": v, "updated_at": t} for k, (v, t) in spool.states().items()},
+            "agent": {k: {"value": v, "updated_at": t} for k, (v, t) in spool.states().items()
+                      if k != health.PUSHED_KEY},
+            **(fleet_status(spool, cfg) if cfg is not None else {}),
             "recordings": recs}
 
 
 def cmd_status(args: argparse.Namespace, cfg: AgentConfig) -> int:
     spool = _open_spool(cfg)
-    data = status_data(spool, args.all)
+    data = status_data(spool, args.all, cfg)
     if args.json:
         print(json.dumps(data, indent=2))
         return EXIT_OK
@@ -252,12 +278,28 @@ def cmd_status(args: argparse.Namespace, cfg: AgentConfig) -> int:
           f"{data['limit_bytes'] / mb:.0f} MB")
     for key, state in data["agent"].items():
         print(f"{key}: {state['value']} (since {state['updated_at']})")
+    _print_fleet(data)
     print(f"{'LOCAL ID':34} {'SERVER ID':30} {'STATE':10} {'CHUNKS':>9} {'SECONDS':>8}  NOTE")
     for r in data["recordings"]:
         note = r["parked_reason"] or r["server_status"] or ""
         print(f"{r['local_id']:34} {r['recording_id'] or '-':30} {r['state']:10} "
               f"{r['chunks_uploaded']:>4}/{r['chunks']:<4} {r['duration_ms'] / 1000:8.1f}  {note}")
     return EXIT_OK
+
+
+def _print_fleet(data: dict[str, Any]) -> None:
+    h, s = data["health"], data["settings"]
+    b = h["backlog"]
+    age = "-" if b["oldest_age_s"] is None else f"{b['oldest_age_s']} s"
+    battery = "not reported" if h["battery_percent"] is None else f"{h['battery_percent']} %"
+    print(f"health: battery {battery}, {h['firmware_version']}; backlog {b['recordings']} "
+          f"recording(s), {b['chunks']} chunk(s), {b['bytes']} bytes, oldest {age}")
+    pushed = s["pushed"]
+    shown = ("none" if pushed is None else f"version {pushed['version']} "
+             + json.dumps({k: v for k, v in pushed.items() if k != "version" and v is not None}))
+    print(f"settings: running version {s['running_version']}; configured "
+          f"{json.dumps(s['configured'])}; from server {shown}"
+          + ("" if s["apply_server_settings"] else " (ignored: apply_server_settings off)"))
 
 
 def cmd_devices(args: argparse.Namespace, cfg: AgentConfig) -> int:

@@ -268,10 +268,19 @@ class AgentClient:
                               final_duration_ms=duration_ms, checksum_md5=checksum_md5))
         return status_name(resp.status)
 
-    def send_heartbeat(self, *, device_state: str, storage_used_mb: int, storage_total_mb: int,
-                       pending_recordings: int) -> None:
-        """DeviceService.SendHeartbeat for this device ("me")."""
+    def send_heartbeat(self, *, device_state: str, **fields: Any) -> dict[str, Any] | None:
+        """DeviceService.SendHeartbeat for this device ("me") with ``fields`` (fields of
+        ``SendHeartbeatRequest``; ``None`` values are left unset). Returns the pushed
+        settings of the answer (``version`` plus the fields set; unset ones ``None``), or
+        ``None`` when the server sends none (an older server)."""
         state = device_pb2.DeviceState.Value("DEVICE_STATE_" + device_state.upper())
-        self._call(self._devices.SendHeartbeat, device_pb2.SendHeartbeatRequest(
-            device_id="me", device_state=state, storage_used_mb=storage_used_mb,
-            storage_total_mb=storage_total_mb, pending_recordings=pending_recordings))
+        req = device_pb2.SendHeartbeatRequest(
+            device_id="me", device_state=state,
+            **{k: v for k, v in fields.items() if v is not None})
+        resp = self._call(self._devices.SendHeartbeat, req)
+        if not resp.HasField("settings"):
+            return None
+        s = resp.settings
+        names = ("chunk_duration_ms", "bitrate", "dtx", "heartbeat_interval_s")
+        return {"version": s.version,
+                **{n: getattr(s, n) if s.HasField(n) else None for n in names}}

@@ -74,6 +74,14 @@ class AgentConfig:
         "help": "seconds between device heartbeats (0 = none)"})
     keep_uploaded: bool = field(default=False, metadata={
         "help": "keep chunk files after the server accepted the finalize"})
+    dtx: bool = field(default=True, metadata={
+        "help": "Opus discontinuous transmission: silence and steady low noise cost a small "
+                "fraction of speech; the timeline stays exact"})
+    apply_server_settings: bool = field(default=True, metadata={
+        "help": "apply the device settings the server pushes in heartbeat answers (chunk "
+                "duration, bitrate, dtx from the next recording; heartbeat interval at once)"})
+    power_supply_dir: Path = field(default=Path("/sys/class/power_supply"), metadata={
+        "help": "where the kernel reports batteries (battery_percent in heartbeats)"})
 
     @property
     def max_spool_bytes(self) -> int:

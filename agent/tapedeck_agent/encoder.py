@@ -15,6 +15,13 @@ into standard Ogg Opus files of ``chunk_duration_ms`` each:
 
 ``tapedeck.oggopus.remux`` drops the repeated packets again, which makes the stitched file
 decode bit-identically to encoding the whole recording as one stream.
+
+``dtx=True`` turns on libopus discontinuous transmission (``OPUS_SET_DTX``): during silence
+and steady low background noise the encoder emits 1-byte packets (a TOC byte with an empty
+frame, which a decoder plays as comfort noise) plus an 8-byte update every 400 ms, instead
+of full frames. Every packet still stands for one 20 ms frame: the Ogg writer advances the
+granule position by ``packet_samples`` for each, so the timeline (chunk lengths, the
+stitched duration, transcript timestamps) is exactly the same as without DTX.
 """
 
 from __future__ import annotations
@@ -74,20 +81,22 @@ class OpusChunker:
     ``chunk_duration_ms`` when the remainder and the lookahead flush land after a full chunk
     (60 min in 5-min chunks is 12 chunks). ``chunk_duration_ms=None`` makes one single chunk (a
     whole-recording encode). ``frame_ms`` is 10, 20, 40 or 60; ``chunk_duration_ms`` must be a
-    multiple of it.
+    multiple of it. ``dtx`` turns on discontinuous transmission (see the module docstring).
     """
 
     def __init__(
         self, *, sample_rate: int = 16_000, channels: int = 1,
         chunk_duration_ms: int | None = 300_000, frame_ms: int = 20, bitrate: int = 24_000,
         complexity: int = 10, application: str = "voip", overlap_ms: int = 80,
-        serial: int | None = None, vendor: str = DEFAULT_VENDOR,
+        serial: int | None = None, vendor: str = DEFAULT_VENDOR, dtx: bool = False,
     ) -> None:
         _check_format(sample_rate, frame_ms, chunk_duration_ms)
         opus = load_opuslib()
         self._encoder: Any = opus.Encoder(sample_rate, channels, application)
         self._encoder.bitrate = bitrate
         self._encoder.complexity = complexity
+        self._encoder.dtx = int(dtx)
+        self.dtx = dtx
         self.sample_rate = sample_rate
         self.channels = channels
         self._factor = GRANULE_RATE // sample_rate

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from tapedeck_agent.capture import AudioSource
 from tapedeck_agent.config import AgentConfig
 from tapedeck_agent.encoder import EncodedChunk, OpusChunker
+from tapedeck_agent.health import config_for_next_recording
 from tapedeck_agent.spool import Spool, samples_to_ms
 
 FRAME_MS = 20
@@ -48,7 +49,8 @@ class Recorder:
     """Runs one source into the spool. ``notify`` is called after every stored chunk."""
 
     def __init__(self, cfg: AgentConfig, spool: Spool, notify: Callable[[], None]) -> None:
-        self.cfg = cfg
+        self.cfg = cfg  # the current recording's: ``base`` + the server's pushed settings
+        self.base = cfg
         self.spool = spool
         self.notify = notify
         self._rate = cfg.sample_rate
@@ -99,6 +101,9 @@ class Recorder:
     # -- one recording ----------------------------------------------------------------------
     def _segment(self, source: AudioSource, stop: threading.Event, owner: str, origin: str,
                  name: str, max_frames: int | None, result: RecordResult) -> None:
+        # Pushed settings apply from a new recording only, never inside one.
+        self.cfg, version = config_for_next_recording(self.base, self.spool)
+        self._chunk_frames = self._rate * self.cfg.chunk_duration_ms // 1000
         cfg = self.cfg
         left = None if max_frames is None else max_frames - result.frames_read
         estimate = cfg.max_chunks * cfg.chunk_duration_ms
@@ -110,11 +115,12 @@ class Recorder:
             owner=owner)
         result.local_ids.append(local_id)
         self.spool.set_state("capture", f"recording {local_id}")
-        log.info("recording %s started (%s, %d Hz x%d, %d ms chunks)", local_id, origin,
-                 self._rate, cfg.channels, cfg.chunk_duration_ms)
+        log.info("recording %s started (%s, %d Hz x%d, %d ms chunks, %d bit/s, dtx %s, "
+                 "settings version %d)", local_id, origin, self._rate, cfg.channels,
+                 cfg.chunk_duration_ms, cfg.bitrate, "on" if cfg.dtx else "off", version)
         chunker = OpusChunker(sample_rate=self._rate, channels=cfg.channels,
                               chunk_duration_ms=cfg.chunk_duration_ms, frame_ms=FRAME_MS,
-                              bitrate=cfg.bitrate, complexity=cfg.complexity)
+                              bitrate=cfg.bitrate, complexity=cfg.complexity, dtx=cfg.dtx)
         try:
             self._feed_until_end(source, stop, local_id, chunker, max_frames, result)
         finally:

@@ -20,8 +20,12 @@ Errors (see ``client.ServerError.kind``):
   - ``chunk_mismatch`` on finalize → the missing parts are marked pending and re-uploaded;
     ``checksum_mismatch`` → a fresh ``ListChunks`` marks every part whose md5 differs pending.
 
-Heartbeats: every ``heartbeat_interval_s`` ``run()`` sends DeviceService.SendHeartbeat with
-the spool's state (``heartbeat_fields()``). A failed heartbeat is only logged; a server
+Heartbeats: every ``heartbeat_interval_s``, and at once when the device state changes
+(recording, uploading, idle, storage_full, error), ``run()`` sends DeviceService.SendHeartbeat
+with the device's health (``heartbeat_fields()``: spool use, state, battery, agent version,
+backlog, the settings version it runs). The answer's pushed settings are kept in the spool
+for the next recording (``health.config_for_next_recording``); a pushed
+``heartbeat_interval_s`` applies at once. A failed heartbeat is only logged; a server
 without the method (UNIMPLEMENTED) gets no more.
 """
 
@@ -36,6 +40,7 @@ from typing import Any
 
 import grpc
 
+from tapedeck_agent import health
 from tapedeck_agent.client import AgentClient, ServerError, put_chunk_url
 from tapedeck_agent.config import AgentConfig
 from tapedeck_agent.spool import ChunkRow, RecordingRow, Spool
@@ -65,6 +70,8 @@ class Uploader:
         self._last_recover = 0.0
         self._last_heartbeat = -float("inf")
         self._heartbeats = True
+        self._sent_state: str | None = None  # device_state of the last heartbeat sent
+        self._pushed_interval: float | None = None
 
     # -- the loop -------------------------------------------------------------------------
     def notify(self) -> None:
@@ -113,25 +120,52 @@ class Uploader:
                     exc.message, self._failures, delay)
         self._stop.wait(delay)
 
+    def heartbeat_interval_s(self) -> float:
+        """Seconds between heartbeats: the server's pushed interval, else the configured
+        one (0 = no heartbeats at all: then nothing is pushed either)."""
+        local = self.cfg.heartbeat_interval_s
+        return self._pushed_interval if local > 0 and self._pushed_interval else local
+
     def _heartbeat_every(self) -> float:
-        interval = self.cfg.heartbeat_interval_s
+        interval = self.heartbeat_interval_s()
         return interval if interval > 0 and self._heartbeats else RECOVER_EVERY_S
 
     def _maybe_heartbeat(self) -> None:
-        """Send a heartbeat if one is due; never lets its failure affect uploads."""
+        """Send a heartbeat if one is due or the device state changed; never lets its
+        failure affect uploads."""
         now = time.monotonic()
-        if not self._heartbeats or self.cfg.heartbeat_interval_s <= 0 or self.blocked or \
-                now - self._last_heartbeat < self.cfg.heartbeat_interval_s:
+        interval = self.heartbeat_interval_s()
+        if not self._heartbeats or interval <= 0 or self.blocked:
+            return
+        if now - self._last_heartbeat < interval and self.device_state() == self._sent_state:
             return
         self._last_heartbeat = now
+        fields = self.heartbeat_fields()
+        self._sent_state = str(fields["device_state"])
         try:
-            self.client.send_heartbeat(**self.heartbeat_fields())
+            pushed = self.client.send_heartbeat(**fields)
         except ServerError as exc:
             if exc.code == grpc.StatusCode.UNIMPLEMENTED:
                 log.info("the server takes no heartbeats; not sending any more")
                 self._heartbeats = False
             else:
                 log.info("heartbeat not sent (%s: %s)", exc.type, exc.message)
+            self.spool.set_state("heartbeat", f"failed: {exc.type} ({exc.message})")
+            return
+        self._take_settings(pushed)
+        self.spool.set_state("heartbeat", f"sent ({fields['device_state']}, settings "
+                                          f"version {fields['settings_version']})")
+
+    def _take_settings(self, pushed: dict[str, Any] | None) -> None:
+        """Keep the server's settings for the next recording; apply its interval now."""
+        if pushed is None or not self.cfg.apply_server_settings:
+            return
+        settings = health.PushedSettings.from_json(pushed)
+        self._pushed_interval = (float(settings.heartbeat_interval_s)
+                                 if settings.heartbeat_interval_s else None)
+        if health.store_pushed(self.spool, settings):
+            log.info("server settings version %d received; they apply from the next "
+                     "recording: %s", settings.version, settings.to_json())
 
     def _maybe_recover(self) -> None:
         """Close recordings of dead capture processes, register orphan chunk files."""
@@ -313,19 +347,25 @@ class Uploader:
             self._reconciled.discard(rec.local_id)
 
     # -- heartbeat hook ------------------------------------------------------------------------
-    def heartbeat_fields(self) -> dict[str, Any]:
-        """The body of a device heartbeat (spec: devices/{id|me}/heartbeat), from the spool."""
-        states = self.spool.states()
-        capture = states.get("capture", ("idle", ""))[0]
+    def device_state(self) -> str:
+        """What the device is doing, as a heartbeat ``device_state``."""
+        capture = self.spool.states().get("capture", ("idle", ""))[0]
         if capture.startswith("paused"):
-            device_state = "storage_full"
-        elif capture.startswith("recording"):
-            device_state = "recording"
-        elif self.blocked:
-            device_state = "error"
-        else:
-            device_state = "idle" if self.idle() else "uploading"
+            return "storage_full"
+        if capture.startswith("recording"):
+            return "recording"
+        if self.blocked:
+            return "error"
+        return "idle" if self.idle() else "uploading"
+
+    def heartbeat_fields(self) -> dict[str, Any]:
+        """The body of a device heartbeat (spec: devices/{id|me}/heartbeat), from the spool
+        and the platform: health, backlog and the settings version running."""
         total = self.spool.max_bytes // (1024 * 1024)
         return {"storage_used_mb": min(total, self.spool.usage_bytes() // (1024 * 1024)),
-                "storage_total_mb": total, "device_state": device_state,
-                "pending_recordings": len(self.spool.recordings(("capturing", "closed")))}
+                "storage_total_mb": total, "device_state": self.device_state(),
+                "pending_recordings": len(self.spool.recordings(("capturing", "closed"))),
+                "battery_percent": health.battery_percent(self.cfg.power_supply_dir),
+                "firmware_version": health.agent_version(),
+                "settings_version": health.running_version(self.spool),
+                **health.spool_backlog(self.spool).heartbeat_fields()}

@@ -255,6 +255,21 @@ def m_sec1_event_redaction(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_recording ON events(recording_id)")
 
 
+def m_fleet_health_settings(db: sqlite_utils.Database) -> None:
+    """Fleet health flags of devices (set and cleared with their events, see
+    ``tapedeck.domain.fleet``) and pushed device settings: one row per project
+    (``device_id = ''``) and per device override; ``version`` is the project's sequence."""
+    for flag in ("offline", "storage_low", "backlog_overdue"):
+        db.execute(f"ALTER TABLE devices ADD COLUMN {flag} INTEGER NOT NULL DEFAULT 0")
+    db.execute("CREATE INDEX devices_project_created ON devices(project_id, created_at, id)")
+    db.execute("CREATE INDEX devices_heartbeat ON devices(offline, last_heartbeat_at)")
+    db.execute("""CREATE TABLE device_settings (
+        project_id TEXT NOT NULL REFERENCES projects(id), device_id TEXT NOT NULL,
+        version INTEGER NOT NULL, chunk_duration_ms INTEGER, bitrate INTEGER, dtx INTEGER,
+        heartbeat_interval_s INTEGER, updated_at TEXT NOT NULL,
+        PRIMARY KEY (project_id, device_id))""")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -266,6 +281,7 @@ MIGRATIONS: list[Migration] = [
     m_search_fts,
     m_sec1_pinned_chunks,
     m_sec1_event_redaction,
+    m_fleet_health_settings,
 ]
 
 

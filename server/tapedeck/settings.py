@@ -118,6 +118,15 @@ class Settings:
     allow_plaintext: bool = field(default=False, metadata={
         "help": "serve plaintext on a non-loopback host (only behind a TLS-terminating "
                 "proxy); without TLS files and this, such a host refuses to start"})
+    device_offline_after_s: int = field(default=300, metadata={
+        "help": "a device that sent heartbeats but none for this long is marked offline by "
+                "the sweeper (event device.offline)"})
+    device_storage_low_percent: int = field(default=80, metadata={
+        "help": "a heartbeat with storage_used_mb at or above this percent of "
+                "storage_total_mb raises device.storage_low"})
+    device_backlog_alert_s: int = field(default=3600, metadata={
+        "help": "a heartbeat whose oldest unacknowledged audio waited this long raises "
+                "device.backlog"})
 
     @property
     def db_path(self) -> Path:

@@ -1,7 +1,9 @@
 """The sweeper: a periodic loop (the ``sweeper`` role, started by ``tapedeck serve`` and
 ``tapedeck worker``) that expires overdue streaming recordings (``domain.expiry.Expiry``)
-and then applies chunk retention (``tapedeck.retention.Retention``), then redacts the events
-of deleted recordings whose deliveries are done (``domain.redaction.EventRedaction``).
+and then applies chunk retention (``tapedeck.retention.Retention``), redacts the events
+of deleted recordings whose deliveries are done (``domain.redaction.EventRedaction``), and
+marks devices silent for ``device_offline_after_s`` offline
+(``domain.fleet.Fleet.sweep_offline``, one ``device.offline`` event per transition).
 
 Every round handles all due work in batches (bounded, so a stop is honoured between
 batches). Each expired recording is handled under a fresh request id, which its stitching
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tapedeck.domain.expiry import Expiry
+from tapedeck.domain.fleet import Fleet
 from tapedeck.domain.redaction import EventRedaction
 from tapedeck.jobs import Failpoints
 from tapedeck.logs import request_context
@@ -43,6 +46,7 @@ class SweepReport:
     expired: dict[str, str] = field(default_factory=dict)
     cleaned: dict[str, str] = field(default_factory=dict)
     redacted: dict[str, int] = field(default_factory=dict)
+    offline: list[str] = field(default_factory=list)  # devices marked offline
 
 
 class Sweeper:
@@ -50,8 +54,10 @@ class Sweeper:
 
     def __init__(self, expiry: Expiry, retention: Retention, interval_s: float,
                  metrics: Metrics | None = None,
-                 redaction: EventRedaction | None = None) -> None:
+                 redaction: EventRedaction | None = None,
+                 fleet: Fleet | None = None) -> None:
         self.expiry = expiry
+        self.fleet = fleet
         self.retention = retention
         self.redaction = redaction
         self.interval_s = interval_s
@@ -76,7 +82,19 @@ class Sweeper:
                 break
         if self.redaction is not None:
             report.redacted = self.redaction.sweep(BATCH * MAX_BATCHES)
+        if self.fleet is not None:
+            self._sweep_fleet(self.fleet, report)
         return report
+
+    def _sweep_fleet(self, fleet: Fleet, report: SweepReport) -> None:
+        for _ in range(MAX_BATCHES):
+            marked = fleet.sweep_offline(BATCH)
+            report.offline += marked
+            for device_id in marked:
+                log.info("device %s is offline (no heartbeat for %d s)", device_id,
+                         fleet.offline_after_s)
+            if len(marked) < BATCH or self._stop.is_set():
+                break
 
     def _expire(self, recording_id: str) -> str:
         with request_context(None):
@@ -123,5 +141,6 @@ def start_sweeper(app: App) -> Sweeper:
     retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
                           failpoints=Failpoints(s.failpoints), metrics=app.metrics)
     sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
-                      metrics=app.metrics, redaction=EventRedaction(app.domain.ctx))
+                      metrics=app.metrics, redaction=EventRedaction(app.domain.ctx),
+                      fleet=app.domain.fleet)
     return sweeper.start()

@@ -226,9 +226,11 @@ def opus_packets(data: bytes) -> list[bytes]:
 
 
 def reference_packets(pcm: bytes, chunk_ms: int, complexity: int = 5,
-                      bitrate: int = 24_000) -> list[list[bytes]]:
-    """Per chunk, the packets the agent's encoder makes from exactly ``pcm``."""
-    chunker = OpusChunker(chunk_duration_ms=chunk_ms, complexity=complexity, bitrate=bitrate)
+                      bitrate: int = 24_000, dtx: bool = True) -> list[list[bytes]]:
+    """Per chunk, the packets the agent's encoder makes from exactly ``pcm`` (DTX on, the
+    agent's default)."""
+    chunker = OpusChunker(chunk_duration_ms=chunk_ms, complexity=complexity, bitrate=bitrate,
+                          dtx=dtx)
     return [opus_packets(c.data) for c in chunker.feed(pcm) + chunker.finish()]
 
 

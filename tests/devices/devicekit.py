@@ -361,6 +361,9 @@ ACCESS: dict[str, Access] = {
     "UnbindDevice": _a(D_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),
     "RefreshDeviceToken": _a(D_WRITE, bound_device, FORB, FORB, FORB, OK, DNF, *_401, FORB),
     "SendHeartbeat": _a(D_WRITE, bound_device, OK, OK, FORB, OK, DNF, *_401, DNF),
+    "ListDevices": _a(D_READ, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
+    "GetDeviceSettings": _a(D_READ, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),
+    "UpdateDeviceSettings": _a(D_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, DNF),
     # end users                                      sk  rk+ rk-   own   other
     "CreateEndUser": _a({"end_users:write"}, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
     "GetEndUser": _a({"end_users:read"}, end_user, OK, OK, FORB, FORB, FORB, *_401, EUNF),

@@ -93,6 +93,14 @@ CALLS: dict[str, Call] = {
         dpb.RefreshDeviceTokenRequest(id=t.device_id), metadata=md),
     "SendHeartbeat": lambda w, t, md: w.rpc.devices.SendHeartbeat(
         dpb.SendHeartbeatRequest(device_id=t.device_id, battery_percent=50), metadata=md),
+    "ListDevices": lambda w, t, md: w.rpc.devices.ListDevices(
+        dpb.ListDevicesRequest(state=dpb.DEVICE_HEALTH_FILTER_ONLINE), metadata=md),
+    "GetDeviceSettings": lambda w, t, md: w.rpc.devices.GetDeviceSettings(
+        dpb.GetDeviceSettingsRequest(device_id=t.device_id), metadata=md),
+    "UpdateDeviceSettings": lambda w, t, md: w.rpc.devices.UpdateDeviceSettings(
+        dpb.UpdateDeviceSettingsRequest(device_id=t.device_id,
+                                        settings=dpb.DeviceSettings(bitrate=16000)),
+        metadata=md),
     "CreateEndUser": lambda w, t, md: w.rpc.end_users.CreateEndUser(
         epb.CreateEndUserRequest(name="Grace"), metadata=md),
     "GetEndUser": lambda w, t, md: w.rpc.end_users.GetEndUser(

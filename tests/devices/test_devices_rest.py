@@ -101,7 +101,10 @@ def test_device_bind_refresh_heartbeat_unbind(world: World, clock: ManualClock) 
     hb = {"battery_percent": 42, "storage_used_mb": 100, "storage_total_mb": 2048,
           "signal_strength_dbm": -70, "firmware_version": "2.0.1", "device_state": "charging",
           "pending_recordings": 2, "connection_type": "cellular"}
-    assert ok(call(world, "POST", "/v1/devices/me/heartbeat", token, hb)) == {"status": "ok"}
+    answer = ok(call(world, "POST", "/v1/devices/me/heartbeat", token, hb))
+    assert answer == {"status": "ok", "settings": {
+        "version": 0, "chunk_duration_ms": None, "bitrate": None, "dtx": None,
+        "heartbeat_interval_s": None}}
     shown = ok(call(world, "GET", f"/v1/devices/{dev['id']}", world.sk))
     schemas.DeviceOut.model_validate(shown)
     assert {k: shown[k] for k in hb} == hb

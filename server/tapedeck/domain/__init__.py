@@ -15,6 +15,7 @@ from tapedeck.domain._base import Context, KeyedLocks
 from tapedeck.domain.chunks import Chunks
 from tapedeck.domain.devices import Devices
 from tapedeck.domain.end_users import EndUsers
+from tapedeck.domain.fleet import Fleet
 from tapedeck.domain.idempotency import IdempotencyStore
 from tapedeck.domain.keys import Keys
 from tapedeck.domain.ratelimit import RateLimiter
@@ -44,6 +45,7 @@ class Domain:
     webhooks: Webhooks
     transcriptions: Transcriptions
     search: Search
+    fleet: Fleet
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -58,7 +60,8 @@ class Domain:
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
                    webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)),
-                   transcriptions=Transcriptions(ctx), search=Search(ctx))
+                   transcriptions=Transcriptions(ctx), search=Search(ctx),
+                   fleet=Fleet(ctx))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:

@@ -59,6 +59,13 @@ class Heartbeat:
     device_state: str | None = None
     pending_recordings: int | None = None
     connection_type: str | None = None
+    # Backlog: audio recorded on the device and not yet acknowledged by the server.
+    backlog_recordings: int | None = None
+    backlog_chunks: int | None = None
+    backlog_bytes: int | None = None
+    backlog_oldest_age_s: int | None = None
+    # The version of the pushed device settings the device runs (0 = none).
+    settings_version: int | None = None
 
     def state(self) -> dict[str, Any]:
         """The stored state: every field except ``firmware_version`` (a device field)."""
@@ -92,6 +99,10 @@ class Device:
     bound_at: datetime | None
     last_heartbeat_at: datetime | None
     heartbeat: dict[str, Any]
+    # Fleet health flags (``tapedeck.domain.fleet``).
+    offline: bool = False
+    storage_low: bool = False
+    backlog_overdue: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The device object of ``api.md``: device fields, last heartbeat, its time."""
@@ -102,6 +113,8 @@ class Device:
             "bound_at": iso(self.bound_at), "last_heartbeat_at": iso(self.last_heartbeat_at),
         }
         out.update({name: self.heartbeat.get(name) for name in HEARTBEAT_STATE_FIELDS})
+        out.update(offline=self.offline, storage_low=self.storage_low,
+                   backlog_overdue=self.backlog_overdue)
         return out
 
 
@@ -141,7 +154,9 @@ def validate_heartbeat(hb: Heartbeat) -> None:
     """Range checks of a heartbeat (``invalid_request`` naming the field)."""
     ranges = {"battery_percent": (0, 100), "storage_used_mb": (0, _MAX_MB),
               "storage_total_mb": (0, _MAX_MB), "signal_strength_dbm": (-200, 0),
-              "pending_recordings": (0, 1_000_000)}
+              "pending_recordings": (0, 1_000_000), "backlog_recordings": (0, 1_000_000),
+              "backlog_chunks": (0, 100_000_000), "backlog_bytes": (0, 2 ** 50),
+              "backlog_oldest_age_s": (0, 10 ** 9), "settings_version": (0, 2 ** 62)}
     for name, (low, high) in ranges.items():
         value = getattr(hb, name)
         if value is not None and not low <= value <= high:
@@ -159,7 +174,8 @@ def validate_heartbeat(hb: Heartbeat) -> None:
 
 
 _COLUMNS = ("id, project_id, serial_number, model, firmware_version, status, end_user_id,"
-            " created_at, bound_at, last_heartbeat_at, heartbeat")
+            " created_at, bound_at, last_heartbeat_at, heartbeat, offline, storage_low,"
+            " backlog_overdue")
 
 
 def load_device(db: sqlite_utils.Database, project_id: str, device_id: str) -> Device:
@@ -173,7 +189,9 @@ def load_device(db: sqlite_utils.Database, project_id: str, device_id: str) -> D
     return Device(id=row[0], project_id=row[1], serial_number=row[2], model=row[3],
                   firmware_version=row[4], status=row[5], end_user_id=row[6],
                   created_at=created, bound_at=parse_iso(row[8]),
-                  last_heartbeat_at=parse_iso(row[9]), heartbeat=json.loads(row[10] or "{}"))
+                  last_heartbeat_at=parse_iso(row[9]), heartbeat=json.loads(row[10] or "{}"),
+                  offline=bool(row[11]), storage_low=bool(row[12]),
+                  backlog_overdue=bool(row[13]))
 
 
 def own_device_id(p: Principal, device_id: str) -> str:
@@ -281,19 +299,33 @@ class Devices:
         return RefreshedToken(device_id, token)
 
     def heartbeat(self, p: Principal, device_id: str, hb: Heartbeat) -> datetime:
-        """Store ``hb`` as the device's latest state; return its ``last_heartbeat_at``."""
-        if p.kind == "device":
-            p.require("devices:heartbeat")
-            device_id = own_device_id(p, device_id)
-        else:
-            p.require("devices:write")
-            device_id = _key_device_id(device_id)
+        """Store ``hb`` as the device's latest state; return its ``last_heartbeat_at``.
+        (Transports call ``Fleet.heartbeat``, which adds the fleet transitions.)"""
+        device_id = heartbeat_device_id(p, device_id)
         validate_heartbeat(hb)
         now = self._ctx.clock.now()
         with self._ctx.db.write() as tx:
-            load_device(tx, p.project_id, device_id)
-            tx.execute(
-                "UPDATE devices SET heartbeat = ?, last_heartbeat_at = ?,"
-                " firmware_version = COALESCE(?, firmware_version) WHERE id = ?",
-                [json.dumps(hb.state()), iso(now), hb.firmware_version, device_id])
+            store_heartbeat(tx, p.project_id, device_id, hb, now)
         return now
+
+
+def heartbeat_device_id(p: Principal, device_id: str) -> str:
+    """The device a heartbeat is for, after the credential checks: a device token for its
+    own device (``devices:heartbeat``), or a key with ``devices:write``."""
+    if p.kind == "device":
+        p.require("devices:heartbeat")
+        return own_device_id(p, device_id)
+    p.require("devices:write")
+    return _key_device_id(device_id)
+
+
+def store_heartbeat(tx: sqlite_utils.Database, project_id: str, device_id: str, hb: Heartbeat,
+                    now: datetime) -> tuple[Device, datetime | None]:
+    """Store ``hb`` (validated) as the device's latest state inside ``tx``; returns the
+    device as it was before and its previous ``last_heartbeat_at``."""
+    device = load_device(tx, project_id, device_id)
+    tx.execute(
+        "UPDATE devices SET heartbeat = ?, last_heartbeat_at = ?,"
+        " firmware_version = COALESCE(?, firmware_version) WHERE id = ?",
+        [json.dumps(hb.state()), iso(now), hb.firmware_version, device_id])
+    return device, device.last_heartbeat_at

@@ -11,6 +11,8 @@ from tapedeck.domain import Domain
 from tapedeck.gateway import docs, errors, schemas
 from tapedeck.gateway.devices import BODY_MODELS as DEVICE_BODY_MODELS
 from tapedeck.gateway.devices import add_device_routes
+from tapedeck.gateway.fleet import BODY_MODELS as FLEET_BODY_MODELS
+from tapedeck.gateway.fleet import add_fleet_routes
 from tapedeck.gateway.routes import Gateway, add_routes
 from tapedeck.gateway.search import add_search_routes
 from tapedeck.gateway.transcriptions import BODY_MODELS as TRANSCRIPTION_BODY_MODELS
@@ -20,7 +22,7 @@ from tapedeck.gateway.webhooks import add_webhook_routes
 
 BODY_MODELS = (schemas.CreateRecordingRequest, schemas.FinalizeRequest,
                schemas.UploadUrlRequest, schemas.EmptyRequest, *DEVICE_BODY_MODELS,
-               *WEBHOOK_BODY_MODELS, *TRANSCRIPTION_BODY_MODELS)
+               *WEBHOOK_BODY_MODELS, *TRANSCRIPTION_BODY_MODELS, *FLEET_BODY_MODELS)
 API_VERSION = "1.0.0"
 
 
@@ -34,6 +36,7 @@ def build_app(domain: Domain) -> FastAPI:
     add_webhook_routes(app.router, Gateway(domain))
     add_transcription_routes(app.router, Gateway(domain))
     add_search_routes(app.router, Gateway(domain))
+    add_fleet_routes(app.router, Gateway(domain))
     errors.install(app)
 
     def openapi() -> dict[str, Any]:

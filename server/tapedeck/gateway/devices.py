@@ -79,6 +79,16 @@ class HeartbeatRequest(RequestModel):
     pending_recordings: Annotated[int, Field(ge=0, le=1_000_000)] | None = None
     connection_type: Annotated[str, Field(pattern=r"^[a-z0-9_-]{1,32}$")] | None = Field(
         default=None, description="For example wifi, cellular, ethernet, bluetooth.")
+    backlog_recordings: Annotated[int, Field(ge=0, le=1_000_000)] | None = Field(
+        default=None, description="Recordings recorded but not yet acknowledged by the server.")
+    backlog_chunks: Annotated[int, Field(ge=0, le=100_000_000)] | None = Field(
+        default=None, description="Chunks recorded but not yet acknowledged.")
+    backlog_bytes: Annotated[int, Field(ge=0, le=2 ** 50)] | None = Field(
+        default=None, description="Bytes of those chunks.")
+    backlog_oldest_age_s: Annotated[int, Field(ge=0, le=10 ** 9)] | None = Field(
+        default=None, description="Age in seconds of the oldest of them.")
+    settings_version: Annotated[int, Field(ge=0, le=2 ** 62)] | None = Field(
+        default=None, description="Version of the pushed device settings the device runs.")
 
 
 class CreateKeyRequest(RequestModel):
@@ -127,6 +137,17 @@ class DeviceOut(ResponseModel):
     device_state: DeviceState | None
     pending_recordings: int | None
     connection_type: str | None
+    backlog_recordings: int | None = None
+    backlog_chunks: int | None = None
+    backlog_bytes: int | None = None
+    backlog_oldest_age_s: int | None = None
+    settings_version: int | None = None
+    offline: bool = Field(False, description="No heartbeat for the server's offline "
+                                             "threshold (as the sweeper last saw).")
+    storage_low: bool = Field(False, description="The last heartbeat reported storage above "
+                                                 "the threshold.")
+    backlog_overdue: bool = Field(False, description="The last heartbeat reported audio "
+                                                     "waiting longer than the threshold.")
 
 
 class BoundDeviceOut(DeviceOut):
@@ -142,10 +163,22 @@ class RefreshedTokenOut(ResponseModel):
     device_token: str
 
 
+class PushedSettingsOut(ResponseModel):
+    """The device settings a device should run from its next recording (``null``: not set
+    for it; the agent keeps its own configuration)."""
+
+    version: int
+    chunk_duration_ms: int | None
+    bitrate: int | None
+    dtx: bool | None
+    heartbeat_interval_s: int | None
+
+
 class HeartbeatOut(ResponseModel):
-    """The heartbeat was stored."""
+    """The heartbeat was stored; ``settings`` are the device's pushed settings."""
 
     status: Literal["ok"]
+    settings: PushedSettingsOut | None = None
 
 
 class KeyOut(ResponseModel):
@@ -275,15 +308,16 @@ def _device_routes(r: APIRouter, gw: Gateway) -> None:
     async def heartbeat(request: Request, device_id: DeviceOrMe,
                         idempotency_key: IdempotencyKey = None) -> Response:
         """Store the device's current state as its latest heartbeat: a device token for
-        its own device (``me``), or a key with ``devices:write``."""
+        its own device (``me``), or a key with ``devices:write``. Fleet events
+        (``device.online``, ``device.storage_low``, ``device.backlog``) commit with it; the
+        answer carries the device settings it should run from its next recording."""
         p = await gw.caller(request)
         body = await parse_json(request, HeartbeatRequest, gw.max_json_bytes)
         hb = Heartbeat(**body.model_dump())
         fp = fingerprint("devices.heartbeat", {"id": device_id, **body.model_dump()})
 
         def call() -> StoredResponse:
-            d.devices.heartbeat(p, device_id, hb)
-            return StoredResponse(200, {"status": "ok"})
+            return StoredResponse(200, d.fleet.heartbeat(p, device_id, hb).to_json())
 
         return await gw.respond(p, idempotency_key, fp, call)
 

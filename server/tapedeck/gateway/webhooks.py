@@ -25,7 +25,8 @@ from tapedeck.webhooks.secretbox import SecretBox
 
 EventType = Literal["*", "recording.created", "recording.uploaded", "recording.failed",
                     "recording.expired", "recording.deleted", "transcription.queued",
-                    "transcription.started", "transcription.completed", "transcription.failed"]
+                    "transcription.started", "transcription.completed", "transcription.failed",
+                    "device.offline", "device.online", "device.storage_low", "device.backlog"]
 DeliveryStatus = Literal["pending", "succeeded", "failed", "cancelled"]
 assert (get_args(EventType)[1:], get_args(DeliveryStatus)) == (EVENT_TYPES, DELIVERY_STATUSES), \
     "gateway/webhooks.py is out of date"

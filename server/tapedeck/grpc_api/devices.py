@@ -11,6 +11,7 @@ import grpc
 from tapedeck.domain import Domain
 from tapedeck.domain.devices import Device, Heartbeat, NewDevice
 from tapedeck.domain.end_users import EndUser, NewEndUser
+from tapedeck.domain.fleet import SETTING_FIELDS, DeviceSettings, SettingsView
 from tapedeck.domain.keys import ApiKey
 from tapedeck.grpc_api import _convert as cv
 from tapedeck.grpc_api._errors import translate_errors
@@ -21,7 +22,8 @@ from tapedeck.v1 import end_user_pb2 as epb
 from tapedeck.v1 import key_pb2 as kpb
 
 _HEARTBEAT_INTS = ("battery_percent", "storage_used_mb", "storage_total_mb",
-                   "signal_strength_dbm", "pending_recordings")
+                   "signal_strength_dbm", "pending_recordings", "backlog_recordings",
+                   "backlog_chunks", "backlog_bytes", "backlog_oldest_age_s", "settings_version")
 
 
 # -- conversions -------------------------------------------------------------------------
@@ -34,7 +36,8 @@ def device_pb(d: Device) -> dpb.Device:
         status=dpb.DeviceStatus.Value("DEVICE_STATUS_" + d.status.upper()),
         end_user_id=d.end_user_id or "", create_time=cv.ts(d.created_at),
         bind_time=cv.ts(d.bound_at), last_heartbeat_time=cv.ts(d.last_heartbeat_at),
-        connection_type=hb.get("connection_type") or "")
+        connection_type=hb.get("connection_type") or "", offline=d.offline,
+        storage_low=d.storage_low, backlog_overdue=d.backlog_overdue)
     for name in _HEARTBEAT_INTS:
         if hb.get(name) is not None:
             setattr(out, name, hb[name])
@@ -51,6 +54,29 @@ def heartbeat_from_pb(r: dpb.SendHeartbeatRequest) -> Heartbeat:
                      device_state=cv.enum_name(dpb.DeviceState.DESCRIPTOR, "DEVICE_STATE_",
                                                 r.device_state, "device_state"),
                      connection_type=r.connection_type or None)
+
+
+def settings_pb(s: DeviceSettings, version: int = 0) -> dpb.DeviceSettings:
+    """A ``DeviceSettings`` message; fields not set at this level left unset."""
+    out = dpb.DeviceSettings(version=version)
+    for name in SETTING_FIELDS:
+        if getattr(s, name) is not None:
+            setattr(out, name, getattr(s, name))
+    return out
+
+
+def settings_from_pb(m: dpb.DeviceSettings) -> DeviceSettings:
+    """The domain settings of a message (unset fields → ``None``)."""
+    return DeviceSettings(**{name: getattr(m, name) if m.HasField(name)  # type: ignore[arg-type]
+                             else None for name in SETTING_FIELDS})
+
+
+def _settings_pair(view: SettingsView) -> tuple[dpb.DeviceSettings, dpb.DeviceSettings | None]:
+    own = None if view.overrides is None else settings_pb(view.overrides)
+    return settings_pb(view.settings, view.version), own
+
+
+_FILTER_PREFIX = "DEVICE_HEALTH_FILTER_"
 
 
 def end_user_pb(u: EndUser) -> epb.EndUser:
@@ -116,8 +142,37 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
     def SendHeartbeat(self, request: dpb.SendHeartbeatRequest,
                       context: grpc.ServicerContext) -> dpb.SendHeartbeatResponse:
         p = principal(self._d, context)
-        self._d.devices.heartbeat(p, request.device_id, heartbeat_from_pb(request))
-        return dpb.SendHeartbeatResponse(status="ok")
+        ack = self._d.fleet.heartbeat(p, request.device_id, heartbeat_from_pb(request))
+        return dpb.SendHeartbeatResponse(
+            status="ok", settings=settings_pb(ack.settings.settings, ack.settings.version))
+
+    @translate_errors
+    def ListDevices(self, request: dpb.ListDevicesRequest,
+                    context: grpc.ServicerContext) -> dpb.ListDevicesResponse:
+        state = cv.enum_name(dpb.DeviceHealthFilter.DESCRIPTOR, _FILTER_PREFIX, request.state,
+                             "state")
+        page = self._d.fleet.list(principal(self._d, context), state=state,
+                                  limit=cv.page_limit(request.page_size),
+                                  cursor=request.page_token or None)
+        return dpb.ListDevicesResponse(devices=[device_pb(d) for d in page.data],
+                                       next_page_token=page.next_cursor or "")
+
+    @translate_errors
+    def GetDeviceSettings(self, request: dpb.GetDeviceSettingsRequest,
+                          context: grpc.ServicerContext) -> dpb.GetDeviceSettingsResponse:
+        view = self._d.fleet.get_settings(principal(self._d, context),
+                                          request.device_id or None)
+        settings, own = _settings_pair(view)
+        return dpb.GetDeviceSettingsResponse(settings=settings, overrides=own)
+
+    @translate_errors
+    def UpdateDeviceSettings(self, request: dpb.UpdateDeviceSettingsRequest,
+                             context: grpc.ServicerContext) -> dpb.UpdateDeviceSettingsResponse:
+        view = self._d.fleet.put_settings(principal(self._d, context),
+                                          request.device_id or None,
+                                          settings_from_pb(request.settings))
+        settings, own = _settings_pair(view)
+        return dpb.UpdateDeviceSettingsResponse(settings=settings, overrides=own)
 
 
 class EndUserServicer(end_user_pb2_grpc.EndUserServiceServicer):

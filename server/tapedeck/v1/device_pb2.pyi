@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -90,6 +92,38 @@ DEVICE_STATE_ERROR: DeviceState.ValueType  # 8
 """In an error state."""
 Global___DeviceState: _TypeAlias = DeviceState  # noqa: Y015
 
+class _DeviceHealthFilter:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeviceHealthFilterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceHealthFilter.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DEVICE_HEALTH_FILTER_UNSPECIFIED: _DeviceHealthFilter.ValueType  # 0
+    """Every device."""
+    DEVICE_HEALTH_FILTER_OFFLINE: _DeviceHealthFilter.ValueType  # 1
+    """Marked offline: no heartbeat for the server's offline threshold."""
+    DEVICE_HEALTH_FILTER_ONLINE: _DeviceHealthFilter.ValueType  # 2
+    """Has sent heartbeats and is not offline."""
+    DEVICE_HEALTH_FILTER_STORAGE_LOW: _DeviceHealthFilter.ValueType  # 3
+    """Last heartbeat reported storage above the threshold."""
+    DEVICE_HEALTH_FILTER_BACKLOG: _DeviceHealthFilter.ValueType  # 4
+    """Last heartbeat reported audio waiting longer than the threshold."""
+
+class DeviceHealthFilter(_DeviceHealthFilter, metaclass=_DeviceHealthFilterEnumTypeWrapper):
+    """DeviceHealthFilter selects devices by health in ListDevices."""
+
+DEVICE_HEALTH_FILTER_UNSPECIFIED: DeviceHealthFilter.ValueType  # 0
+"""Every device."""
+DEVICE_HEALTH_FILTER_OFFLINE: DeviceHealthFilter.ValueType  # 1
+"""Marked offline: no heartbeat for the server's offline threshold."""
+DEVICE_HEALTH_FILTER_ONLINE: DeviceHealthFilter.ValueType  # 2
+"""Has sent heartbeats and is not offline."""
+DEVICE_HEALTH_FILTER_STORAGE_LOW: DeviceHealthFilter.ValueType  # 3
+"""Last heartbeat reported storage above the threshold."""
+DEVICE_HEALTH_FILTER_BACKLOG: DeviceHealthFilter.ValueType  # 4
+"""Last heartbeat reported audio waiting longer than the threshold."""
+Global___DeviceHealthFilter: _TypeAlias = DeviceHealthFilter  # noqa: Y015
+
 @_typing.final
 class Device(_message.Message):
     """Device is one recorder with its latest heartbeat. Heartbeat fields are unset when the
@@ -114,6 +148,14 @@ class Device(_message.Message):
     DEVICE_STATE_FIELD_NUMBER: _builtins.int
     PENDING_RECORDINGS_FIELD_NUMBER: _builtins.int
     CONNECTION_TYPE_FIELD_NUMBER: _builtins.int
+    BACKLOG_RECORDINGS_FIELD_NUMBER: _builtins.int
+    BACKLOG_CHUNKS_FIELD_NUMBER: _builtins.int
+    BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
+    BACKLOG_OLDEST_AGE_S_FIELD_NUMBER: _builtins.int
+    SETTINGS_VERSION_FIELD_NUMBER: _builtins.int
+    OFFLINE_FIELD_NUMBER: _builtins.int
+    STORAGE_LOW_FIELD_NUMBER: _builtins.int
+    BACKLOG_OVERDUE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Device identifier (dev_...)."""
     serial_number: _builtins.str
@@ -140,6 +182,22 @@ class Device(_message.Message):
     """Recordings waiting on the device for upload, from the last heartbeat."""
     connection_type: _builtins.str
     """Network the device used (for example wifi, cellular), from the last heartbeat."""
+    backlog_recordings: _builtins.int
+    """Recordings on the device not yet acknowledged by the server, from the last heartbeat."""
+    backlog_chunks: _builtins.int
+    """Chunks on the device not yet acknowledged, from the last heartbeat."""
+    backlog_bytes: _builtins.int
+    """Bytes of audio on the device not yet acknowledged, from the last heartbeat."""
+    backlog_oldest_age_s: _builtins.int
+    """Age in seconds of the oldest unacknowledged audio, from the last heartbeat."""
+    settings_version: _builtins.int
+    """Version of the pushed device settings the device runs, from the last heartbeat."""
+    offline: _builtins.bool
+    """No heartbeat for the server's offline threshold (as the sweeper last saw)."""
+    storage_low: _builtins.bool
+    """The last heartbeat reported storage above the server's threshold."""
+    backlog_overdue: _builtins.bool
+    """The last heartbeat reported audio waiting longer than the server's threshold."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the device was registered."""
@@ -171,15 +229,33 @@ class Device(_message.Message):
         device_state: Global___DeviceState.ValueType = ...,
         pending_recordings: _builtins.int | None = ...,
         connection_type: _builtins.str = ...,
+        backlog_recordings: _builtins.int | None = ...,
+        backlog_chunks: _builtins.int | None = ...,
+        backlog_bytes: _builtins.int | None = ...,
+        backlog_oldest_age_s: _builtins.int | None = ...,
+        settings_version: _builtins.int | None = ...,
+        offline: _builtins.bool = ...,
+        storage_low: _builtins.bool = ...,
+        backlog_overdue: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "battery_percent", b"battery_percent", "bind_time", b"bind_time", "create_time", b"create_time", "last_heartbeat_time", b"last_heartbeat_time", "pending_recordings", b"pending_recordings", "signal_strength_dbm", b"signal_strength_dbm", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backlog_bytes", b"_backlog_bytes", "_backlog_chunks", b"_backlog_chunks", "_backlog_oldest_age_s", b"_backlog_oldest_age_s", "_backlog_recordings", b"_backlog_recordings", "_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_settings_version", b"_settings_version", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "backlog_bytes", b"backlog_bytes", "backlog_chunks", b"backlog_chunks", "backlog_oldest_age_s", b"backlog_oldest_age_s", "backlog_recordings", b"backlog_recordings", "battery_percent", b"battery_percent", "bind_time", b"bind_time", "create_time", b"create_time", "last_heartbeat_time", b"last_heartbeat_time", "pending_recordings", b"pending_recordings", "settings_version", b"settings_version", "signal_strength_dbm", b"signal_strength_dbm", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "battery_percent", b"battery_percent", "bind_time", b"bind_time", "connection_type", b"connection_type", "create_time", b"create_time", "device_state", b"device_state", "end_user_id", b"end_user_id", "firmware_version", b"firmware_version", "id", b"id", "last_heartbeat_time", b"last_heartbeat_time", "model", b"model", "pending_recordings", b"pending_recordings", "serial_number", b"serial_number", "signal_strength_dbm", b"signal_strength_dbm", "status", b"status", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backlog_bytes", b"_backlog_bytes", "_backlog_chunks", b"_backlog_chunks", "_backlog_oldest_age_s", b"_backlog_oldest_age_s", "_backlog_recordings", b"_backlog_recordings", "_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_settings_version", b"_settings_version", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "backlog_bytes", b"backlog_bytes", "backlog_chunks", b"backlog_chunks", "backlog_oldest_age_s", b"backlog_oldest_age_s", "backlog_overdue", b"backlog_overdue", "backlog_recordings", b"backlog_recordings", "battery_percent", b"battery_percent", "bind_time", b"bind_time", "connection_type", b"connection_type", "create_time", b"create_time", "device_state", b"device_state", "end_user_id", b"end_user_id", "firmware_version", b"firmware_version", "id", b"id", "last_heartbeat_time", b"last_heartbeat_time", "model", b"model", "offline", b"offline", "pending_recordings", b"pending_recordings", "serial_number", b"serial_number", "settings_version", b"settings_version", "signal_strength_dbm", b"signal_strength_dbm", "status", b"status", "storage_low", b"storage_low", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__backlog_bytes: _TypeAlias = _typing.Literal["backlog_bytes"]  # noqa: Y015
+    _WhichOneofArgType__backlog_bytes: _TypeAlias = _typing.Literal["_backlog_bytes", b"_backlog_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__backlog_chunks: _TypeAlias = _typing.Literal["backlog_chunks"]  # noqa: Y015
+    _WhichOneofArgType__backlog_chunks: _TypeAlias = _typing.Literal["_backlog_chunks", b"_backlog_chunks"]  # noqa: Y015
+    _WhichOneofReturnType__backlog_oldest_age_s: _TypeAlias = _typing.Literal["backlog_oldest_age_s"]  # noqa: Y015
+    _WhichOneofArgType__backlog_oldest_age_s: _TypeAlias = _typing.Literal["_backlog_oldest_age_s", b"_backlog_oldest_age_s"]  # noqa: Y015
+    _WhichOneofReturnType__backlog_recordings: _TypeAlias = _typing.Literal["backlog_recordings"]  # noqa: Y015
+    _WhichOneofArgType__backlog_recordings: _TypeAlias = _typing.Literal["_backlog_recordings", b"_backlog_recordings"]  # noqa: Y015
     _WhichOneofReturnType__battery_percent: _TypeAlias = _typing.Literal["battery_percent"]  # noqa: Y015
     _WhichOneofArgType__battery_percent: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent"]  # noqa: Y015
     _WhichOneofReturnType__pending_recordings: _TypeAlias = _typing.Literal["pending_recordings"]  # noqa: Y015
     _WhichOneofArgType__pending_recordings: _TypeAlias = _typing.Literal["_pending_recordings", b"_pending_recordings"]  # noqa: Y015
+    _WhichOneofReturnType__settings_version: _TypeAlias = _typing.Literal["settings_version"]  # noqa: Y015
+    _WhichOneofArgType__settings_version: _TypeAlias = _typing.Literal["_settings_version", b"_settings_version"]  # noqa: Y015
     _WhichOneofReturnType__signal_strength_dbm: _TypeAlias = _typing.Literal["signal_strength_dbm"]  # noqa: Y015
     _WhichOneofArgType__signal_strength_dbm: _TypeAlias = _typing.Literal["_signal_strength_dbm", b"_signal_strength_dbm"]  # noqa: Y015
     _WhichOneofReturnType__storage_total_mb: _TypeAlias = _typing.Literal["storage_total_mb"]  # noqa: Y015
@@ -187,9 +263,19 @@ class Device(_message.Message):
     _WhichOneofReturnType__storage_used_mb: _TypeAlias = _typing.Literal["storage_used_mb"]  # noqa: Y015
     _WhichOneofArgType__storage_used_mb: _TypeAlias = _typing.Literal["_storage_used_mb", b"_storage_used_mb"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_bytes) -> _WhichOneofReturnType__backlog_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_chunks) -> _WhichOneofReturnType__backlog_chunks | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_oldest_age_s) -> _WhichOneofReturnType__backlog_oldest_age_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_recordings) -> _WhichOneofReturnType__backlog_recordings | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__battery_percent) -> _WhichOneofReturnType__battery_percent | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pending_recordings) -> _WhichOneofReturnType__pending_recordings | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__settings_version) -> _WhichOneofReturnType__settings_version | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal_strength_dbm) -> _WhichOneofReturnType__signal_strength_dbm | None: ...
     @_typing.overload
@@ -466,6 +552,11 @@ class SendHeartbeatRequest(_message.Message):
     DEVICE_STATE_FIELD_NUMBER: _builtins.int
     PENDING_RECORDINGS_FIELD_NUMBER: _builtins.int
     CONNECTION_TYPE_FIELD_NUMBER: _builtins.int
+    BACKLOG_RECORDINGS_FIELD_NUMBER: _builtins.int
+    BACKLOG_CHUNKS_FIELD_NUMBER: _builtins.int
+    BACKLOG_BYTES_FIELD_NUMBER: _builtins.int
+    BACKLOG_OLDEST_AGE_S_FIELD_NUMBER: _builtins.int
+    SETTINGS_VERSION_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """The device: "me" (device tokens) or its id (dev_...)."""
     battery_percent: _builtins.int
@@ -484,6 +575,16 @@ class SendHeartbeatRequest(_message.Message):
     """Recordings waiting on the device for upload."""
     connection_type: _builtins.str
     """Network in use: 1 to 32 of a-z, 0-9, "_" or "-" (for example wifi, cellular)."""
+    backlog_recordings: _builtins.int
+    """Recordings recorded but not yet acknowledged by the server."""
+    backlog_chunks: _builtins.int
+    """Chunks recorded but not yet acknowledged by the server."""
+    backlog_bytes: _builtins.int
+    """Bytes of those chunks."""
+    backlog_oldest_age_s: _builtins.int
+    """Age in seconds of the oldest of them."""
+    settings_version: _builtins.int
+    """Version of the pushed device settings the device runs (0: none)."""
     def __init__(
         self,
         *,
@@ -496,15 +597,30 @@ class SendHeartbeatRequest(_message.Message):
         device_state: Global___DeviceState.ValueType = ...,
         pending_recordings: _builtins.int | None = ...,
         connection_type: _builtins.str = ...,
+        backlog_recordings: _builtins.int | None = ...,
+        backlog_chunks: _builtins.int | None = ...,
+        backlog_bytes: _builtins.int | None = ...,
+        backlog_oldest_age_s: _builtins.int | None = ...,
+        settings_version: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "battery_percent", b"battery_percent", "pending_recordings", b"pending_recordings", "signal_strength_dbm", b"signal_strength_dbm", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_backlog_bytes", b"_backlog_bytes", "_backlog_chunks", b"_backlog_chunks", "_backlog_oldest_age_s", b"_backlog_oldest_age_s", "_backlog_recordings", b"_backlog_recordings", "_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_settings_version", b"_settings_version", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "backlog_bytes", b"backlog_bytes", "backlog_chunks", b"backlog_chunks", "backlog_oldest_age_s", b"backlog_oldest_age_s", "backlog_recordings", b"backlog_recordings", "battery_percent", b"battery_percent", "pending_recordings", b"pending_recordings", "settings_version", b"settings_version", "signal_strength_dbm", b"signal_strength_dbm", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "battery_percent", b"battery_percent", "connection_type", b"connection_type", "device_id", b"device_id", "device_state", b"device_state", "firmware_version", b"firmware_version", "pending_recordings", b"pending_recordings", "signal_strength_dbm", b"signal_strength_dbm", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_backlog_bytes", b"_backlog_bytes", "_backlog_chunks", b"_backlog_chunks", "_backlog_oldest_age_s", b"_backlog_oldest_age_s", "_backlog_recordings", b"_backlog_recordings", "_battery_percent", b"_battery_percent", "_pending_recordings", b"_pending_recordings", "_settings_version", b"_settings_version", "_signal_strength_dbm", b"_signal_strength_dbm", "_storage_total_mb", b"_storage_total_mb", "_storage_used_mb", b"_storage_used_mb", "backlog_bytes", b"backlog_bytes", "backlog_chunks", b"backlog_chunks", "backlog_oldest_age_s", b"backlog_oldest_age_s", "backlog_recordings", b"backlog_recordings", "battery_percent", b"battery_percent", "connection_type", b"connection_type", "device_id", b"device_id", "device_state", b"device_state", "firmware_version", b"firmware_version", "pending_recordings", b"pending_recordings", "settings_version", b"settings_version", "signal_strength_dbm", b"signal_strength_dbm", "storage_total_mb", b"storage_total_mb", "storage_used_mb", b"storage_used_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__backlog_bytes: _TypeAlias = _typing.Literal["backlog_bytes"]  # noqa: Y015
+    _WhichOneofArgType__backlog_bytes: _TypeAlias = _typing.Literal["_backlog_bytes", b"_backlog_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__backlog_chunks: _TypeAlias = _typing.Literal["backlog_chunks"]  # noqa: Y015
+    _WhichOneofArgType__backlog_chunks: _TypeAlias = _typing.Literal["_backlog_chunks", b"_backlog_chunks"]  # noqa: Y015
+    _WhichOneofReturnType__backlog_oldest_age_s: _TypeAlias = _typing.Literal["backlog_oldest_age_s"]  # noqa: Y015
+    _WhichOneofArgType__backlog_oldest_age_s: _TypeAlias = _typing.Literal["_backlog_oldest_age_s", b"_backlog_oldest_age_s"]  # noqa: Y015
+    _WhichOneofReturnType__backlog_recordings: _TypeAlias = _typing.Literal["backlog_recordings"]  # noqa: Y015
+    _WhichOneofArgType__backlog_recordings: _TypeAlias = _typing.Literal["_backlog_recordings", b"_backlog_recordings"]  # noqa: Y015
     _WhichOneofReturnType__battery_percent: _TypeAlias = _typing.Literal["battery_percent"]  # noqa: Y015
     _WhichOneofArgType__battery_percent: _TypeAlias = _typing.Literal["_battery_percent", b"_battery_percent"]  # noqa: Y015
     _WhichOneofReturnType__pending_recordings: _TypeAlias = _typing.Literal["pending_recordings"]  # noqa: Y015
     _WhichOneofArgType__pending_recordings: _TypeAlias = _typing.Literal["_pending_recordings", b"_pending_recordings"]  # noqa: Y015
+    _WhichOneofReturnType__settings_version: _TypeAlias = _typing.Literal["settings_version"]  # noqa: Y015
+    _WhichOneofArgType__settings_version: _TypeAlias = _typing.Literal["_settings_version", b"_settings_version"]  # noqa: Y015
     _WhichOneofReturnType__signal_strength_dbm: _TypeAlias = _typing.Literal["signal_strength_dbm"]  # noqa: Y015
     _WhichOneofArgType__signal_strength_dbm: _TypeAlias = _typing.Literal["_signal_strength_dbm", b"_signal_strength_dbm"]  # noqa: Y015
     _WhichOneofReturnType__storage_total_mb: _TypeAlias = _typing.Literal["storage_total_mb"]  # noqa: Y015
@@ -512,9 +628,19 @@ class SendHeartbeatRequest(_message.Message):
     _WhichOneofReturnType__storage_used_mb: _TypeAlias = _typing.Literal["storage_used_mb"]  # noqa: Y015
     _WhichOneofArgType__storage_used_mb: _TypeAlias = _typing.Literal["_storage_used_mb", b"_storage_used_mb"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_bytes) -> _WhichOneofReturnType__backlog_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_chunks) -> _WhichOneofReturnType__backlog_chunks | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_oldest_age_s) -> _WhichOneofReturnType__backlog_oldest_age_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__backlog_recordings) -> _WhichOneofReturnType__backlog_recordings | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__battery_percent) -> _WhichOneofReturnType__battery_percent | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__pending_recordings) -> _WhichOneofReturnType__pending_recordings | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__settings_version) -> _WhichOneofReturnType__settings_version | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__signal_strength_dbm) -> _WhichOneofReturnType__signal_strength_dbm | None: ...
     @_typing.overload
@@ -531,17 +657,251 @@ class SendHeartbeatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
     status: _builtins.str
     """Always "ok"."""
+    @_builtins.property
+    def settings(self) -> Global___DeviceSettings:
+        """The settings the device should run from its next recording (an agent that does not
+        know them ignores them).
+        """
+
     def __init__(
         self,
         *,
         status: _builtins.str = ...,
+        settings: Global___DeviceSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SendHeartbeatResponse: _TypeAlias = SendHeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class DeviceSettings(_message.Message):
+    """DeviceSettings are settings pushed to devices. Unset fields are not set at this level:
+    a device inherits them from its project, and an agent keeps its own configuration for
+    fields set nowhere.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    CHUNK_DURATION_MS_FIELD_NUMBER: _builtins.int
+    BITRATE_FIELD_NUMBER: _builtins.int
+    DTX_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Settings version: the project's sequence number of the last change that applies
+    (0: never set).
+    """
+    chunk_duration_ms: _builtins.int
+    """Audio per chunk in milliseconds, 1000..3600000, a multiple of 20."""
+    bitrate: _builtins.int
+    """Opus bitrate in bits per second, 6000..510000."""
+    dtx: _builtins.bool
+    """Opus discontinuous transmission (silence costs a fraction of speech)."""
+    heartbeat_interval_s: _builtins.int
+    """Seconds between heartbeats, 5..86400."""
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        chunk_duration_ms: _builtins.int | None = ...,
+        bitrate: _builtins.int | None = ...,
+        dtx: _builtins.bool | None = ...,
+        heartbeat_interval_s: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bitrate", b"_bitrate", "_chunk_duration_ms", b"_chunk_duration_ms", "_dtx", b"_dtx", "_heartbeat_interval_s", b"_heartbeat_interval_s", "bitrate", b"bitrate", "chunk_duration_ms", b"chunk_duration_ms", "dtx", b"dtx", "heartbeat_interval_s", b"heartbeat_interval_s"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bitrate", b"_bitrate", "_chunk_duration_ms", b"_chunk_duration_ms", "_dtx", b"_dtx", "_heartbeat_interval_s", b"_heartbeat_interval_s", "bitrate", b"bitrate", "chunk_duration_ms", b"chunk_duration_ms", "dtx", b"dtx", "heartbeat_interval_s", b"heartbeat_interval_s", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bitrate: _TypeAlias = _typing.Literal["bitrate"]  # noqa: Y015
+    _WhichOneofArgType__bitrate: _TypeAlias = _typing.Literal["_bitrate", b"_bitrate"]  # noqa: Y015
+    _WhichOneofReturnType__chunk_duration_ms: _TypeAlias = _typing.Literal["chunk_duration_ms"]  # noqa: Y015
+    _WhichOneofArgType__chunk_duration_ms: _TypeAlias = _typing.Literal["_chunk_duration_ms", b"_chunk_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__dtx: _TypeAlias = _typing.Literal["dtx"]  # noqa: Y015
+    _WhichOneofArgType__dtx: _TypeAlias = _typing.Literal["_dtx", b"_dtx"]  # noqa: Y015
+    _WhichOneofReturnType__heartbeat_interval_s: _TypeAlias = _typing.Literal["heartbeat_interval_s"]  # noqa: Y015
+    _WhichOneofArgType__heartbeat_interval_s: _TypeAlias = _typing.Literal["_heartbeat_interval_s", b"_heartbeat_interval_s"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bitrate) -> _WhichOneofReturnType__bitrate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__chunk_duration_ms) -> _WhichOneofReturnType__chunk_duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__dtx) -> _WhichOneofReturnType__dtx | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__heartbeat_interval_s) -> _WhichOneofReturnType__heartbeat_interval_s | None: ...
+
+Global___DeviceSettings: _TypeAlias = DeviceSettings  # noqa: Y015
+
+@_typing.final
+class ListDevicesRequest(_message.Message):
+    """ListDevicesRequest is the request of DeviceService.ListDevices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    state: Global___DeviceHealthFilter.ValueType
+    """Only devices in this health state (unspecified: all)."""
+    page_size: _builtins.int
+    """Page size, 1..100 (default 25)."""
+    page_token: _builtins.str
+    """next_page_token of a previous page."""
+    def __init__(
+        self,
+        *,
+        state: Global___DeviceHealthFilter.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesRequest: _TypeAlias = ListDevicesRequest  # noqa: Y015
+
+@_typing.final
+class ListDevicesResponse(_message.Message):
+    """ListDevicesResponse is the response of DeviceService.ListDevices."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page; empty on the last page."""
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Device]:
+        """Devices, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___Device] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015
+
+@_typing.final
+class GetDeviceSettingsRequest(_message.Message):
+    """GetDeviceSettingsRequest is the request of DeviceService.GetDeviceSettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """A device (dev_...), or empty for the project's settings."""
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceSettingsRequest: _TypeAlias = GetDeviceSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetDeviceSettingsResponse(_message.Message):
+    """GetDeviceSettingsResponse is the response of DeviceService.GetDeviceSettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___DeviceSettings:
+        """The project's settings, or the device's effective settings."""
+
+    @_builtins.property
+    def overrides(self) -> Global___DeviceSettings:
+        """The device's own overrides (only with a device id; version unset)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___DeviceSettings | None = ...,
+        overrides: Global___DeviceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overrides", b"overrides", "settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overrides", b"overrides", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceSettingsResponse: _TypeAlias = GetDeviceSettingsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateDeviceSettingsRequest(_message.Message):
+    """UpdateDeviceSettingsRequest is the request of DeviceService.UpdateDeviceSettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """A device (dev_...), or empty for the project's settings."""
+    @_builtins.property
+    def settings(self) -> Global___DeviceSettings:
+        """The new settings at that level (version is ignored; unset fields inherit)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        settings: Global___DeviceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeviceSettingsRequest: _TypeAlias = UpdateDeviceSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateDeviceSettingsResponse(_message.Message):
+    """UpdateDeviceSettingsResponse is the response of DeviceService.UpdateDeviceSettings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___DeviceSettings:
+        """The project's settings, or the device's effective settings, after the change."""
+
+    @_builtins.property
+    def overrides(self) -> Global___DeviceSettings:
+        """The device's own overrides (only with a device id)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___DeviceSettings | None = ...,
+        overrides: Global___DeviceSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overrides", b"overrides", "settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overrides", b"overrides", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateDeviceSettingsResponse: _TypeAlias = UpdateDeviceSettingsResponse  # noqa: Y015

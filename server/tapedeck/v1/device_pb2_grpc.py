@@ -70,6 +70,21 @@ class DeviceServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_device__pb2.SendHeartbeatRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_device__pb2.SendHeartbeatResponse.FromString,
                 _registered_method=True)
+        self.ListDevices = channel.unary_unary(
+                '/tapedeck.v1.DeviceService/ListDevices',
+                request_serializer=tapedeck_dot_v1_dot_device__pb2.ListDevicesRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_device__pb2.ListDevicesResponse.FromString,
+                _registered_method=True)
+        self.GetDeviceSettings = channel.unary_unary(
+                '/tapedeck.v1.DeviceService/GetDeviceSettings',
+                request_serializer=tapedeck_dot_v1_dot_device__pb2.GetDeviceSettingsRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_device__pb2.GetDeviceSettingsResponse.FromString,
+                _registered_method=True)
+        self.UpdateDeviceSettings = channel.unary_unary(
+                '/tapedeck.v1.DeviceService/UpdateDeviceSettings',
+                request_serializer=tapedeck_dot_v1_dot_device__pb2.UpdateDeviceSettingsRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_device__pb2.UpdateDeviceSettingsResponse.FromString,
+                _registered_method=True)
 
 
 class DeviceServiceServicer:
@@ -129,6 +144,31 @@ class DeviceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDevices(self, request, context):
+        """ListDevices lists the project's devices, oldest first, optionally only those in one
+        health state. Needs devices:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceSettings(self, request, context):
+        """GetDeviceSettings returns the project's device settings, or with a device id that
+        device's effective settings and its own overrides. Needs devices:read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateDeviceSettings(self, request, context):
+        """UpdateDeviceSettings replaces the project's device settings, or a device's overrides
+        (unset fields inherit); the change takes the project's next version number. Devices
+        get the settings in their heartbeat responses. Needs devices:write.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeviceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +201,21 @@ def add_DeviceServiceServicer_to_server(servicer, server):
                     servicer.SendHeartbeat,
                     request_deserializer=tapedeck_dot_v1_dot_device__pb2.SendHeartbeatRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_device__pb2.SendHeartbeatResponse.SerializeToString,
+            ),
+            'ListDevices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDevices,
+                    request_deserializer=tapedeck_dot_v1_dot_device__pb2.ListDevicesRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_device__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'GetDeviceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceSettings,
+                    request_deserializer=tapedeck_dot_v1_dot_device__pb2.GetDeviceSettingsRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_device__pb2.GetDeviceSettingsResponse.SerializeToString,
+            ),
+            'UpdateDeviceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateDeviceSettings,
+                    request_deserializer=tapedeck_dot_v1_dot_device__pb2.UpdateDeviceSettingsRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_device__pb2.UpdateDeviceSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -331,6 +386,87 @@ class DeviceService:
             '/tapedeck.v1.DeviceService/SendHeartbeat',
             tapedeck_dot_v1_dot_device__pb2.SendHeartbeatRequest.SerializeToString,
             tapedeck_dot_v1_dot_device__pb2.SendHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDevices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.DeviceService/ListDevices',
+            tapedeck_dot_v1_dot_device__pb2.ListDevicesRequest.SerializeToString,
+            tapedeck_dot_v1_dot_device__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.DeviceService/GetDeviceSettings',
+            tapedeck_dot_v1_dot_device__pb2.GetDeviceSettingsRequest.SerializeToString,
+            tapedeck_dot_v1_dot_device__pb2.GetDeviceSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateDeviceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.DeviceService/UpdateDeviceSettings',
+            tapedeck_dot_v1_dot_device__pb2.UpdateDeviceSettingsRequest.SerializeToString,
+            tapedeck_dot_v1_dot_device__pb2.UpdateDeviceSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,6 +62,19 @@ class DeviceServiceStub:
     """SendHeartbeat stores the device's current state as its latest heartbeat. A device
     token may send it for its own device; a key needs devices:write.
     """
+    ListDevices: _grpc.UnaryUnaryMultiCallable[_device_pb2.ListDevicesRequest, _device_pb2.ListDevicesResponse]
+    """ListDevices lists the project's devices, oldest first, optionally only those in one
+    health state. Needs devices:read.
+    """
+    GetDeviceSettings: _grpc.UnaryUnaryMultiCallable[_device_pb2.GetDeviceSettingsRequest, _device_pb2.GetDeviceSettingsResponse]
+    """GetDeviceSettings returns the project's device settings, or with a device id that
+    device's effective settings and its own overrides. Needs devices:read.
+    """
+    UpdateDeviceSettings: _grpc.UnaryUnaryMultiCallable[_device_pb2.UpdateDeviceSettingsRequest, _device_pb2.UpdateDeviceSettingsResponse]
+    """UpdateDeviceSettings replaces the project's device settings, or a device's overrides
+    (unset fields inherit); the change takes the project's next version number. Devices
+    get the settings in their heartbeat responses. Needs devices:write.
+    """
 
 @_typing.type_check_only
 class DeviceServiceAsyncStub(DeviceServiceStub):
@@ -96,6 +109,19 @@ class DeviceServiceAsyncStub(DeviceServiceStub):
     SendHeartbeat: _aio.UnaryUnaryMultiCallable[_device_pb2.SendHeartbeatRequest, _device_pb2.SendHeartbeatResponse]  # type: ignore[assignment]
     """SendHeartbeat stores the device's current state as its latest heartbeat. A device
     token may send it for its own device; a key needs devices:write.
+    """
+    ListDevices: _aio.UnaryUnaryMultiCallable[_device_pb2.ListDevicesRequest, _device_pb2.ListDevicesResponse]  # type: ignore[assignment]
+    """ListDevices lists the project's devices, oldest first, optionally only those in one
+    health state. Needs devices:read.
+    """
+    GetDeviceSettings: _aio.UnaryUnaryMultiCallable[_device_pb2.GetDeviceSettingsRequest, _device_pb2.GetDeviceSettingsResponse]  # type: ignore[assignment]
+    """GetDeviceSettings returns the project's device settings, or with a device id that
+    device's effective settings and its own overrides. Needs devices:read.
+    """
+    UpdateDeviceSettings: _aio.UnaryUnaryMultiCallable[_device_pb2.UpdateDeviceSettingsRequest, _device_pb2.UpdateDeviceSettingsResponse]  # type: ignore[assignment]
+    """UpdateDeviceSettings replaces the project's device settings, or a device's overrides
+    (unset fields inherit); the change takes the project's next version number. Devices
+    get the settings in their heartbeat responses. Needs devices:write.
     """
 
 class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -164,6 +190,37 @@ class DeviceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_device_pb2.SendHeartbeatResponse, _abc.Awaitable[_device_pb2.SendHeartbeatResponse]]:
         """SendHeartbeat stores the device's current state as its latest heartbeat. A device
         token may send it for its own device; a key needs devices:write.
+        """
+
+    @_abc_1.abstractmethod
+    def ListDevices(
+        self,
+        request: _device_pb2.ListDevicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_device_pb2.ListDevicesResponse, _abc.Awaitable[_device_pb2.ListDevicesResponse]]:
+        """ListDevices lists the project's devices, oldest first, optionally only those in one
+        health state. Needs devices:read.
+        """
+
+    @_abc_1.abstractmethod
+    def GetDeviceSettings(
+        self,
+        request: _device_pb2.GetDeviceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_device_pb2.GetDeviceSettingsResponse, _abc.Awaitable[_device_pb2.GetDeviceSettingsResponse]]:
+        """GetDeviceSettings returns the project's device settings, or with a device id that
+        device's effective settings and its own overrides. Needs devices:read.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateDeviceSettings(
+        self,
+        request: _device_pb2.UpdateDeviceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_device_pb2.UpdateDeviceSettingsResponse, _abc.Awaitable[_device_pb2.UpdateDeviceSettingsResponse]]:
+        """UpdateDeviceSettings replaces the project's device settings, or a device's overrides
+        (unset fields inherit); the change takes the project's next version number. Devices
+        get the settings in their heartbeat responses. Needs devices:write.
         """
 
 def add_DeviceServiceServicer_to_server(servicer: DeviceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -13,6 +13,7 @@ EVENT_TYPES = (
     "recording.created", "recording.uploaded", "recording.failed", "recording.expired",
     "recording.deleted", "transcription.queued", "transcription.started",
     "transcription.completed", "transcription.failed",
+    "device.offline", "device.online", "device.storage_low", "device.backlog",
 )
 ALL_EVENTS = "*"
 DELIVERY_STATUSES = ("pending", "succeeded", "failed", "cancelled")

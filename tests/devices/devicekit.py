@@ -347,6 +347,10 @@ ACCESS: dict[str, Access] = {
                               NOT_READY, FORB, FORB, FORB, *_401, RNF),
     "GetTranscription": _a({"transcriptions:read"}, finalized_recording, OK, OK, FORB, OK,
                            TNF, *_401, TNF),
+    # search: a device token finds only its own device's recordings, another credential of the
+    # project or another project finds nothing (an empty page, never an error that leaks)
+    "SearchTranscripts": _a({"transcriptions:read"}, finalized_recording, OK, OK, FORB, OK,
+                            OK, *_401, OK),
     # webhooks                                       sk  rk+ rk-   own   other
     "CreateWebhook": _a(W_WRITE, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
     "GetWebhook": _a(W_READ, webhook, OK, OK, FORB, FORB, FORB, *_401, WNF),

@@ -127,6 +127,8 @@ def _transcription_calls() -> dict[str, Call]:
             tpb.CreateTranscriptionRequest(recording_id=t.recording_id), metadata=md),
         "GetTranscription": lambda w, t, md: stub(w).GetTranscription(
             tpb.GetTranscriptionRequest(id=t.transcription_id), metadata=md),
+        "SearchTranscripts": lambda w, t, md: stub(w).SearchTranscripts(
+            tpb.SearchTranscriptsRequest(query="hello"), metadata=md),
     }
 
 

@@ -464,7 +464,8 @@ class StitchHandler:
             "UPDATE recordings SET status = 'completed', duration_ms = COALESCE(?, duration_ms),"
             " file_size_bytes = ?, audio_key = ?, updated_at = ? WHERE id = ?",
             [audio.duration_ms, audio.size, audio.key, now, rec.id])
-        if rec.transcription_id and rec.transcription_status == "queued":
+        # "processing" here is a live transcription (tapedeck.domain.live): assemble it now.
+        if rec.transcription_id and rec.transcription_status in ("queued", "processing"):
             job_id = enqueue(tx, self._clock, "transcribe", recording_id=rec.id,
                              payload={"transcription_id": rec.transcription_id})
             tx.execute("UPDATE transcriptions SET job_id = ? WHERE id = ?",

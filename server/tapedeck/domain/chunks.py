@@ -19,6 +19,7 @@ from typing import IO
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso
+from tapedeck.domain import live
 from tapedeck.domain._base import (
     Context,
     check_md5_b64,
@@ -176,11 +177,15 @@ class Chunks:
         ledger from the store's listing with a durable commit."""
         now = self._ctx.clock.now()
         with self._ctx.db.write(durable=False) as tx:
-            tx.execute(
+            cur = tx.execute(
                 "INSERT INTO chunks VALUES (?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
                 " DO UPDATE SET size_bytes = excluded.size_bytes, md5 = excluded.md5,"
                 " received_at = excluded.received_at WHERE chunks.md5 != excluded.md5",
                 [recording_id, part, size, md5, iso(now)])
+            queued = cur.rowcount == 1 and live.on_chunk_recorded(tx, self._ctx, recording_id,
+                                                                  part)
+        if queued:  # committed: wake this process's live transcribers
+            self._ctx.job_signals.notify(live.KIND)
         return Chunk(part, size, md5, now)
 
     def list(self, p: Principal, recording_id: str) -> ChunkList:

@@ -19,6 +19,7 @@ This module imports neither the engine nor numpy: API-only processes stay light.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -69,6 +70,11 @@ class Transcription:
     error_reason: str | None = None
     job_id: str | None = None
     completed_at: datetime | None = None
+    #: Made from chunks while the recording streamed (``tapedeck.domain.live``); then the
+    #: JSON also has ``covered_ms`` (audio transcribed so far) and ``skipped_ms`` (silence).
+    live: bool = False
+    covered_ms: int | None = None
+    skipped_ms: int | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Transcription:
@@ -82,7 +88,9 @@ class Transcription:
             text=row["text"], segments=json.loads(row["segments"] or "[]"),
             word_count=row["word_count"], error_type=row["error_type"],
             error_message=row["error_message"], error_reason=row.get("error_reason"),
-            job_id=row["job_id"], completed_at=parse_iso(row["completed_at"]))
+            job_id=row["job_id"], completed_at=parse_iso(row["completed_at"]),
+            live=bool(row.get("live")), skipped_ms=row.get("skipped_ms"),
+            covered_ms=row["duration_ms"] if row.get("live") else None)
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -95,14 +103,18 @@ class Transcription:
         return out
 
     def to_json(self) -> dict[str, Any]:
-        """The transcription object of ``api.md``."""
-        return {
+        """The transcription object of ``api.md`` (plus ``live``, ``covered_ms`` and
+        ``skipped_ms`` for a live transcription)."""
+        out = {
             "id": self.id, "recording_id": self.recording_id, "status": self.status,
             "language": self.language, "provider": self.provider, "model": self.model,
             "duration_ms": self.duration_ms, "text": self.text, "segments": self.segments,
             "word_count": self.word_count, "error": self.error,
             "created_at": iso(self.created_at), "completed_at": iso(self.completed_at),
         }
+        if self.live:
+            out.update(live=True, covered_ms=self.covered_ms, skipped_ms=self.skipped_ms)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any], project_id: str) -> Transcription:
@@ -116,7 +128,9 @@ class Transcription:
             language=data["language"], model=data["model"], duration_ms=data["duration_ms"],
             text=data["text"], segments=data["segments"], word_count=data["word_count"],
             error_type=err.get("type"), error_message=err.get("message"),
-            error_reason=err.get("reason"), completed_at=parse_iso(data["completed_at"]))
+            error_reason=err.get("reason"), completed_at=parse_iso(data["completed_at"]),
+            live=bool(data.get("live")), covered_ms=data.get("covered_ms"),
+            skipped_ms=data.get("skipped_ms"))
 
     def event_data(self) -> dict[str, Any]:
         """The ``data`` of this transcription's events: ``{id, recording_id, status}`` as in
@@ -135,6 +149,18 @@ def load_transcription(db: Any, transcription_id: str) -> Transcription | None:
     if row is None:
         return None
     return Transcription.from_row(dict(zip([d[0] for d in cur.description], row, strict=True)))
+
+
+def with_live_view(db: Any, txn: Transcription) -> Transcription:
+    """A live transcription still processing, with the segments so far and the ms covered
+    (``tapedeck.domain.live.live_view``); any other one unchanged."""
+    if not txn.live or txn.status != "processing":
+        return txn
+    from tapedeck.domain.live import live_view
+
+    view = live_view(db, txn.recording_id)
+    return dataclasses.replace(txn, segments=view.segments, covered_ms=view.covered_ms,
+                               skipped_ms=view.skipped_ms)
 
 
 def validate_request(language: str | None, provider: str | None) -> tuple[str | None, str]:
@@ -172,7 +198,7 @@ class Transcriptions:
         if txn is None or not _recording_visible(db, p, txn.recording_id):
             raise error("transcription_not_found", "Transcription not found.",
                         transcription_id=transcription_id)
-        return txn
+        return with_live_view(db, txn)
 
     def request(self, p: Principal, recording_id: str, language: str | None = None,
                 provider: str | None = None) -> Transcription:

@@ -38,6 +38,7 @@ def test_settings(weed: Any, data_dir: Path, **overrides: Any) -> Settings:
         data_dir=data_dir, grpc_port=0, http_port=0, s3_endpoint=weed.endpoint,
         s3_access_key=weed.access_key, s3_secret_key=weed.secret_key,
         s3_bucket="t-" + uuid.uuid4().hex[:20], webhooks_allow_private=True,
+        live_transcription=False,  # the whole-file path; live tests turn it on
     )
     return base.replace(**overrides)
 

@@ -80,6 +80,8 @@ class Settings:
         "help": "transcribe each chunk of a streaming recording as it lands (a low-priority "
                 "`live_transcribe` lane), so the transcript is assembled seconds after "
                 "stitching; off = the whole file is transcribed after stitching"})
+    live_whisper_model: str = field(default="", metadata={
+        "help": "model of the live_transcribe lane (name or directory); empty = whisper_model"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
     webhooks_timeout_s: int = field(default=30, metadata={

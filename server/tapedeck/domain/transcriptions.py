@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -142,6 +144,16 @@ class Transcription:
         return out
 
 
+@dataclass(frozen=True)
+class WatchUpdate:
+    """One step of ``Transcriptions.watch``: new segments, audio covered, and the final
+    transcription on the last update (else None)."""
+
+    segments: list[dict[str, Any]]
+    covered_ms: int
+    transcription: Transcription | None
+
+
 def load_transcription(db: Any, transcription_id: str) -> Transcription | None:
     """The row of ``transcription_id`` (no visibility check), or None."""
     cur = db.execute("SELECT * FROM transcriptions WHERE id = ?", [transcription_id])
@@ -199,6 +211,27 @@ class Transcriptions:
             raise error("transcription_not_found", "Transcription not found.",
                         transcription_id=transcription_id)
         return with_live_view(db, txn)
+
+    def watch(self, p: Principal, transcription_id: str, *, poll_s: float = 0.25,
+              stop: threading.Event | None = None) -> Iterator[WatchUpdate]:
+        """Follow a transcription (same authorization as ``get``): an update whenever a live
+        one has new stable segments or covers more audio (``segments`` = only the new ones),
+        then a last one with the terminal transcription. Re-reads every ``poll_s`` seconds
+        (workers may be other processes); ends early, with no final update, once ``stop``
+        is set (client gone, server stopping)."""
+        stop = stop or threading.Event()
+        sent, covered = 0, -1
+        while True:
+            txn = self.get(p, transcription_id)
+            if txn.status in TERMINAL_STATUSES:
+                yield WatchUpdate([], txn.duration_ms or 0, txn)
+                return
+            if txn.live and (len(txn.segments) > sent or (txn.covered_ms or 0) > covered):
+                covered = txn.covered_ms or 0
+                yield WatchUpdate(txn.segments[sent:], covered, None)
+                sent = len(txn.segments)
+            if stop.wait(poll_s):
+                return
 
     def request(self, p: Principal, recording_id: str, language: str | None = None,
                 provider: str | None = None) -> Transcription:

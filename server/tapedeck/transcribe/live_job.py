@@ -49,7 +49,7 @@ from tapedeck.domain.live import (
     merge,
     place,
 )
-from tapedeck.jobs import Failure, Job, JobFailed
+from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
 from tapedeck.stitch import read_object
 from tapedeck.store import ObjectNotFound, ObjectStore
 from tapedeck.transcribe import (
@@ -60,7 +60,7 @@ from tapedeck.transcribe import (
     Word,
     _assemble,
 )
-from tapedeck.transcribe.job import ENGINE_ATTEMPTS, EngineFactory, engine_factory
+from tapedeck.transcribe.job import ENGINE_ATTEMPTS, EngineFactory
 from tapedeck.transcribe.live import Piece, transcribe_piece
 from tapedeck.worker import JobRun
 
@@ -139,7 +139,10 @@ class LiveTranscribeHandler:
     """Runs ``live_transcribe`` jobs (see the module docstring)."""
 
     def __init__(self, db: Database, store: ObjectStore, clock: Clock,
-                 engine_factory: EngineFactory, *, max_attempts: int = 12) -> None:
+                 engine_factory: EngineFactory, *, max_attempts: int = 12,
+                 failpoints: Failpoints | None = None) -> None:
+        """Failpoint (tests): ``live_transcribe.started`` once the chunk was read."""
+        self._fp = failpoints or Failpoints()
         self._db = db
         self._store = store
         self._clock = clock
@@ -159,6 +162,8 @@ class LiveTranscribeHandler:
         inputs = read_inputs(self._store, recording_id, part)
         if inputs is None:
             return
+        self._fp.hit("live_transcribe.started", job_id=run.job.id, recording_id=recording_id,
+                     part=part)
         pieces = load_pieces(db, recording_id)
         old = pieces.get(part)
         if old is not None and old.status == "done" and (old.md5, old.prev_md5) == (
@@ -294,5 +299,14 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
     faster-whisper."""
     if importlib.util.find_spec("faster_whisper") is None:
         return None
-    return LiveTranscribeHandler(app.db, app.store, app.clock, engine_factory(app),
-                                 max_attempts=app.settings.job_max_attempts)
+    settings = app.settings
+
+    def build() -> TranscriptionEngine:
+        from tapedeck.transcribe.whisper import load_engine
+
+        return load_engine(settings.live_whisper_model or settings.whisper_model,
+                           settings.data_dir, settings.whisper_threads)
+
+    return LiveTranscribeHandler(app.db, app.store, app.clock, build,
+                                 max_attempts=settings.job_max_attempts,
+                                 failpoints=Failpoints(settings.failpoints))

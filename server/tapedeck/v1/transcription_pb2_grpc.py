@@ -53,6 +53,11 @@ class TranscriptionServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionResponse.FromString,
                 _registered_method=True)
+        self.WatchTranscription = channel.unary_stream(
+                '/tapedeck.v1.TranscriptionService/WatchTranscription',
+                request_serializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionResponse.FromString,
+                _registered_method=True)
 
 
 class TranscriptionServiceServicer:
@@ -83,6 +88,17 @@ class TranscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTranscription(self, request, context):
+        """WatchTranscription streams a transcription as it is made: while a live transcription
+        is processing (the recording is still streaming), each message carries the segments
+        produced since the previous one and the milliseconds of audio covered; the last
+        message carries the final transcription (completed or failed), then the stream ends.
+        Same authorization as GetTranscription.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TranscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +111,11 @@ def add_TranscriptionServiceServicer_to_server(servicer, server):
                     servicer.CreateTranscription,
                     request_deserializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionResponse.SerializeToString,
+            ),
+            'WatchTranscription': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTranscription,
+                    request_deserializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +181,33 @@ class TranscriptionService:
             '/tapedeck.v1.TranscriptionService/CreateTranscription',
             tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionRequest.SerializeToString,
             tapedeck_dot_v1_dot_transcription__pb2.CreateTranscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTranscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tapedeck.v1.TranscriptionService/WatchTranscription',
+            tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionRequest.SerializeToString,
+            tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,13 @@ class TranscriptionServiceStub:
     complete (else INVALID_STATE, also while its current transcription is still queued
     or processing). It becomes the recording's transcription_id.
     """
+    WatchTranscription: _grpc.UnaryStreamMultiCallable[_transcription_pb2.WatchTranscriptionRequest, _transcription_pb2.WatchTranscriptionResponse]
+    """WatchTranscription streams a transcription as it is made: while a live transcription
+    is processing (the recording is still streaming), each message carries the segments
+    produced since the previous one and the milliseconds of audio covered; the last
+    message carries the final transcription (completed or failed), then the stream ends.
+    Same authorization as GetTranscription.
+    """
 
 @_typing.type_check_only
 class TranscriptionServiceAsyncStub(TranscriptionServiceStub):
@@ -70,6 +77,13 @@ class TranscriptionServiceAsyncStub(TranscriptionServiceStub):
     """CreateTranscription queues a new transcription of a recording whose audio is
     complete (else INVALID_STATE, also while its current transcription is still queued
     or processing). It becomes the recording's transcription_id.
+    """
+    WatchTranscription: _aio.UnaryStreamMultiCallable[_transcription_pb2.WatchTranscriptionRequest, _transcription_pb2.WatchTranscriptionResponse]  # type: ignore[assignment]
+    """WatchTranscription streams a transcription as it is made: while a live transcription
+    is processing (the recording is still streaming), each message carries the segments
+    produced since the previous one and the milliseconds of audio covered; the last
+    message carries the final transcription (completed or failed), then the stream ends.
+    Same authorization as GetTranscription.
     """
 
 class TranscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +115,19 @@ class TranscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         """CreateTranscription queues a new transcription of a recording whose audio is
         complete (else INVALID_STATE, also while its current transcription is still queued
         or processing). It becomes the recording's transcription_id.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTranscription(
+        self,
+        request: _transcription_pb2.WatchTranscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transcription_pb2.WatchTranscriptionResponse], _abc.AsyncIterator[_transcription_pb2.WatchTranscriptionResponse]]:
+        """WatchTranscription streams a transcription as it is made: while a live transcription
+        is processing (the recording is still streaming), each message carries the segments
+        produced since the previous one and the milliseconds of audio covered; the last
+        message carries the final transcription (completed or failed), then the stream ends.
+        Same authorization as GetTranscription.
         """
 
 def add_TranscriptionServiceServicer_to_server(servicer: TranscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

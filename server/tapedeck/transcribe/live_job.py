@@ -295,9 +295,9 @@ def _clamp(ms: int, duration_ms: int) -> int:
 
 
 def build_handler(app: App) -> LiveTranscribeHandler | None:
-    """The ``live_transcribe`` handler (``tapedeck.worker.HANDLER_FACTORIES``); None without
-    faster-whisper."""
-    if importlib.util.find_spec("faster_whisper") is None:
+    """The ``live_transcribe`` handler (``tapedeck.worker.HANDLER_FACTORIES``); None (no lane)
+    when ``live_transcription`` is off or faster-whisper is not installed."""
+    if not app.settings.live_transcription or importlib.util.find_spec("faster_whisper") is None:
         return None
     settings = app.settings
 

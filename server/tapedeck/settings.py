@@ -82,6 +82,8 @@ class Settings:
                 "stitching; off = the whole file is transcribed after stitching"})
     live_whisper_model: str = field(default="", metadata={
         "help": "model of the live_transcribe lane (name or directory); empty = whisper_model"})
+    live_beam_size: int = field(default=5, metadata={
+        "help": "beam size of the live_transcribe lane (1 = greedy, about twice as fast)"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
     webhooks_timeout_s: int = field(default=30, metadata={

@@ -479,7 +479,9 @@ class StitchHandler:
         if rec is None or rec.status not in ("uploaded", "stitching"):
             return
         now = iso(self._clock.now())
-        txn_failed = rec.transcription_id is not None and rec.transcription_status == "queued"
+        # "processing" here is a live transcription (tapedeck.domain.live): it fails too.
+        txn_failed = rec.transcription_id is not None and rec.transcription_status in (
+            "queued", "processing")
         tx.execute(
             "UPDATE recordings SET status = 'failed', failure_type = ?, failure_message = ?,"
             " transcription_status = CASE WHEN ? THEN 'failed' ELSE transcription_status END,"

@@ -12,7 +12,7 @@ import pytest
 
 from tapedeck.v1 import recording_pb2
 
-from opskit import opus_chunks, scrape, value
+from opskit import opus_chunks, scrape, value, wait_until
 from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
 
 GAUGE = "tapedeck_live_transcription_backlog"
@@ -87,6 +87,36 @@ def test_off_means_no_live_jobs_and_no_transcription_before_finalize(
             [rec_id]).fetchone()
         assert row == ("none", None)
         assert value(scrape(f"{srv.http_url}/metrics"), GAUGE) == 0
+    finally:
+        srv.close()
+        drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def test_a_recording_that_cannot_be_stitched_fails_its_live_transcription_once(
+        weed: Any, tmp_path: Path) -> None:
+    """Stitching only (no transcription lanes): a chunk that is not Ogg Opus fails the
+    recording, and the live transcription made at its first chunk fails with it, once."""
+    srv = start_server(test_settings(weed, tmp_path / "data", live_transcription=True,
+                                     job_kinds="stitch", job_poll_ms=50),
+                       roles=("grpc", "http", "worker"))
+    try:
+        rec_id = _recording(srv)
+        good = opus_chunks(1)[0]
+        _put(srv, rec_id, 1, good)
+        _put(srv, rec_id, 2, b"not an ogg opus file" * 50)
+        srv.recordings().FinalizeRecording(recording_pb2.FinalizeRecordingRequest(
+            id=rec_id, total_chunks=2, final_duration_ms=2000), metadata=auth(srv.api_key))
+        db = srv.app.db.read()
+        wait_until(lambda: db.execute("SELECT status FROM recordings WHERE id = ?",
+                                      [rec_id]).fetchone()[0] == "failed", 60, "the failure")
+        types = [r[0] for r in db.execute(
+            "SELECT type FROM events WHERE recording_id = ? ORDER BY rowid", [rec_id])]
+        assert types == ["recording.created", "transcription.queued", "transcription.started",
+                         "recording.uploaded", "recording.failed", "transcription.failed"]
+        row = db.execute("SELECT r.transcription_status, t.status, t.error_type FROM recordings"
+                         " r JOIN transcriptions t ON t.id = r.transcription_id WHERE r.id = ?",
+                         [rec_id]).fetchone()
+        assert row == ("failed", "failed", "invalid_audio")
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)

@@ -7,6 +7,7 @@ the whole-file transcript of the same stitched audio."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapedeck.domain.live import OVERLAP_MS, PieceRow, choose_cut, merge, place
+from tapedeck.domain.live import PieceRow, choose_cut, merge, place
 from tapedeck.oggopus import OpusStreamReader, remux
 from tapedeck.transcribe import Transcript, transcribe_ogg_opus
 from tapedeck.transcribe.live import decode, transcribe_piece
@@ -123,7 +124,7 @@ def test_assembled_transcript_matches_the_whole_file_at_a_mid_word_boundary(
             assert len(near) == 1, (k, word, start, near)
     # timestamps on the stitched timeline: ordered and inside the audio
     ws = [w for s in live.segments for w in s.words]
-    assert all(a.start_ms <= b.start_ms for a, b in zip(ws, ws[1:], strict=False))
+    assert all(a.start_ms <= b.start_ms for a, b in itertools.pairwise(ws))
     assert all(0 <= w.start_ms <= w.end_ms <= whole.duration_ms for w in ws)
 
 

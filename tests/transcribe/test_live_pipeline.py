@@ -166,7 +166,7 @@ def test_live_transcript_is_watched_while_streaming_and_done_at_finalize(
 
     live = wait_for(so_far, 300, "the first two pieces")
     assert live["status"] == "processing" and live["live"] is True and live["text"] is None
-    wait_for(lambda: watch.grpc_segments() and watch.sse_segments() or None, 30,
+    wait_for(lambda: (watch.grpc_segments() and watch.sse_segments()) or None, 30,
              "segments pushed to the watchers")
     before = list(watch.grpc_segments())
     assert before == [s["text"] for s in live["segments"]][:len(before)]
@@ -250,7 +250,7 @@ def test_out_of_order_and_replaced_chunks(srv: RunningServer, weed: Any, tmp_pat
             "total_chunks": 3, "final_duration_ms": duration,
             "checksum_md5": hashlib.md5(b"".join(chunks)).hexdigest()})
         assert resp.status_code == 200, resp.text
-    rec, txn = wait_transcribed(srv, rec_id)
+    _rec, txn = wait_transcribed(srv, rec_id)
     assert txn["status"] == "completed" and txn["live"] is True, txn["error"]
     assert speech.wer(reference, txn["text"]) <= MAX_WER, txn["text"]
     pieces = _pieces(srv, rec_id)

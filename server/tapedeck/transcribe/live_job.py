@@ -302,10 +302,11 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
     settings = app.settings
 
     def build() -> TranscriptionEngine:
-        from tapedeck.transcribe.whisper import load_engine
+        from tapedeck.transcribe.whisper import WhisperOptions, load_engine
 
         return load_engine(settings.live_whisper_model or settings.whisper_model,
-                           settings.data_dir, settings.whisper_threads)
+                           settings.data_dir, settings.whisper_threads,
+                           WhisperOptions(beam_size=settings.live_beam_size))
 
     return LiveTranscribeHandler(app.db, app.store, app.clock, build,
                                  max_attempts=settings.job_max_attempts,

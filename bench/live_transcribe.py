@@ -2,7 +2,7 @@
 chunks were transcribed while it streamed, next to the whole-file transcription time of the
 same stitched recording, measured in the same run.
 
-Run: ``.venv/bin/python bench/live_transcribe.py [--minutes 60] [--speech 0.5] [--beam 5]``
+Run: ``.venv/bin/python bench/live_transcribe.py [--minutes 60] [--speech 0.5] [--beam 1]``
 
 Starts a real Tapedeck in this process (gRPC + worker roles, live transcription on, its own
 SeaweedFS and SQLite in a temporary directory, the bundled whisper-base; run
@@ -114,7 +114,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=int, default=60, help="multiple of 12")
     parser.add_argument("--speech", type=float, default=0.5, help="fraction of minutes")
-    parser.add_argument("--beam", type=int, default=5, help="beam size of the live lane")
+    parser.add_argument("--beam", type=int, default=1, help="beam size of the live lane")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--model", type=Path, default=ROOT / ".cache" / "models" / "whisper-base")
     args = parser.parse_args()

@@ -82,7 +82,7 @@ class Settings:
                 "stitching; off = the whole file is transcribed after stitching"})
     live_whisper_model: str = field(default="", metadata={
         "help": "model of the live_transcribe lane (name or directory); empty = whisper_model"})
-    live_beam_size: int = field(default=5, metadata={
+    live_beam_size: int = field(default=1, metadata={
         "help": "beam size of the live_transcribe lane (1 = greedy, about twice as fast)"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})

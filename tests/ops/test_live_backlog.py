@@ -4,6 +4,7 @@ gRPC and HTTP roles but no workers, so the queue only grows)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,3 +121,23 @@ def test_a_recording_that_cannot_be_stitched_fails_its_live_transcription_once(
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def test_watch_yields_keepalives_and_stops_when_told(live_srv: RunningServer) -> None:
+    """No worker: the live transcription stays processing with nothing new; with
+    ``keepalive_polls`` the watch still yields (empty) updates, and ``stop`` ends it."""
+    rec_id = _recording(live_srv)
+    _put(live_srv, rec_id, 1, opus_chunks(1)[0])
+    domain = live_srv.app.domain
+    txn_id = live_srv.app.db.read().execute(
+        "SELECT transcription_id FROM recordings WHERE id = ?", [rec_id]).fetchone()[0]
+    p = domain.authenticate(f"Bearer {live_srv.api_key}")
+    stop = threading.Event()
+    updates = domain.transcriptions.watch(p, txn_id, poll_s=0.01, stop=stop, keepalive_polls=3)
+    first, second = next(updates), next(updates)
+    assert (first.segments, first.covered_ms, first.transcription) == ([], 0, None)
+    assert (second.segments, second.transcription) == ([], None)  # a keepalive
+    stop.set()
+    assert list(updates) == []
+    quiet = domain.transcriptions.watch(p, txn_id, poll_s=0.01, stop=stop)
+    assert [u.transcription for u in quiet] == [None]  # stopped after its first update

@@ -213,23 +213,28 @@ class Transcriptions:
         return with_live_view(db, txn)
 
     def watch(self, p: Principal, transcription_id: str, *, poll_s: float = 0.25,
-              stop: threading.Event | None = None) -> Iterator[WatchUpdate]:
+              stop: threading.Event | None = None,
+              keepalive_polls: int | None = None) -> Iterator[WatchUpdate]:
         """Follow a transcription (same authorization as ``get``): an update whenever a live
         one has new stable segments or covers more audio (``segments`` = only the new ones),
         then a last one with the terminal transcription. Re-reads every ``poll_s`` seconds
         (workers may be other processes); ends early, with no final update, once ``stop``
-        is set (client gone, server stopping)."""
+        is set (client gone, server stopping). With ``keepalive_polls``, an update with no new
+        segments is also yielded after that many quiet polls (lets a stream notice a client
+        that went away)."""
         stop = stop or threading.Event()
-        sent, covered = 0, -1
+        sent, covered, quiet = 0, -1, 0
         while True:
             txn = self.get(p, transcription_id)
             if txn.status in TERMINAL_STATUSES:
                 yield WatchUpdate([], txn.duration_ms or 0, txn)
                 return
-            if txn.live and (len(txn.segments) > sent or (txn.covered_ms or 0) > covered):
-                covered = txn.covered_ms or 0
+            quiet += 1
+            if (txn.live and (len(txn.segments) > sent or (txn.covered_ms or 0) > covered)) \
+                    or (keepalive_polls is not None and quiet >= keepalive_polls):
+                covered = max(covered, txn.covered_ms or 0)
                 yield WatchUpdate(txn.segments[sent:], covered, None)
-                sent = len(txn.segments)
+                sent, quiet = max(sent, len(txn.segments)), 0
             if stop.wait(poll_s):
                 return
 

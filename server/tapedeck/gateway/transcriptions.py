@@ -139,6 +139,10 @@ def add_transcription_routes(router: APIRouter, gw: Gateway) -> None:
     add_watch_route(router, gw)
 
 
+#: SSE: a ``progress`` event at least every 15 s (0.25 s polls), so a gone client is noticed.
+KEEPALIVE_POLLS = 60
+
+
 def sse_events(updates: Iterator[WatchUpdate]) -> Iterator[str]:
     """``Transcriptions.watch`` as Server-Sent Events: ``segment`` (one per new segment,
     data = the segment object), ``progress`` (data ``{"covered_ms"}``), and a last
@@ -172,7 +176,8 @@ def add_watch_route(router: APIRouter, gw: Gateway) -> None:
         # authorization and existence errors answer before the stream starts
         await anyio.to_thread.run_sync(lambda: d.transcriptions.get(p, transcription_id))
         stop = threading.Event()
-        updates = sse_events(d.transcriptions.watch(p, transcription_id, stop=stop))
+        updates = sse_events(d.transcriptions.watch(p, transcription_id, stop=stop,
+                                                    keepalive_polls=KEEPALIVE_POLLS))
 
         async def body() -> AsyncIterator[str]:
             try:

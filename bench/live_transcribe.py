@@ -142,12 +142,14 @@ def main() -> None:
             client.finalize(warm_id, warm, warm_ms)
             wait_event(app, warm_id, ("transcription.completed", "transcription.failed"))
 
+            cpu0 = time.process_time()
             rec_id = upload_live(app, client, chunks)
             started = time.perf_counter()
             client.finalize(rec_id, chunks, duration_ms)
             outcome = wait_event(app, rec_id, ("transcription.completed",
                                                "transcription.failed"))
             live_s = time.perf_counter() - started
+            live_cpu = time.process_time() - cpu0  # every thread of this process
             if outcome != "transcription.completed":
                 raise SystemExit(f"recording {rec_id}: {outcome}")
             text, skipped_ms = app.db.read().execute(
@@ -155,7 +157,9 @@ def main() -> None:
                 " ON r.transcription_id = t.id WHERE r.id = ?", [rec_id]).fetchone()
             busy, _, piece_ms = piece_stats(app, rec_id)
             engine = load_engine(str(args.model), Path(tmp), args.threads)  # not timed
+            cpu0 = time.process_time()
             whole_s, whole_text = engine_only(app, rec_id, engine, Path(tmp))
+            whole_cpu = time.process_time() - cpu0
             channel.close()
         finally:
             app.close(grace=5)
@@ -172,6 +176,9 @@ def main() -> None:
     print(f"  live pieces: {piece_ms / 1000:.1f} s of audio in {busy:.1f} s of job time: "
           f"RTF {piece_ms / 1000 / busy:6.1f}x (with VAD skipping), "
           f"{speech_s / busy:6.1f}x over the speech only")
+    print(f"  CPU cost (audio s per CPU s, all threads; what a fleet pays): live "
+          f"{audio_s / live_cpu:.1f}x, whole-file {audio_s / whole_cpu:.1f}x, "
+          f"ratio {whole_cpu / live_cpu:.2f}")
     print(f"  skipped as non-speech: {(skipped_ms or 0) / 1000:.1f} s "
           f"({(skipped_ms or 0) / duration_ms:.0%} of the audio)", flush=True)
 

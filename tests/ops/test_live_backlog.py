@@ -4,6 +4,7 @@ gRPC and HTTP roles but no workers, so the queue only grows)."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,6 +115,9 @@ def test_a_recording_that_cannot_be_stitched_fails_its_live_transcription_once(
             "SELECT type FROM events WHERE recording_id = ? ORDER BY rowid", [rec_id])]
         assert types == ["recording.created", "transcription.queued", "transcription.started",
                          "recording.uploaded", "recording.failed", "transcription.failed"]
+        uploaded = db.execute("SELECT data FROM events WHERE recording_id = ? AND type ="
+                              " 'recording.uploaded'", [rec_id]).fetchone()[0]
+        assert json.loads(uploaded)["transcription_status"] == "processing"
         row = db.execute("SELECT r.transcription_status, t.status, t.error_type FROM recordings"
                          " r JOIN transcriptions t ON t.id = r.transcription_id WHERE r.id = ?",
                          [rec_id]).fetchone()

@@ -110,6 +110,7 @@ class Expiry:
             " WHERE id = ?",
             [now, json.dumps(body), json.dumps(gaps_after(k, listing, rec.chunk_duration_ms)),
              job_id, txn_id, now, rec.id])
+        live.keep_live_status(tx, rec.id, txn_id)  # an adopted live transcription: processing
         fresh = to_recording(tx, row(tx, rec.id))
         emit(tx, ctx.clock, rec.project_id, "recording.expired", fresh.to_json(), rec.id)
         emit_transcription_queued(tx, ctx.clock, rec, txn_id)

@@ -253,6 +253,7 @@ class Recordings:
             " finalized_by = 'device', stitching_job_id = ?, transcription_status = 'queued',"
             " transcription_id = ?, duration_ms = ?, updated_at = ? WHERE id = ?",
             [now, json.dumps(body), job_id, txn_id, body["final_duration_ms"], now, rec.id])
+        live.keep_live_status(tx, rec.id, txn_id)  # an adopted live transcription: processing
         fresh = to_recording(tx, row(tx, rec.id))
         emit(tx, ctx.clock, rec.project_id, "recording.uploaded", fresh.to_json(), rec.id)
         emit_transcription_queued(tx, ctx.clock, rec, txn_id)

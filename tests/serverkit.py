@@ -41,6 +41,7 @@ def test_settings(weed: Any, data_dir: Path, **overrides: Any) -> Settings:
         # The limits that are on by default would throttle load and crash tests; tests of
         # the limits set them explicitly (tests/security/test_limits.py).
         rate_limit_per_s=0, max_streaming_per_device=0, storage_quota_bytes=0,
+        live_transcription=False,  # the whole-file path; live tests turn it on
     )
     return base.replace(**overrides)
 

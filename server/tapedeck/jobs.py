@@ -46,7 +46,8 @@ from tapedeck.ids import new_id, random_base62
 
 log = logging.getLogger("tapedeck.jobs")
 
-JOB_ID_PREFIXES = {"stitch": "job_stitcher_", "transcribe": "job_transcriber_"}
+JOB_ID_PREFIXES = {"stitch": "job_stitcher_", "transcribe": "job_transcriber_",
+                   "live_transcribe": "job_live_"}
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,10 @@ class QueueCollector(Collector):
             age.add_metric([kind], max(0.0, (now - due).total_seconds()) if due else 0.0)
         yield age
         yield from self._recordings(db, now)
+        (backlog,) = db.execute("SELECT count(*) FROM jobs WHERE kind = 'live_transcribe'"
+                                " AND status IN ('queued', 'running')").fetchone()
+        yield GaugeMetricFamily("tapedeck_live_transcription_backlog",
+                                "chunks waiting for (or in) live transcription", value=backlog)
         deliveries = GaugeMetricFamily("tapedeck_webhook_deliveries_by_status",
                                        "webhook deliveries pending or failed", labels=["status"])
         for status in ("pending", "failed"):

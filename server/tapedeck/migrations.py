@@ -270,6 +270,28 @@ def m_fleet_health_settings(db: sqlite_utils.Database) -> None:
         PRIMARY KEY (project_id, device_id))""")
 
 
+def m_live_pieces(db: sqlite_utils.Database) -> None:
+    """Live transcription (``tapedeck.domain.live``): one row per transcribed chunk ("piece")
+    of a streaming recording, and the live marker of a transcription.
+
+    ``live_pieces``: the chunk's MD5 and the previous chunk's (``prev_md5``, NULL when it was
+    absent) the piece was made from, ``delta48`` = this chunk's start minus the previous
+    chunk's start on the stitched timeline (48 kHz samples, NULL without a previous chunk),
+    ``samples48`` its playable length, ``segments`` JSON relative to the chunk's start (ms;
+    negative inside the overlap taken from the previous chunk), speech/skipped ms, and
+    ``status`` ``done`` | ``failed``. ``transcriptions.live`` = 1 for a transcription made from
+    pieces while the recording streamed."""
+    db.execute("""CREATE TABLE live_pieces (
+        recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL, md5 TEXT NOT NULL, prev_md5 TEXT, status TEXT NOT NULL,
+        delta48 INTEGER, samples48 INTEGER NOT NULL DEFAULT 0, overlap_ms INTEGER NOT NULL
+        DEFAULT 0, language TEXT, segments TEXT NOT NULL DEFAULT '[]',
+        speech_ms INTEGER NOT NULL DEFAULT 0, skipped_ms INTEGER NOT NULL DEFAULT 0,
+        error TEXT, updated_at TEXT NOT NULL, PRIMARY KEY (recording_id, part))""")
+    db.execute("ALTER TABLE transcriptions ADD COLUMN live INTEGER NOT NULL DEFAULT 0")
+    db.execute("ALTER TABLE transcriptions ADD COLUMN skipped_ms INTEGER")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -282,6 +304,7 @@ MIGRATIONS: list[Migration] = [
     m_sec1_pinned_chunks,
     m_sec1_event_redaction,
     m_fleet_health_settings,
+    m_live_pieces,
 ]
 
 

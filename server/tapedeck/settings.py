@@ -76,6 +76,14 @@ class Settings:
     whisper_model: str = field(default="", metadata={
         "help": "faster-whisper model name or directory; empty = bundled whisper-base"})
     whisper_threads: int = field(default=2, metadata={"help": "CPU threads for transcription"})
+    live_transcription: bool = field(default=True, metadata={
+        "help": "transcribe each chunk of a streaming recording as it lands (a low-priority "
+                "`live_transcribe` lane), so the transcript is assembled seconds after "
+                "stitching; off = the whole file is transcribed after stitching"})
+    live_whisper_model: str = field(default="", metadata={
+        "help": "model of the live_transcribe lane (name or directory); empty = whisper_model"})
+    live_beam_size: int = field(default=1, metadata={
+        "help": "beam size of the live_transcribe lane (1 = greedy, about twice as fast)"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
     webhooks_timeout_s: int = field(default=30, metadata={

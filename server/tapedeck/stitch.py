@@ -497,7 +497,8 @@ class StitchHandler:
             "UPDATE recordings SET status = 'completed', duration_ms = COALESCE(?, duration_ms),"
             " file_size_bytes = ?, audio_key = ?, updated_at = ? WHERE id = ?",
             [audio.duration_ms, audio.size, audio.key, now, rec.id])
-        if rec.transcription_id and rec.transcription_status == "queued":
+        # "processing" here is a live transcription (tapedeck.domain.live): assemble it now.
+        if rec.transcription_id and rec.transcription_status in ("queued", "processing"):
             job_id = enqueue(tx, self._clock, "transcribe", recording_id=rec.id,
                              payload={"transcription_id": rec.transcription_id})
             tx.execute("UPDATE transcriptions SET job_id = ? WHERE id = ?",
@@ -511,7 +512,9 @@ class StitchHandler:
         if rec is None or rec.status not in ("uploaded", "stitching"):
             return
         now = iso(self._clock.now())
-        txn_failed = rec.transcription_id is not None and rec.transcription_status == "queued"
+        # "processing" here is a live transcription (tapedeck.domain.live): it fails too.
+        txn_failed = rec.transcription_id is not None and rec.transcription_status in (
+            "queued", "processing")
         tx.execute(
             "UPDATE recordings SET status = 'failed', failure_type = ?, failure_message = ?,"
             " transcription_status = CASE WHEN ? THEN 'failed' ELSE transcription_status END,"

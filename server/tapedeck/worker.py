@@ -56,6 +56,7 @@ log = logging.getLogger("tapedeck.worker")
 HANDLER_FACTORIES: Mapping[str, str] = {
     "stitch": "tapedeck.stitch:build_handler",
     "transcribe": "tapedeck.transcribe.job:build_handler",
+    "live_transcribe": "tapedeck.transcribe.live_job:build_handler",
 }
 
 

@@ -21,7 +21,7 @@ from typing import IO
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso
-from tapedeck.domain import limits
+from tapedeck.domain import limits, live
 from tapedeck.domain._base import (
     Context,
     check_md5_b64,
@@ -172,13 +172,17 @@ class Chunks:
         store's listing with a durable commit."""
         now = self._ctx.clock.now()
         with self._ctx.db.write(durable=False) as tx:
-            tx.execute(
+            cur = tx.execute(
                 "INSERT INTO chunks (recording_id, part, size_bytes, md5, received_at,"
                 " object_key) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
                 " DO UPDATE SET size_bytes = excluded.size_bytes, md5 = excluded.md5,"
                 " received_at = excluded.received_at, object_key = excluded.object_key"
                 " WHERE chunks.object_key IS NOT excluded.object_key",
                 [recording_id, part, size, md5, iso(now), key])
+            queued = cur.rowcount == 1 and live.on_chunk_recorded(tx, self._ctx, recording_id,
+                                                                  part)
+        if queued:  # committed: wake this process's live transcribers
+            self._ctx.job_signals.notify(live.KIND)
         return Chunk(part, size, md5, now)
 
     def list(self, p: Principal, recording_id: str) -> ChunkList:

@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 from tapedeck.clock import iso
+from tapedeck.domain import live
 from tapedeck.domain._base import Context, emit, stored_parts, to_recording
 from tapedeck.domain.models import Recording
 from tapedeck.domain.recordings import (
@@ -92,6 +93,8 @@ class Expiry:
                    " updated_at = ? WHERE id = ?", [now, rec.id])
         fresh = to_recording(tx, row(tx, rec.id))
         emit(tx, self._ctx.clock, rec.project_id, "recording.expired", fresh.to_json(), rec.id)
+        live.fail_live(tx, self._ctx, rec.id, rec.project_id, "recording_expired",
+                       "The recording expired before it was finalized.")
 
     def _auto_finalize(self, tx: Any, rec: Recording, k: int,
                        listing: dict[int, ObjectInfo]) -> None:
@@ -107,6 +110,7 @@ class Expiry:
             " WHERE id = ?",
             [now, json.dumps(body), json.dumps(gaps_after(k, listing, rec.chunk_duration_ms)),
              job_id, txn_id, now, rec.id])
+        live.keep_live_status(tx, rec.id, txn_id)  # an adopted live transcription: processing
         fresh = to_recording(tx, row(tx, rec.id))
         emit(tx, ctx.clock, rec.project_id, "recording.expired", fresh.to_json(), rec.id)
         emit_transcription_queued(tx, ctx.clock, rec, txn_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from tapedeck.auth import Principal, UploadTokens
 from tapedeck.clock import Clock, iso
-from tapedeck.domain import cursors, limits
+from tapedeck.domain import cursors, limits, live
 from tapedeck.domain._base import (
     Context,
     check_md5_b64,
@@ -266,6 +266,7 @@ class Recordings:
             " finalized_by = 'device', stitching_job_id = ?, transcription_status = 'queued',"
             " transcription_id = ?, duration_ms = ?, updated_at = ? WHERE id = ?",
             [now, json.dumps(body), job_id, txn_id, body["final_duration_ms"], now, rec.id])
+        live.keep_live_status(tx, rec.id, txn_id)  # an adopted live transcription: processing
         fresh = to_recording(tx, row(tx, rec.id))
         emit(tx, ctx.clock, rec.project_id, "recording.uploaded", fresh.to_json(), rec.id)
         emit_transcription_queued(tx, ctx.clock, rec, txn_id)
@@ -415,12 +416,16 @@ def snapshot_chunks(tx: Any, recording_id: str, listing: dict[int, ObjectInfo],
 
 
 def queue_processing(tx: Any, rec: Recording, now: str | None) -> tuple[str, str]:
-    """Queue the one stitching job and the queued transcription; return their ids."""
+    """Queue the one stitching job and the queued transcription; return their ids. A live
+    transcription in flight (``tapedeck.domain.live``) is adopted instead of a new one."""
     job_id, txn_id = new_id("job_stitcher_"), new_id("txn_")
     tx.execute(
         "INSERT INTO jobs (id, kind, recording_id, status, run_after, created_at,"
         " updated_at) VALUES (?, 'stitch', ?, 'queued', ?, ?, ?)",
         [job_id, rec.id, now, now, now])
+    live_txn = live.live_transcription_id(tx, rec.id)
+    if live_txn is not None:
+        return job_id, live_txn
     tx.execute(
         "INSERT INTO transcriptions (id, recording_id, project_id, status, provider,"
         " created_at) VALUES (?, ?, ?, 'queued', 'whisper', ?)",
@@ -429,7 +434,10 @@ def queue_processing(tx: Any, rec: Recording, now: str | None) -> tuple[str, str
 
 
 def emit_transcription_queued(tx: Any, clock: Clock, rec: Recording, txn_id: str) -> None:
-    """The ``transcription.queued`` event of a recording whose audio is complete."""
+    """The ``transcription.queued`` event of a recording whose audio is complete (not for an
+    adopted live transcription: it was announced with its first chunk)."""
+    if live.keep_live_status(tx, rec.id, txn_id):
+        return
     emit(tx, clock, rec.project_id, "transcription.queued",
          {"id": txn_id, "recording_id": rec.id, "status": "queued"}, rec.id)
 

@@ -19,8 +19,11 @@ This module imports neither the engine nor numpy: API-only processes stay light.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -70,6 +73,11 @@ class Transcription:
     error_reason: str | None = None
     job_id: str | None = None
     completed_at: datetime | None = None
+    #: Made from chunks while the recording streamed (``tapedeck.domain.live``); then the
+    #: JSON also has ``covered_ms`` (audio transcribed so far) and ``skipped_ms`` (silence).
+    live: bool = False
+    covered_ms: int | None = None
+    skipped_ms: int | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Transcription:
@@ -83,7 +91,9 @@ class Transcription:
             text=row["text"], segments=json.loads(row["segments"] or "[]"),
             word_count=row["word_count"], error_type=row["error_type"],
             error_message=row["error_message"], error_reason=row.get("error_reason"),
-            job_id=row["job_id"], completed_at=parse_iso(row["completed_at"]))
+            job_id=row["job_id"], completed_at=parse_iso(row["completed_at"]),
+            live=bool(row.get("live")), skipped_ms=row.get("skipped_ms"),
+            covered_ms=row["duration_ms"] if row.get("live") else None)
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -97,8 +107,9 @@ class Transcription:
 
     def to_json(self) -> dict[str, Any]:
         """The transcription object of ``api.md``, plus ``paragraphs``
-        (``tapedeck.domain.exports.paragraphs`` of the segments)."""
-        return {
+        (``tapedeck.domain.exports.paragraphs`` of the segments), and ``live``, ``covered_ms``
+        and ``skipped_ms`` for a live transcription."""
+        out = {
             "id": self.id, "recording_id": self.recording_id, "status": self.status,
             "language": self.language, "provider": self.provider, "model": self.model,
             "duration_ms": self.duration_ms, "text": self.text, "segments": self.segments,
@@ -106,6 +117,9 @@ class Transcription:
             "created_at": iso(self.created_at), "completed_at": iso(self.completed_at),
             "paragraphs": paragraphs(self.segments),
         }
+        if self.live:
+            out.update(live=True, covered_ms=self.covered_ms, skipped_ms=self.skipped_ms)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any], project_id: str) -> Transcription:
@@ -119,7 +133,9 @@ class Transcription:
             language=data["language"], model=data["model"], duration_ms=data["duration_ms"],
             text=data["text"], segments=data["segments"], word_count=data["word_count"],
             error_type=err.get("type"), error_message=err.get("message"),
-            error_reason=err.get("reason"), completed_at=parse_iso(data["completed_at"]))
+            error_reason=err.get("reason"), completed_at=parse_iso(data["completed_at"]),
+            live=bool(data.get("live")), covered_ms=data.get("covered_ms"),
+            skipped_ms=data.get("skipped_ms"))
 
     def event_data(self) -> dict[str, Any]:
         """The ``data`` of this transcription's events: ``{id, recording_id, status}`` as in
@@ -131,6 +147,16 @@ class Transcription:
         return out
 
 
+@dataclass(frozen=True)
+class WatchUpdate:
+    """One step of ``Transcriptions.watch``: new segments, audio covered, and the final
+    transcription on the last update (else None)."""
+
+    segments: list[dict[str, Any]]
+    covered_ms: int
+    transcription: Transcription | None
+
+
 def load_transcription(db: Any, transcription_id: str) -> Transcription | None:
     """The row of ``transcription_id`` (no visibility check), or None."""
     cur = db.execute("SELECT * FROM transcriptions WHERE id = ?", [transcription_id])
@@ -138,6 +164,18 @@ def load_transcription(db: Any, transcription_id: str) -> Transcription | None:
     if row is None:
         return None
     return Transcription.from_row(dict(zip([d[0] for d in cur.description], row, strict=True)))
+
+
+def with_live_view(db: Any, txn: Transcription) -> Transcription:
+    """A live transcription still processing, with the segments so far and the ms covered
+    (``tapedeck.domain.live.live_view``); any other one unchanged."""
+    if not txn.live or txn.status != "processing":
+        return txn
+    from tapedeck.domain.live import live_view
+
+    view = live_view(db, txn.recording_id)
+    return dataclasses.replace(txn, segments=view.segments, covered_ms=view.covered_ms,
+                               skipped_ms=view.skipped_ms)
 
 
 def validate_request(language: str | None, provider: str | None) -> tuple[str | None, str]:
@@ -175,7 +213,33 @@ class Transcriptions:
         if txn is None or not _recording_visible(db, p, txn.recording_id):
             raise error("transcription_not_found", "Transcription not found.",
                         transcription_id=transcription_id)
-        return txn
+        return with_live_view(db, txn)
+
+    def watch(self, p: Principal, transcription_id: str, *, poll_s: float = 0.25,
+              stop: threading.Event | None = None,
+              keepalive_polls: int | None = None) -> Iterator[WatchUpdate]:
+        """Follow a transcription (same authorization as ``get``): an update whenever a live
+        one has new stable segments or covers more audio (``segments`` = only the new ones),
+        then a last one with the terminal transcription. Re-reads every ``poll_s`` seconds
+        (workers may be other processes); ends early, with no final update, once ``stop``
+        is set (client gone, server stopping). With ``keepalive_polls``, an update with no new
+        segments is also yielded after that many quiet polls (lets a stream notice a client
+        that went away)."""
+        stop = stop or threading.Event()
+        sent, covered, quiet = 0, -1, 0
+        while True:
+            txn = self.get(p, transcription_id)
+            if txn.status in TERMINAL_STATUSES:
+                yield WatchUpdate([], txn.duration_ms or 0, txn)
+                return
+            quiet += 1
+            if (txn.live and (len(txn.segments) > sent or (txn.covered_ms or 0) > covered)) \
+                    or (keepalive_polls is not None and quiet >= keepalive_polls):
+                covered = max(covered, txn.covered_ms or 0)
+                yield WatchUpdate(txn.segments[sent:], covered, None)
+                sent, quiet = max(sent, len(txn.segments)), 0
+            if stop.wait(poll_s):
+                return
 
     def request(self, p: Principal, recording_id: str, language: str | None = None,
                 provider: str | None = None) -> Transcription:

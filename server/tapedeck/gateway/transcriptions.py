@@ -7,16 +7,19 @@ in ``routes``; the rules live in ``tapedeck.domain.transcriptions``.
 
 from __future__ import annotations
 
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any, Literal, get_args
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import AwareDatetime, Field
 
 from tapedeck.domain import exports
 from tapedeck.domain.idempotency import StoredResponse
-from tapedeck.domain.transcriptions import PROVIDERS, request_fingerprint
+from tapedeck.domain.transcriptions import PROVIDERS, WatchUpdate, request_fingerprint
 from tapedeck.gateway.body import parse_json
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, ON_RECORDING, Gateway, IdempotencyKey, RecordingId
@@ -111,6 +114,14 @@ class TranscriptionOut(ResponseModel):
     created_at: AwareDatetime
     completed_at: AwareDatetime | None
     paragraphs: list[ParagraphOut]
+    live: bool | None = Field(default=None, description="Present (true) for a live "
+                              "transcription, made from the chunks while the recording "
+                              "streamed.")
+    covered_ms: int | None = Field(default=None, description="Live: milliseconds of audio "
+                                   "transcribed so far (while processing, segments holds "
+                                   "the segments so far).")
+    skipped_ms: int | None = Field(default=None, description="Live: milliseconds skipped "
+                                   "as non-speech by voice-activity detection.")
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -154,3 +165,61 @@ def add_transcription_routes(router: APIRouter, gw: Gateway) -> None:
         out = exports.render(txn.id, txn.status, txn.segments, fmt)
         return Response(out.body, media_type=out.content_type, headers={
             "Content-Disposition": f'attachment; filename="{out.filename}"'})
+
+    add_watch_route(router, gw)
+
+
+#: SSE: a ``progress`` event at least every 15 s (0.25 s polls), so a gone client is noticed.
+KEEPALIVE_POLLS = 60
+
+
+def sse_events(updates: Iterator[WatchUpdate]) -> Iterator[str]:
+    """``Transcriptions.watch`` as Server-Sent Events: ``segment`` (one per new segment,
+    data = the segment object), ``progress`` (data ``{"covered_ms"}``), and a last
+    ``completed`` or ``failed`` whose data is the transcription object."""
+    for update in updates:
+        for segment in update.segments:
+            yield f"event: segment\ndata: {json.dumps(segment, ensure_ascii=False)}\n\n"
+        if update.transcription is not None:
+            body = json.dumps(update.transcription.to_json(), ensure_ascii=False)
+            yield f"event: {update.transcription.status}\ndata: {body}\n\n"
+        else:
+            yield f"event: progress\ndata: {json.dumps({'covered_ms': update.covered_ms})}\n\n"
+
+
+def add_watch_route(router: APIRouter, gw: Gateway) -> None:
+    """``GET /v1/transcriptions/{id}/events``: the live view as Server-Sent Events."""
+    d = gw.domain
+
+    @router.get("/v1/transcriptions/{transcription_id}/events",
+                summary="Follow a transcription (Server-Sent Events)",
+                responses={**errors_doc("transcription_not_found"),
+                           200: {"content": {"text/event-stream": {}}}},
+                response_class=StreamingResponse)
+    async def watch_transcription(request: Request,
+                                  transcription_id: TranscriptionId) -> Response:
+        """Segments as they are produced while a live transcription is processing (event
+        ``segment``, data = a segment; ``progress`` with ``covered_ms``), then one
+        ``completed`` or ``failed`` event with the transcription object, and the stream
+        ends. Same authorization as ``GET /v1/transcriptions/{id}``."""
+        p = await gw.caller(request)
+        # authorization and existence errors answer before the stream starts
+        await anyio.to_thread.run_sync(lambda: d.transcriptions.get(p, transcription_id))
+        stop = threading.Event()
+        updates = sse_events(d.transcriptions.watch(p, transcription_id, stop=stop,
+                                                    keepalive_polls=KEEPALIVE_POLLS))
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                while True:
+                    chunk = await anyio.to_thread.run_sync(next, updates, None)
+                    if chunk is None:
+                        return
+                    yield chunk
+                    if await request.is_disconnected():
+                        return
+            finally:
+                stop.set()
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})

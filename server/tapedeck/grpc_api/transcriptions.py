@@ -3,6 +3,8 @@ here: scopes, visibility and validation live in ``tapedeck.domain.transcriptions
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -14,9 +16,9 @@ from tapedeck.domain.exports import paragraphs
 from tapedeck.domain.idempotency import StoredResponse, check_key, scope_of
 from tapedeck.domain.search import SearchHit, SearchRequest
 from tapedeck.domain.transcriptions import Transcription, request_fingerprint
-from tapedeck.errors import invalid
+from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.grpc_api import _convert as cv
-from tapedeck.grpc_api._errors import translate_errors
+from tapedeck.grpc_api._errors import log, to_status, translate_errors
 from tapedeck.grpc_api.servicers import principal
 from tapedeck.v1 import transcription_pb2 as pb
 from tapedeck.v1 import transcription_pb2_grpc
@@ -58,6 +60,12 @@ def transcription_pb(t: Transcription) -> pb.Transcription:
         out.duration_ms = t.duration_ms
     if t.word_count is not None:
         out.word_count = t.word_count
+    if t.live:
+        out.live = True
+        if t.covered_ms is not None:
+            out.covered_ms = t.covered_ms
+        if t.skipped_ms is not None:
+            out.skipped_ms = t.skipped_ms
     err = t.error
     if err is not None:
         out.error.CopyFrom(pb.TranscriptionError(type=err["type"], message=err["message"],
@@ -124,6 +132,27 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         page = self._d.search.search(principal(self._d, context), search_request(request))
         return pb.SearchTranscriptsResponse(hits=[search_hit_pb(h) for h in page.data],
                                             next_page_token=page.next_cursor or "")
+
+    def WatchTranscription(self, request: pb.WatchTranscriptionRequest,
+                           context: grpc.ServicerContext,
+                           ) -> Iterator[pb.WatchTranscriptionResponse]:
+        """Server streaming over ``Transcriptions.watch``; ends when the client goes away."""
+        stop = threading.Event()
+        context.add_callback(stop.set)
+        try:
+            p = principal(self._d, context)
+            for update in self._d.transcriptions.watch(p, request.id, stop=stop):
+                msg = pb.WatchTranscriptionResponse(
+                    segments=[segment_pb(s) for s in update.segments],
+                    covered_ms=update.covered_ms)
+                if update.transcription is not None:
+                    msg.transcription.CopyFrom(transcription_pb(update.transcription))
+                yield msg
+        except TapedeckError as exc:  # as translate_errors does for unary methods
+            context.abort_with_status(to_status(exc))
+        except Exception:
+            log.exception("unhandled error in WatchTranscription")
+            context.abort_with_status(to_status(error("internal_error")))
 
     def _create_once(self, p: Principal, args: tuple[str, str | None, str | None],
                      key: str) -> Transcription:

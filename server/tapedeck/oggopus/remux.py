@@ -56,6 +56,9 @@ class RemuxResult:
     dropped_packets: int  # removed at boundaries (overlap, pre-skip, trimmed, step 4)
     drift_samples: int  # stitched samples minus the sum of the chunks' samples
     copied_pages: int  # pages re-emitted without re-lacing
+    #: Per chunk, where its first audible sample lies on the stitched timeline (48 kHz
+    #: samples after the output's pre-skip); chunk 1 starts at 0.
+    chunk_starts: tuple[int, ...] = ()
 
 
 @dataclass
@@ -104,12 +107,16 @@ class _Stitcher:
         self._copied = 0
         self._dropped = 0
         self._seamless = 0
+        self._rest = 0  # pre-skip left in the stream by the last ``_join`` (warm-up samples)
+        self._starts: list[int] = []
 
     # -- per chunk ---------------------------------------------------------------------------
 
     def add_chunk(self, stream: BinaryIO) -> None:
         reader = OpusStreamReader(stream)
         out = self._begin(reader)
+        if self._prev is None:
+            self._starts.append(0)
         recent = _Recent()
         first: list[_Packet] = []
         eos: AudioPage | None = None
@@ -120,6 +127,7 @@ class _Stitcher:
             eos = page if page.page.eos else None
         if self._prev is not None:
             skip = self._join(first, reader.head.pre_skip)
+            self._starts.append(self._granule + self._rest - self._head.pre_skip)
             keep = first[skip:]
             own = max(0, len(first) - (eos.npackets if eos else 0) - skip)
             for packet in keep[:own] if eos else keep:
@@ -185,6 +193,7 @@ class _Stitcher:
         while skip < len(first) and first[skip][1] <= rest:
             rest -= first[skip][1]
             skip += 1
+        self._rest = rest
         held, trim = prev.held, prev.trim
         while held and held[-1][1] <= trim:
             trim -= held.pop()[1]
@@ -251,6 +260,7 @@ class _Stitcher:
             chunks=self._chunks, pre_skip=self._head.pre_skip, final_granule=final,
             seamless_boundaries=self._seamless, dropped_packets=self._dropped,
             drift_samples=samples - self._chunk_samples, copied_pages=self._copied,
+            chunk_starts=tuple(self._starts),
         )
 
 

@@ -118,11 +118,35 @@ class TranscribeHandler:
         self._start(txn)
         self._fp.hit("transcribe.started", job_id=run.job.id, transcription_id=txn.id)
         started = time.monotonic()
-        transcript = self._transcribe(run, audio_key, codec, txn.language)
+        live = self._assemble_live(run, txn) if txn.live else None
+        if live is not None:
+            transcript, skipped = live
+        else:
+            transcript, skipped = self._transcribe(run, audio_key, codec, txn.language), None
         log.info("transcription %s: %d ms of audio, %d words, language %s, in %.1f s",
                  txn.id, transcript.duration_ms, transcript.word_count, transcript.language,
                  time.monotonic() - started)
-        self._finish(run, txn, transcript)
+        self._finish(run, txn, transcript, skipped)
+
+    def _assemble_live(self, run: JobRun, txn: Transcription) -> tuple[Transcript, int] | None:
+        """The transcript assembled from the live pieces (``tapedeck.transcribe.live_job``), or
+        None (a piece failed, a chunk is gone): then the whole file is transcribed."""
+        from tapedeck.transcribe.live_job import assemble
+
+        with self._lock:
+            engine = self._engine_for(run)
+            try:
+                done = assemble(self._db, self._store, self._clock, txn.recording_id, engine,
+                                txn.language, check=run.check)
+            except TranscriptionFailed as exc:
+                log.warning("transcription %s: live assembly failed (%s); whole file instead",
+                            txn.id, exc)
+                return None
+        if done is None:
+            return None
+        log.info("transcription %s assembled from live pieces (%d redone now)", txn.id,
+                 done.redone)
+        return done.transcript, done.skipped_ms
 
     def _audio(self, recording_id: str) -> tuple[str, str]:
         """``(store key, codec)`` of the recording's complete audio (``missing_audio`` if
@@ -197,17 +221,20 @@ class TranscribeHandler:
             return _EngineRetry(exc.message)
         return JobFailed(TRANSCRIPTION_FAILED, exc.message, reason=exc.reason)
 
-    def _finish(self, run: JobRun, txn: Transcription, t: Transcript) -> None:
-        """Complete the job and the transcription in one transaction."""
+    def _finish(self, run: JobRun, txn: Transcription, t: Transcript,
+                skipped_ms: int | None = None) -> None:
+        """Complete the job and the transcription in one transaction (``skipped_ms``: the
+        audio a live transcription skipped as silence)."""
         provider = self._engine.name if self._engine is not None else txn.provider
         with self._db.write() as tx:
             run.complete(tx)
             cur = tx.execute(
                 "UPDATE transcriptions SET status = 'completed', language = ?, provider = ?,"
                 " model = ?, duration_ms = ?, text = ?, segments = ?, word_count = ?,"
-                " completed_at = ? WHERE id = ? AND status IN ('queued', 'processing')",
+                " completed_at = ?, skipped_ms = COALESCE(?, skipped_ms)"
+                " WHERE id = ? AND status IN ('queued', 'processing')",
                 [t.language, provider, t.model, t.duration_ms, t.text,
-                 _segments_json(t), t.word_count, iso(self._clock.now()), txn.id])
+                 _segments_json(t), t.word_count, iso(self._clock.now()), skipped_ms, txn.id])
             if cur.rowcount == 1:
                 backend_for(tx).replace(tx, txn.id)  # the search index, same transaction
                 self._terminal_event(tx, txn, "completed")

@@ -179,6 +179,9 @@ class Transcription(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     PARAGRAPHS_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    COVERED_MS_FIELD_NUMBER: _builtins.int
+    SKIPPED_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Transcription identifier (txn_...)."""
     recording_id: _builtins.str
@@ -197,6 +200,12 @@ class Transcription(_message.Message):
     """Full text (segments joined by spaces); empty until completed."""
     word_count: _builtins.int
     """Number of words, once completed."""
+    live: _builtins.bool
+    """True when made from the chunks while the recording streamed (live transcription)."""
+    covered_ms: _builtins.int
+    """Live transcriptions: milliseconds of audio transcribed so far (all, once completed)."""
+    skipped_ms: _builtins.int
+    """Live transcriptions: milliseconds of audio skipped as non-speech (voice activity)."""
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]:
         """Segments in time order, each with its words."""
@@ -234,17 +243,28 @@ class Transcription(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
         paragraphs: _abc.Iterable[Global___Paragraph] | None = ...,
+        live: _builtins.bool = ...,
+        covered_ms: _builtins.int | None = ...,
+        skipped_ms: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "word_count", b"word_count"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms", "_duration_ms", b"_duration_ms", "_skipped_ms", b"_skipped_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "covered_ms", b"covered_ms", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "skipped_ms", b"skipped_ms", "word_count", b"word_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "language", b"language", "model", b"model", "paragraphs", b"paragraphs", "provider", b"provider", "recording_id", b"recording_id", "segments", b"segments", "status", b"status", "text", b"text", "word_count", b"word_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms", "_duration_ms", b"_duration_ms", "_skipped_ms", b"_skipped_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "covered_ms", b"covered_ms", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "language", b"language", "live", b"live", "model", b"model", "paragraphs", b"paragraphs", "provider", b"provider", "recording_id", b"recording_id", "segments", b"segments", "skipped_ms", b"skipped_ms", "status", b"status", "text", b"text", "word_count", b"word_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__covered_ms: _TypeAlias = _typing.Literal["covered_ms"]  # noqa: Y015
+    _WhichOneofArgType__covered_ms: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms"]  # noqa: Y015
     _WhichOneofReturnType__duration_ms: _TypeAlias = _typing.Literal["duration_ms"]  # noqa: Y015
     _WhichOneofArgType__duration_ms: _TypeAlias = _typing.Literal["_duration_ms", b"_duration_ms"]  # noqa: Y015
+    _WhichOneofReturnType__skipped_ms: _TypeAlias = _typing.Literal["skipped_ms"]  # noqa: Y015
+    _WhichOneofArgType__skipped_ms: _TypeAlias = _typing.Literal["_skipped_ms", b"_skipped_ms"]  # noqa: Y015
     _WhichOneofReturnType__word_count: _TypeAlias = _typing.Literal["word_count"]  # noqa: Y015
     _WhichOneofArgType__word_count: _TypeAlias = _typing.Literal["_word_count", b"_word_count"]  # noqa: Y015
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__covered_ms) -> _WhichOneofReturnType__covered_ms | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__duration_ms) -> _WhichOneofReturnType__duration_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__skipped_ms) -> _WhichOneofReturnType__skipped_ms | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__word_count) -> _WhichOneofReturnType__word_count | None: ...
 
@@ -613,3 +633,59 @@ class SearchTranscriptsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SearchTranscriptsResponse: _TypeAlias = SearchTranscriptsResponse  # noqa: Y015
+
+@_typing.final
+class WatchTranscriptionRequest(_message.Message):
+    """WatchTranscriptionRequest is the request of TranscriptionService.WatchTranscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Transcription identifier (txn_...)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTranscriptionRequest: _TypeAlias = WatchTranscriptionRequest  # noqa: Y015
+
+@_typing.final
+class WatchTranscriptionResponse(_message.Message):
+    """WatchTranscriptionResponse is one message of TranscriptionService.WatchTranscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    COVERED_MS_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTION_FIELD_NUMBER: _builtins.int
+    covered_ms: _builtins.int
+    """Milliseconds of audio transcribed so far."""
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]:
+        """Segments produced since the previous message, in time order (they do not change)."""
+
+    @_builtins.property
+    def transcription(self) -> Global___Transcription:
+        """The final transcription (completed or failed); set on the last message only."""
+
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[Global___Segment] | None = ...,
+        covered_ms: _builtins.int = ...,
+        transcription: Global___Transcription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["transcription", b"transcription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["covered_ms", b"covered_ms", "segments", b"segments", "transcription", b"transcription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchTranscriptionResponse: _TypeAlias = WatchTranscriptionResponse  # noqa: Y015

@@ -58,6 +58,11 @@ class TranscriptionServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsResponse.FromString,
                 _registered_method=True)
+        self.WatchTranscription = channel.unary_stream(
+                '/tapedeck.v1.TranscriptionService/WatchTranscription',
+                request_serializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionResponse.FromString,
+                _registered_method=True)
 
 
 class TranscriptionServiceServicer:
@@ -99,6 +104,17 @@ class TranscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchTranscription(self, request, context):
+        """WatchTranscription streams a transcription as it is made: while a live transcription
+        is processing (the recording is still streaming), each message carries the segments
+        produced since the previous one and the milliseconds of audio covered; the last
+        message carries the final transcription (completed or failed), then the stream ends.
+        Same authorization as GetTranscription.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TranscriptionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -116,6 +132,11 @@ def add_TranscriptionServiceServicer_to_server(servicer, server):
                     servicer.SearchTranscripts,
                     request_deserializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsResponse.SerializeToString,
+            ),
+            'WatchTranscription': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTranscription,
+                    request_deserializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -208,6 +229,33 @@ class TranscriptionService:
             '/tapedeck.v1.TranscriptionService/SearchTranscripts',
             tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsRequest.SerializeToString,
             tapedeck_dot_v1_dot_transcription__pb2.SearchTranscriptsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTranscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tapedeck.v1.TranscriptionService/WatchTranscription',
+            tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionRequest.SerializeToString,
+            tapedeck_dot_v1_dot_transcription__pb2.WatchTranscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,13 @@ class TranscriptionServiceStub:
     INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
     device token: recordings:read, and only its own device's recordings).
     """
+    WatchTranscription: _grpc.UnaryStreamMultiCallable[_transcription_pb2.WatchTranscriptionRequest, _transcription_pb2.WatchTranscriptionResponse]
+    """WatchTranscription streams a transcription as it is made: while a live transcription
+    is processing (the recording is still streaming), each message carries the segments
+    produced since the previous one and the milliseconds of audio covered; the last
+    message carries the final transcription (completed or failed), then the stream ends.
+    Same authorization as GetTranscription.
+    """
 
 @_typing.type_check_only
 class TranscriptionServiceAsyncStub(TranscriptionServiceStub):
@@ -84,6 +91,13 @@ class TranscriptionServiceAsyncStub(TranscriptionServiceStub):
     stemming, case and accents ignored). A query without any word, or malformed, is
     INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
     device token: recordings:read, and only its own device's recordings).
+    """
+    WatchTranscription: _aio.UnaryStreamMultiCallable[_transcription_pb2.WatchTranscriptionRequest, _transcription_pb2.WatchTranscriptionResponse]  # type: ignore[assignment]
+    """WatchTranscription streams a transcription as it is made: while a live transcription
+    is processing (the recording is still streaming), each message carries the segments
+    produced since the previous one and the milliseconds of audio covered; the last
+    message carries the final transcription (completed or failed), then the stream ends.
+    Same authorization as GetTranscription.
     """
 
 class TranscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +142,19 @@ class TranscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         stemming, case and accents ignored). A query without any word, or malformed, is
         INVALID_ARGUMENT (reason INVALID_REQUEST, field q). Needs transcriptions:read (a
         device token: recordings:read, and only its own device's recordings).
+        """
+
+    @_abc_1.abstractmethod
+    def WatchTranscription(
+        self,
+        request: _transcription_pb2.WatchTranscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_transcription_pb2.WatchTranscriptionResponse], _abc.AsyncIterator[_transcription_pb2.WatchTranscriptionResponse]]:
+        """WatchTranscription streams a transcription as it is made: while a live transcription
+        is processing (the recording is still streaming), each message carries the segments
+        produced since the previous one and the milliseconds of audio covered; the last
+        message carries the final transcription (completed or failed), then the stream ends.
+        Same authorization as GetTranscription.
         """
 
 def add_TranscriptionServiceServicer_to_server(servicer: TranscriptionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,319 @@
+"""The ``live_transcribe`` job (one chunk → its piece) and the assembly of a live transcript.
+
+Job payload ``{"recording_id", "part"}``, queued by ``tapedeck.domain.live.on_chunk_recorded``.
+One run:
+1. Nothing to do when the recording or its live transcription is gone or no longer in flight,
+   when the chunk is not in the store (any more), or when the stored piece was made from the
+   same chunk and previous-chunk bytes (a duplicate job, a re-run after a crash).
+2. The chunk and the previous one are read with the stitcher's reader (``read_object`` of
+   the part's current object: the store is the truth) and transcribed (``transcribe_piece``); between
+   windows the lease is checked.
+3. ONE transaction: job ``succeeded`` (lease checked) and the ``live_pieces`` row upserted.
+   A re-run overwrites the same row: nothing is doubled.
+Failures: undecodable chunk bytes fail the job at once, engine errors after
+``ENGINE_ATTEMPTS`` runs, others after the queue's attempts; ``on_failure`` stores the piece
+as ``failed`` (with the MD5s), and the assembly then transcribes the whole file instead.
+
+Priority: the lane's thread lowers its own CPU priority (nice 10, Linux per-thread) before
+loading its model, so CTranslate2's threads inherit it: chunk ingest, finalize, stitching and
+whole-file transcription win the CPU when the node is busy; live jobs catch up in order.
+
+``assemble(...)`` is called by the ``transcribe`` job of a live transcription after stitching;
+it ends in ``transcript_from_segments``, the one place the stored transcript is built from
+the assembled segments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import sqlite_utils
+
+from tapedeck.clock import Clock, iso
+from tapedeck.db import Database
+from tapedeck.domain._base import stored_parts
+from tapedeck.domain.live import (
+    PieceRow,
+    Seg,
+    live_transcription_id,
+    load_pieces,
+    merge,
+    place,
+)
+from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
+from tapedeck.stitch import read_object
+from tapedeck.store import ObjectNotFound, ObjectStore
+from tapedeck.transcribe import (
+    Segment,
+    Transcript,
+    TranscriptionEngine,
+    TranscriptionFailed,
+    Word,
+    _assemble,
+)
+from tapedeck.transcribe.job import ENGINE_ATTEMPTS, EngineFactory
+from tapedeck.transcribe.live import Piece, transcribe_piece
+from tapedeck.worker import JobRun
+
+if TYPE_CHECKING:
+    from tapedeck.app import App
+
+log = logging.getLogger("tapedeck.transcribe.live")
+
+LIVE_NICE = 10
+
+
+class _EngineRetry(Exception):
+    """An engine failure worth another attempt (transient for the queue)."""
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    chunk: bytes
+    prev: bytes | None
+    md5: str
+    prev_md5: str | None
+
+
+def read_inputs(store: ObjectStore, recording_id: str, part: int) -> _Inputs | None:
+    """The chunk's and previous chunk's bytes from the store (None if the chunk is absent):
+    each part's current object (its latest upload, ``stored_parts``); a piece made from other
+    bytes than finalize pinned fails the MD5 check at assembly and is redone."""
+    chunk = _current_object(store, recording_id, part)
+    if chunk is None:
+        return None
+    prev = _current_object(store, recording_id, part - 1) if part > 1 else None
+    return _Inputs(chunk, prev, hashlib.md5(chunk).hexdigest(),
+                   hashlib.md5(prev).hexdigest() if prev is not None else None)
+
+
+def _current_object(store: ObjectStore, recording_id: str, part: int) -> bytes | None:
+    obj = stored_parts(store, recording_id, part).get(part)
+    if obj is None:
+        return None
+    try:
+        return read_object(store, obj.key)
+    except ObjectNotFound:  # replaced or deleted between the listing and the read
+        return None
+
+
+def piece_json(piece: Piece) -> str:
+    segments = [{"start_ms": s.start_ms, "end_ms": s.end_ms, "text": s.text,
+                 "confidence": s.confidence, "speaker": s.speaker,
+                 "words": [{"word": w.word, "start_ms": w.start_ms, "end_ms": w.end_ms,
+                            "confidence": w.confidence} for w in s.words]}
+                for s in piece.segments]
+    return json.dumps(segments, ensure_ascii=False, separators=(",", ":"))
+
+
+def store_piece(tx: sqlite_utils.Database, clock: Clock, recording_id: str, part: int,
+                inputs: _Inputs, piece: Piece | None, error: str | None = None) -> None:
+    """Upsert the piece row (``failed`` when ``piece`` is None)."""
+    tx.execute(
+        "INSERT INTO live_pieces (recording_id, part, md5, prev_md5, status, delta48,"
+        " samples48, overlap_ms, language, segments, speech_ms, skipped_ms, error, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
+        " DO UPDATE SET md5 = excluded.md5, prev_md5 = excluded.prev_md5, status ="
+        " excluded.status, delta48 = excluded.delta48, samples48 = excluded.samples48,"
+        " overlap_ms = excluded.overlap_ms, language = excluded.language, segments ="
+        " excluded.segments, speech_ms = excluded.speech_ms, skipped_ms = excluded.skipped_ms,"
+        " error = excluded.error, updated_at = excluded.updated_at",
+        [recording_id, part, inputs.md5, inputs.prev_md5,
+         "done" if piece is not None else "failed",
+         piece.delta48 if piece else None, piece.samples48 if piece else 0,
+         piece.overlap_ms if piece else 0, piece.language if piece else None,
+         piece_json(piece) if piece else "[]", piece.speech_ms if piece else 0,
+         piece.skipped_ms if piece else 0, error, iso(clock.now())])
+
+
+def first_language(pieces: dict[int, PieceRow]) -> str | None:
+    """The language detected by the earliest piece that found speech."""
+    return next((p.language for _, p in sorted(pieces.items())
+                 if p.status == "done" and p.language and p.segments), None)
+
+
+class LiveTranscribeHandler:
+    """Runs ``live_transcribe`` jobs (see the module docstring)."""
+
+    def __init__(self, db: Database, store: ObjectStore, clock: Clock,
+                 engine_factory: EngineFactory, *, max_attempts: int = 12,
+                 failpoints: Failpoints | None = None) -> None:
+        """Failpoint (tests): ``live_transcribe.started`` once the chunk was read."""
+        self._fp = failpoints or Failpoints()
+        self._db = db
+        self._store = store
+        self._clock = clock
+        self._factory = engine_factory
+        self._engine: TranscriptionEngine | None = None
+        self._lock = threading.Lock()
+        self._max_attempts = max_attempts
+
+    def run(self, run: JobRun) -> None:
+        recording_id = str(run.job.payload.get("recording_id"))
+        part = int(run.job.payload.get("part", 0))
+        db = self._db.read()
+        txn_id = live_transcription_id(db, recording_id)
+        if txn_id is None:
+            log.info("job %s: no live transcription in flight for %s", run.job.id, recording_id)
+            return
+        inputs = read_inputs(self._store, recording_id, part)
+        if inputs is None:
+            return
+        self._fp.hit("live_transcribe.started", job_id=run.job.id, recording_id=recording_id,
+                     part=part)
+        pieces = load_pieces(db, recording_id)
+        old = pieces.get(part)
+        if old is not None and old.status == "done" and (old.md5, old.prev_md5) == (
+                inputs.md5, inputs.prev_md5):
+            return
+        language = db.execute("SELECT language FROM transcriptions WHERE id = ?",
+                              [txn_id]).fetchone()[0] or first_language(pieces)
+        with self._lock:
+            engine = self._engine_for()
+            try:
+                piece = transcribe_piece(engine, inputs.chunk, inputs.prev, language,
+                                         check=run.check)
+            except TranscriptionFailed as exc:
+                if exc.reason == "engine_error" and run.job.attempts < min(
+                        ENGINE_ATTEMPTS, self._max_attempts):
+                    raise _EngineRetry(exc.message) from exc
+                raise JobFailed("transcription_failed", exc.message, reason=exc.reason,
+                                md5=inputs.md5, prev_md5=inputs.prev_md5) from exc
+        with self._db.write() as tx:
+            run.complete(tx)
+            store_piece(tx, self._clock, recording_id, part, inputs, piece)
+        log.info("recording %s part %d: %d segments, %d ms speech, %d ms skipped", recording_id,
+                 part, len(piece.segments), piece.speech_ms, piece.skipped_ms)
+
+    def _engine_for(self) -> TranscriptionEngine:
+        if self._engine is None:
+            _lower_priority()
+            self._engine = self._factory()
+        return self._engine
+
+    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+        """Mark the piece ``failed`` for the bytes it was tried on (assembly falls back)."""
+        recording_id = str(job.payload.get("recording_id"))
+        part = int(job.payload.get("part", 0))
+        if tx.execute("SELECT 1 FROM recordings WHERE id = ?", [recording_id]).fetchone() is None:
+            return
+        md5 = failure.details.get("md5")
+        if md5 is None:  # not an engine failure: blame the bytes the ledger holds
+            row = tx.execute("SELECT md5 FROM chunks WHERE recording_id = ? AND part = ?",
+                             [recording_id, part]).fetchone()
+            if row is None:
+                return
+            md5 = row[0]
+        inputs = _Inputs(b"", None, str(md5), failure.details.get("prev_md5"))
+        store_piece(tx, self._clock, recording_id, part, inputs, None, failure.to_json())
+
+
+def _lower_priority() -> None:
+    """Nice this thread (and the threads it creates from now on) on Linux."""
+    with contextlib.suppress(AttributeError, OSError):  # other platforms: no effect
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LIVE_NICE)
+
+
+# -- assembly -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Assembled:
+    """A live transcript ready to be completed, with the audio skipped as silence."""
+
+    transcript: Transcript
+    skipped_ms: int
+    redone: int
+
+
+def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
+             engine: TranscriptionEngine, language: str | None,
+             check: Callable[[], None] | None = None) -> Assembled | None:
+    """The live transcript of a stitched recording from its pieces, transcribing now the
+    pieces that are missing or stale (made from other bytes). None when a piece failed or a
+    chunk is no longer readable: the caller then transcribes the whole file."""
+    read = db.read()
+    snapshot = dict(read.execute("SELECT part, md5 FROM chunks WHERE recording_id = ?"
+                                 " ORDER BY part", [recording_id]).fetchall())
+    row = read.execute("SELECT duration_ms FROM recordings WHERE id = ?",
+                       [recording_id]).fetchone()
+    if not snapshot or row is None or row[0] is None:
+        return None
+    pieces = load_pieces(read, recording_id)
+    language = language or first_language(pieces)
+    chain: list[PieceRow] = []
+    redone = 0
+    for part in range(1, max(snapshot) + 1):
+        pc = pieces.get(part)
+        want = (snapshot.get(part), snapshot.get(part - 1) if part > 1 else None)
+        if pc is not None and pc.status == "failed" and pc.md5 == want[0]:
+            log.info("recording %s: piece %d failed; whole-file path", recording_id, part)
+            return None
+        if pc is None or pc.status != "done" or (pc.md5, pc.prev_md5) != want:
+            pc = _redo(db, store, clock, recording_id, part, engine, language, want, check)
+            if pc is None:
+                return None
+            redone += 1
+        chain.append(pc)
+    segments = merge(place(chain))
+    transcript = transcript_from_segments(segments, language or first_language(
+        {p.part: p for p in chain}), engine.model, int(row[0]))
+    return Assembled(transcript, sum(p.skipped_ms for p in chain), redone)
+
+
+def _redo(db: Database, store: ObjectStore, clock: Clock, recording_id: str, part: int,
+          engine: TranscriptionEngine, language: str | None, want: tuple[Any, Any],
+          check: Callable[[], None] | None) -> PieceRow | None:
+    inputs = read_inputs(store, recording_id, part)
+    if inputs is None or (inputs.md5, inputs.prev_md5) != want:
+        return None
+    piece = transcribe_piece(engine, inputs.chunk, inputs.prev, language, check=check)
+    with db.write() as tx:
+        store_piece(tx, clock, recording_id, part, inputs, piece)
+    return load_pieces(db.read(), recording_id).get(part)
+
+
+def transcript_from_segments(segments: list[Seg], language: str | None, model: str,
+                             duration_ms: int) -> Transcript:
+    """THE function that turns assembled segments (with words, on the stitched timeline)
+    into the stored transcript: clamped into ``[0, duration_ms]``, empty text dropped.
+    (Speaker labelling over the stitched audio belongs here.)"""
+    out: list[Segment] = []
+    for s in segments:
+        words = tuple(Word(w["word"], _clamp(w["start_ms"], duration_ms),
+                           _clamp(w["end_ms"], duration_ms), float(w["confidence"]))
+                      for w in s.get("words", []))
+        out.append(Segment(_clamp(s["start_ms"], duration_ms), _clamp(s["end_ms"], duration_ms),
+                           str(s["text"]), float(s["confidence"]), s.get("speaker"), words))
+    return _assemble(out, language, model, duration_ms)
+
+
+def _clamp(ms: int, duration_ms: int) -> int:
+    return max(0, min(int(ms), duration_ms))
+
+
+def build_handler(app: App) -> LiveTranscribeHandler | None:
+    """The ``live_transcribe`` handler (``tapedeck.worker.HANDLER_FACTORIES``); None (no lane)
+    when ``live_transcription`` is off or faster-whisper is not installed."""
+    if not app.settings.live_transcription or importlib.util.find_spec("faster_whisper") is None:
+        return None
+    settings = app.settings
+
+    def build() -> TranscriptionEngine:
+        from tapedeck.transcribe.whisper import WhisperOptions, load_engine
+
+        return load_engine(settings.live_whisper_model or settings.whisper_model,
+                           settings.data_dir, settings.whisper_threads,
+                           WhisperOptions(beam_size=settings.live_beam_size))
+
+    return LiveTranscribeHandler(app.db, app.store, app.clock, build,
+                                 max_attempts=settings.job_max_attempts,
+                                 failpoints=Failpoints(settings.failpoints))

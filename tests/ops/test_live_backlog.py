@@ -1,0 +1,147 @@
+"""Live transcription rules without a model: which chunks queue a piece job, the backlog gauge
+on ``/metrics``, and the setting that turns live transcription off (a real server with the
+gRPC and HTTP roles but no workers, so the queue only grows)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tapedeck.v1 import recording_pb2
+
+from opskit import opus_chunks, scrape, value, wait_until
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+
+GAUGE = "tapedeck_live_transcription_backlog"
+
+
+def _server(weed: Any, tmp: Path, live: bool) -> RunningServer:
+    return start_server(test_settings(weed, tmp / "data", live_transcription=live),
+                        roles=("grpc", "http"))
+
+
+@pytest.fixture
+def live_srv(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:
+    srv = _server(weed, tmp_path, True)
+    try:
+        yield srv
+    finally:
+        srv.close()
+        drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def _recording(srv: RunningServer) -> str:
+    rec = srv.recordings().CreateRecording(recording_pb2.CreateRecordingRequest(
+        streaming=True, chunk_duration_ms=1000), metadata=auth(srv.api_key)).recording
+    return str(rec.id)
+
+
+def _put(srv: RunningServer, rec_id: str, part: int, data: bytes) -> None:
+    srv.chunks().UploadChunk(chunk_messages(rec_id, part, data), metadata=auth(srv.api_key))
+
+
+def _queued_parts(srv: RunningServer, rec_id: str) -> list[int]:
+    rows = srv.app.db.read().execute(
+        "SELECT json_extract(payload, '$.part') FROM jobs WHERE kind = 'live_transcribe'"
+        " AND recording_id = ? AND status = 'queued' ORDER BY rowid", [rec_id]).fetchall()
+    return [r[0] for r in rows]
+
+
+def test_each_new_chunk_queues_its_piece_and_the_backlog_is_a_gauge(
+        live_srv: RunningServer) -> None:
+    chunks = opus_chunks(3)
+    rec_id = _recording(live_srv)
+    assert value(scrape(f"{live_srv.http_url}/metrics"), GAUGE) == 0
+    _put(live_srv, rec_id, 2, chunks[1])
+    _put(live_srv, rec_id, 1, chunks[0])  # out of order: part 2's context changed too
+    _put(live_srv, rec_id, 1, chunks[0])  # identical bytes again: nothing new
+    assert _queued_parts(live_srv, rec_id) == [2, 1]  # one queued job per part at a time
+    _put(live_srv, rec_id, 3, chunks[2])
+    assert _queued_parts(live_srv, rec_id) == [2, 1, 3]
+    assert value(scrape(f"{live_srv.http_url}/metrics"), GAUGE) == 3
+    # the first chunk made the live transcription, processing, announced once
+    rec = live_srv.app.db.read().execute(
+        "SELECT transcription_status, transcription_id FROM recordings WHERE id = ?",
+        [rec_id]).fetchone()
+    txn = live_srv.app.db.read().execute("SELECT status, live FROM transcriptions WHERE id = ?",
+                                         [rec[1]]).fetchone()
+    assert (rec[0], *txn) == ("processing", "processing", 1)
+    types = [r[0] for r in live_srv.app.db.read().execute(
+        "SELECT type FROM events WHERE recording_id = ? ORDER BY rowid", [rec_id])]
+    assert types == ["recording.created", "transcription.queued", "transcription.started"]
+
+
+def test_off_means_no_live_jobs_and_no_transcription_before_finalize(
+        weed: Any, tmp_path: Path) -> None:
+    srv = _server(weed, tmp_path, False)
+    try:
+        rec_id = _recording(srv)
+        for part, data in enumerate(opus_chunks(2), start=1):
+            _put(srv, rec_id, part, data)
+        assert _queued_parts(srv, rec_id) == []
+        row = srv.app.db.read().execute(
+            "SELECT transcription_status, transcription_id FROM recordings WHERE id = ?",
+            [rec_id]).fetchone()
+        assert row == ("none", None)
+        assert value(scrape(f"{srv.http_url}/metrics"), GAUGE) == 0
+    finally:
+        srv.close()
+        drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def test_a_recording_that_cannot_be_stitched_fails_its_live_transcription_once(
+        weed: Any, tmp_path: Path) -> None:
+    """Stitching only (no transcription lanes): a chunk that is not Ogg Opus fails the
+    recording, and the live transcription made at its first chunk fails with it, once."""
+    srv = start_server(test_settings(weed, tmp_path / "data", live_transcription=True,
+                                     job_kinds="stitch", job_poll_ms=50),
+                       roles=("grpc", "http", "worker"))
+    try:
+        rec_id = _recording(srv)
+        good = opus_chunks(1)[0]
+        _put(srv, rec_id, 1, good)
+        _put(srv, rec_id, 2, b"not an ogg opus file" * 50)
+        srv.recordings().FinalizeRecording(recording_pb2.FinalizeRecordingRequest(
+            id=rec_id, total_chunks=2, final_duration_ms=2000), metadata=auth(srv.api_key))
+        db = srv.app.db.read()
+        wait_until(lambda: db.execute("SELECT status FROM recordings WHERE id = ?",
+                                      [rec_id]).fetchone()[0] == "failed", 60, "the failure")
+        types = [r[0] for r in db.execute(
+            "SELECT type FROM events WHERE recording_id = ? ORDER BY rowid", [rec_id])]
+        assert types == ["recording.created", "transcription.queued", "transcription.started",
+                         "recording.uploaded", "recording.failed", "transcription.failed"]
+        uploaded = db.execute("SELECT data FROM events WHERE recording_id = ? AND type ="
+                              " 'recording.uploaded'", [rec_id]).fetchone()[0]
+        assert json.loads(uploaded)["transcription_status"] == "processing"
+        row = db.execute("SELECT r.transcription_status, t.status, t.error_type FROM recordings"
+                         " r JOIN transcriptions t ON t.id = r.transcription_id WHERE r.id = ?",
+                         [rec_id]).fetchone()
+        assert row == ("failed", "failed", "invalid_audio")
+    finally:
+        srv.close()
+        drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+def test_watch_yields_keepalives_and_stops_when_told(live_srv: RunningServer) -> None:
+    """No worker: the live transcription stays processing with nothing new; with
+    ``keepalive_polls`` the watch still yields (empty) updates, and ``stop`` ends it."""
+    rec_id = _recording(live_srv)
+    _put(live_srv, rec_id, 1, opus_chunks(1)[0])
+    domain = live_srv.app.domain
+    txn_id = live_srv.app.db.read().execute(
+        "SELECT transcription_id FROM recordings WHERE id = ?", [rec_id]).fetchone()[0]
+    p = domain.authenticate(f"Bearer {live_srv.api_key}")
+    stop = threading.Event()
+    updates = domain.transcriptions.watch(p, txn_id, poll_s=0.01, stop=stop, keepalive_polls=3)
+    first, second = next(updates), next(updates)
+    assert (first.segments, first.covered_ms, first.transcription) == ([], 0, None)
+    assert (second.segments, second.transcription) == ([], None)  # a keepalive
+    stop.set()
+    assert list(updates) == []
+    quiet = domain.transcriptions.watch(p, txn_id, poll_s=0.01, stop=stop)
+    assert [u.transcription for u in quiet] == [None]  # stopped after its first update

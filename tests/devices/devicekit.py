@@ -349,6 +349,8 @@ ACCESS: dict[str, Access] = {
                            TNF, *_401, TNF),
     # search: a device token finds only its own device's recordings, another credential of the
     # project or another project finds nothing (an empty page, never an error that leaks)
+    "WatchTranscription": _a({"transcriptions:read"}, finalized_recording, OK, OK, FORB, OK,
+                             TNF, *_401, TNF),
     "SearchTranscripts": _a({"transcriptions:read"}, finalized_recording, OK, OK, FORB, OK,
                             OK, *_401, OK),
     # webhooks                                       sk  rk+ rk-   own   other

@@ -12,6 +12,7 @@ import importlib.util
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -112,6 +113,17 @@ CALLS: dict[str, Call] = {
         kpb.RevokeKeyRequest(id=t.key_id), metadata=md),
 }
 
+def _first_update(stream: Any) -> Any:
+    """The first message of a server stream; an authorized watch of a transcription that is
+    still processing sends nothing before the deadline, which is not an access outcome."""
+    try:
+        return next(iter(stream))
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return None
+        raise
+
+
 def _transcription_calls() -> dict[str, Call]:
     """TranscriptionService's rows, once that service exists in this checkout."""
     if importlib.util.find_spec("tapedeck.v1.transcription_pb2") is None:
@@ -127,6 +139,8 @@ def _transcription_calls() -> dict[str, Call]:
             tpb.CreateTranscriptionRequest(recording_id=t.recording_id), metadata=md),
         "GetTranscription": lambda w, t, md: stub(w).GetTranscription(
             tpb.GetTranscriptionRequest(id=t.transcription_id), metadata=md),
+        "WatchTranscription": lambda w, t, md: _first_update(stub(w).WatchTranscription(
+            tpb.WatchTranscriptionRequest(id=t.transcription_id), metadata=md, timeout=3)),
         "SearchTranscripts": lambda w, t, md: stub(w).SearchTranscripts(
             tpb.SearchTranscriptsRequest(query="hello"), metadata=md),
     }

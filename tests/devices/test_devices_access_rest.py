@@ -42,6 +42,7 @@ class Route:
     json: dict[str, Any] | None = None
     content: bytes | None = None
     part: int = 2
+    stream: bool = False  # an endless response (SSE): the status and an error body only
 
     def send(self, w: World, t: Target, token: str) -> httpx.Response:
         path = self.path.format(recording_id=t.recording_id, device_id=t.device_id,
@@ -50,9 +51,15 @@ class Route:
                                 webhook_id=t.webhook_id)
         json = {k: (w.end_user_id if v == "$end_user" else t.device_id if v == "$device"
                     else v) for k, v in self.json.items()} if self.json is not None else None
+        headers = {"Authorization": f"Bearer {token}"}
+        if self.stream:
+            with httpx.stream(self.method, w.srv.http_url + path, timeout=60.0,
+                              headers=headers) as resp:
+                if not resp.is_success:
+                    resp.read()
+                return resp
         return httpx.request(self.method, w.srv.http_url + path, json=json,
-                             content=self.content, timeout=60.0,
-                             headers={"Authorization": f"Bearer {token}"})
+                             content=self.content, timeout=60.0, headers=headers)
 
 
 REC = "/v1/recordings/{recording_id}"
@@ -97,6 +104,8 @@ ROUTES: dict[str, Route] = {
 if importlib.util.find_spec("tapedeck.gateway.transcriptions") is not None:
     ROUTES["CreateTranscription"] = Route("POST", REC + "/transcribe", {})
     ROUTES["GetTranscription"] = Route("GET", "/v1/transcriptions/{transcription_id}")
+    ROUTES["WatchTranscription"] = Route("GET", "/v1/transcriptions/{transcription_id}/events",
+                                         stream=True)
     ROUTES["SearchTranscripts"] = Route("GET", "/v1/search?q=hello")
 CASES = cases(ROUTES)
 

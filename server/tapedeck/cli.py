@@ -19,6 +19,7 @@ from dataclasses import fields
 from typing import Any
 
 from tapedeck.errors import TapedeckError
+from tapedeck.startup import StartupError
 
 log = logging.getLogger("tapedeck.cli")
 
@@ -77,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TapedeckError as exc:
         print(json.dumps(exc.to_json()), file=sys.stderr)
         return 2
+    except StartupError as exc:  # one line, no traceback; the code names the cause
+        print(f"tapedeck: {exc.message}", file=sys.stderr)
+        return exc.code
 
 
 def _run(settings: Any, roles: Sequence[str]) -> int:

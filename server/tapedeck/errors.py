@@ -76,6 +76,11 @@ ERRORS: dict[str, ErrorKind] = {
         ErrorKind("rate_limit_exceeded", 429, _C.RESOURCE_EXHAUSTED, "Too many requests."),
         ErrorKind("storage_unavailable", 503, _C.UNAVAILABLE, "The object store is unavailable."),
         ErrorKind("internal_error", 500, _C.INTERNAL, "An internal error occurred."),
+        # rob: a chunk whose bytes are not one valid Ogg Opus stream (nothing stored).
+        ErrorKind("invalid_audio", 422, _C.INVALID_ARGUMENT, "The audio is not valid Ogg Opus."),
+        # rob: the client sent its headers or body too slowly (the connection is closed).
+        ErrorKind("request_timeout", 408, _C.DEADLINE_EXCEEDED,
+                  "The request was not received in time."),
     ]
 }
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health as grpc_health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from tapedeck.domain import Domain
@@ -15,6 +17,8 @@ from tapedeck.grpc_api import devices
 from tapedeck.grpc_api import transcriptions as transcription_api
 from tapedeck.grpc_api import webhooks as webhook_api
 from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
+from tapedeck.health import Health
+from tapedeck.startup import EXIT_GRPC_PORT, StartupError
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -28,28 +32,59 @@ SERVICE_NAMES = (
 
 
 def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 16,
-                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()
-                      ) -> tuple[grpc.Server, int]:
+                      interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
+                      health: Health | None = None) -> tuple[grpc.Server, int]:
     """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
-    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics)."""
+    ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics).
+    ``health`` drives the gRPC health service (SERVING only while it is ready; without it,
+    always SERVING). The port is bound exclusively (``grpc.so_reuseport=0``: grpcio would
+    otherwise share it with another server); a taken port raises ``StartupError``."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=list(interceptors),
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)])
     recording_pb2_grpc.add_RecordingServiceServicer_to_server(RecordingServicer(domain), server)
     chunk_pb2_grpc.add_ChunkServiceServicer_to_server(ChunkServicer(domain), server)
     webhook_api.add_to_server(domain, server)
     devices.add_to_server(domain, server)
     transcription_api.add_to_server(domain, server)
-    health_servicer = health.HealthServicer()
+    health_servicer = grpc_health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (*SERVICE_NAMES, ""):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME,
+    def publish(ready: bool) -> None:
+        status = (health_pb2.HealthCheckResponse.SERVING if ready
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in (*SERVICE_NAMES, ""):
+            health_servicer.set(name, status)
+
+    if health is None:
+        publish(True)
+    else:
+        health.watch(publish)
+    reflection.enable_server_reflection((*SERVICE_NAMES, grpc_health.SERVICE_NAME,
                                          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    bound = 0
+    if port == 0 or _port_free(host, port):  # checked first: grpc would log a C++ error line
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpcio raises instead of returning 0 when the port is taken
+            bound = 0
     if bound == 0:
-        raise OSError(f"cannot bind gRPC to {host}:{port}")
+        raise StartupError(EXIT_GRPC_PORT, f"cannot listen for gRPC on {host}:{port}: the port "
+                           "is taken (another Tapedeck?); stop it or pass another --grpc-port")
     server.start()
     return server, bound
+
+
+def _port_free(host: str, port: int) -> bool:
+    """True if a listener could bind ``host:port`` now (SO_REUSEADDR, as grpc binds, so only a
+    live listener counts; never SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True

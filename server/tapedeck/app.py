@@ -115,12 +115,18 @@ class App:
         roles = set(roles)
         if "grpc" in roles:
             from tapedeck.grpc_api.observe import ObservingInterceptor
-            from tapedeck.grpc_api.server import build_grpc_server
+            from tapedeck.grpc_api.server import (
+                ClosingHealthServicer,
+                GrpcService,
+                build_grpc_server,
+            )
 
+            servicer = ClosingHealthServicer()
             server, self.grpc_port = build_grpc_server(
                 self.domain, self.settings.host, self.settings.grpc_port,
-                interceptors=[ObservingInterceptor(self.metrics)], health=self.health)
-            self.services.append(server)
+                interceptors=[ObservingInterceptor(self.metrics)], health=self.health,
+                health_servicer=servicer)
+            self.services.append(GrpcService(server, servicer))
         if "http" in roles:
             from tapedeck.gateway import start_gateway
 

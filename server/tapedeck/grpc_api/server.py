@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Sequence
 from concurrent import futures
 from typing import Any
@@ -33,12 +34,16 @@ SERVICE_NAMES = (
 
 def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 16,
                       interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
-                      health: Health | None = None) -> tuple[grpc.Server, int]:
+                      health: Health | None = None,
+                      health_servicer: ClosingHealthServicer | None = None
+                      ) -> tuple[grpc.Server, int]:
     """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
     ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics).
     ``health`` drives the gRPC health service (SERVING only while it is ready; without it,
     always SERVING). The port is bound exclusively (``grpc.so_reuseport=0``: grpcio would
-    otherwise share it with another server); a taken port raises ``StartupError``."""
+    otherwise share it with another server); a taken port raises ``StartupError``.
+    ``health_servicer``: the health service to register (``GrpcService`` ends its watches
+    at shutdown); a new one by default."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=list(interceptors),
@@ -50,7 +55,7 @@ def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 1
     webhook_api.add_to_server(domain, server)
     devices.add_to_server(domain, server)
     transcription_api.add_to_server(domain, server)
-    health_servicer = grpc_health.HealthServicer()
+    health_servicer = health_servicer or ClosingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     def publish(ready: bool) -> None:
         status = (health_pb2.HealthCheckResponse.SERVING if ready
@@ -88,3 +93,32 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+class ClosingHealthServicer(grpc_health.HealthServicer):
+    """The standard health service, plus ``shutdown()``: NOT_SERVING for every service, then
+    every open ``Watch`` stream ends (an open-ended stream is not work a graceful stop must
+    wait for). A watch ends when its response callback gets None (both the blocking and the
+    non-blocking form of ``HealthServicer.Watch``)."""
+
+    def shutdown(self) -> None:
+        self.enter_graceful_shutdown()
+        with self._lock:
+            callbacks = [cb for cbs in self._send_response_callbacks.values() for cb in cbs]
+            self._send_response_callbacks.clear()
+        for callback in callbacks:
+            callback(None)
+
+
+class GrpcService:
+    """A started gRPC server as an ``App`` service: ``stop(grace)`` first ends health
+    watches, then lets in-flight RPCs finish for up to ``grace`` s (returns grpc's event,
+    set as soon as the last RPC ended)."""
+
+    def __init__(self, server: grpc.Server, health_servicer: ClosingHealthServicer) -> None:
+        self.server = server
+        self.health_servicer = health_servicer
+
+    def stop(self, grace: float) -> threading.Event:
+        self.health_servicer.shutdown()
+        return self.server.stop(grace)

@@ -25,7 +25,7 @@ from minio import Minio
 from tapedeck.metrics import Metrics
 from tapedeck.settings import Settings
 from tapedeck.supervise import WeedSupervisor
-from tapedeck.weed import ManagedWeed
+from tapedeck.weed import ManagedWeed, find_weed_binary
 
 from opskit import Child, md5_b64, spawn, stop_all, wait_until
 from serverkit import RunningServer, start_server
@@ -56,6 +56,33 @@ def test_supervisor_restarts_a_killed_weed_and_counts_it(tmp_path: Path) -> None
             assert _client(weed).get_object("kept", "k").read() == b"acknowledged"
             assert metrics.registry.get_sample_value(
                 "tapedeck_store_restarts_total", {"outcome": "ok"}) == 1.0
+        finally:
+            sup.stop()
+
+
+def test_failed_restarts_back_off_and_are_counted_until_one_works(tmp_path: Path) -> None:
+    """A weed that cannot start (here: a wrapper that refuses while a flag file exists) is
+    retried with backoff, each failure counted, until it starts again."""
+    flag = tmp_path / "broken"
+    wrapper = tmp_path / "weed"
+    wrapper.write_text(f"#!/bin/sh\nif [ -e {flag} ]; then echo 'disk on fire'; exit 3; fi\n"
+                       f"exec {find_weed_binary()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    metrics = Metrics()
+    with ManagedWeed(tmp_path / "w", binary=str(wrapper)) as weed:
+        sup = WeedSupervisor(weed, metrics, poll_s=0.05, max_backoff_s=1.0).start()
+        try:
+            flag.write_text("")
+            os.kill(weed.pid or 0, signal.SIGKILL)
+
+            def failed() -> float:
+                return metrics.registry.get_sample_value(
+                    "tapedeck_store_restarts_total", {"outcome": "failed"}) or 0.0
+
+            wait_until(lambda: failed() >= 2, 60, "two failed restarts")
+            assert not sup.up and sup.restarts == 0
+            flag.unlink()
+            wait_until(lambda: sup.restarts == 1 and sup.up, 60, "the restart")
         finally:
             sup.stop()
 

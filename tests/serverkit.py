@@ -42,6 +42,9 @@ def test_settings(weed: Any, data_dir: Path, **overrides: Any) -> Settings:
         # the limits set them explicitly (tests/security/test_limits.py).
         rate_limit_per_s=0, max_streaming_per_device=0, storage_quota_bytes=0,
         live_transcription=False,  # the whole-file path; live tests turn it on
+        # Protocol tests send placeholder bytes as chunks; audio checks are tested with real
+        # Opus in tests/ops/test_chunk_check.py (pass check_chunks=True to turn them on).
+        check_chunks=False,
     )
     return base.replace(**overrides)
 

@@ -13,6 +13,7 @@ configuration); 2 usage.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import signal
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -63,46 +65,63 @@ class Signals:
         self.stop.set()
 
 
+def _default(name: str) -> str:
+    """``(default X)`` of an ``AgentConfig`` field, for flag help."""
+    f = next(f for f in fields(AgentConfig) if f.name == name)
+    value = f.default_factory() if f.default is MISSING and f.default_factory is not MISSING \
+        else f.default
+    return f"(default {value!s})" if str(value) != "" else "(default: none)"
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file")
-    p.add_argument("--server", help="host:port of the gRPC server ($TAPEDECK_AGENT_SERVER)")
-    p.add_argument("--token", help="device token ($TAPEDECK_AGENT_TOKEN)")
-    p.add_argument("--spool-dir", type=Path, help="spool directory")
-    p.add_argument("--chunk-duration-ms", type=int, help="audio per chunk")
-    p.add_argument("--max-spool-mb", type=float, help="spool size limit, MB")
-    p.add_argument("--sample-rate", type=int, help="capture rate, Hz")
-    p.add_argument("--channels", type=int, help="capture channels")
-    p.add_argument("--bitrate", type=int, help="Opus bitrate, bits/s")
-    p.add_argument("--device", help="capture device index or name")
-    p.add_argument("--name", help="recording name")
-    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("--config", type=Path, help="TOML config file (default: none)")
+    p.add_argument("--server", help="host:port of the gRPC server ($TAPEDECK_AGENT_SERVER) "
+                   + _default("server"))
+    p.add_argument("--token", help="device token ($TAPEDECK_AGENT_TOKEN) " + _default("token"))
+    p.add_argument("--spool-dir", type=Path, help="spool directory " + _default("spool_dir"))
+    p.add_argument("--chunk-duration-ms", type=int,
+                   help="audio per chunk " + _default("chunk_duration_ms"))
+    p.add_argument("--max-spool-mb", type=float,
+                   help="spool size limit, MB " + _default("max_spool_mb"))
+    p.add_argument("--sample-rate", type=int, help="capture rate, Hz " + _default("sample_rate"))
+    p.add_argument("--channels", type=int, help="capture channels " + _default("channels"))
+    p.add_argument("--bitrate", type=int, help="Opus bitrate, bits/s " + _default("bitrate"))
+    p.add_argument("--device", help="capture device index or name (default: the default input)")
+    p.add_argument("--name", help="recording name (default: the start time, or the file name)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="only warnings and errors (default: info too)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tapedeck-agent", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("record", help="capture from the audio device, upload, finalize")
     rec.add_argument("--duration", type=float, help="seconds of audio to record "
                      "(default: until SIGTERM/SIGINT)")
     rec.add_argument("--input", type=Path, help="record this audio file in real time "
-                     "instead of a capture device (testing, demos)")
+                     "instead of a capture device (testing, demos; default: the capture device)")
     rec.add_argument("--wait", type=float, help="seconds to wait for upload+finalize after "
                      "capture ends (default: shutdown_grace_s)")
     up = sub.add_parser("upload", help="encode an audio file to chunks, upload, finalize")
-    up.add_argument("file", type=Path)
+    up.add_argument("file", type=Path, help="audio file (WAV, or anything ffmpeg reads)")
     up.add_argument("--timeout", type=float, default=600.0,
                     help="seconds to wait for upload+finalize (default 600)")
     sync = sub.add_parser("sync", help="upload and finalize what the spool holds, then exit")
-    sync.add_argument("--timeout", type=float, default=600.0)
+    sync.add_argument("--timeout", type=float, default=600.0,
+                      help="seconds to wait for upload+finalize (default 600)")
     st = sub.add_parser("status", help="show the spool: recordings, chunks, states")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
-    st.add_argument("--all", action="store_true", help="include finalized recordings")
+    st.add_argument("--json", action="store_true",
+                    help="machine-readable output (default: a table)")
+    st.add_argument("--all", action="store_true",
+                    help="include finalized recordings (default: only unfinished ones)")
     sub.add_parser("devices", help="list PortAudio capture devices")
     retry = sub.add_parser("retry", help="put a parked recording back to work")
-    retry.add_argument("local_id")
+    retry.add_argument("local_id", help="the spool's id of the parked recording (see status)")
     retry.add_argument("--recreate", action="store_true",
-                       help="upload to a NEW server recording (e.g. after recording_not_found)")
+                       help="upload to a NEW server recording (e.g. after recording_not_found; "
+                       "default: the same one)")
     for p in (rec, up, sync, st, sub.choices["devices"], retry):
         _add_config_flags(p)
     return parser
@@ -332,12 +351,36 @@ COMMANDS = {"record": cmd_record, "upload": cmd_upload, "sync": cmd_sync,
             "status": cmd_status, "devices": cmd_devices, "retry": cmd_retry}
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tapedeck")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _missing_connection(command: str, cfg: AgentConfig) -> str:
+    """What ``upload``/``sync`` lack to reach a server at once (they would otherwise wait
+    their whole timeout in silence); empty when nothing is missing."""
+    if command not in ("upload", "sync"):
+        return ""
+    missing = []
+    if not cfg.server:
+        missing.append("a server: pass --server HOST:PORT or set TAPEDECK_AGENT_SERVER")
+    if not cfg.token:
+        missing.append("a device token: pass --token or set TAPEDECK_AGENT_TOKEN")
+    return "; and ".join(missing)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tapedeck-agent`` console script."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
     try:
         cfg = _config(args)
+        missing = _missing_connection(args.command, cfg)
+        if missing:
+            print(f"tapedeck-agent: {args.command} needs {missing}", file=sys.stderr)
+            return EXIT_USAGE
         return COMMANDS[args.command](args, cfg)
     except ConfigError as exc:
         print(f"tapedeck-agent: configuration error: {exc}", file=sys.stderr)

@@ -9,21 +9,34 @@ Each ``App`` has its own ``Metrics`` registry; the store it hands out is a ``Met
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from tapedeck.clock import Clock, SystemClock
 from tapedeck.db import Database
 from tapedeck.domain import Domain
+from tapedeck.errors import TapedeckError
+from tapedeck.health import Health, database_check, store_check
 from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
 from tapedeck.private import private_dir, tighten_tree
 from tapedeck.settings import Settings
+from tapedeck.startup import (
+    EXIT_DATA_DIR,
+    EXIT_DATA_DIR_IN_USE,
+    EXIT_DATABASE,
+    EXIT_STORE,
+    StartupError,
+    first_line,
+)
 from tapedeck.store import ObjectStore
 from tapedeck.store.s3 import S3Store
+from tapedeck.supervise import WeedSupervisor
 from tapedeck.tls import ServerCertificate, check_transport
-from tapedeck.weed import ManagedWeed
+from tapedeck.weed import ManagedWeed, WeedDirInUse, WeedStartError
 
 log = logging.getLogger("tapedeck.app")
 ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
@@ -54,45 +67,73 @@ class App:
     metrics_port: int | None = None
     certificate: ServerCertificate | None = None  # TLS for gRPC and HTTP (None: plaintext)
 
+    supervisor: WeedSupervisor | None = None
+    health: Health | None = None
+
     @classmethod
     def open(cls, settings: Settings, clock: Clock | None = None) -> App:
-        """Connect to (or start) the store, open the database, build the domain."""
+        """Connect to (or start) the store, open the database, build the domain. Every
+        failure of these checks is a one-line ``StartupError`` (see ``tapedeck.startup``);
+        the managed store is then supervised and readiness checks start."""
         clock = clock or SystemClock()
         certificate = check_transport(settings)  # before anything starts: a one-line refusal
+        metrics = Metrics()
+        checked_data_dir(settings.data_dir)
         private_dir(settings.data_dir)
         tighten_tree(settings.data_dir)  # 0700/0600 also for a data dir made before
-        weed = None
-        if settings.s3_endpoint:
-            endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,
-                                        settings.s3_secret_key)
-        else:
-            weed = ManagedWeed(settings.data_dir / "seaweedfs")
-            weed.start()
-            endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
-        s3 = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
-                     bucket=settings.s3_bucket, secure=settings.s3_secure,
-                     region=settings.s3_region or "us-east-1")
-        s3.ensure_bucket()
-        metrics = Metrics()
-        store = MeteredStore(s3, metrics)
-        db = Database(settings.db_path)
+        weed = start_managed_weed(settings) if not settings.s3_endpoint else None
+        try:
+            if weed is not None:
+                endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
+            else:
+                endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,
+                                            settings.s3_secret_key)
+            s3 = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
+                         bucket=settings.s3_bucket, secure=settings.s3_secure,
+                         region=settings.s3_region or "us-east-1")
+            checked_bucket(s3, endpoint)
+            store = MeteredStore(s3, metrics)
+            db = open_database(settings.db_path)
+        except BaseException:
+            if weed is not None:
+                weed.stop()
+            raise
         metrics.watch(db, clock)
         domain = Domain.build(db, store, clock, settings)
-        return cls(settings=settings, db=db, store=store, domain=domain, clock=clock, weed=weed,
-                   metrics=metrics, certificate=certificate)
+        app = cls(settings=settings, db=db, store=store, domain=domain, clock=clock, weed=weed,
+                  metrics=metrics, certificate=certificate)
+        app._watch(s3)
+        return app
+
+    def _watch(self, s3: ObjectStore) -> None:
+        """Supervise the managed store; run the store and database readiness checks."""
+        alive = None
+        if self.weed is not None:
+            self.supervisor = WeedSupervisor(
+                self.weed, self.metrics,
+                max_backoff_s=float(self.settings.store_restart_max_s)).start()
+            alive = lambda: self.supervisor is not None and self.supervisor.up  # noqa: E731
+        self.health = Health({"store": store_check(s3, alive),
+                              "database": database_check(self.db)}).start()
 
     def start(self, roles: Iterable[str]) -> None:
         """Start the given roles (see ``ROLES``)."""
         roles = set(roles)
         if "grpc" in roles:
             from tapedeck.grpc_api.observe import ObservingInterceptor
-            from tapedeck.grpc_api.server import build_grpc_server
+            from tapedeck.grpc_api.server import (
+                ClosingHealthServicer,
+                GrpcService,
+                build_grpc_server,
+            )
 
+            servicer = ClosingHealthServicer()
             server, self.grpc_port = build_grpc_server(
                 self.domain, self.settings.host, self.settings.grpc_port,
-                interceptors=[ObservingInterceptor(self.metrics)],
+                interceptors=[ObservingInterceptor(self.metrics)], health=self.health,
+                health_servicer=servicer,
                 credentials=self.certificate.grpc_credentials() if self.certificate else None)
-            self.services.append(server)
+            self.services.append(GrpcService(server, servicer))
         if "http" in roles:
             from tapedeck.gateway import start_gateway
 
@@ -123,7 +164,59 @@ class App:
             stopped = self.services.pop().stop(grace)
             if isinstance(stopped, threading.Event):  # grpc.Server.stop: in-flight RPCs end
                 stopped.wait(grace + 1.0)
+        if self.health is not None:
+            self.health.stop()
+        if self.supervisor is not None:
+            self.supervisor.stop()
         self.db.close()
         if self.weed is not None:
             self.weed.stop()
 
+
+
+# -- startup checks (rob): each failure is one line and its own exit code -------------------
+
+
+def checked_data_dir(path: Path) -> None:
+    """Create the data dir if needed and check that it is writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(EXIT_DATA_DIR, f"cannot use data dir {path}: {exc.strerror or exc}; "
+                           "fix its permissions or pass another --data-dir") from None
+
+
+def start_managed_weed(settings: Settings) -> ManagedWeed:
+    """Start the embedded SeaweedFS of ``settings.data_dir`` (a stale one left by a killed
+    Tapedeck is waited for or ended; a live owner is ``EXIT_DATA_DIR_IN_USE``)."""
+    weed = ManagedWeed(settings.data_dir / "seaweedfs")
+    try:
+        weed.start()
+    except WeedDirInUse as exc:
+        raise StartupError(EXIT_DATA_DIR_IN_USE, f"data dir {settings.data_dir.resolve()} is "
+                           f"in use: {first_line(exc)}") from None
+    except WeedStartError as exc:
+        raise StartupError(EXIT_STORE, f"the managed SeaweedFS did not start: "
+                           f"{first_line(exc)} (see {weed.log_path})") from None
+    return weed
+
+
+def checked_bucket(s3: S3Store, endpoint: str) -> None:
+    """Make sure the bucket exists; an unreachable or refusing store is ``EXIT_STORE``."""
+    try:
+        s3.ensure_bucket()
+    except TapedeckError as exc:
+        raise StartupError(EXIT_STORE, f"the object store at {endpoint} does not answer "
+                           f"({exc.details.get('reason', exc.type)}: {exc.message}); check "
+                           "TAPEDECK_S3_ENDPOINT and its credentials") from None
+
+
+def open_database(path: Path) -> Database:
+    """Open (and migrate) the SQLite database; failures are ``EXIT_DATABASE``."""
+    try:
+        return Database(path)
+    except (sqlite3.Error, OSError) as exc:
+        raise StartupError(EXIT_DATABASE, f"cannot open the database {path}: {exc}") from None

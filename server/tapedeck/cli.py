@@ -19,6 +19,7 @@ from dataclasses import fields
 from typing import Any
 
 from tapedeck.errors import TapedeckError
+from tapedeck.startup import EXIT_NO_DATABASE, StartupError
 
 log = logging.getLogger("tapedeck.cli")
 
@@ -33,31 +34,55 @@ ROLE_COMMANDS = {
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tapedeck", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in ROLE_COMMANDS:
         p = sub.add_parser(name, help=f"run the {name} role(s)")
         _common(p)
-        p.add_argument("--grpc-port", type=int, dest="grpc_port")
-        p.add_argument("--http-port", type=int, dest="http_port")
-        p.add_argument("--host")
+        p.add_argument("--grpc-port", type=int, dest="grpc_port",
+                       help="gRPC port, 0 = any free (default 50051; TAPEDECK_GRPC_PORT)")
+        p.add_argument("--http-port", type=int, dest="http_port",
+                       help="REST port, 0 = any free (default 8080; TAPEDECK_HTTP_PORT)")
+        p.add_argument("--host", help="address to listen on (default 127.0.0.1; TAPEDECK_HOST)")
     admin = sub.add_parser("admin", help="administration").add_subparsers(dest="admin",
                                                                          required=True)
-    _common(admin.add_parser("bootstrap", help="create a project and its first secret key"))
+    boot = admin.add_parser("bootstrap", help="create a project and its first secret key")
+    _common(boot)
+    _create_flag(boot)
     tok = admin.add_parser("device-token", help="register a device and issue a device token")
     _common(tok)
-    tok.add_argument("--project-id", required=True)
-    tok.add_argument("--device-id")
+    _create_flag(tok)
+    tok.add_argument("--project-id", required=True, help="the project (prj_..., required)")
+    tok.add_argument("--device-id", help="the device's id (default: a new dev_... id)")
     _common(admin.add_parser("reindex", help="rebuild the transcript search index from the "
                                              "transcripts"))
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
-                       help="print the defaults as the README's Markdown table")
+                       help="print the defaults as the README's Markdown table "
+                            "(default: the current values)")
     return parser
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", dest="data_dir", help="data directory (default ./tapedeck-data)")
+    p.add_argument("--data-dir", dest="data_dir",
+                   help="data directory (default ./tapedeck-data; TAPEDECK_DATA_DIR)")
+
+
+def _create_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--create-database", action="store_true", dest="create_database",
+                   help="create the database if the data dir has none (default: refuse, so "
+                        "a command run from the wrong folder does not make keys no server "
+                        "knows)")
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("tapedeck")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TapedeckError as exc:
         print(json.dumps(exc.to_json()), file=sys.stderr)
         return 2
+    except StartupError as exc:  # one line, no traceback; the code names the cause
+        print(f"tapedeck: {exc.message}", file=sys.stderr)
+        return exc.code
 
 
 def _run(settings: Any, roles: Sequence[str]) -> int:
@@ -125,7 +153,14 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     from tapedeck.clock import SystemClock
     from tapedeck.db import Database
 
-    db = Database(settings.db_path)
+    db_path = settings.db_path.resolve()
+    if not db_path.exists() and not args.create_database:
+        raise StartupError(EXIT_NO_DATABASE, f"no database at {db_path}: run this with the "
+                           "--data-dir (or TAPEDECK_DATA_DIR) of the server, or pass "
+                           "--create-database to make a new one")
+    db = Database(db_path)
+    # Which database was used, on stderr (stdout stays one JSON object).
+    print(f"tapedeck: using the database {db_path}", file=sys.stderr)
     try:
         if args.admin == "reindex":
             print(json.dumps(reindex(db)))

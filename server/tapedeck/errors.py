@@ -85,6 +85,11 @@ ERRORS: dict[str, ErrorKind] = {
         ErrorKind("chunk_too_large", 409, _C.FAILED_PRECONDITION,
                   "A stored part exceeds max_chunk_bytes."),
         ErrorKind("chunk_not_found", 404, _C.NOT_FOUND, "Chunk not found."),
+        # rob: a chunk whose bytes are not one valid Ogg Opus stream (nothing stored).
+        ErrorKind("invalid_audio", 422, _C.INVALID_ARGUMENT, "The audio is not valid Ogg Opus."),
+        # rob: the client sent its headers or body too slowly (the connection is closed).
+        ErrorKind("request_timeout", 408, _C.DEADLINE_EXCEEDED,
+                  "The request was not received in time."),
     ]
 }
 

@@ -203,4 +203,7 @@ def configure(log_format: str = "auto", level: str = "info",
     # Third-party loggers that are chatty at INFO (each HTTP request, each connection).
     for name in ("urllib3", "httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    # Each retried S3 connection is a warning there; a failed call is counted and reported
+    # by us (storage_unavailable, health), so only urllib3's errors are kept.
+    logging.getLogger("urllib3.connectionpool").setLevel(max(logging.ERROR, root.level))
     return handler

@@ -135,6 +135,18 @@ class Settings:
     device_backlog_alert_s: int = field(default=3600, metadata={
         "help": "a heartbeat whose oldest unacknowledged audio waited this long raises "
                 "device.backlog"})
+    check_chunks: bool = field(default=True, metadata={
+        "help": "check each uploaded chunk's Ogg pages, CRCs and Opus headers as it arrives "
+                "(422 invalid_audio, nothing stored); off only for placeholder test bytes"})
+    http_header_timeout_s: int = field(default=10, metadata={
+        "help": "a REST connection that has not sent a whole request head this long after "
+                "connecting (or after its previous response) is closed"})
+    http_body_timeout_s: int = field(default=30, metadata={
+        "help": "a REST request body that pauses this long between two reads gets 408 "
+                "request_timeout and its connection is closed"})
+    store_restart_max_s: int = field(default=30, metadata={
+        "help": "a managed SeaweedFS that dies is restarted at once, then after 0.5 s, 1 s, "
+                "... up to this long between attempts"})
 
     @property
     def db_path(self) -> Path:

@@ -264,6 +264,7 @@ class ManagedWeed:
         start_timeout: float = 60.0,
         stop_grace: float = 10.0,
         die_with_parent: bool = True,
+        stale_wait: float = 10.0,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self._s3_port_wanted = s3_port
@@ -279,6 +280,7 @@ class ManagedWeed:
         self._ports: dict[str, int] = {}
         self._credentials: WeedCredentials | None = None
         self._lock_fd: int | None = None
+        self.stale_wait = stale_wait
 
     # -- public properties -------------------------------------------------------------
 
@@ -328,6 +330,11 @@ class ManagedWeed:
     def pid(self) -> int | None:
         """The child's pid while it is ours (None when not started)."""
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code of a child that ended and was not yet reaped (else None)."""
+        return self._proc.poll() if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -407,11 +414,12 @@ class ManagedWeed:
         fd = os.open(self.data_dir / "weed.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise WeedStartError(
-                f"{self.data_dir} is in use by another weed (weed.lock is held)"
-            ) from exc
+        except OSError:
+            try:
+                end_stale_weed(self.data_dir, fd, self.stale_wait)
+            except BaseException:
+                os.close(fd)
+                raise
         self._lock_fd = fd
 
     def _unlock_data_dir(self) -> None:
@@ -523,6 +531,7 @@ class ManagedWeed:
             raise WeedStartError(f"cannot run {binary}: {exc}") from exc
         finally:
             os.close(log_fd)
+        write_owner(self.data_dir, self._proc.pid)
         self._wait_ready(offset)
         self._save_state()
         _tighten(self.data_dir)
@@ -593,3 +602,94 @@ class ManagedWeed:
             with contextlib.suppress(OSError):
                 if stat.S_ISSOCK(path.lstat().st_mode):
                     path.unlink()
+
+
+# -- stale instances (rob) --------------------------------------------------------------------
+# A killed Tapedeck leaves its weed running for a moment: the child got SIGTERM (die with
+# parent) and still holds weed.lock while it shuts down. ``weed.owner.json`` records which
+# weed (pid) was started by which process (parent pid), so the next start can tell "a stale
+# weed of a dead Tapedeck" (wait for it, then end it) from "another live Tapedeck" (refuse).
+
+_OWNER_FILE = "weed.owner.json"
+
+
+class WeedDirInUse(WeedStartError):
+    """The data dir belongs to another live process (a running Tapedeck or its weed)."""
+
+
+def write_owner(data_dir: Path, pid: int) -> None:
+    """Record that this process started weed ``pid`` on ``data_dir`` (atomic replace)."""
+    tmp = data_dir / (_OWNER_FILE + ".tmp")
+    tmp.write_text(json.dumps({"pid": pid, "parent": os.getpid()}))
+    os.replace(tmp, data_dir / _OWNER_FILE)
+
+
+def _read_owner(data_dir: Path) -> tuple[int, int] | None:
+    try:
+        raw = json.loads((data_dir / _OWNER_FILE).read_text())
+        return int(raw["pid"]), int(raw["parent"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"
+
+
+def _is_weed_of(pid: int, data_dir: Path) -> bool:
+    """True if ``pid`` runs ``weed … -dir=data_dir``."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(args) and Path(os.fsdecode(args[0])).name == "weed" and \
+        f"-dir={data_dir}".encode() in args
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def end_stale_weed(data_dir: Path, fd: int, wait: float) -> None:
+    """Take the lock on ``fd`` held by a stale weed: wait up to ``wait`` s for it to exit,
+    then SIGKILL it. Raises ``WeedDirInUse`` when the holder is alive and owned by a live
+    process (another Tapedeck), or is unknown and does not let go within ``wait`` s."""
+    owner = _read_owner(data_dir)
+    stale = None
+    if owner is not None:
+        pid, parent = owner
+        if _alive(parent):
+            who = "this process" if parent == os.getpid() else f"pid {parent}"
+            raise WeedDirInUse(f"{data_dir} is in use by another running Tapedeck ({who}); "
+                               "stop it first or use another data dir")
+        if _alive(pid) and _is_weed_of(pid, data_dir):
+            stale = pid  # its Tapedeck is gone: it is (or should be) shutting down
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(stale, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if _try_lock(fd):
+            return
+        if stale is not None and not _alive(stale):
+            stale = None
+        time.sleep(0.05)
+    if stale is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stale, signal.SIGKILL)
+        kill_deadline = time.monotonic() + 5.0
+        while time.monotonic() < kill_deadline:
+            if _try_lock(fd):
+                return
+            time.sleep(0.02)
+    raise WeedDirInUse(f"{data_dir} is in use by another weed (weed.lock is held); stop the "
+                       "process that holds it or use another data dir")

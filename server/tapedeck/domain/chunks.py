@@ -15,7 +15,7 @@ import base64
 import hashlib
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import IO
 
@@ -36,6 +36,8 @@ from tapedeck.domain._base import (
 )
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
 from tapedeck.errors import error, invalid
+from tapedeck.oggopus import InvalidAudio
+from tapedeck.oggopus.check import check_stream
 from tapedeck.store import MD5_HEX, ObjectInfo
 
 _HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
@@ -49,21 +51,32 @@ class _Received:
     only when ``want_sha256`` (the client sent one to check), else ``sha256`` is None.
     """
 
-    def __init__(self, body: Iterable[bytes], limit: int, *, want_sha256: bool) -> None:
+    def __init__(self, body: Iterable[bytes], limit: int, *, want_sha256: bool,
+                 check_audio: bool = False) -> None:
         self.file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115  # closed by the caller
         md5 = hashlib.md5()
         sha = hashlib.sha256() if want_sha256 else None
         self.size = 0
-        for block in body:
+
+        def take(block: bytes) -> None:
             self.size += len(block)
             if self.size > limit:
-                self.file.close()
                 raise error("payload_too_large", f"A chunk may be at most {limit} bytes.",
                             max_bytes=limit)
             md5.update(block)
             if sha is not None:
                 sha.update(block)
             self.file.write(block)
+
+        try:
+            if check_audio:
+                _checked(body, take)
+            else:
+                for block in body:
+                    take(block)
+        except BaseException:
+            self.file.close()
+            raise
         self.file.seek(0)
         self.md5 = md5.hexdigest()
         self.sha256 = sha.hexdigest() if sha is not None else None
@@ -75,6 +88,26 @@ class _Received:
                 raise error("checksum_mismatch",
                             f"The chunk's {name} does not match its bytes; nothing was stored.",
                             algorithm=name, expected=expected, actual=actual)
+
+
+def _checked(body: Iterable[bytes], take: Callable[[bytes], None]) -> None:
+    """Stream ``body`` into ``take`` while checking it is one valid Ogg Opus stream (rob):
+    ``invalid_audio`` (422) at the first bad page, so nothing is stored and the device can
+    send the chunk again. An empty body stays ``invalid_request``."""
+    received = 0
+
+    def counted(block: bytes) -> None:
+        nonlocal received
+        received += len(block)
+        take(block)
+
+    try:
+        check_stream(body, counted)
+    except InvalidAudio as exc:
+        if received == 0:
+            raise invalid("body", "A chunk must not be empty; nothing was stored.") from None
+        raise error("invalid_audio", f"The chunk is not valid Ogg Opus: {exc.reason}; nothing "
+                    "was stored.", reason=exc.reason) from None
 
 
 def normalize_digest(name: str, value: str | None) -> str | None:
@@ -122,7 +155,8 @@ class Chunks:
         self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
                          self._ctx.settings.max_chunk_bytes)
         received = _Received(body, self._ctx.settings.max_chunk_bytes,
-                             want_sha256=sha256 is not None)
+                             want_sha256=sha256 is not None,
+                             check_audio=self._ctx.settings.check_chunks)
         try:
             if received.size == 0:
                 raise invalid("body", "A chunk must not be empty; nothing was stored.")

@@ -459,6 +459,8 @@ def _already_finalized(rec: Recording, body: dict[str, Any]) -> FinalizeResult |
         raise error("finalize_conflict",
                     "The recording was already finalized with a different body.",
                     finalized_with=rec.finalize_request)
+    if rec.status == "failed":  # rob: agree with every other write to a failed recording
+        raise not_streaming(rec)
     return _finalize_result(rec)
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tapedeck.gateway.asgi import build_app
+from tapedeck.gateway.health import HealthEndpoints
 from tapedeck.gateway.observe import ObservingMiddleware
 from tapedeck.gateway.server import GatewayServer, bind
+from tapedeck.startup import EXIT_HTTP_PORT, StartupError
 
 if TYPE_CHECKING:
     from tapedeck.app import App
@@ -28,10 +30,18 @@ def start_gateway(app: App) -> GatewayServer:
     When the port was 0, the settings everyone shares are updated with the real port, so
     the ``chunk_upload_url_template``s the domain builds point at this gateway."""
     settings = app.settings
-    sock = bind(settings.host, settings.http_port)
+    try:
+        sock = bind(settings.host, settings.http_port)
+    except OSError as exc:
+        raise StartupError(EXIT_HTTP_PORT, f"cannot listen for HTTP on {settings.host}:"
+                           f"{settings.http_port}: {exc.strerror or exc} (another Tapedeck?); "
+                           "stop it or pass another --http-port") from None
     api = build_app(app.domain)
-    server = GatewayServer(ObservingMiddleware(api, app.metrics, api.routes), sock,
-                           ssl_context=app.certificate.ssl_context() if app.certificate else None)
+    observed = ObservingMiddleware(api, app.metrics, api.routes)
+    server = GatewayServer(HealthEndpoints(observed, app.health), sock,
+                           ssl_context=app.certificate.ssl_context() if app.certificate else None,
+                           header_timeout_s=float(settings.http_header_timeout_s),
+                           body_timeout_s=float(settings.http_body_timeout_s))
     if settings.http_port != server.port:
         app.settings = settings.replace(http_port=server.port)
         app.domain.ctx.settings = app.settings

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import anyio.from_thread
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
 from tapedeck.errors import error, invalid
@@ -54,11 +54,15 @@ async def read_limited(request: Request, limit: int) -> bytes:
     """The whole body, or ``payload_too_large`` as soon as it exceeds ``limit`` bytes."""
     check_length(request, limit)
     buf = bytearray()
-    async for block in request.stream():
-        buf += block
-        if len(buf) > limit:
-            raise error("payload_too_large", f"The body may be at most {limit} bytes.",
-                        max_bytes=limit)
+    try:
+        async for block in request.stream():
+            buf += block
+            if len(buf) > limit:
+                raise error("payload_too_large", f"The body may be at most {limit} bytes.",
+                            max_bytes=limit)
+    except ClientDisconnect:  # the client is gone: its mistake, not a server error
+        raise error("invalid_request", "The client disconnected before the body ended.",
+                    field="body") from None
     return bytes(buf)
 
 

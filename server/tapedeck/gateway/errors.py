@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tapedeck.errors import TapedeckError, error, invalid
 
 log = logging.getLogger("tapedeck.gateway")
+STORAGE_RETRY_AFTER_S = 2
 
 
 def error_response(exc: TapedeckError, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -28,6 +29,10 @@ def error_response(exc: TapedeckError, headers: dict[str, str] | None = None) ->
         extra["Retry-After"] = str(exc.details["retry_after_s"])
     if exc.type == "unauthorized":
         extra["WWW-Authenticate"] = "Bearer"
+    if exc.type == "storage_unavailable":  # rob: devices back off, then retry
+        extra.setdefault("Retry-After", str(STORAGE_RETRY_AFTER_S))
+    if exc.type == "request_timeout":  # rob: the rest of a stalled body is never read
+        extra["Connection"] = "close"
     return JSONResponse(exc.to_json(), status_code=exc.kind.http_status, headers=extra)
 
 

@@ -223,7 +223,8 @@ def _chunk_routes(r: APIRouter, gw: Gateway) -> None:
                             "description": "Identical bytes were already stored, or "
                                            "different bytes replaced the part."},
                       **errors_doc(*ON_RECORDING, *NOT_STREAMING, "payload_too_large",
-                                   "checksum_mismatch", "invalid_state")},
+                                   "checksum_mismatch", "invalid_state", "invalid_audio",
+                                   "request_timeout")},
            openapi_extra={**body_doc(None), "security": BEARER_OR_TOKEN})
     async def put_chunk(request: Request, recording_id: RecordingId, part: Part,
                         token: Annotated[str | None, Query(

@@ -17,6 +17,8 @@ from typing import Any
 
 import uvicorn
 
+from tapedeck.gateway.timeouts import BodyTimeout, head_timeout_protocol
+
 log = logging.getLogger("tapedeck.gateway")
 
 
@@ -42,7 +44,8 @@ class GatewayServer:
     """uvicorn serving ``asgi`` on an already bound socket, in a daemon thread."""
 
     def __init__(self, asgi: Any, sock: socket.socket,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, *, header_timeout_s: float = 10.0,
+                 body_timeout_s: float = 30.0) -> None:
         """``ssl_context`` (``tapedeck.tls``): serve HTTPS only with it; None = plain HTTP."""
         self._sock = sock
         self.port: int = sock.getsockname()[1]
@@ -50,8 +53,12 @@ class GatewayServer:
         if ssl_context is not None:
             context = ssl_context
             tls["ssl_context_factory"] = lambda _config, _default: context
-        config = uvicorn.Config(asgi, log_config=None, access_log=False, lifespan="off",
-                                server_header=False, timeout_keep_alive=30, **tls)
+        # Slow clients are cut off (tapedeck.gateway.timeouts): a request head must arrive
+        # within header_timeout_s, and a body must not pause longer than body_timeout_s.
+        config = uvicorn.Config(BodyTimeout(asgi, body_timeout_s), log_config=None,
+                                access_log=False, lifespan="off", server_header=False,
+                                timeout_keep_alive=30,
+                                http=head_timeout_protocol(header_timeout_s), **tls)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run,
                                         kwargs={"sockets": [sock]}, daemon=True,

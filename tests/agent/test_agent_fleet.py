@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import socket
 import threading
 import wave
 from collections.abc import Iterator
@@ -133,6 +134,14 @@ def types(events: list[dict[str, Any]]) -> list[str]:
     return [e["type"] for e in events]
 
 
+def _unreachable_server() -> str:
+    """A loopback address nothing listens on: the device records while its server is
+    unreachable (an agent with no server at all refuses to start: issue 16)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
 def test_storage_low_offline_online_once_per_transition_signed(
         fleet_server: RunningServer, receiver: Receiver, agents: Agents,
         tmp_path: Path) -> None:
@@ -145,8 +154,8 @@ def test_storage_low_offline_online_once_per_transition_signed(
     # The device was offline and its spool filled: ~4.3 MiB of a 5 MB spool (full-band
     # noise, ~27 kB/s, is the quickest way to fill it), recorded with no server.
     noise = write_wav(tmp_path / "noise.wav", low_noise_pcm(165, 3000, 48_000), 48_000)
-    offline = agent_env(home, spool_dir, sample_rate=48_000, bitrate=510_000,
-                        chunk_duration_ms=1000, max_spool_mb=5)
+    offline = agent_env(home, spool_dir, _unreachable_server(), token, sample_rate=48_000,
+                        bitrate=510_000, chunk_duration_ms=1000, max_spool_mb=5)
     assert run_agent(offline, "upload", str(noise), "--timeout", "1").returncode == 75
     used = Spool(spool_dir, 5 << 20).usage_bytes()
     assert 4 << 20 <= used < 5 << 20, used
@@ -292,7 +301,7 @@ def test_audio_waiting_on_the_device_raises_device_backlog_once(
     home, spool_dir = tmp_path / "home", tmp_path / "spool"
     home.mkdir()
     wav = write_wav(tmp_path / "talk.wav", speech_pcm(6))
-    offline = agent_env(home, spool_dir, chunk_duration_ms=1000)
+    offline = agent_env(home, spool_dir, _unreachable_server(), token, chunk_duration_ms=1000)
     assert run_agent(offline, "upload", str(wav), "--timeout", "0").returncode == 75
     # The audio waits on the device well past the server's 2 s threshold (a chunk's time is
     # the recording's start plus the audio up to its end).

@@ -48,6 +48,23 @@ def _read_all(sock: socket.socket) -> bytes:
     return out
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """One whole response (head, then Content-Length bytes of body): a recv may split it."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-response: {out!r}"
+        out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed mid-body: {out!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def _count(srv: RunningServer, outcome: str) -> float:
     value = srv.app.metrics.registry.get_sample_value(
         "tapedeck_requests_total",
@@ -131,6 +148,6 @@ def test_idle_keep_alive_connection_is_not_cut_by_the_head_timeout(srv: RunningS
     with _connect(srv) as s:
         for _ in range(2):  # the same connection answers again after an idle pause
             s.sendall(request)
-            answer = s.recv(65536)
+            answer = _read_response(s)
             assert answer.startswith(b"HTTP/1.1 200"), answer
             time.sleep(1.5)  # longer than the head timeout, shorter than keep-alive

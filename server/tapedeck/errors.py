@@ -76,6 +76,7 @@ ERRORS: dict[str, ErrorKind] = {
         ErrorKind("rate_limit_exceeded", 429, _C.RESOURCE_EXHAUSTED, "Too many requests."),
         ErrorKind("storage_unavailable", 503, _C.UNAVAILABLE, "The object store is unavailable."),
         ErrorKind("internal_error", 500, _C.INTERNAL, "An internal error occurred."),
+        ErrorKind("voice_profile_not_found", 404, _C.NOT_FOUND, "Voice profile not found."),
     ]
 }
 

@@ -76,6 +76,9 @@ class Settings:
     whisper_model: str = field(default="", metadata={
         "help": "faster-whisper model name or directory; empty = bundled whisper-base"})
     whisper_threads: int = field(default=2, metadata={"help": "CPU threads for transcription"})
+    diarize: bool = field(default=True, metadata={
+        "help": "label transcript speakers (S1, S2, ...) unless a request turns it off; off: "
+                "no transcript is diarized"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
     webhooks_timeout_s: int = field(default=30, metadata={

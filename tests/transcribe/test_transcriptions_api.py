@@ -41,7 +41,7 @@ from txnkit import (
 )
 
 TXN_KEYS = {"id", "recording_id", "status", "language", "provider", "model", "duration_ms",
-            "text", "segments", "word_count", "error", "created_at", "completed_at"}
+            "text", "segments", "word_count", "error", "created_at", "completed_at", "speakers"}
 TERMINAL = ("transcription.completed", "transcription.failed")
 
 
@@ -129,7 +129,8 @@ def test_queued_transcription_object(srv: RunningServer) -> None:
     assert {k: txn[k] for k in TXN_KEYS - {"created_at"}} == {
         "id": rec["transcription_id"], "recording_id": rec["id"], "status": "queued",
         "language": None, "provider": "whisper", "model": None, "duration_ms": None,
-        "text": None, "segments": [], "word_count": None, "error": None, "completed_at": None}
+        "text": None, "segments": [], "word_count": None, "error": None, "completed_at": None,
+        "speakers": None}
     got = _stub(srv).GetTranscription(tpb.GetTranscriptionRequest(id=txn["id"]),
                                       metadata=auth(srv.api_key)).transcription
     assert (got.id, got.recording_id, got.status, got.provider) == (

@@ -9,7 +9,7 @@ Interface (independent of the transcription job):
   in order of first appearance, talk time, the matched profile's end user if any).
 - ``label_transcript(segments, diarization)`` gives every segment and word its speaker;
   a segment whose words change speaker is split at the change.
-- ``Diarizer.embed_voice(blocks)`` is one unit vector for a voice sample (enrollment).
+- ``Diarizer.voice(blocks)`` is one unit vector for a voice sample (enrollment).
 
 Labels depend only on the audio (and options, profiles): transcribing in chunks or in one
 piece gives the same labels when the same final audio is diarized in one call.
@@ -162,13 +162,15 @@ class Diarizer:
         with threadpool_limits(limits=self._threads):
             return self._embed_blocks(blocks)
 
-    def embed_voice(self, blocks: Iterable[Block]) -> np.ndarray | None:
-        """The unit mean embedding of the speech in ``blocks`` (None: too little speech)."""
-        _, _, emb = self._embed_limited(blocks)
+    def voice(self, blocks: Iterable[Block]) -> tuple[np.ndarray, int] | None:
+        """``(unit mean embedding, speech ms)`` of the speech in ``blocks`` (one voice, e.g.
+        an enrollment sample); None when it has too little speech to embed."""
+        regions, _, emb = self._embed_limited(blocks)
         if len(emb) == 0:
             return None
         mean = emb.mean(0)
-        return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), np.float32)
+        speech_ms = sum(r.end - r.start for r in regions) * FRAME_MS
+        return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), np.float32), speech_ms
 
     def diarize(self, blocks: Iterable[Block], options: DiarizeOptions | None = None,
                 profiles: Sequence[VoiceProfile] = ()) -> Diarization:
@@ -303,6 +305,7 @@ def pcm_blocks(pcm: np.ndarray, block_samples: int = 30 * 16_000) -> Iterable[Bl
 __all__ = [
     "MATCH_THRESHOLD",
     "MAX_SPEAKERS",
+    "Block",
     "Diarization",
     "DiarizeOptions",
     "DiarizeOptionsError",

@@ -8,7 +8,8 @@ decided on the *raw* embeddings: the tree (average linkage, cosine) is cut into 
 clusters, and the count is the largest cut whose large clusters are all mutually
 dissimilar — raw centroid cosine below ``SAME_VOICE`` (measured: halves of one voice's
 windows ≥ 0.88, different voices ≤ 0.86). Clusters holding fewer than ``MIN_WINDOWS`` windows
-and less than ``MIN_SHARE`` of them are noise and join their nearest large cluster. A count
+(4 s of speech: smaller centroids are too noisy to compare) or less than ``MIN_SHARE`` of
+them are noise and join their nearest large cluster (with no large cluster: one speaker). A count
 given (``speakers_expected``) is used as is; ``min_speakers``/``max_speakers`` clamp the
 estimate. Two rounds of nearest-centroid reassignment then refine the labels.
 
@@ -25,7 +26,7 @@ import numpy as np
 
 SAME_VOICE = 0.885
 MIN_SHARE = 0.06
-MIN_WINDOWS = 6
+MIN_WINDOWS = 8
 MAX_UNITS = 1200
 MAX_ESTIMATE = 10
 REFINE_ROUNDS = 2
@@ -92,9 +93,10 @@ def _labels_for_count(x: np.ndarray, raw: np.ndarray, bounds: Bounds) -> np.ndar
 def _drop_noise(x: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Small clusters join the nearest large one (if any cluster is large)."""
     counts = np.bincount(labels)
-    big = counts >= min(MIN_WINDOWS, MIN_SHARE * len(x)) if len(x) < MIN_WINDOWS * 4 else \
-        counts >= max(MIN_WINDOWS, MIN_SHARE * len(x))
-    if not big.any() or big.all():
+    big = counts >= max(MIN_WINDOWS, MIN_SHARE * len(x))
+    if not big.any():
+        return np.zeros(len(labels), np.int64)
+    if big.all():
         return labels
     centroids = _centroids(x, labels)
     keep = np.flatnonzero(big)

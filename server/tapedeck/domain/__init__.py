@@ -20,6 +20,7 @@ from tapedeck.domain.keys import Keys
 from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
 from tapedeck.domain.transcriptions import Transcriptions
+from tapedeck.domain.voice_profiles import VoiceEmbedder, VoiceProfiles
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 from tapedeck.webhooks.endpoints import Webhooks
@@ -42,6 +43,7 @@ class Domain:
     keys: Keys
     webhooks: Webhooks
     transcriptions: Transcriptions
+    voice_profiles: VoiceProfiles
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -56,7 +58,8 @@ class Domain:
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
                    webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)),
-                   transcriptions=Transcriptions(ctx))
+                   transcriptions=Transcriptions(ctx),
+                   voice_profiles=VoiceProfiles(ctx, _enroller))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:
@@ -65,3 +68,10 @@ class Domain:
         p = self.auth.authenticate(authorization, allow_upload_token=allow_upload_token)
         self.limiter.check(p)
         return p
+
+
+def _enroller() -> VoiceEmbedder:
+    """The real voice embedder (loads numpy and the speaker encoder on first enrollment)."""
+    from tapedeck.diarize.enroll import Enroller
+
+    return Enroller()

@@ -14,12 +14,14 @@ from tapedeck.gateway.devices import add_device_routes
 from tapedeck.gateway.routes import Gateway, add_routes
 from tapedeck.gateway.transcriptions import BODY_MODELS as TRANSCRIPTION_BODY_MODELS
 from tapedeck.gateway.transcriptions import add_transcription_routes
+from tapedeck.gateway.voice_profiles import BODY_MODELS as VOICE_BODY_MODELS
+from tapedeck.gateway.voice_profiles import add_voice_profile_routes
 from tapedeck.gateway.webhooks import BODY_MODELS as WEBHOOK_BODY_MODELS
 from tapedeck.gateway.webhooks import add_webhook_routes
 
 BODY_MODELS = (schemas.CreateRecordingRequest, schemas.FinalizeRequest,
                schemas.UploadUrlRequest, schemas.EmptyRequest, *DEVICE_BODY_MODELS,
-               *WEBHOOK_BODY_MODELS, *TRANSCRIPTION_BODY_MODELS)
+               *WEBHOOK_BODY_MODELS, *TRANSCRIPTION_BODY_MODELS, *VOICE_BODY_MODELS)
 API_VERSION = "1.0.0"
 
 
@@ -32,6 +34,7 @@ def build_app(domain: Domain) -> FastAPI:
     add_device_routes(app.router, Gateway(domain))
     add_webhook_routes(app.router, Gateway(domain))
     add_transcription_routes(app.router, Gateway(domain))
+    add_voice_profile_routes(app.router, Gateway(domain))
     errors.install(app)
 
     def openapi() -> dict[str, Any]:

@@ -15,10 +15,15 @@ complete, or by ``Transcriptions.request`` on demand. One run:
    A single-file upload in another codec (wav, mp3, m4a, webm, flac, ogg) is first
    transcoded to a temporary 16 kHz mono Ogg Opus file at 32 kbit/s with PyAV (a
    faster-whisper dependency; streaming, ~50x real time), same timeline.
+   Then, unless the request or the ``diarize`` setting turned it off, the final segments are
+   diarized in ONE call of ``tapedeck.diarize`` over the whole audio (decoded again window
+   by window; the project's voice profiles name matched speakers): every segment and word
+   gets its ``speaker``, segments changing speaker are split, the row gets ``speakers``.
 4. ONE transaction: job ``succeeded`` (lease checked), the row ``completed`` with text,
    segments (words inside), word count, language, provider, model and duration, the
    recording's ``transcription_status`` ``completed``, event ``transcription.completed``
-   (data ``{id, recording_id, status}``). Silent or empty audio completes with empty text.
+   (data ``{id, recording_id, status}``, plus ``speaker_count`` when diarized). Silent or
+   empty audio completes with empty text.
 
 Failures: the row becomes ``failed`` with ``error.type`` ``transcription_failed`` and a
 ``reason``, the recording's ``transcription_status`` ``failed``, event
@@ -46,6 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import sqlite_utils
@@ -73,6 +79,7 @@ from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
     from tapedeck.app import App
+    from tapedeck.diarize import Diarizer
 
 log = logging.getLogger("tapedeck.transcribe")
 
@@ -82,6 +89,7 @@ ENGINE_ATTEMPTS = 3
 _BLOCK = 1 << 20
 
 EngineFactory = Callable[[], TranscriptionEngine]
+DiarizerFactory = Callable[[], "Diarizer"]
 
 
 class _EngineRetry(Exception):
@@ -93,9 +101,11 @@ class TranscribeHandler:
 
     def __init__(self, db: Database, store: ObjectStore, clock: Clock,
                  engine_factory: EngineFactory, *, max_attempts: int = 12,
-                 failpoints: Failpoints | None = None) -> None:
+                 failpoints: Failpoints | None = None,
+                 diarizer_factory: DiarizerFactory | None = None) -> None:
         """``engine_factory`` builds the engine (loads the model); it is called once, on
-        the first job. ``max_attempts`` is the queue's limit (``job_max_attempts``)."""
+        the first job. ``max_attempts`` is the queue's limit (``job_max_attempts``).
+        ``diarizer_factory`` (None = no diarization) builds the speaker diarizer, once."""
         self._db = db
         self._store = store
         self._clock = clock
@@ -104,6 +114,8 @@ class TranscribeHandler:
         self._lock = threading.Lock()  # one transcription at a time on the one engine
         self._max_attempts = max_attempts
         self._fp = failpoints or Failpoints()
+        self._diarizer_factory = diarizer_factory
+        self._diarizer: Diarizer | None = None
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, run: JobRun) -> None:
@@ -117,11 +129,12 @@ class TranscribeHandler:
         self._start(txn)
         self._fp.hit("transcribe.started", job_id=run.job.id, transcription_id=txn.id)
         started = time.monotonic()
-        transcript = self._transcribe(run, audio_key, codec, txn.language)
-        log.info("transcription %s: %d ms of audio, %d words, language %s, in %.1f s",
-                 txn.id, transcript.duration_ms, transcript.word_count, transcript.language,
+        transcript, speakers = self._transcribe(run, audio_key, codec, txn)
+        log.info("transcription %s: %d ms of audio, %d words, language %s, %s speakers,"
+                 " in %.1f s", txn.id, transcript.duration_ms, transcript.word_count,
+                 transcript.language, "no" if speakers is None else len(speakers),
                  time.monotonic() - started)
-        self._finish(run, txn, transcript)
+        self._finish(run, txn, transcript, speakers)
 
     def _audio(self, recording_id: str) -> tuple[str, str]:
         """``(store key, codec)`` of the recording's complete audio (``missing_audio`` if
@@ -147,8 +160,8 @@ class TranscribeHandler:
             emit(tx, self._clock, txn.project_id, "transcription.started", fresh.event_data(),
                  txn.recording_id)
 
-    def _transcribe(self, run: JobRun, key: str, codec: str,
-                    language: str | None) -> Transcript:
+    def _transcribe(self, run: JobRun, key: str, codec: str, txn: Transcription
+                    ) -> tuple[Transcript, list[dict[str, Any]] | None]:
         with tempfile.TemporaryFile() as spool, tempfile.TemporaryFile() as opus:
             self._download(key, spool)
             spool.seek(0)
@@ -159,10 +172,43 @@ class TranscribeHandler:
                     spool.seek(0)
                 with self._lock:
                     engine = self._engine_for(run)
-                    return transcribe_ogg_opus(spool, engine, language,
-                                               progress=lambda _ms: run.check())
+                    transcript = transcribe_ogg_opus(spool, engine, txn.language,
+                                                     progress=lambda _ms: run.check())
+                    spool.seek(0)
+                    return self._speakers(run, spool, transcript, txn)
             except TranscriptionFailed as exc:
                 raise self._failure(run, exc) from exc
+
+    def _speakers(self, run: JobRun, audio: BinaryIO, t: Transcript, txn: Transcription
+                  ) -> tuple[Transcript, list[dict[str, Any]] | None]:
+        """The final segments labelled by speaker (``tapedeck.diarize``, one call over the
+        whole audio) and the speakers list; ``(t, None)`` when diarization is off for this
+        request or this worker (setting ``diarize``, or its weights are not installed)."""
+        if not txn.speaker_options.diarize or self._diarizer_factory is None:
+            return t, None
+        from tapedeck.diarize import DiarizeOptions, label_transcript
+        from tapedeck.diarize.weights import WeightsUnavailable
+        from tapedeck.domain.voice_profiles import project_profiles
+        from tapedeck.transcribe.decode import iter_pcm, iter_windows
+
+        if self._diarizer is None:
+            try:
+                self._diarizer = self._diarizer_factory()
+            except WeightsUnavailable as exc:
+                log.warning("transcription %s is not diarized: %s", txn.id, exc)
+                return t, None
+        o = txn.speaker_options
+        options = DiarizeOptions(o.min_speakers, o.max_speakers, o.speakers_expected)
+        profiles = project_profiles(self._db.read(), txn.project_id)
+
+        def blocks() -> Iterable[tuple[int, Any]]:
+            for window in iter_windows(iter_pcm(audio)):
+                yield window.start, window.samples
+                run.check()
+
+        diarization = self._diarizer.diarize(blocks(), options, profiles)
+        segments, speakers = label_transcript(t.segments, diarization)
+        return replace(t, segments=tuple(segments)), [s.to_json() for s in speakers]
 
     def _download(self, key: str, spool: BinaryIO) -> None:
         try:
@@ -196,7 +242,8 @@ class TranscribeHandler:
             return _EngineRetry(exc.message)
         return JobFailed(TRANSCRIPTION_FAILED, exc.message, reason=exc.reason)
 
-    def _finish(self, run: JobRun, txn: Transcription, t: Transcript) -> None:
+    def _finish(self, run: JobRun, txn: Transcription, t: Transcript,
+                speakers: list[dict[str, Any]] | None) -> None:
         """Complete the job and the transcription in one transaction."""
         provider = self._engine.name if self._engine is not None else txn.provider
         with self._db.write() as tx:
@@ -204,9 +251,11 @@ class TranscribeHandler:
             cur = tx.execute(
                 "UPDATE transcriptions SET status = 'completed', language = ?, provider = ?,"
                 " model = ?, duration_ms = ?, text = ?, segments = ?, word_count = ?,"
-                " completed_at = ? WHERE id = ? AND status IN ('queued', 'processing')",
+                " completed_at = ?, speakers = ? WHERE id = ?"
+                " AND status IN ('queued', 'processing')",
                 [t.language, provider, t.model, t.duration_ms, t.text,
-                 _segments_json(t), t.word_count, iso(self._clock.now()), txn.id])
+                 _segments_json(t), t.word_count, iso(self._clock.now()),
+                 None if speakers is None else json.dumps(speakers), txn.id])
             if cur.rowcount == 1:
                 self._terminal_event(tx, txn, "completed")
 
@@ -300,4 +349,19 @@ def build_handler(app: App) -> TranscribeHandler | None:
         return None
     return TranscribeHandler(app.db, app.store, app.clock, engine_factory(app),
                              max_attempts=app.settings.job_max_attempts,
-                             failpoints=Failpoints(app.settings.failpoints))
+                             failpoints=Failpoints(app.settings.failpoints),
+                             diarizer_factory=diarizer_factory(app))
+
+
+def diarizer_factory(app: App) -> DiarizerFactory | None:
+    """Builds the speaker diarizer (GE2E weights from the resemblyzer package), or None when
+    the ``diarize`` setting is off."""
+    if not app.settings.diarize:
+        return None
+
+    def build() -> Diarizer:
+        from tapedeck.diarize import Diarizer
+
+        return Diarizer()
+
+    return build

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tapedeck.v1 import recording_pb2 as tapedeck_dot_v1_dot_recording__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftapedeck/v1/transcription.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btapedeck/v1/recording.proto\"J\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\x12\x12\n\nconfidence\x18\x04 \x01(\x01\"\x91\x01\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\tH\x00\x88\x01\x01\x12 \n\x05words\x18\x06 \x03(\x0b\x32\x11.tapedeck.v1.WordB\n\n\x08_speaker\"C\n\x12TranscriptionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xb2\x03\n\rTranscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .tapedeck.v1.TranscriptionStatus\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x18\n\x0b\x64uration_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x08 \x01(\t\x12&\n\x08segments\x18\t \x03(\x0b\x32\x14.tapedeck.v1.Segment\x12\x17\n\nword_count\x18\n \x01(\x05H\x01\x88\x01\x01\x12.\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1f.tapedeck.v1.TranscriptionError\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0e\n\x0c_duration_msB\r\n\x0b_word_count\"%\n\x17GetTranscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\x18GetTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"o\n\x1a\x43reateTranscriptionRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"P\n\x1b\x43reateTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription2\xe1\x01\n\x14TranscriptionService\x12_\n\x10GetTranscription\x12$.tapedeck.v1.GetTranscriptionRequest\x1a%.tapedeck.v1.GetTranscriptionResponse\x12h\n\x13\x43reateTranscription\x12\'.tapedeck.v1.CreateTranscriptionRequest\x1a(.tapedeck.v1.CreateTranscriptionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftapedeck/v1/transcription.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btapedeck/v1/recording.proto\"l\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_speaker\"\x91\x01\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\tH\x00\x88\x01\x01\x12 \n\x05words\x18\x06 \x03(\x0b\x32\x11.tapedeck.v1.WordB\n\n\x08_speaker\"C\n\x12TranscriptionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xec\x03\n\rTranscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .tapedeck.v1.TranscriptionStatus\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x18\n\x0b\x64uration_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x08 \x01(\t\x12&\n\x08segments\x18\t \x03(\x0b\x32\x14.tapedeck.v1.Segment\x12\x17\n\nword_count\x18\n \x01(\x05H\x01\x88\x01\x01\x12.\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1f.tapedeck.v1.TranscriptionError\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x08speakers\x18\x0e \x03(\x0b\x32\x14.tapedeck.v1.Speaker\x12\x10\n\x08\x64iarized\x18\x0f \x01(\x08\x42\x0e\n\x0c_duration_msB\r\n\x0b_word_count\"%\n\x17GetTranscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\x18GetTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"\x9f\x02\n\x1a\x43reateTranscriptionRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x14\n\x07\x64iarize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x0cmin_speakers\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0cmax_speakers\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x1e\n\x11speakers_expected\x18\x08 \x01(\x05H\x03\x88\x01\x01\x42\n\n\x08_diarizeB\x0f\n\r_min_speakersB\x0f\n\r_max_speakersB\x14\n\x12_speakers_expected\"P\n\x1b\x43reateTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"C\n\x07Speaker\x12\r\n\x05label\x18\x01 \x01(\t\x12\x14\n\x0ctalk_time_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nd_user_id\x18\x03 \x01(\t2\xe1\x01\n\x14TranscriptionService\x12_\n\x10GetTranscription\x12$.tapedeck.v1.GetTranscriptionRequest\x1a%.tapedeck.v1.GetTranscriptionResponse\x12h\n\x13\x43reateTranscription\x12\'.tapedeck.v1.CreateTranscriptionRequest\x1a(.tapedeck.v1.CreateTranscriptionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,21 +34,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tapedeck.v1.transcription_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORD']._serialized_start=110
-  _globals['_WORD']._serialized_end=184
-  _globals['_SEGMENT']._serialized_start=187
-  _globals['_SEGMENT']._serialized_end=332
-  _globals['_TRANSCRIPTIONERROR']._serialized_start=334
-  _globals['_TRANSCRIPTIONERROR']._serialized_end=401
-  _globals['_TRANSCRIPTION']._serialized_start=404
-  _globals['_TRANSCRIPTION']._serialized_end=838
-  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_start=840
-  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_end=877
-  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_start=879
-  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_end=956
-  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=958
-  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1069
-  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_start=1071
-  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_end=1151
-  _globals['_TRANSCRIPTIONSERVICE']._serialized_start=1154
-  _globals['_TRANSCRIPTIONSERVICE']._serialized_end=1379
+  _globals['_WORD']._serialized_end=218
+  _globals['_SEGMENT']._serialized_start=221
+  _globals['_SEGMENT']._serialized_end=366
+  _globals['_TRANSCRIPTIONERROR']._serialized_start=368
+  _globals['_TRANSCRIPTIONERROR']._serialized_end=435
+  _globals['_TRANSCRIPTION']._serialized_start=438
+  _globals['_TRANSCRIPTION']._serialized_end=930
+  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_start=932
+  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_end=969
+  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_start=971
+  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_end=1048
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=1051
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1338
+  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_start=1340
+  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_end=1420
+  _globals['_SPEAKER']._serialized_start=1422
+  _globals['_SPEAKER']._serialized_end=1489
+  _globals['_TRANSCRIPTIONSERVICE']._serialized_start=1492
+  _globals['_TRANSCRIPTIONSERVICE']._serialized_end=1717
 # @@protoc_insertion_point(module_scope)

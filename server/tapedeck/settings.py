@@ -102,6 +102,9 @@ class Settings:
     retention_expired_s: int = field(default=30 * 86400, metadata={
         "help": "chunk objects of expired recordings, and parts an expiry auto-finalize left "
                 "out, are deleted this long after expiry (-1 = keep forever)"})
+    retention_voice_profiles_s: int = field(default=-1, metadata={
+        "help": "voice profiles (biometric embeddings) are deleted this long after they were "
+                "enrolled (-1 = kept until the profile or its end user is deleted)"})
     metrics_port: int = field(default=0, metadata={
         "help": "serve /metrics on this port in processes without the HTTP role (worker, "
                 "dispatcher); 0 = off. The HTTP role always serves /metrics"})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tapedeck.domain.expiry import Expiry
+from tapedeck.domain.voice_profiles import ProfileRetention
 from tapedeck.jobs import Failpoints
 from tapedeck.logs import request_context
 from tapedeck.metrics import Metrics
@@ -40,15 +41,18 @@ class SweepReport:
 
     expired: dict[str, str] = field(default_factory=dict)
     cleaned: dict[str, str] = field(default_factory=dict)
+    voice_profiles_deleted: int = 0
 
 
 class Sweeper:
     """Runs ``run_once`` every ``interval_s`` seconds in a background thread."""
 
     def __init__(self, expiry: Expiry, retention: Retention, interval_s: float,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 profiles: ProfileRetention | None = None) -> None:
         self.expiry = expiry
         self.retention = retention
+        self.profiles = profiles
         self.interval_s = interval_s
         self._metrics = metrics
         self._stop = threading.Event()
@@ -69,6 +73,8 @@ class Sweeper:
                 report.cleaned[rec_id] = self.retention.clean(rec_id, stage)
             if len(batch) < BATCH or self._stop.is_set():
                 break
+        if self.profiles is not None:
+            report.voice_profiles_deleted = self.profiles.run()
         return report
 
     def _expire(self, recording_id: str) -> str:
@@ -116,5 +122,6 @@ def start_sweeper(app: App) -> Sweeper:
     retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
                           failpoints=Failpoints(s.failpoints), metrics=app.metrics)
     sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
-                      metrics=app.metrics)
+                      metrics=app.metrics,
+                      profiles=ProfileRetention(app.domain.ctx, s.retention_voice_profiles_s))
     return sweeper.start()

@@ -8,7 +8,8 @@ Rules:
   ``MIN_SPEECH_MS`` of speech, else ``invalid_request`` (field ``audio``).
 - What is stored is the embedding (256 float32, biometric data) and where it came from; no
   audio. Deleting the profile deletes it; deleting the end user deletes their profiles (foreign
-  key cascade); ``retention_voice_profiles_s`` deletes profiles older than that (sweeper).
+  key cascade); ``retention_voice_profiles_s`` deletes profiles older than that
+  (``ProfileRetention``, run by the sweeper).
 - Another project's end users and profiles answer ``end_user_not_found`` /
   ``voice_profile_not_found``; only the owning project's transcriptions are matched against
   its profiles (``project_profiles``).
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol
 
 from tapedeck.auth import Principal
@@ -185,12 +186,23 @@ class VoiceProfiles:
                             voice_profile_id=profile_id)
 
 
-def purge_expired(db: Any, before: datetime) -> int:
-    """Retention: delete profiles created before ``before``; returns how many."""
-    with db.write() as tx:
-        cur = tx.execute("DELETE FROM voice_profiles WHERE created_at < ?", [iso(before)])
-        return int(cur.rowcount)
+class ProfileRetention:
+    """Retention of voice profiles: ``run()`` deletes every profile older than ``ttl_s``
+    (setting ``retention_voice_profiles_s``; -1 = keep until deleted). Run by the sweeper."""
+
+    def __init__(self, ctx: Context, ttl_s: int) -> None:
+        self._ctx = ctx
+        self._ttl_s = ttl_s
+
+    def run(self) -> int:
+        """Delete the expired profiles (embeddings included); how many were deleted."""
+        if self._ttl_s < 0:
+            return 0
+        before = self._ctx.clock.now() - timedelta(seconds=self._ttl_s)
+        with self._ctx.db.write() as tx:
+            cur = tx.execute("DELETE FROM voice_profiles WHERE created_at < ?", [iso(before)])
+            return int(cur.rowcount)
 
 
-__all__ = ["MIN_SPEECH_MS", "SOURCES", "VoiceEmbedder", "VoiceProfile", "VoiceProfiles",
-           "project_profiles", "purge_expired"]
+__all__ = ["MIN_SPEECH_MS", "SOURCES", "ProfileRetention", "VoiceEmbedder", "VoiceProfile",
+           "VoiceProfiles", "project_profiles"]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from typing import Annotated
 
@@ -18,9 +19,10 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, Field
 
+from tapedeck.domain.idempotency import StoredResponse, fingerprint
 from tapedeck.gateway.body import parse_json, read_limited
 from tapedeck.gateway.docs import errors_doc
-from tapedeck.gateway.routes import Gateway
+from tapedeck.gateway.routes import ON_POST, Gateway, IdempotencyKey
 from tapedeck.gateway.schemas import RequestModel, ResponseModel
 
 MAX_SAMPLE_BYTES = 32 * 1024 * 1024
@@ -69,22 +71,27 @@ def add_voice_profile_routes(r: APIRouter, gw: Gateway) -> None:
 
     @r.post(base, status_code=201, response_model=VoiceProfileOut, summary="Enroll a voice",
             responses=errors_doc("end_user_not_found", "recording_not_found",
-                                 "invalid_state", "invalid_request"))
-    async def create_voice_profile(request: Request, end_user_id: EndUserId) -> Response:
+                                 "invalid_state", *ON_POST))
+    async def create_voice_profile(request: Request, end_user_id: EndUserId,
+                                   idempotency_key: IdempotencyKey = None) -> Response:
         """Enroll the end user's voice (``end_users:write``) from a recording span (JSON
         body) or an uploaded audio sample (any other content type); at least 3 s of
         speech."""
         p = await gw.caller(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        vps = d.voice_profiles
         if kind in ("application/json", ""):
             body = await parse_json(request, EnrollFromRecording, gw.max_json_bytes)
-            vp = await anyio.to_thread.run_sync(lambda: d.voice_profiles.create_from_recording(
-                p, end_user_id, body.recording_id, body.start_ms, body.end_ms))
-        else:
-            sample = io.BytesIO(await read_limited(request, MAX_SAMPLE_BYTES))
-            vp = await anyio.to_thread.run_sync(
-                lambda: d.voice_profiles.create_from_sample(p, end_user_id, sample))
-        return JSONResponse(vp.to_json(), status_code=201)
+            fp = fingerprint("voice_profiles.create", {"end_user_id": end_user_id,
+                                                       **body.model_dump()})
+            return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
+                201, vps.create_from_recording(p, end_user_id, body.recording_id,
+                                               body.start_ms, body.end_ms).to_json()))
+        raw = await read_limited(request, MAX_SAMPLE_BYTES)
+        fp = fingerprint("voice_profiles.create", {"end_user_id": end_user_id,
+                                                   "sample_sha256": hashlib.sha256(raw).hexdigest()})
+        return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
+            201, vps.create_from_sample(p, end_user_id, io.BytesIO(raw)).to_json()))
 
     @r.get(base, response_model=VoiceProfileList, summary="List an end user's voice profiles",
            responses=errors_doc("end_user_not_found"))

@@ -90,6 +90,7 @@ ERRORS: dict[str, ErrorKind] = {
         # rob: the client sent its headers or body too slowly (the connection is closed).
         ErrorKind("request_timeout", 408, _C.DEADLINE_EXCEEDED,
                   "The request was not received in time."),
+        ErrorKind("voice_profile_not_found", 404, _C.NOT_FOUND, "Voice profile not found."),
     ]
 }
 

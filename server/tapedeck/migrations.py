@@ -292,6 +292,27 @@ def m_live_pieces(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE transcriptions ADD COLUMN skipped_ms INTEGER")
 
 
+def m_spk_speakers(db: sqlite_utils.Database) -> None:
+    """Diarization: a transcription's requested speaker options (JSON ``{diarize,
+    min_speakers, max_speakers, speakers_expected}``, NULL = defaults) and its speakers
+    (JSON ``[{label, talk_time_ms, end_user_id}]``, NULL = not diarized)."""
+    db.execute("ALTER TABLE transcriptions ADD COLUMN speaker_options TEXT")
+    db.execute("ALTER TABLE transcriptions ADD COLUMN speakers TEXT")
+
+
+def m_spk_voice_profiles(db: sqlite_utils.Database) -> None:
+    """Voice profiles: an end user's voice embedding (256 float32, biometric data), made from
+    a span of a recording or an uploaded sample. Deleted with the profile or the end user."""
+    db.execute("""CREATE TABLE voice_profiles (
+        id TEXT PRIMARY KEY, project_id TEXT NOT NULL REFERENCES projects(id),
+        end_user_id TEXT NOT NULL REFERENCES end_users(id) ON DELETE CASCADE,
+        embedding BLOB NOT NULL, source TEXT NOT NULL, recording_id TEXT,
+        start_ms INTEGER, end_ms INTEGER, speech_ms INTEGER NOT NULL,
+        created_at TEXT NOT NULL)""")
+    db.execute("CREATE INDEX voice_profiles_user ON voice_profiles(project_id, end_user_id,"
+               " created_at, id)")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -305,6 +326,8 @@ MIGRATIONS: list[Migration] = [
     m_sec1_event_redaction,
     m_fleet_health_settings,
     m_live_pieces,
+    m_spk_speakers,
+    m_spk_voice_profiles,
 ]
 
 

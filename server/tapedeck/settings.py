@@ -84,6 +84,9 @@ class Settings:
         "help": "model of the live_transcribe lane (name or directory); empty = whisper_model"})
     live_beam_size: int = field(default=1, metadata={
         "help": "beam size of the live_transcribe lane (1 = greedy, about twice as fast)"})
+    diarize: bool = field(default=True, metadata={
+        "help": "label transcript speakers (S1, S2, ...) unless a request turns it off; off: "
+                "no transcript is diarized"})
     webhooks_allow_private: bool = field(default=False, metadata={
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
     webhooks_timeout_s: int = field(default=30, metadata={
@@ -107,6 +110,9 @@ class Settings:
     retention_expired_s: int = field(default=30 * 86400, metadata={
         "help": "chunk objects of expired recordings, and parts an expiry auto-finalize left "
                 "out, are deleted this long after expiry (-1 = keep forever)"})
+    retention_voice_profiles_s: int = field(default=-1, metadata={
+        "help": "voice profiles (biometric embeddings) are deleted this long after they were "
+                "enrolled (-1 = kept until the profile or its end user is deleted)"})
     metrics_port: int = field(default=0, metadata={
         "help": "serve /metrics on this port in processes without the HTTP role (worker, "
                 "dispatcher); 0 = off. The HTTP role always serves /metrics"})

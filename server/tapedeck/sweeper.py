@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.fleet import Fleet
 from tapedeck.domain.redaction import EventRedaction
+from tapedeck.domain.voice_profiles import ProfileRetention
 from tapedeck.jobs import Failpoints
 from tapedeck.logs import request_context
 from tapedeck.metrics import Metrics
@@ -47,6 +48,7 @@ class SweepReport:
     cleaned: dict[str, str] = field(default_factory=dict)
     redacted: dict[str, int] = field(default_factory=dict)
     offline: list[str] = field(default_factory=list)  # devices marked offline
+    voice_profiles_deleted: int = 0
 
 
 class Sweeper:
@@ -55,11 +57,13 @@ class Sweeper:
     def __init__(self, expiry: Expiry, retention: Retention, interval_s: float,
                  metrics: Metrics | None = None,
                  redaction: EventRedaction | None = None,
-                 fleet: Fleet | None = None) -> None:
+                 fleet: Fleet | None = None,
+                 profiles: ProfileRetention | None = None) -> None:
         self.expiry = expiry
         self.fleet = fleet
         self.retention = retention
         self.redaction = redaction
+        self.profiles = profiles
         self.interval_s = interval_s
         self._metrics = metrics
         self._stop = threading.Event()
@@ -84,6 +88,8 @@ class Sweeper:
             report.redacted = self.redaction.sweep(BATCH * MAX_BATCHES)
         if self.fleet is not None:
             self._sweep_fleet(self.fleet, report)
+        if self.profiles is not None:
+            report.voice_profiles_deleted = self.profiles.run()
         return report
 
     def _sweep_fleet(self, fleet: Fleet, report: SweepReport) -> None:
@@ -142,5 +148,6 @@ def start_sweeper(app: App) -> Sweeper:
                           failpoints=Failpoints(s.failpoints), metrics=app.metrics)
     sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
                       metrics=app.metrics, redaction=EventRedaction(app.domain.ctx),
-                      fleet=app.domain.fleet)
+                      fleet=app.domain.fleet,
+                      profiles=ProfileRetention(app.domain.ctx, s.retention_voice_profiles_s))
     return sweeper.start()

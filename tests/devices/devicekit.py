@@ -295,6 +295,7 @@ OK, FORB, UNAUTH = "ok", "forbidden", "unauthorized"
 RNF, DNF = "recording_not_found", "device_not_found"
 EUNF, KNF = "end_user_not_found", "key_not_found"
 TNF, WNF = "transcription_not_found", "webhook_not_found"
+VPNF = "voice_profile_not_found"
 #: Passed authentication, scope and visibility; refused only because the recording's audio is
 #: not complete yet (the access tests run no worker, so nothing gets stitched).
 NOT_READY = "invalid_state"
@@ -373,6 +374,12 @@ ACCESS: dict[str, Access] = {
     # end users                                      sk  rk+ rk-   own   other
     "CreateEndUser": _a({"end_users:write"}, bound_device, OK, OK, FORB, FORB, FORB, *_401, OK),
     "GetEndUser": _a({"end_users:read"}, end_user, OK, OK, FORB, FORB, FORB, *_401, EUNF),
+    # voice profiles (enrolling from a recording that does not exist: past every access check)
+    "CreateVoiceProfile": _a({"end_users:write"}, end_user, RNF, RNF, FORB, FORB, FORB, *_401,
+                             EUNF),
+    "ListVoiceProfiles": _a({"end_users:read"}, end_user, OK, OK, FORB, FORB, FORB, *_401, EUNF),
+    "DeleteVoiceProfile": _a({"end_users:write"}, end_user, VPNF, VPNF, FORB, FORB, FORB, *_401,
+                             VPNF),
     # keys                                           sk  rk+ rk-   own   other
     "CreateKey": _a(KEYS, bound_device, OK, FORB, FORB, FORB, FORB, *_401, OK),
     "ListKeys": _a(KEYS, bound_device, OK, FORB, FORB, FORB, FORB, *_401, OK),

@@ -106,6 +106,13 @@ CALLS: dict[str, Call] = {
         epb.CreateEndUserRequest(name="Grace"), metadata=md),
     "GetEndUser": lambda w, t, md: w.rpc.end_users.GetEndUser(
         epb.GetEndUserRequest(id=t.end_user_id), metadata=md),
+    "CreateVoiceProfile": lambda w, t, md: w.rpc.end_users.CreateVoiceProfile(
+        epb.CreateVoiceProfileRequest(end_user_id=t.end_user_id, recording=epb.RecordingSpan(
+            recording_id="rec_missing", start_ms=0, end_ms=5000)), metadata=md),
+    "ListVoiceProfiles": lambda w, t, md: w.rpc.end_users.ListVoiceProfiles(
+        epb.ListVoiceProfilesRequest(end_user_id=t.end_user_id), metadata=md),
+    "DeleteVoiceProfile": lambda w, t, md: w.rpc.end_users.DeleteVoiceProfile(
+        epb.DeleteVoiceProfileRequest(end_user_id=t.end_user_id, id="vp_missing"), metadata=md),
     "CreateKey": lambda w, t, md: w.rpc.keys.CreateKey(
         kpb.CreateKeyRequest(scopes=["recordings:read"]), metadata=md),
     "ListKeys": lambda w, t, md: w.rpc.keys.ListKeys(kpb.ListKeysRequest(), metadata=md),

@@ -48,7 +48,7 @@ class Route:
         path = self.path.format(recording_id=t.recording_id, device_id=t.device_id,
                                 end_user_id=t.end_user_id, key_id=t.key_id, part=self.part,
                                 transcription_id=t.transcription_id,
-                                webhook_id=t.webhook_id)
+                                webhook_id=t.webhook_id, profile_id="vp_missing")
         json = {k: (w.end_user_id if v == "$end_user" else t.device_id if v == "$device"
                     else v) for k, v in self.json.items()} if self.json is not None else None
         headers = {"Authorization": f"Bearer {token}"}
@@ -97,6 +97,10 @@ ROUTES: dict[str, Route] = {
     "UpdateDeviceSettings": Route("PUT", DEV + "/settings", {"bitrate": 16000}),
     "CreateEndUser": Route("POST", "/v1/end-users", {"name": "Grace"}),
     "GetEndUser": Route("GET", "/v1/end-users/{end_user_id}"),
+    "CreateVoiceProfile": Route("POST", "/v1/end-users/{end_user_id}/voice-profiles",
+                                {"recording_id": "rec_missing", "start_ms": 0, "end_ms": 5000}),
+    "ListVoiceProfiles": Route("GET", "/v1/end-users/{end_user_id}/voice-profiles"),
+    "DeleteVoiceProfile": Route("DELETE", "/v1/end-users/{end_user_id}/voice-profiles/{profile_id}"),
     "CreateKey": Route("POST", "/v1/keys", {"scopes": ["recordings:read"]}),
     "ListKeys": Route("GET", "/v1/keys"),
     "RevokeKey": Route("POST", "/v1/keys/{key_id}/revoke", {}),

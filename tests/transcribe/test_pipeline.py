@@ -119,15 +119,19 @@ def test_real_speech_through_the_whole_pipeline(srv: RunningServer) -> None:
     assert [o for o in onsets if min(abs(s - o) for s in starts) > 600] == []
     segs = txn["segments"]
     assert [s["start_ms"] for s in segs] == sorted(s["start_ms"] for s in segs)
-    assert all(s["speaker"] is None and 0 <= s["start_ms"] <= s["end_ms"] <= duration
+    # One person (Allison) speaks: diarization (on by default) finds one speaker.
+    assert all(s["speaker"] == "S1" and 0 <= s["start_ms"] <= s["end_ms"] <= duration
                for s in segs)
+    assert all(w["speaker"] == "S1" for w in ws)
+    assert [(sp["label"], sp["end_user_id"]) for sp in txn["speakers"]] == [("S1", None)]
     assert txn["word_count"] == len(ws) > 100
     assert txn["text"] == " ".join(s["text"] for s in segs)
 
     # Events, in commit order; the terminal one carries the original document's data.
     evs = events(srv, rec_id)
     assert [t for t, _ in evs] == FULL_RUN
-    assert evs[-1][1] == {"id": txn["id"], "recording_id": rec_id, "status": "completed"}
+    assert evs[-1][1] == {"id": txn["id"], "recording_id": rec_id, "status": "completed",
+                          "speaker_count": 1}
     assert evs[3][1] == {"id": txn["id"], "recording_id": rec_id, "status": "processing"}
 
     # The device reads its own transcript; gRPC answers the same object.
@@ -141,7 +145,9 @@ def test_real_speech_through_the_whole_pipeline(srv: RunningServer) -> None:
     assert (got.duration_ms, got.word_count) == (duration, txn["word_count"])
     assert [(w.word, w.start_ms, w.end_ms) for s in got.segments for w in s.words] == [
         (w["word"], w["start_ms"], w["end_ms"]) for w in ws]
-    assert not got.HasField("error") and not any(s.HasField("speaker") for s in got.segments)
+    assert not got.HasField("error") and all(s.speaker == "S1" for s in got.segments)
+    assert all(w.speaker == "S1" for s in got.segments for w in s.words)
+    assert got.diarized and [(s.label, s.end_user_id) for s in got.speakers] == [("S1", "")]
 
 
 @pytest.mark.parametrize(("suffix", "codec", "args"), [

@@ -42,7 +42,7 @@ from txnkit import (
 
 TXN_KEYS = {"id", "recording_id", "status", "language", "provider", "model", "duration_ms",
             "text", "segments", "word_count", "error", "created_at", "completed_at",
-            "paragraphs"}
+            "paragraphs", "speakers"}
 TERMINAL = ("transcription.completed", "transcription.failed")
 
 
@@ -131,7 +131,7 @@ def test_queued_transcription_object(srv: RunningServer) -> None:
         "id": rec["transcription_id"], "recording_id": rec["id"], "status": "queued",
         "language": None, "provider": "whisper", "model": None, "duration_ms": None,
         "text": None, "segments": [], "word_count": None, "error": None, "completed_at": None,
-        "paragraphs": []}
+        "paragraphs": [], "speakers": None}
     got = _stub(srv).GetTranscription(tpb.GetTranscriptionRequest(id=txn["id"]),
                                       metadata=auth(srv.api_key)).transcription
     assert (got.id, got.recording_id, got.status, got.provider) == (

@@ -22,6 +22,7 @@ from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
 from tapedeck.domain.search import Search
 from tapedeck.domain.transcriptions import Transcriptions
+from tapedeck.domain.voice_profiles import VoiceEmbedder, VoiceProfiles
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 from tapedeck.webhooks.endpoints import Webhooks
@@ -46,6 +47,7 @@ class Domain:
     transcriptions: Transcriptions
     search: Search
     fleet: Fleet
+    voice_profiles: VoiceProfiles
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
@@ -61,7 +63,7 @@ class Domain:
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
                    webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)),
                    transcriptions=Transcriptions(ctx), search=Search(ctx),
-                   fleet=Fleet(ctx))
+                   fleet=Fleet(ctx), voice_profiles=VoiceProfiles(ctx, _enroller))
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:
@@ -70,3 +72,10 @@ class Domain:
         p = self.auth.authenticate(authorization, allow_upload_token=allow_upload_token)
         self.limiter.check(p)
         return p
+
+
+def _enroller() -> VoiceEmbedder:
+    """The real voice embedder (loads numpy and the speaker encoder on first enrollment)."""
+    from tapedeck.diarize.enroll import Enroller
+
+    return Enroller()

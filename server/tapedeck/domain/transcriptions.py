@@ -46,6 +46,43 @@ IN_FLIGHT_STATUSES = ("queued", "processing")
 #: may fail a queued transcription with its own type, e.g. ``invalid_audio``).
 TRANSCRIPTION_FAILED = "transcription_failed"
 _LANGUAGE = re.compile(r"^[a-z]{2,3}$")
+#: Most speakers a request may ask for (``max_speakers``, ``speakers_expected``).
+MAX_SPEAKERS = 20
+
+
+@dataclass(frozen=True)
+class SpeakerOptions:
+    """A request's diarization options: ``diarize`` False = no speaker labels; the counts
+    None = estimated. Stored as JSON in ``transcriptions.speaker_options``."""
+
+    diarize: bool = True
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+    speakers_expected: int | None = None
+
+    def validate(self) -> SpeakerOptions:
+        """Self, or ``invalid_request`` naming the field out of range or inconsistent."""
+        for name in ("min_speakers", "max_speakers", "speakers_expected"):
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= MAX_SPEAKERS:
+                raise invalid(name, f"{name} must be between 1 and {MAX_SPEAKERS}.")
+        lo, hi, exp = self.min_speakers, self.max_speakers, self.speakers_expected
+        if lo is not None and hi is not None and lo > hi:
+            raise invalid("min_speakers", "min_speakers must not exceed max_speakers.")
+        if exp is not None and ((lo is not None and exp < lo) or (hi is not None and exp > hi)):
+            raise invalid("speakers_expected",
+                          "speakers_expected must lie within min_speakers and max_speakers.")
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {"diarize": self.diarize, "min_speakers": self.min_speakers,
+                "max_speakers": self.max_speakers, "speakers_expected": self.speakers_expected}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> SpeakerOptions:
+        data = data or {}
+        return cls(bool(data.get("diarize", True)), data.get("min_speakers"),
+                   data.get("max_speakers"), data.get("speakers_expected"))
 
 
 @dataclass(frozen=True)
@@ -78,6 +115,9 @@ class Transcription:
     live: bool = False
     covered_ms: int | None = None
     skipped_ms: int | None = None
+    #: ``[{label, talk_time_ms, end_user_id}]`` once diarized; None when not diarized.
+    speakers: list[dict[str, Any]] | None = None
+    speaker_options: SpeakerOptions = field(default_factory=SpeakerOptions)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Transcription:
@@ -93,7 +133,10 @@ class Transcription:
             error_message=row["error_message"], error_reason=row.get("error_reason"),
             job_id=row["job_id"], completed_at=parse_iso(row["completed_at"]),
             live=bool(row.get("live")), skipped_ms=row.get("skipped_ms"),
-            covered_ms=row["duration_ms"] if row.get("live") else None)
+            covered_ms=row["duration_ms"] if row.get("live") else None,
+            speakers=json.loads(row["speakers"]) if row.get("speakers") else None,
+            speaker_options=SpeakerOptions.from_json(
+                json.loads(row["speaker_options"]) if row.get("speaker_options") else None))
 
     @property
     def error(self) -> dict[str, Any] | None:
@@ -116,6 +159,7 @@ class Transcription:
             "word_count": self.word_count, "error": self.error,
             "created_at": iso(self.created_at), "completed_at": iso(self.completed_at),
             "paragraphs": paragraphs(self.segments),
+            "speakers": self.speakers,
         }
         if self.live:
             out.update(live=True, covered_ms=self.covered_ms, skipped_ms=self.skipped_ms)
@@ -135,15 +179,19 @@ class Transcription:
             error_type=err.get("type"), error_message=err.get("message"),
             error_reason=err.get("reason"), completed_at=parse_iso(data["completed_at"]),
             live=bool(data.get("live")), covered_ms=data.get("covered_ms"),
-            skipped_ms=data.get("skipped_ms"))
+            skipped_ms=data.get("skipped_ms"),
+            speakers=data.get("speakers"))
 
     def event_data(self) -> dict[str, Any]:
         """The ``data`` of this transcription's events: ``{id, recording_id, status}`` as in
-        the original document, plus ``error`` once failed."""
+        the original document, plus ``error`` once failed and ``speaker_count`` once
+        completed with diarization."""
         out: dict[str, Any] = {"id": self.id, "recording_id": self.recording_id,
                                "status": self.status}
         if self.error is not None:
             out["error"] = self.error
+        if self.status == "completed" and self.speakers is not None:
+            out["speaker_count"] = len(self.speakers)
         return out
 
 
@@ -191,12 +239,15 @@ def validate_request(language: str | None, provider: str | None) -> tuple[str | 
     return language or None, provider
 
 
-def request_fingerprint(recording_id: str, language: str | None, provider: str | None) -> str:
+def request_fingerprint(recording_id: str, language: str | None, provider: str | None,
+                        speakers: SpeakerOptions | None = None) -> str:
     """The ``Idempotency-Key`` fingerprint of an on-demand request (REST and gRPC share it;
     omitted and default values fingerprint alike)."""
-    return fingerprint("transcriptions.create", {"recording_id": recording_id,
-                                                 "language": language or None,
-                                                 "provider": provider or PROVIDERS[0]})
+    body: dict[str, Any] = {"recording_id": recording_id, "language": language or None,
+                            "provider": provider or PROVIDERS[0]}
+    if speakers is not None and speakers != SpeakerOptions():
+        body["speakers"] = speakers.to_json()
+    return fingerprint("transcriptions.create", body)
 
 
 class Transcriptions:
@@ -242,16 +293,20 @@ class Transcriptions:
                 return
 
     def request(self, p: Principal, recording_id: str, language: str | None = None,
-                provider: str | None = None) -> Transcription:
+                provider: str | None = None,
+                speakers: SpeakerOptions | None = None) -> Transcription:
         """Queue a new transcription of a recording whose audio is complete.
 
         The recording must be ``completed`` (stitched or validated), else ``invalid_state``;
         while its current transcription is still queued or processing, a new one is refused
         with ``invalid_state`` naming it. The new row is ``queued`` with the requested
         language (None = auto-detect), becomes the recording's ``transcription_id``, gets one
-        ``transcribe`` job and emits ``transcription.queued`` — all in one transaction."""
+        ``transcribe`` job and emits ``transcription.queued`` — all in one transaction.
+        ``speakers``: diarization options (default on, count estimated; ``invalid_request``
+        naming a bad field)."""
         p.require("transcriptions:write")
         language, provider = validate_request(language, provider)
+        options = (speakers or SpeakerOptions()).validate()
         ctx = self._ctx
         with ctx.locks.hold(recording_id), ctx.db.write() as tx:
             rec = load_recording(tx, p, recording_id)
@@ -260,8 +315,10 @@ class Transcriptions:
             now = iso(ctx.clock.now())
             tx.execute(
                 "INSERT INTO transcriptions (id, recording_id, project_id, status, language,"
-                " provider, created_at) VALUES (?, ?, ?, 'queued', ?, ?, ?)",
-                [txn_id, rec.id, rec.project_id, language, provider, now])
+                " provider, created_at, speaker_options)"
+                " VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+                [txn_id, rec.id, rec.project_id, language, provider, now,
+                 None if options == SpeakerOptions() else json.dumps(options.to_json())])
             job_id = enqueue(tx, ctx.clock, "transcribe", recording_id=rec.id,
                              payload={"transcription_id": txn_id})
             tx.execute("UPDATE transcriptions SET job_id = ? WHERE id = ?", [job_id, txn_id])

@@ -17,12 +17,15 @@ from tapedeck.gateway.routes import Gateway, add_routes
 from tapedeck.gateway.search import add_search_routes
 from tapedeck.gateway.transcriptions import BODY_MODELS as TRANSCRIPTION_BODY_MODELS
 from tapedeck.gateway.transcriptions import add_transcription_routes
+from tapedeck.gateway.voice_profiles import BODY_MODELS as VOICE_BODY_MODELS
+from tapedeck.gateway.voice_profiles import add_voice_profile_routes
 from tapedeck.gateway.webhooks import BODY_MODELS as WEBHOOK_BODY_MODELS
 from tapedeck.gateway.webhooks import add_webhook_routes
 
 BODY_MODELS = (schemas.CreateRecordingRequest, schemas.FinalizeRequest,
                schemas.UploadUrlRequest, schemas.EmptyRequest, *DEVICE_BODY_MODELS,
-               *WEBHOOK_BODY_MODELS, *TRANSCRIPTION_BODY_MODELS, *FLEET_BODY_MODELS)
+               *WEBHOOK_BODY_MODELS, *TRANSCRIPTION_BODY_MODELS, *FLEET_BODY_MODELS,
+               *VOICE_BODY_MODELS)
 API_VERSION = "1.0.0"
 
 
@@ -37,6 +40,7 @@ def build_app(domain: Domain) -> FastAPI:
     add_transcription_routes(app.router, Gateway(domain))
     add_search_routes(app.router, Gateway(domain))
     add_fleet_routes(app.router, Gateway(domain))
+    add_voice_profile_routes(app.router, Gateway(domain))
     errors.install(app)
 
     def openapi() -> dict[str, Any]:

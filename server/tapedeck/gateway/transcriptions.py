@@ -19,7 +19,13 @@ from pydantic import AwareDatetime, Field
 
 from tapedeck.domain import exports
 from tapedeck.domain.idempotency import StoredResponse
-from tapedeck.domain.transcriptions import PROVIDERS, WatchUpdate, request_fingerprint
+from tapedeck.domain.transcriptions import (
+    MAX_SPEAKERS,
+    PROVIDERS,
+    SpeakerOptions,
+    WatchUpdate,
+    request_fingerprint,
+)
 from tapedeck.gateway.body import parse_json
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, ON_RECORDING, Gateway, IdempotencyKey, RecordingId
@@ -47,6 +53,18 @@ class TranscribeRequest(RequestModel):
                                   "audio. A language the engine cannot do fails the "
                                   "transcription with reason unsupported_language.")
     provider: Provider = Field(default="whisper", description="Transcription engine.")
+    diarize: bool = Field(default=True, description="Label speakers (S1, S2, … on segments "
+                                                    "and words, and a speakers list).")
+    min_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = Field(
+        default=None, description="Fewest speakers to find (default: estimated).")
+    max_speakers: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = Field(
+        default=None, description="Most speakers to find (default: estimated).")
+    speakers_expected: Annotated[int, Field(ge=1, le=MAX_SPEAKERS)] | None = Field(
+        default=None, description="Exactly this many speakers (default: estimated).")
+
+    def speaker_options(self) -> SpeakerOptions:
+        return SpeakerOptions(self.diarize, self.min_speakers, self.max_speakers,
+                              self.speakers_expected)
 
 
 BODY_MODELS = (TranscribeRequest,)
@@ -60,6 +78,16 @@ class WordOut(ResponseModel):
     start_ms: int
     end_ms: int
     confidence: float
+    speaker: str | None = None
+
+
+class SpeakerOut(ResponseModel):
+    """A speaker of the transcript: label (``S1``, … in order of first appearance), labelled
+    talk time, and the end user whose voice profile matched (else null)."""
+
+    label: str
+    talk_time_ms: int
+    end_user_id: str | None
 
 
 class SegmentOut(ResponseModel):
@@ -122,6 +150,9 @@ class TranscriptionOut(ResponseModel):
                                    "the segments so far).")
     skipped_ms: int | None = Field(default=None, description="Live: milliseconds skipped "
                                    "as non-speech by voice-activity detection.")
+    speakers: list[SpeakerOut] | None = Field(
+        default=None, description="Speakers found, once completed with diarization (null "
+                                  "when diarization was off).")
 
 
 # -- routes ------------------------------------------------------------------------------
@@ -142,10 +173,11 @@ def add_transcription_routes(router: APIRouter, gw: Gateway) -> None:
         ``transcription_id``; event ``transcription.queued``."""
         p = await gw.caller(request)
         body = await parse_json(request, TranscribeRequest, gw.max_json_bytes)
-        fp = request_fingerprint(recording_id, body.language, body.provider)
+        options = body.speaker_options()
+        fp = request_fingerprint(recording_id, body.language, body.provider, options)
         return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
             201, d.transcriptions.request(p, recording_id, body.language,
-                                          body.provider).to_json()))
+                                          body.provider, options).to_json()))
 
     @router.get("/v1/transcriptions/{transcription_id}", response_model=TranscriptionOut,
                 summary="Get a transcription",

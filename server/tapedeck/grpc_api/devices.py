@@ -6,6 +6,8 @@ No rules here: scopes, visibility and validation live in ``tapedeck.domain.devic
 
 from __future__ import annotations
 
+import io
+
 import grpc
 
 from tapedeck.domain import Domain
@@ -13,6 +15,8 @@ from tapedeck.domain.devices import Device, Heartbeat, NewDevice
 from tapedeck.domain.end_users import EndUser, NewEndUser
 from tapedeck.domain.fleet import SETTING_FIELDS, DeviceSettings, SettingsView
 from tapedeck.domain.keys import ApiKey
+from tapedeck.domain.voice_profiles import VoiceProfile
+from tapedeck.errors import invalid
 from tapedeck.grpc_api import _convert as cv
 from tapedeck.grpc_api._errors import translate_errors
 from tapedeck.grpc_api.servicers import principal
@@ -77,6 +81,17 @@ def _settings_pair(view: SettingsView) -> tuple[dpb.DeviceSettings, dpb.DeviceSe
 
 
 _FILTER_PREFIX = "DEVICE_HEALTH_FILTER_"
+
+
+def voice_profile_pb(v: VoiceProfile) -> epb.VoiceProfile:
+    out = epb.VoiceProfile(id=v.id, end_user_id=v.end_user_id, source=v.source,
+                           recording_id=v.recording_id or "", speech_ms=v.speech_ms,
+                           create_time=cv.ts(v.created_at))
+    if v.start_ms is not None:
+        out.start_ms = v.start_ms
+    if v.end_ms is not None:
+        out.end_ms = v.end_ms
+    return out
 
 
 def end_user_pb(u: EndUser) -> epb.EndUser:
@@ -194,6 +209,34 @@ class EndUserServicer(end_user_pb2_grpc.EndUserServiceServicer):
                    context: grpc.ServicerContext) -> epb.GetEndUserResponse:
         user = self._d.end_users.get(principal(self._d, context), request.id)
         return epb.GetEndUserResponse(end_user=end_user_pb(user))
+
+    @translate_errors
+    def CreateVoiceProfile(self, request: epb.CreateVoiceProfileRequest,
+                           context: grpc.ServicerContext) -> epb.CreateVoiceProfileResponse:
+        p = principal(self._d, context)
+        vps = self._d.voice_profiles
+        if request.WhichOneof("source") == "recording":
+            span = request.recording
+            vp = vps.create_from_recording(p, request.end_user_id, span.recording_id,
+                                           span.start_ms, span.end_ms)
+        elif request.WhichOneof("source") == "sample":
+            vp = vps.create_from_sample(p, request.end_user_id, io.BytesIO(request.sample))
+        else:
+            raise invalid("source", "Give a recording span or an audio sample.")
+        return epb.CreateVoiceProfileResponse(voice_profile=voice_profile_pb(vp))
+
+    @translate_errors
+    def ListVoiceProfiles(self, request: epb.ListVoiceProfilesRequest,
+                          context: grpc.ServicerContext) -> epb.ListVoiceProfilesResponse:
+        found = self._d.voice_profiles.list(principal(self._d, context), request.end_user_id)
+        return epb.ListVoiceProfilesResponse(voice_profiles=[voice_profile_pb(v) for v in found])
+
+    @translate_errors
+    def DeleteVoiceProfile(self, request: epb.DeleteVoiceProfileRequest,
+                           context: grpc.ServicerContext) -> epb.DeleteVoiceProfileResponse:
+        self._d.voice_profiles.delete(principal(self._d, context), request.end_user_id,
+                                      request.id)
+        return epb.DeleteVoiceProfileResponse(id=request.id)
 
 
 class KeyServicer(key_pb2_grpc.KeyServiceServicer):

@@ -15,7 +15,7 @@ from tapedeck.domain import Domain
 from tapedeck.domain.exports import paragraphs
 from tapedeck.domain.idempotency import StoredResponse, check_key, scope_of
 from tapedeck.domain.search import SearchHit, SearchRequest
-from tapedeck.domain.transcriptions import Transcription, request_fingerprint
+from tapedeck.domain.transcriptions import SpeakerOptions, Transcription, request_fingerprint
 from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.grpc_api import _convert as cv
 from tapedeck.grpc_api._errors import log, to_status, translate_errors
@@ -28,8 +28,25 @@ SERVICES = (pb.DESCRIPTOR.services_by_name["TranscriptionService"].full_name,)
 
 # -- conversions -------------------------------------------------------------------------
 def word_pb(w: dict[str, Any]) -> pb.Word:
-    return pb.Word(word=w["word"], start_ms=w["start_ms"], end_ms=w["end_ms"],
-                   confidence=w["confidence"])
+    out = pb.Word(word=w["word"], start_ms=w["start_ms"], end_ms=w["end_ms"],
+                  confidence=w["confidence"])
+    if w.get("speaker") is not None:
+        out.speaker = w["speaker"]
+    return out
+
+
+def speaker_pb(s: dict[str, Any]) -> pb.Speaker:
+    return pb.Speaker(label=s["label"], talk_time_ms=s["talk_time_ms"],
+                      end_user_id=s.get("end_user_id") or "")
+
+
+def speaker_options(request: pb.CreateTranscriptionRequest) -> SpeakerOptions:
+    """The request's diarization options (unset fields: defaults)."""
+    def opt(name: str) -> int | None:
+        return int(getattr(request, name)) if request.HasField(name) else None  # type: ignore[arg-type]
+
+    return SpeakerOptions(request.diarize if request.HasField("diarize") else True,
+                          opt("min_speakers"), opt("max_speakers"), opt("speakers_expected"))
 
 
 def segment_pb(s: dict[str, Any]) -> pb.Segment:
@@ -66,6 +83,9 @@ def transcription_pb(t: Transcription) -> pb.Transcription:
             out.covered_ms = t.covered_ms
         if t.skipped_ms is not None:
             out.skipped_ms = t.skipped_ms
+    if t.speakers is not None:
+        out.diarized = True
+        out.speakers.extend(speaker_pb(s) for s in t.speakers)
     err = t.error
     if err is not None:
         out.error.CopyFrom(pb.TranscriptionError(type=err["type"], message=err["message"],
@@ -118,7 +138,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
     def CreateTranscription(self, request: pb.CreateTranscriptionRequest,
                             context: grpc.ServicerContext) -> pb.CreateTranscriptionResponse:
         p = principal(self._d, context)
-        args = (request.recording_id, request.language or None, request.provider or None)
+        args = (request.recording_id, request.language or None, request.provider or None,
+                speaker_options(request))
         if request.idempotency_key:
             txn = self._create_once(p, args, check_key(request.idempotency_key,
                                                        "idempotency_key"))
@@ -154,7 +175,8 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
             log.exception("unhandled error in WatchTranscription")
             context.abort_with_status(to_status(error("internal_error")))
 
-    def _create_once(self, p: Principal, args: tuple[str, str | None, str | None],
+    def _create_once(self, p: Principal,
+                     args: tuple[str, str | None, str | None, SpeakerOptions],
                      key: str) -> Transcription:
         """Request under an idempotency key (shared with REST: same operation fingerprint);
         a replay rebuilds the first response."""

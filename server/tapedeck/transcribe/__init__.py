@@ -63,6 +63,7 @@ class Word:
     start_ms: int
     end_ms: int
     confidence: float
+    speaker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ class Transcript:
                     "confidence": s.confidence, "speaker": s.speaker,
                     "words": [
                         {"word": w.word, "start_ms": w.start_ms, "end_ms": w.end_ms,
-                         "confidence": w.confidence}
+                         "confidence": w.confidence, "speaker": w.speaker}
                         for w in s.words
                     ],
                 }
@@ -216,7 +217,7 @@ def _to_timeline(
         for w in seg.words:
             w_start = _clamp(w.start_ms + offset, word_floor, end)
             w_end = _clamp(w.end_ms + offset, w_start, end)
-            words.append(Word(w.word, w_start, w_end, w.confidence))
+            words.append(Word(w.word, w_start, w_end, w.confidence, w.speaker))
             word_floor = w_start
         seg_end = _clamp(seg.end_ms + offset, max(seg_start, words[-1].end_ms if words else 0),
                          end)

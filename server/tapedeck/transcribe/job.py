@@ -15,10 +15,15 @@ complete, or by ``Transcriptions.request`` on demand. One run:
    A single-file upload in another codec (wav, mp3, m4a, webm, flac, ogg) is first
    transcoded to a temporary 16 kHz mono Ogg Opus file at 32 kbit/s with PyAV (a
    faster-whisper dependency; streaming, ~50x real time), same timeline.
+   Then, unless the request or the ``diarize`` setting turned it off, the final segments are
+   diarized in ONE call of ``tapedeck.diarize`` over the whole audio (decoded again window
+   by window; the project's voice profiles name matched speakers): every segment and word
+   gets its ``speaker``, segments changing speaker are split, the row gets ``speakers``.
 4. ONE transaction: job ``succeeded`` (lease checked), the row ``completed`` with text,
    segments (words inside), word count, language, provider, model and duration, the
    recording's ``transcription_status`` ``completed``, event ``transcription.completed``
-   (data ``{id, recording_id, status}``). Silent or empty audio completes with empty text.
+   (data ``{id, recording_id, status}``, plus ``speaker_count`` when diarized). Silent or
+   empty audio completes with empty text.
 
 Failures: the row becomes ``failed`` with ``error.type`` ``transcription_failed`` and a
 ``reason``, the recording's ``transcription_status`` ``failed``, event
@@ -46,6 +51,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import sqlite_utils
@@ -74,6 +80,7 @@ from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
     from tapedeck.app import App
+    from tapedeck.diarize import Diarizer
 
 log = logging.getLogger("tapedeck.transcribe")
 
@@ -83,6 +90,7 @@ ENGINE_ATTEMPTS = 3
 _BLOCK = 1 << 20
 
 EngineFactory = Callable[[], TranscriptionEngine]
+DiarizerFactory = Callable[[], "Diarizer"]
 
 
 class _EngineRetry(Exception):
@@ -94,9 +102,11 @@ class TranscribeHandler:
 
     def __init__(self, db: Database, store: ObjectStore, clock: Clock,
                  engine_factory: EngineFactory, *, max_attempts: int = 12,
-                 failpoints: Failpoints | None = None) -> None:
+                 failpoints: Failpoints | None = None,
+                 diarizer_factory: DiarizerFactory | None = None) -> None:
         """``engine_factory`` builds the engine (loads the model); it is called once, on
-        the first job. ``max_attempts`` is the queue's limit (``job_max_attempts``)."""
+        the first job. ``max_attempts`` is the queue's limit (``job_max_attempts``).
+        ``diarizer_factory`` (None = no diarization) builds the speaker diarizer, once."""
         self._db = db
         self._store = store
         self._clock = clock
@@ -105,6 +115,8 @@ class TranscribeHandler:
         self._lock = threading.Lock()  # one transcription at a time on the one engine
         self._max_attempts = max_attempts
         self._fp = failpoints or Failpoints()
+        self._diarizer_factory = diarizer_factory
+        self._diarizer: Diarizer | None = None
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, run: JobRun) -> None:
@@ -121,12 +133,29 @@ class TranscribeHandler:
         live = self._assemble_live(run, txn) if txn.live else None
         if live is not None:
             transcript, skipped = live
+            transcript, speakers = self._label_live(run, audio_key, transcript, txn)
         else:
-            transcript, skipped = self._transcribe(run, audio_key, codec, txn.language), None
-        log.info("transcription %s: %d ms of audio, %d words, language %s, in %.1f s",
-                 txn.id, transcript.duration_ms, transcript.word_count, transcript.language,
+            (transcript, speakers), skipped = self._transcribe(run, audio_key, codec, txn), None
+        log.info("transcription %s: %d ms of audio, %d words, language %s, %s speakers,"
+                 " in %.1f s", txn.id, transcript.duration_ms, transcript.word_count,
+                 transcript.language, "no" if speakers is None else len(speakers),
                  time.monotonic() - started)
-        self._finish(run, txn, transcript, skipped)
+        self._finish(run, txn, transcript, speakers, skipped)
+
+    def _label_live(self, run: JobRun, key: str, t: Transcript, txn: Transcription
+                    ) -> tuple[Transcript, list[dict[str, Any]] | None]:
+        """Speakers of an assembled live transcript: the same single diarization over the
+        stitched audio as the whole-file path (``_speakers``), so both give the same labels."""
+        if not txn.speaker_options.diarize or self._diarizer_factory is None:
+            return t, None
+        with tempfile.TemporaryFile() as spool:
+            self._download(key, spool)
+            spool.seek(0)
+            try:
+                with self._lock:
+                    return self._speakers(run, spool, t, txn)
+            except TranscriptionFailed as exc:
+                raise self._failure(run, exc) from exc
 
     def _assemble_live(self, run: JobRun, txn: Transcription) -> tuple[Transcript, int] | None:
         """The transcript assembled from the live pieces (``tapedeck.transcribe.live_job``), or
@@ -172,8 +201,8 @@ class TranscribeHandler:
             emit(tx, self._clock, txn.project_id, "transcription.started", fresh.event_data(),
                  txn.recording_id)
 
-    def _transcribe(self, run: JobRun, key: str, codec: str,
-                    language: str | None) -> Transcript:
+    def _transcribe(self, run: JobRun, key: str, codec: str, txn: Transcription
+                    ) -> tuple[Transcript, list[dict[str, Any]] | None]:
         with tempfile.TemporaryFile() as spool, tempfile.TemporaryFile() as opus:
             self._download(key, spool)
             spool.seek(0)
@@ -184,10 +213,43 @@ class TranscribeHandler:
                     spool.seek(0)
                 with self._lock:
                     engine = self._engine_for(run)
-                    return transcribe_ogg_opus(spool, engine, language,
-                                               progress=lambda _ms: run.check())
+                    transcript = transcribe_ogg_opus(spool, engine, txn.language,
+                                                     progress=lambda _ms: run.check())
+                    spool.seek(0)
+                    return self._speakers(run, spool, transcript, txn)
             except TranscriptionFailed as exc:
                 raise self._failure(run, exc) from exc
+
+    def _speakers(self, run: JobRun, audio: BinaryIO, t: Transcript, txn: Transcription
+                  ) -> tuple[Transcript, list[dict[str, Any]] | None]:
+        """The final segments labelled by speaker (``tapedeck.diarize``, one call over the
+        whole audio) and the speakers list; ``(t, None)`` when diarization is off for this
+        request or this worker (setting ``diarize``, or its weights are not installed)."""
+        if not txn.speaker_options.diarize or self._diarizer_factory is None:
+            return t, None
+        from tapedeck.diarize import DiarizeOptions, label_transcript
+        from tapedeck.diarize.weights import WeightsUnavailable
+        from tapedeck.domain.voice_profiles import project_profiles
+        from tapedeck.transcribe.decode import iter_pcm, iter_windows
+
+        if self._diarizer is None:
+            try:
+                self._diarizer = self._diarizer_factory()
+            except WeightsUnavailable as exc:
+                log.warning("transcription %s is not diarized: %s", txn.id, exc)
+                return t, None
+        o = txn.speaker_options
+        options = DiarizeOptions(o.min_speakers, o.max_speakers, o.speakers_expected)
+        profiles = project_profiles(self._db.read(), txn.project_id)
+
+        def blocks() -> Iterable[tuple[int, Any]]:
+            for window in iter_windows(iter_pcm(audio)):
+                yield window.start, window.samples
+                run.check()
+
+        diarization = self._diarizer.diarize(blocks(), options, profiles)
+        segments, speakers = label_transcript(t.segments, diarization)
+        return replace(t, segments=tuple(segments)), [s.to_json() for s in speakers]
 
     def _download(self, key: str, spool: BinaryIO) -> None:
         try:
@@ -222,7 +284,7 @@ class TranscribeHandler:
         return JobFailed(TRANSCRIPTION_FAILED, exc.message, reason=exc.reason)
 
     def _finish(self, run: JobRun, txn: Transcription, t: Transcript,
-                skipped_ms: int | None = None) -> None:
+                speakers: list[dict[str, Any]] | None, skipped_ms: int | None = None) -> None:
         """Complete the job and the transcription in one transaction (``skipped_ms``: the
         audio a live transcription skipped as silence)."""
         provider = self._engine.name if self._engine is not None else txn.provider
@@ -231,10 +293,11 @@ class TranscribeHandler:
             cur = tx.execute(
                 "UPDATE transcriptions SET status = 'completed', language = ?, provider = ?,"
                 " model = ?, duration_ms = ?, text = ?, segments = ?, word_count = ?,"
-                " completed_at = ?, skipped_ms = COALESCE(?, skipped_ms)"
+                " completed_at = ?, skipped_ms = COALESCE(?, skipped_ms), speakers = ?"
                 " WHERE id = ? AND status IN ('queued', 'processing')",
                 [t.language, provider, t.model, t.duration_ms, t.text,
-                 _segments_json(t), t.word_count, iso(self._clock.now()), skipped_ms, txn.id])
+                 _segments_json(t), t.word_count, iso(self._clock.now()), skipped_ms,
+                 None if speakers is None else json.dumps(speakers), txn.id])
             if cur.rowcount == 1:
                 backend_for(tx).replace(tx, txn.id)  # the search index, same transaction
                 self._terminal_event(tx, txn, "completed")
@@ -329,4 +392,19 @@ def build_handler(app: App) -> TranscribeHandler | None:
         return None
     return TranscribeHandler(app.db, app.store, app.clock, engine_factory(app),
                              max_attempts=app.settings.job_max_attempts,
-                             failpoints=Failpoints(app.settings.failpoints))
+                             failpoints=Failpoints(app.settings.failpoints),
+                             diarizer_factory=diarizer_factory(app))
+
+
+def diarizer_factory(app: App) -> DiarizerFactory | None:
+    """Builds the speaker diarizer (GE2E weights from the resemblyzer package), or None when
+    the ``diarize`` setting is off."""
+    if not app.settings.diarize:
+        return None
+
+    def build() -> Diarizer:
+        from tapedeck.diarize import Diarizer
+
+        return Diarizer()
+
+    return build

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atapedeck/v1/end_user.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\x07\x45ndUser\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x34\n\x08metadata\x18\x05 \x03(\x0b\x32\".tapedeck.v1.EndUser.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x14\x43reateEndUserRequest\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x41\n\x08metadata\x18\x04 \x03(\x0b\x32/.tapedeck.v1.CreateEndUserRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x15\x43reateEndUserResponse\x12&\n\x08\x65nd_user\x18\x01 \x01(\x0b\x32\x14.tapedeck.v1.EndUser\"\x1f\n\x11GetEndUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x12GetEndUserResponse\x12&\n\x08\x65nd_user\x18\x01 \x01(\x0b\x32\x14.tapedeck.v1.EndUser2\xb7\x01\n\x0e\x45ndUserService\x12V\n\rCreateEndUser\x12!.tapedeck.v1.CreateEndUserRequest\x1a\".tapedeck.v1.CreateEndUserResponse\x12M\n\nGetEndUser\x12\x1e.tapedeck.v1.GetEndUserRequest\x1a\x1f.tapedeck.v1.GetEndUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atapedeck/v1/end_user.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\x01\n\x07\x45ndUser\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x02 \x01(\t\x12\r\n\x05\x65mail\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x34\n\x08metadata\x18\x05 \x03(\x0b\x32\".tapedeck.v1.EndUser.MetadataEntry\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbc\x01\n\x14\x43reateEndUserRequest\x12\x13\n\x0b\x65xternal_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x41\n\x08metadata\x18\x04 \x03(\x0b\x32/.tapedeck.v1.CreateEndUserRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"?\n\x15\x43reateEndUserResponse\x12&\n\x08\x65nd_user\x18\x01 \x01(\x0b\x32\x14.tapedeck.v1.EndUser\"\x1f\n\x11GetEndUserRequest\x12\n\n\x02id\x18\x01 \x01(\t\"<\n\x12GetEndUserResponse\x12&\n\x08\x65nd_user\x18\x01 \x01(\x0b\x32\x14.tapedeck.v1.EndUser\"\xdd\x01\n\x0cVoiceProfile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x65nd_user_id\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x14\n\x0crecording_id\x18\x04 \x01(\t\x12\x15\n\x08start_ms\x18\x05 \x01(\x03H\x00\x88\x01\x01\x12\x13\n\x06\x65nd_ms\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x11\n\tspeech_ms\x18\x07 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0b\n\t_start_msB\t\n\x07_end_ms\"G\n\rRecordingSpan\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\"}\n\x19\x43reateVoiceProfileRequest\x12\x13\n\x0b\x65nd_user_id\x18\x01 \x01(\t\x12/\n\trecording\x18\x02 \x01(\x0b\x32\x1a.tapedeck.v1.RecordingSpanH\x00\x12\x10\n\x06sample\x18\x03 \x01(\x0cH\x00\x42\x08\n\x06source\"N\n\x1a\x43reateVoiceProfileResponse\x12\x30\n\rvoice_profile\x18\x01 \x01(\x0b\x32\x19.tapedeck.v1.VoiceProfile\"/\n\x18ListVoiceProfilesRequest\x12\x13\n\x0b\x65nd_user_id\x18\x01 \x01(\t\"N\n\x19ListVoiceProfilesResponse\x12\x31\n\x0evoice_profiles\x18\x01 \x03(\x0b\x32\x19.tapedeck.v1.VoiceProfile\"<\n\x19\x44\x65leteVoiceProfileRequest\x12\x13\n\x0b\x65nd_user_id\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\"(\n\x1a\x44\x65leteVoiceProfileResponse\x12\n\n\x02id\x18\x01 \x01(\t2\xe9\x03\n\x0e\x45ndUserService\x12V\n\rCreateEndUser\x12!.tapedeck.v1.CreateEndUserRequest\x1a\".tapedeck.v1.CreateEndUserResponse\x12M\n\nGetEndUser\x12\x1e.tapedeck.v1.GetEndUserRequest\x1a\x1f.tapedeck.v1.GetEndUserResponse\x12\x65\n\x12\x43reateVoiceProfile\x12&.tapedeck.v1.CreateVoiceProfileRequest\x1a\'.tapedeck.v1.CreateVoiceProfileResponse\x12\x62\n\x11ListVoiceProfiles\x12%.tapedeck.v1.ListVoiceProfilesRequest\x1a&.tapedeck.v1.ListVoiceProfilesResponse\x12\x65\n\x12\x44\x65leteVoiceProfile\x12&.tapedeck.v1.DeleteVoiceProfileRequest\x1a\'.tapedeck.v1.DeleteVoiceProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -50,6 +50,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETENDUSERREQUEST']._serialized_end=589
   _globals['_GETENDUSERRESPONSE']._serialized_start=591
   _globals['_GETENDUSERRESPONSE']._serialized_end=651
-  _globals['_ENDUSERSERVICE']._serialized_start=654
-  _globals['_ENDUSERSERVICE']._serialized_end=837
+  _globals['_VOICEPROFILE']._serialized_start=654
+  _globals['_VOICEPROFILE']._serialized_end=875
+  _globals['_RECORDINGSPAN']._serialized_start=877
+  _globals['_RECORDINGSPAN']._serialized_end=948
+  _globals['_CREATEVOICEPROFILEREQUEST']._serialized_start=950
+  _globals['_CREATEVOICEPROFILEREQUEST']._serialized_end=1075
+  _globals['_CREATEVOICEPROFILERESPONSE']._serialized_start=1077
+  _globals['_CREATEVOICEPROFILERESPONSE']._serialized_end=1155
+  _globals['_LISTVOICEPROFILESREQUEST']._serialized_start=1157
+  _globals['_LISTVOICEPROFILESREQUEST']._serialized_end=1204
+  _globals['_LISTVOICEPROFILESRESPONSE']._serialized_start=1206
+  _globals['_LISTVOICEPROFILESRESPONSE']._serialized_end=1284
+  _globals['_DELETEVOICEPROFILEREQUEST']._serialized_start=1286
+  _globals['_DELETEVOICEPROFILEREQUEST']._serialized_end=1346
+  _globals['_DELETEVOICEPROFILERESPONSE']._serialized_start=1348
+  _globals['_DELETEVOICEPROFILERESPONSE']._serialized_end=1388
+  _globals['_ENDUSERSERVICE']._serialized_start=1391
+  _globals['_ENDUSERSERVICE']._serialized_end=1880
 # @@protoc_insertion_point(module_scope)

@@ -210,3 +210,244 @@ class GetEndUserResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEndUserResponse: _TypeAlias = GetEndUserResponse  # noqa: Y015
+
+@_typing.final
+class VoiceProfile(_message.Message):
+    """VoiceProfile is an enrolled voice of an end user (its embedding is never returned)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    SPEECH_MS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Voice profile identifier (vp_...)."""
+    end_user_id: _builtins.str
+    """The end user (eu_...)."""
+    source: _builtins.str
+    """recording or upload."""
+    recording_id: _builtins.str
+    """The recording enrolled from (rec_...), when source is recording."""
+    start_ms: _builtins.int
+    """Span of the recording, in milliseconds, when source is recording."""
+    end_ms: _builtins.int
+    """End of the span, in milliseconds, when source is recording."""
+    speech_ms: _builtins.int
+    """Speech found in the sample, in milliseconds."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the profile was created."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        end_user_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        recording_id: _builtins.str = ...,
+        start_ms: _builtins.int | None = ...,
+        end_ms: _builtins.int | None = ...,
+        speech_ms: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_end_ms", b"_end_ms", "_start_ms", b"_start_ms", "create_time", b"create_time", "end_ms", b"end_ms", "start_ms", b"start_ms"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_end_ms", b"_end_ms", "_start_ms", b"_start_ms", "create_time", b"create_time", "end_ms", b"end_ms", "end_user_id", b"end_user_id", "id", b"id", "recording_id", b"recording_id", "source", b"source", "speech_ms", b"speech_ms", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__end_ms: _TypeAlias = _typing.Literal["end_ms"]  # noqa: Y015
+    _WhichOneofArgType__end_ms: _TypeAlias = _typing.Literal["_end_ms", b"_end_ms"]  # noqa: Y015
+    _WhichOneofReturnType__start_ms: _TypeAlias = _typing.Literal["start_ms"]  # noqa: Y015
+    _WhichOneofArgType__start_ms: _TypeAlias = _typing.Literal["_start_ms", b"_start_ms"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__end_ms) -> _WhichOneofReturnType__end_ms | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__start_ms) -> _WhichOneofReturnType__start_ms | None: ...
+
+Global___VoiceProfile: _TypeAlias = VoiceProfile  # noqa: Y015
+
+@_typing.final
+class RecordingSpan(_message.Message):
+    """RecordingSpan is a span of a completed recording."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDING_ID_FIELD_NUMBER: _builtins.int
+    START_MS_FIELD_NUMBER: _builtins.int
+    END_MS_FIELD_NUMBER: _builtins.int
+    recording_id: _builtins.str
+    """Recording (rec_...)."""
+    start_ms: _builtins.int
+    """Start, in milliseconds."""
+    end_ms: _builtins.int
+    """End, in milliseconds (after start)."""
+    def __init__(
+        self,
+        *,
+        recording_id: _builtins.str = ...,
+        start_ms: _builtins.int = ...,
+        end_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_ms", b"end_ms", "recording_id", b"recording_id", "start_ms", b"start_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordingSpan: _TypeAlias = RecordingSpan  # noqa: Y015
+
+@_typing.final
+class CreateVoiceProfileRequest(_message.Message):
+    """CreateVoiceProfileRequest is the request of EndUserService.CreateVoiceProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    RECORDING_FIELD_NUMBER: _builtins.int
+    SAMPLE_FIELD_NUMBER: _builtins.int
+    end_user_id: _builtins.str
+    """End user (eu_...)."""
+    sample: _builtins.bytes
+    """An audio file (wav, ogg, mp3, flac, ...; at most 3 MiB over gRPC)."""
+    @_builtins.property
+    def recording(self) -> Global___RecordingSpan:
+        """A span of one of the project's recordings."""
+
+    def __init__(
+        self,
+        *,
+        end_user_id: _builtins.str = ...,
+        recording: Global___RecordingSpan | None = ...,
+        sample: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recording", b"recording", "sample", b"sample", "source", b"source"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "recording", b"recording", "sample", b"sample", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["recording", "sample"]  # noqa: Y015
+    _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
+
+Global___CreateVoiceProfileRequest: _TypeAlias = CreateVoiceProfileRequest  # noqa: Y015
+
+@_typing.final
+class CreateVoiceProfileResponse(_message.Message):
+    """CreateVoiceProfileResponse is the response of EndUserService.CreateVoiceProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOICE_PROFILE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def voice_profile(self) -> Global___VoiceProfile:
+        """The new profile."""
+
+    def __init__(
+        self,
+        *,
+        voice_profile: Global___VoiceProfile | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["voice_profile", b"voice_profile"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["voice_profile", b"voice_profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVoiceProfileResponse: _TypeAlias = CreateVoiceProfileResponse  # noqa: Y015
+
+@_typing.final
+class ListVoiceProfilesRequest(_message.Message):
+    """ListVoiceProfilesRequest is the request of EndUserService.ListVoiceProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    end_user_id: _builtins.str
+    """End user (eu_...)."""
+    def __init__(
+        self,
+        *,
+        end_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVoiceProfilesRequest: _TypeAlias = ListVoiceProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ListVoiceProfilesResponse(_message.Message):
+    """ListVoiceProfilesResponse is the response of EndUserService.ListVoiceProfiles."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VOICE_PROFILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def voice_profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoiceProfile]:
+        """The end user's profiles, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        voice_profiles: _abc.Iterable[Global___VoiceProfile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["voice_profiles", b"voice_profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListVoiceProfilesResponse: _TypeAlias = ListVoiceProfilesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteVoiceProfileRequest(_message.Message):
+    """DeleteVoiceProfileRequest is the request of EndUserService.DeleteVoiceProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    ID_FIELD_NUMBER: _builtins.int
+    end_user_id: _builtins.str
+    """End user (eu_...)."""
+    id: _builtins.str
+    """Voice profile (vp_...)."""
+    def __init__(
+        self,
+        *,
+        end_user_id: _builtins.str = ...,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVoiceProfileRequest: _TypeAlias = DeleteVoiceProfileRequest  # noqa: Y015
+
+@_typing.final
+class DeleteVoiceProfileResponse(_message.Message):
+    """DeleteVoiceProfileResponse is the response of EndUserService.DeleteVoiceProfile."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The deleted profile's identifier."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteVoiceProfileResponse: _TypeAlias = DeleteVoiceProfileResponse  # noqa: Y015

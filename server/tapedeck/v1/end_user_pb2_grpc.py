@@ -48,6 +48,21 @@ class EndUserServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_end__user__pb2.GetEndUserRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_end__user__pb2.GetEndUserResponse.FromString,
                 _registered_method=True)
+        self.CreateVoiceProfile = channel.unary_unary(
+                '/tapedeck.v1.EndUserService/CreateVoiceProfile',
+                request_serializer=tapedeck_dot_v1_dot_end__user__pb2.CreateVoiceProfileRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_end__user__pb2.CreateVoiceProfileResponse.FromString,
+                _registered_method=True)
+        self.ListVoiceProfiles = channel.unary_unary(
+                '/tapedeck.v1.EndUserService/ListVoiceProfiles',
+                request_serializer=tapedeck_dot_v1_dot_end__user__pb2.ListVoiceProfilesRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_end__user__pb2.ListVoiceProfilesResponse.FromString,
+                _registered_method=True)
+        self.DeleteVoiceProfile = channel.unary_unary(
+                '/tapedeck.v1.EndUserService/DeleteVoiceProfile',
+                request_serializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileResponse.FromString,
+                _registered_method=True)
 
 
 class EndUserServiceServicer:
@@ -72,6 +87,28 @@ class EndUserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVoiceProfile(self, request, context):
+        """Enrolls an end user's voice from a span of a recording or an uploaded sample
+        (end_users:write); at least 3 s of speech.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVoiceProfiles(self, request, context):
+        """Lists an end user's voice profiles, oldest first (end_users:read).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVoiceProfile(self, request, context):
+        """Deletes a voice profile and its embedding (end_users:write).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EndUserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -84,6 +121,21 @@ def add_EndUserServiceServicer_to_server(servicer, server):
                     servicer.GetEndUser,
                     request_deserializer=tapedeck_dot_v1_dot_end__user__pb2.GetEndUserRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_end__user__pb2.GetEndUserResponse.SerializeToString,
+            ),
+            'CreateVoiceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVoiceProfile,
+                    request_deserializer=tapedeck_dot_v1_dot_end__user__pb2.CreateVoiceProfileRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_end__user__pb2.CreateVoiceProfileResponse.SerializeToString,
+            ),
+            'ListVoiceProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVoiceProfiles,
+                    request_deserializer=tapedeck_dot_v1_dot_end__user__pb2.ListVoiceProfilesRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_end__user__pb2.ListVoiceProfilesResponse.SerializeToString,
+            ),
+            'DeleteVoiceProfile': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVoiceProfile,
+                    request_deserializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -144,6 +196,87 @@ class EndUserService:
             '/tapedeck.v1.EndUserService/GetEndUser',
             tapedeck_dot_v1_dot_end__user__pb2.GetEndUserRequest.SerializeToString,
             tapedeck_dot_v1_dot_end__user__pb2.GetEndUserResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVoiceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.EndUserService/CreateVoiceProfile',
+            tapedeck_dot_v1_dot_end__user__pb2.CreateVoiceProfileRequest.SerializeToString,
+            tapedeck_dot_v1_dot_end__user__pb2.CreateVoiceProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVoiceProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.EndUserService/ListVoiceProfiles',
+            tapedeck_dot_v1_dot_end__user__pb2.ListVoiceProfilesRequest.SerializeToString,
+            tapedeck_dot_v1_dot_end__user__pb2.ListVoiceProfilesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVoiceProfile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.EndUserService/DeleteVoiceProfile',
+            tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileRequest.SerializeToString,
+            tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,14 @@ class EndUserServiceStub:
     """
     GetEndUser: _grpc.UnaryUnaryMultiCallable[_end_user_pb2.GetEndUserRequest, _end_user_pb2.GetEndUserResponse]
     """GetEndUser returns one end user. Needs the end_users:read scope."""
+    CreateVoiceProfile: _grpc.UnaryUnaryMultiCallable[_end_user_pb2.CreateVoiceProfileRequest, _end_user_pb2.CreateVoiceProfileResponse]
+    """Enrolls an end user's voice from a span of a recording or an uploaded sample
+    (end_users:write); at least 3 s of speech.
+    """
+    ListVoiceProfiles: _grpc.UnaryUnaryMultiCallable[_end_user_pb2.ListVoiceProfilesRequest, _end_user_pb2.ListVoiceProfilesResponse]
+    """Lists an end user's voice profiles, oldest first (end_users:read)."""
+    DeleteVoiceProfile: _grpc.UnaryUnaryMultiCallable[_end_user_pb2.DeleteVoiceProfileRequest, _end_user_pb2.DeleteVoiceProfileResponse]
+    """Deletes a voice profile and its embedding (end_users:write)."""
 
 @_typing.type_check_only
 class EndUserServiceAsyncStub(EndUserServiceStub):
@@ -59,6 +67,14 @@ class EndUserServiceAsyncStub(EndUserServiceStub):
     """
     GetEndUser: _aio.UnaryUnaryMultiCallable[_end_user_pb2.GetEndUserRequest, _end_user_pb2.GetEndUserResponse]  # type: ignore[assignment]
     """GetEndUser returns one end user. Needs the end_users:read scope."""
+    CreateVoiceProfile: _aio.UnaryUnaryMultiCallable[_end_user_pb2.CreateVoiceProfileRequest, _end_user_pb2.CreateVoiceProfileResponse]  # type: ignore[assignment]
+    """Enrolls an end user's voice from a span of a recording or an uploaded sample
+    (end_users:write); at least 3 s of speech.
+    """
+    ListVoiceProfiles: _aio.UnaryUnaryMultiCallable[_end_user_pb2.ListVoiceProfilesRequest, _end_user_pb2.ListVoiceProfilesResponse]  # type: ignore[assignment]
+    """Lists an end user's voice profiles, oldest first (end_users:read)."""
+    DeleteVoiceProfile: _aio.UnaryUnaryMultiCallable[_end_user_pb2.DeleteVoiceProfileRequest, _end_user_pb2.DeleteVoiceProfileResponse]  # type: ignore[assignment]
+    """Deletes a voice profile and its embedding (end_users:write)."""
 
 class EndUserServiceServicer(metaclass=_abc_1.ABCMeta):
     """EndUserService creates and reads end users: the people recordings belong to.
@@ -84,5 +100,31 @@ class EndUserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_end_user_pb2.GetEndUserResponse, _abc.Awaitable[_end_user_pb2.GetEndUserResponse]]:
         """GetEndUser returns one end user. Needs the end_users:read scope."""
+
+    @_abc_1.abstractmethod
+    def CreateVoiceProfile(
+        self,
+        request: _end_user_pb2.CreateVoiceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_end_user_pb2.CreateVoiceProfileResponse, _abc.Awaitable[_end_user_pb2.CreateVoiceProfileResponse]]:
+        """Enrolls an end user's voice from a span of a recording or an uploaded sample
+        (end_users:write); at least 3 s of speech.
+        """
+
+    @_abc_1.abstractmethod
+    def ListVoiceProfiles(
+        self,
+        request: _end_user_pb2.ListVoiceProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_end_user_pb2.ListVoiceProfilesResponse, _abc.Awaitable[_end_user_pb2.ListVoiceProfilesResponse]]:
+        """Lists an end user's voice profiles, oldest first (end_users:read)."""
+
+    @_abc_1.abstractmethod
+    def DeleteVoiceProfile(
+        self,
+        request: _end_user_pb2.DeleteVoiceProfileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_end_user_pb2.DeleteVoiceProfileResponse, _abc.Awaitable[_end_user_pb2.DeleteVoiceProfileResponse]]:
+        """Deletes a voice profile and its embedding (end_users:write)."""
 
 def add_EndUserServiceServicer_to_server(servicer: EndUserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

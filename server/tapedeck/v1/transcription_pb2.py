@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tapedeck.v1 import recording_pb2 as tapedeck_dot_v1_dot_recording__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftapedeck/v1/transcription.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btapedeck/v1/recording.proto\"J\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\x12\x12\n\nconfidence\x18\x04 \x01(\x01\"\x91\x01\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\tH\x00\x88\x01\x01\x12 \n\x05words\x18\x06 \x03(\x0b\x32\x11.tapedeck.v1.WordB\n\n\x08_speaker\"C\n\x12TranscriptionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xbc\x04\n\rTranscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .tapedeck.v1.TranscriptionStatus\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x18\n\x0b\x64uration_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x08 \x01(\t\x12&\n\x08segments\x18\t \x03(\x0b\x32\x14.tapedeck.v1.Segment\x12\x17\n\nword_count\x18\n \x01(\x05H\x01\x88\x01\x01\x12.\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1f.tapedeck.v1.TranscriptionError\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nparagraphs\x18\x0e \x03(\x0b\x32\x16.tapedeck.v1.Paragraph\x12\x0c\n\x04live\x18\x0f \x01(\x08\x12\x17\n\ncovered_ms\x18\x10 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\nskipped_ms\x18\x11 \x01(\x03H\x03\x88\x01\x01\x42\x0e\n\x0c_duration_msB\r\n\x0b_word_countB\r\n\x0b_covered_msB\r\n\x0b_skipped_ms\"%\n\x17GetTranscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\x18GetTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"o\n\x1a\x43reateTranscriptionRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"P\n\x1b\x43reateTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"\x8b\x01\n\tParagraph\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x14\n\x07speaker\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfirst_segment\x18\x05 \x01(\x05\x12\x15\n\rsegment_count\x18\x06 \x01(\x05\x42\n\n\x08_speaker\"\x80\x03\n\x18SearchTranscriptsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\x05order\x18\x02 \x01(\x0e\x32\x18.tapedeck.v1.SearchOrder\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x13\n\x0b\x65nd_user_id\x18\x06 \x01(\t\x12\x0f\n\x07speaker\x18\x07 \x01(\t\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x45\n\x08metadata\x18\n \x03(\x0b\x32\x33.tapedeck.v1.SearchTranscriptsRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\tMatchSpan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"\xc6\x02\n\tSearchHit\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x18\n\x10transcription_id\x18\x02 \x01(\t\x12\x15\n\rsegment_index\x18\x03 \x01(\x05\x12\x10\n\x08start_ms\x18\x04 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x05 \x01(\x03\x12\x14\n\x07speaker\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\'\n\x07matches\x18\x08 \x03(\x0b\x32\x16.tapedeck.v1.MatchSpan\x12\x0f\n\x07snippet\x18\t \x01(\t\x12\r\n\x05score\x18\n \x01(\x01\x12/\n\x0brecord_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdevice_id\x18\x0c \x01(\t\x12\x13\n\x0b\x65nd_user_id\x18\r \x01(\tB\n\n\x08_speaker\"Z\n\x19SearchTranscriptsResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.tapedeck.v1.SearchHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x19WatchTranscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8b\x01\n\x1aWatchTranscriptionResponse\x12&\n\x08segments\x18\x01 \x03(\x0b\x32\x14.tapedeck.v1.Segment\x12\x12\n\ncovered_ms\x18\x02 \x01(\x03\x12\x31\n\rtranscription\x18\x03 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription*`\n\x0bSearchOrder\x12\x1c\n\x18SEARCH_ORDER_UNSPECIFIED\x10\x00\x12\x1a\n\x16SEARCH_ORDER_RELEVANCE\x10\x01\x12\x17\n\x13SEARCH_ORDER_NEWEST\x10\x02\x32\xae\x03\n\x14TranscriptionService\x12_\n\x10GetTranscription\x12$.tapedeck.v1.GetTranscriptionRequest\x1a%.tapedeck.v1.GetTranscriptionResponse\x12h\n\x13\x43reateTranscription\x12\'.tapedeck.v1.CreateTranscriptionRequest\x1a(.tapedeck.v1.CreateTranscriptionResponse\x12\x62\n\x11SearchTranscripts\x12%.tapedeck.v1.SearchTranscriptsRequest\x1a&.tapedeck.v1.SearchTranscriptsResponse\x12g\n\x12WatchTranscription\x12&.tapedeck.v1.WatchTranscriptionRequest\x1a\'.tapedeck.v1.WatchTranscriptionResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftapedeck/v1/transcription.proto\x12\x0btapedeck.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1btapedeck/v1/recording.proto\"l\n\x04Word\x12\x0c\n\x04word\x18\x01 \x01(\t\x12\x10\n\x08start_ms\x18\x02 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x03 \x01(\x03\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\n\n\x08_speaker\"\x91\x01\n\x07Segment\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nconfidence\x18\x04 \x01(\x01\x12\x14\n\x07speaker\x18\x05 \x01(\tH\x00\x88\x01\x01\x12 \n\x05words\x18\x06 \x03(\x0b\x32\x11.tapedeck.v1.WordB\n\n\x08_speaker\"C\n\x12TranscriptionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xf6\x04\n\rTranscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0crecording_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .tapedeck.v1.TranscriptionStatus\x12\x10\n\x08language\x18\x04 \x01(\t\x12\x10\n\x08provider\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12\x18\n\x0b\x64uration_ms\x18\x07 \x01(\x03H\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x08 \x01(\t\x12&\n\x08segments\x18\t \x03(\x0b\x32\x14.tapedeck.v1.Segment\x12\x17\n\nword_count\x18\n \x01(\x05H\x01\x88\x01\x01\x12.\n\x05\x65rror\x18\x0b \x01(\x0b\x32\x1f.tapedeck.v1.TranscriptionError\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nparagraphs\x18\x0e \x03(\x0b\x32\x16.tapedeck.v1.Paragraph\x12\x0c\n\x04live\x18\x0f \x01(\x08\x12\x17\n\ncovered_ms\x18\x10 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\nskipped_ms\x18\x11 \x01(\x03H\x03\x88\x01\x01\x12&\n\x08speakers\x18\x12 \x03(\x0b\x32\x14.tapedeck.v1.Speaker\x12\x10\n\x08\x64iarized\x18\x13 \x01(\x08\x42\x0e\n\x0c_duration_msB\r\n\x0b_word_countB\r\n\x0b_covered_msB\r\n\x0b_skipped_ms\"%\n\x17GetTranscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"M\n\x18GetTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"\x9f\x02\n\x1a\x43reateTranscriptionRequest\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x10\n\x08language\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x14\n\x07\x64iarize\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x19\n\x0cmin_speakers\x18\x06 \x01(\x05H\x01\x88\x01\x01\x12\x19\n\x0cmax_speakers\x18\x07 \x01(\x05H\x02\x88\x01\x01\x12\x1e\n\x11speakers_expected\x18\x08 \x01(\x05H\x03\x88\x01\x01\x42\n\n\x08_diarizeB\x0f\n\r_min_speakersB\x0f\n\r_max_speakersB\x14\n\x12_speakers_expected\"P\n\x1b\x43reateTranscriptionResponse\x12\x31\n\rtranscription\x18\x01 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"\x8b\x01\n\tParagraph\x12\x10\n\x08start_ms\x18\x01 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x02 \x01(\x03\x12\x14\n\x07speaker\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x15\n\rfirst_segment\x18\x05 \x01(\x05\x12\x15\n\rsegment_count\x18\x06 \x01(\x05\x42\n\n\x08_speaker\"\x80\x03\n\x18SearchTranscriptsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\'\n\x05order\x18\x02 \x01(\x0e\x32\x18.tapedeck.v1.SearchOrder\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x13\n\x0b\x65nd_user_id\x18\x06 \x01(\t\x12\x0f\n\x07speaker\x18\x07 \x01(\t\x12)\n\x05since\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x45\n\x08metadata\x18\n \x03(\x0b\x32\x33.tapedeck.v1.SearchTranscriptsRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\'\n\tMatchSpan\x12\r\n\x05start\x18\x01 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x02 \x01(\x05\"\xc6\x02\n\tSearchHit\x12\x14\n\x0crecording_id\x18\x01 \x01(\t\x12\x18\n\x10transcription_id\x18\x02 \x01(\t\x12\x15\n\rsegment_index\x18\x03 \x01(\x05\x12\x10\n\x08start_ms\x18\x04 \x01(\x03\x12\x0e\n\x06\x65nd_ms\x18\x05 \x01(\x03\x12\x14\n\x07speaker\x18\x06 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x07 \x01(\t\x12\'\n\x07matches\x18\x08 \x03(\x0b\x32\x16.tapedeck.v1.MatchSpan\x12\x0f\n\x07snippet\x18\t \x01(\t\x12\r\n\x05score\x18\n \x01(\x01\x12/\n\x0brecord_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tdevice_id\x18\x0c \x01(\t\x12\x13\n\x0b\x65nd_user_id\x18\r \x01(\tB\n\n\x08_speaker\"Z\n\x19SearchTranscriptsResponse\x12$\n\x04hits\x18\x01 \x03(\x0b\x32\x16.tapedeck.v1.SearchHit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x19WatchTranscriptionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\x8b\x01\n\x1aWatchTranscriptionResponse\x12&\n\x08segments\x18\x01 \x03(\x0b\x32\x14.tapedeck.v1.Segment\x12\x12\n\ncovered_ms\x18\x02 \x01(\x03\x12\x31\n\rtranscription\x18\x03 \x01(\x0b\x32\x1a.tapedeck.v1.Transcription\"C\n\x07Speaker\x12\r\n\x05label\x18\x01 \x01(\t\x12\x14\n\x0ctalk_time_ms\x18\x02 \x01(\x03\x12\x13\n\x0b\x65nd_user_id\x18\x03 \x01(\t*`\n\x0bSearchOrder\x12\x1c\n\x18SEARCH_ORDER_UNSPECIFIED\x10\x00\x12\x1a\n\x16SEARCH_ORDER_RELEVANCE\x10\x01\x12\x17\n\x13SEARCH_ORDER_NEWEST\x10\x02\x32\xae\x03\n\x14TranscriptionService\x12_\n\x10GetTranscription\x12$.tapedeck.v1.GetTranscriptionRequest\x1a%.tapedeck.v1.GetTranscriptionResponse\x12h\n\x13\x43reateTranscription\x12\'.tapedeck.v1.CreateTranscriptionRequest\x1a(.tapedeck.v1.CreateTranscriptionResponse\x12\x62\n\x11SearchTranscripts\x12%.tapedeck.v1.SearchTranscriptsRequest\x1a&.tapedeck.v1.SearchTranscriptsResponse\x12g\n\x12WatchTranscription\x12&.tapedeck.v1.WatchTranscriptionRequest\x1a\'.tapedeck.v1.WatchTranscriptionResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,40 +35,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SEARCHTRANSCRIPTSREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_SEARCHTRANSCRIPTSREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SEARCHORDER']._serialized_start=2465
-  _globals['_SEARCHORDER']._serialized_end=2561
+  _globals['_SEARCHORDER']._serialized_start=2803
+  _globals['_SEARCHORDER']._serialized_end=2899
   _globals['_WORD']._serialized_start=110
-  _globals['_WORD']._serialized_end=184
-  _globals['_SEGMENT']._serialized_start=187
-  _globals['_SEGMENT']._serialized_end=332
-  _globals['_TRANSCRIPTIONERROR']._serialized_start=334
-  _globals['_TRANSCRIPTIONERROR']._serialized_end=401
-  _globals['_TRANSCRIPTION']._serialized_start=404
-  _globals['_TRANSCRIPTION']._serialized_end=976
-  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_start=978
-  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_end=1015
-  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_start=1017
-  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_end=1094
-  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=1096
-  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1207
-  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_start=1209
-  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_end=1289
-  _globals['_PARAGRAPH']._serialized_start=1292
-  _globals['_PARAGRAPH']._serialized_end=1431
-  _globals['_SEARCHTRANSCRIPTSREQUEST']._serialized_start=1434
-  _globals['_SEARCHTRANSCRIPTSREQUEST']._serialized_end=1818
-  _globals['_SEARCHTRANSCRIPTSREQUEST_METADATAENTRY']._serialized_start=1771
-  _globals['_SEARCHTRANSCRIPTSREQUEST_METADATAENTRY']._serialized_end=1818
-  _globals['_MATCHSPAN']._serialized_start=1820
-  _globals['_MATCHSPAN']._serialized_end=1859
-  _globals['_SEARCHHIT']._serialized_start=1862
-  _globals['_SEARCHHIT']._serialized_end=2188
-  _globals['_SEARCHTRANSCRIPTSRESPONSE']._serialized_start=2190
-  _globals['_SEARCHTRANSCRIPTSRESPONSE']._serialized_end=2280
-  _globals['_WATCHTRANSCRIPTIONREQUEST']._serialized_start=2282
-  _globals['_WATCHTRANSCRIPTIONREQUEST']._serialized_end=2321
-  _globals['_WATCHTRANSCRIPTIONRESPONSE']._serialized_start=2324
-  _globals['_WATCHTRANSCRIPTIONRESPONSE']._serialized_end=2463
-  _globals['_TRANSCRIPTIONSERVICE']._serialized_start=2564
-  _globals['_TRANSCRIPTIONSERVICE']._serialized_end=2994
+  _globals['_WORD']._serialized_end=218
+  _globals['_SEGMENT']._serialized_start=221
+  _globals['_SEGMENT']._serialized_end=366
+  _globals['_TRANSCRIPTIONERROR']._serialized_start=368
+  _globals['_TRANSCRIPTIONERROR']._serialized_end=435
+  _globals['_TRANSCRIPTION']._serialized_start=438
+  _globals['_TRANSCRIPTION']._serialized_end=1068
+  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_start=1070
+  _globals['_GETTRANSCRIPTIONREQUEST']._serialized_end=1107
+  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_start=1109
+  _globals['_GETTRANSCRIPTIONRESPONSE']._serialized_end=1186
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_start=1189
+  _globals['_CREATETRANSCRIPTIONREQUEST']._serialized_end=1476
+  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_start=1478
+  _globals['_CREATETRANSCRIPTIONRESPONSE']._serialized_end=1558
+  _globals['_PARAGRAPH']._serialized_start=1561
+  _globals['_PARAGRAPH']._serialized_end=1700
+  _globals['_SEARCHTRANSCRIPTSREQUEST']._serialized_start=1703
+  _globals['_SEARCHTRANSCRIPTSREQUEST']._serialized_end=2087
+  _globals['_SEARCHTRANSCRIPTSREQUEST_METADATAENTRY']._serialized_start=2040
+  _globals['_SEARCHTRANSCRIPTSREQUEST_METADATAENTRY']._serialized_end=2087
+  _globals['_MATCHSPAN']._serialized_start=2089
+  _globals['_MATCHSPAN']._serialized_end=2128
+  _globals['_SEARCHHIT']._serialized_start=2131
+  _globals['_SEARCHHIT']._serialized_end=2457
+  _globals['_SEARCHTRANSCRIPTSRESPONSE']._serialized_start=2459
+  _globals['_SEARCHTRANSCRIPTSRESPONSE']._serialized_end=2549
+  _globals['_WATCHTRANSCRIPTIONREQUEST']._serialized_start=2551
+  _globals['_WATCHTRANSCRIPTIONREQUEST']._serialized_end=2590
+  _globals['_WATCHTRANSCRIPTIONRESPONSE']._serialized_start=2593
+  _globals['_WATCHTRANSCRIPTIONRESPONSE']._serialized_end=2732
+  _globals['_SPEAKER']._serialized_start=2734
+  _globals['_SPEAKER']._serialized_end=2801
+  _globals['_TRANSCRIPTIONSERVICE']._serialized_start=2902
+  _globals['_TRANSCRIPTIONSERVICE']._serialized_end=3332
 # @@protoc_insertion_point(module_scope)

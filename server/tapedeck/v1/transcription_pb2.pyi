@@ -55,6 +55,7 @@ class Word(_message.Message):
     START_MS_FIELD_NUMBER: _builtins.int
     END_MS_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
+    SPEAKER_FIELD_NUMBER: _builtins.int
     word: _builtins.str
     """The word as written (punctuation attached)."""
     start_ms: _builtins.int
@@ -63,6 +64,8 @@ class Word(_message.Message):
     """End, in milliseconds from the start of the recording."""
     confidence: _builtins.float
     """Recognition confidence in [0, 1]."""
+    speaker: _builtins.str
+    """Speaker label (S1, S2, ...); unset when the transcript is not diarized."""
     def __init__(
         self,
         *,
@@ -70,12 +73,15 @@ class Word(_message.Message):
         start_ms: _builtins.int = ...,
         end_ms: _builtins.int = ...,
         confidence: _builtins.float = ...,
+        speaker: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "speaker", b"speaker"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "end_ms", b"end_ms", "start_ms", b"start_ms", "word", b"word"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_speaker", b"_speaker", "confidence", b"confidence", "end_ms", b"end_ms", "speaker", b"speaker", "start_ms", b"start_ms", "word", b"word"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__speaker: _TypeAlias = _typing.Literal["speaker"]  # noqa: Y015
+    _WhichOneofArgType__speaker: _TypeAlias = _typing.Literal["_speaker", b"_speaker"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speaker) -> _WhichOneofReturnType__speaker | None: ...
 
 Global___Word: _TypeAlias = Word  # noqa: Y015
 
@@ -182,6 +188,8 @@ class Transcription(_message.Message):
     LIVE_FIELD_NUMBER: _builtins.int
     COVERED_MS_FIELD_NUMBER: _builtins.int
     SKIPPED_MS_FIELD_NUMBER: _builtins.int
+    SPEAKERS_FIELD_NUMBER: _builtins.int
+    DIARIZED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Transcription identifier (txn_...)."""
     recording_id: _builtins.str
@@ -206,6 +214,8 @@ class Transcription(_message.Message):
     """Live transcriptions: milliseconds of audio transcribed so far (all, once completed)."""
     skipped_ms: _builtins.int
     """Live transcriptions: milliseconds of audio skipped as non-speech (voice activity)."""
+    diarized: _builtins.bool
+    """True when the transcript was diarized (speakers may still be empty: no speech)."""
     @_builtins.property
     def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]:
         """Segments in time order, each with its words."""
@@ -225,6 +235,10 @@ class Transcription(_message.Message):
     @_builtins.property
     def paragraphs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Paragraph]:
         """Segments grouped at pauses and speaker changes, for readers that want prose."""
+
+    @_builtins.property
+    def speakers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Speaker]:
+        """Speakers found (in label order), once completed with diarization."""
 
     def __init__(
         self,
@@ -246,10 +260,12 @@ class Transcription(_message.Message):
         live: _builtins.bool = ...,
         covered_ms: _builtins.int | None = ...,
         skipped_ms: _builtins.int | None = ...,
+        speakers: _abc.Iterable[Global___Speaker] | None = ...,
+        diarized: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms", "_duration_ms", b"_duration_ms", "_skipped_ms", b"_skipped_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "covered_ms", b"covered_ms", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "skipped_ms", b"skipped_ms", "word_count", b"word_count"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms", "_duration_ms", b"_duration_ms", "_skipped_ms", b"_skipped_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "covered_ms", b"covered_ms", "create_time", b"create_time", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "language", b"language", "live", b"live", "model", b"model", "paragraphs", b"paragraphs", "provider", b"provider", "recording_id", b"recording_id", "segments", b"segments", "skipped_ms", b"skipped_ms", "status", b"status", "text", b"text", "word_count", b"word_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms", "_duration_ms", b"_duration_ms", "_skipped_ms", b"_skipped_ms", "_word_count", b"_word_count", "complete_time", b"complete_time", "covered_ms", b"covered_ms", "create_time", b"create_time", "diarized", b"diarized", "duration_ms", b"duration_ms", "error", b"error", "id", b"id", "language", b"language", "live", b"live", "model", b"model", "paragraphs", b"paragraphs", "provider", b"provider", "recording_id", b"recording_id", "segments", b"segments", "skipped_ms", b"skipped_ms", "speakers", b"speakers", "status", b"status", "text", b"text", "word_count", b"word_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__covered_ms: _TypeAlias = _typing.Literal["covered_ms"]  # noqa: Y015
     _WhichOneofArgType__covered_ms: _TypeAlias = _typing.Literal["_covered_ms", b"_covered_ms"]  # noqa: Y015
@@ -326,6 +342,10 @@ class CreateTranscriptionRequest(_message.Message):
     LANGUAGE_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    DIARIZE_FIELD_NUMBER: _builtins.int
+    MIN_SPEAKERS_FIELD_NUMBER: _builtins.int
+    MAX_SPEAKERS_FIELD_NUMBER: _builtins.int
+    SPEAKERS_EXPECTED_FIELD_NUMBER: _builtins.int
     recording_id: _builtins.str
     """Recording to transcribe (rec_...)."""
     language: _builtins.str
@@ -336,6 +356,14 @@ class CreateTranscriptionRequest(_message.Message):
     """Optional client-chosen key; a retried request with the same key and the same body
     returns the first transcription instead of queuing another.
     """
+    diarize: _builtins.bool
+    """Label speakers; unset means true."""
+    min_speakers: _builtins.int
+    """Fewest speakers to find (1-20); unset: estimated."""
+    max_speakers: _builtins.int
+    """Most speakers to find (1-20); unset: estimated."""
+    speakers_expected: _builtins.int
+    """Exactly this many speakers (1-20); unset: estimated."""
     def __init__(
         self,
         *,
@@ -343,12 +371,31 @@ class CreateTranscriptionRequest(_message.Message):
         language: _builtins.str = ...,
         provider: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        diarize: _builtins.bool | None = ...,
+        min_speakers: _builtins.int | None = ...,
+        max_speakers: _builtins.int | None = ...,
+        speakers_expected: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_diarize", b"_diarize", "_max_speakers", b"_max_speakers", "_min_speakers", b"_min_speakers", "_speakers_expected", b"_speakers_expected", "diarize", b"diarize", "max_speakers", b"max_speakers", "min_speakers", b"min_speakers", "speakers_expected", b"speakers_expected"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "language", b"language", "provider", b"provider", "recording_id", b"recording_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_diarize", b"_diarize", "_max_speakers", b"_max_speakers", "_min_speakers", b"_min_speakers", "_speakers_expected", b"_speakers_expected", "diarize", b"diarize", "idempotency_key", b"idempotency_key", "language", b"language", "max_speakers", b"max_speakers", "min_speakers", b"min_speakers", "provider", b"provider", "recording_id", b"recording_id", "speakers_expected", b"speakers_expected"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__diarize: _TypeAlias = _typing.Literal["diarize"]  # noqa: Y015
+    _WhichOneofArgType__diarize: _TypeAlias = _typing.Literal["_diarize", b"_diarize"]  # noqa: Y015
+    _WhichOneofReturnType__max_speakers: _TypeAlias = _typing.Literal["max_speakers"]  # noqa: Y015
+    _WhichOneofArgType__max_speakers: _TypeAlias = _typing.Literal["_max_speakers", b"_max_speakers"]  # noqa: Y015
+    _WhichOneofReturnType__min_speakers: _TypeAlias = _typing.Literal["min_speakers"]  # noqa: Y015
+    _WhichOneofArgType__min_speakers: _TypeAlias = _typing.Literal["_min_speakers", b"_min_speakers"]  # noqa: Y015
+    _WhichOneofReturnType__speakers_expected: _TypeAlias = _typing.Literal["speakers_expected"]  # noqa: Y015
+    _WhichOneofArgType__speakers_expected: _TypeAlias = _typing.Literal["_speakers_expected", b"_speakers_expected"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__diarize) -> _WhichOneofReturnType__diarize | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_speakers) -> _WhichOneofReturnType__max_speakers | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__min_speakers) -> _WhichOneofReturnType__min_speakers | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__speakers_expected) -> _WhichOneofReturnType__speakers_expected | None: ...
 
 Global___CreateTranscriptionRequest: _TypeAlias = CreateTranscriptionRequest  # noqa: Y015
 
@@ -689,3 +736,33 @@ class WatchTranscriptionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchTranscriptionResponse: _TypeAlias = WatchTranscriptionResponse  # noqa: Y015
+
+@_typing.final
+class Speaker(_message.Message):
+    """Speaker is one speaker of a diarized transcript."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    TALK_TIME_MS_FIELD_NUMBER: _builtins.int
+    END_USER_ID_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """Label: S1, S2, ... in order of first appearance."""
+    talk_time_ms: _builtins.int
+    """Labelled speech of this speaker, in milliseconds."""
+    end_user_id: _builtins.str
+    """End user whose voice profile matched this speaker (eu_...); empty when none did."""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        talk_time_ms: _builtins.int = ...,
+        end_user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "label", b"label", "talk_time_ms", b"talk_time_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Speaker: _TypeAlias = Speaker  # noqa: Y015

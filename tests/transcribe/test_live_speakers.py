@@ -4,8 +4,9 @@ A live transcript is assembled from pieces made while the recording streamed; it
 come from the same single diarization over the stitched audio as a whole-file transcript
 (``TranscribeHandler._label_live``). Here a two-voice conversation of real recordings
 (``voicekit``: Allison and Carlo) streams in 10 s chunks with live transcription on, then the
-same recording is transcribed again as a whole file: the speakers list is the same and every
-word that both transcripts hold at the same moment carries the same label.
+same recording is transcribed again as a whole file: the speakers list is the same and the
+words that both transcripts hold at the same moment carry the same label (at least 95 %: a
+word is labelled at its own midpoint, so one that straddles a turn change may differ).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import voicekit as vk
@@ -22,6 +22,7 @@ from serverkit import RunningServer, start_server
 from txnkit import (
     device_chunks,
     drop_bucket,
+    pcm16,
     pipeline_settings,
     rest,
     upload_grpc,
@@ -43,19 +44,15 @@ def srv(weed: Any, whisper_dir: Path,
         drop_bucket(weed, settings.s3_bucket)
 
 
-def _pcm16(x: np.ndarray) -> bytes:
-    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
-
-
-def _labels_by_word(txn: dict[str, Any]) -> dict[tuple[str, int], str]:
-    """Each word's speaker, keyed by its normalized text and its midpoint in 100 ms units."""
-    return {(w["word"].strip(" .,?!").lower(), (w["start_ms"] + w["end_ms"]) // 200):
-            w["speaker"] for w in words(txn)}
+def _label_at(txn: dict[str, Any], ms: float) -> str | None:
+    """The speaker of the word of ``txn`` that spans ``ms`` (None: no word there)."""
+    return next((w["speaker"] for w in words(txn) if w["start_ms"] <= ms <= w["end_ms"]),
+                None)
 
 
 def test_live_and_whole_file_transcripts_have_the_same_speakers(srv: RunningServer) -> None:
     conv = vk.conversation(["allison", "carlo"], 4, 31, min_turn=4, max_turn=10)
-    chunks, duration = device_chunks(_pcm16(conv.pcm), 10_000)
+    chunks, duration = device_chunks(pcm16(conv.pcm), 10_000)
     assert len(chunks) >= 3  # boundaries inside the conversation
     _, token = srv.device_token()
     rec_id = upload_grpc(srv, token, chunks, duration)
@@ -75,9 +72,11 @@ def test_live_and_whole_file_transcripts_have_the_same_speakers(srv: RunningServ
         (s["label"], s["end_user_id"]) for s in live["speakers"]]
     for a, b in zip(whole["speakers"], live["speakers"], strict=True):
         assert abs(a["talk_time_ms"] - b["talk_time_ms"]) <= 0.1 * a["talk_time_ms"], (a, b)
-    live_labels, whole_labels = _labels_by_word(live), _labels_by_word(whole)
-    shared = live_labels.keys() & whole_labels.keys()
-    assert len(shared) >= 0.5 * len(whole_labels), (len(shared), len(whole_labels))
-    same = sum(live_labels[k] == whole_labels[k] for k in shared)
-    assert same == len(shared), [(k, live_labels[k], whole_labels[k]) for k in shared
-                                 if live_labels[k] != whole_labels[k]]
+    # The two transcripts need not hold the same words (the live one was cut into pieces):
+    # wherever both have a word at the same moment, it carries the same speaker.
+    pairs = [(w["speaker"], _label_at(live, (w["start_ms"] + w["end_ms"]) / 2))
+             for w in words(whole)]
+    shared = [(a, b) for a, b in pairs if b is not None]
+    assert len(shared) >= 0.5 * len(pairs), (len(shared), len(pairs))
+    same = sum(a == b for a, b in shared)
+    assert same >= 0.95 * len(shared), shared

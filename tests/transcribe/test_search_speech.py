@@ -95,7 +95,8 @@ def test_real_speech_is_found_at_the_time_it_was_said(srv: RunningServer) -> Non
     word = _word_at(txn, hit, m["start"], m["end"])
     said_from, said_to = spans[1]
     assert said_from - 300 <= word["start_ms"] <= word["end_ms"] <= said_to + 300, (word, spans)
-    assert "<mark>" in hit["snippet"] and hit["speaker"] is None
+    # one voice: the diarized transcript's single speaker, as the segment says
+    assert "<mark>" in hit["snippet"] and hit["speaker"] == seg["speaker"] == "S1"
 
     # a phrase, a prefix and a boolean query on the same real transcript; the device sees it
     [phrase] = _search(srv, '"match your search"', token)
@@ -121,7 +122,9 @@ def test_real_speech_is_found_at_the_time_it_was_said(srv: RunningServer) -> Non
     cue_ends = {round(s.end.total_seconds() * 1000) for s in subs}
     # every segment's start and end is a cue boundary, to the millisecond
     assert starts <= cue_starts and ends <= cue_ends
-    said = " ".join(s.content.replace("\n", " ") for s in subs).split()
+    # each cue starts with its (diarized) speaker, then the words in order
+    assert all(sub.content.startswith("S1: ") for sub in subs)
+    said = " ".join(sub.content.removeprefix("S1: ").replace("\n", " ") for sub in subs).split()
     assert said == " ".join(s["text"] for s in txn["segments"]).split()
 
     # re-transcription replaces the indexed transcript; deletion removes it

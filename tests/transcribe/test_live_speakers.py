@@ -5,8 +5,8 @@ come from the same single diarization over the stitched audio as a whole-file tr
 (``TranscribeHandler._label_live``). Here a two-voice conversation of real recordings
 (``voicekit``: Allison and Carlo) streams in 10 s chunks with live transcription on, then the
 same recording is transcribed again as a whole file: the speakers list is the same and the
-words that both transcripts hold at the same moment carry the same label (at least 95 %: a
-word is labelled at its own midpoint, so one that straddles a turn change may differ).
+words of the whole file carry the label of the live segment at the same moment (at least 95 %:
+a word is labelled at its own midpoint, so one that straddles a turn change may differ).
 """
 
 from __future__ import annotations
@@ -45,8 +45,13 @@ def srv(weed: Any, whisper_dir: Path,
 
 
 def _label_at(txn: dict[str, Any], ms: float) -> str | None:
-    """The speaker of the word of ``txn`` that spans ``ms`` (None: no word there)."""
-    return next((w["speaker"] for w in words(txn) if w["start_ms"] <= ms <= w["end_ms"]),
+    """The speaker of the segment of ``txn`` that spans ``ms`` (None: no segment there).
+
+    Segments, not words: the two transcripts place word boundaries differently (the live one
+    was decoded in overlapping pieces), but segments are split wherever the speaker changes,
+    so a segment's label is the label of every word in it.
+    """
+    return next((s["speaker"] for s in txn["segments"] if s["start_ms"] <= ms <= s["end_ms"]),
                 None)
 
 
@@ -77,6 +82,7 @@ def test_live_and_whole_file_transcripts_have_the_same_speakers(srv: RunningServ
     pairs = [(w["speaker"], _label_at(live, (w["start_ms"] + w["end_ms"]) / 2))
              for w in words(whole)]
     shared = [(a, b) for a, b in pairs if b is not None]
-    assert len(shared) >= 0.5 * len(pairs), (len(shared), len(pairs))
+    print(f"words of the whole file inside a live segment: {len(shared)} of {len(pairs)}")
+    assert len(shared) >= 0.7 * len(pairs), (len(shared), len(pairs))
     same = sum(a == b for a, b in shared)
     assert same >= 0.95 * len(shared), shared

@@ -122,6 +122,13 @@ class Pulse:
     def play(self, wav: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(["paplay", "--device=tdsink", str(wav)], env=self.env)
 
+    def wait_for_capture(self, timeout: float) -> None:
+        """Until some client records from this daemon (a source output exists): on a loaded
+        machine a capturing process may take seconds to open its stream."""
+        wait_for(lambda: subprocess.run(
+            ["pactl", "list", "short", "source-outputs"], env=self.env, capture_output=True,
+            text=True).stdout.strip() != "", timeout, "a client to capture from pulseaudio")
+
     def stop(self) -> None:
         pid_file = self.home / "run" / "pulse" / "pid"
         if pid_file.exists():

@@ -158,7 +158,8 @@ def test_pulseaudio_realtime_speech_is_recorded_and_transcribed(
             agent_cmd("record", "--duration", "6", "--chunk-duration-ms", "2000",
                       "--wait", "60"),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(1.5)  # the first PortAudio read through pulse blocks ~0.7 s
+        pulse.wait_for_capture(60)
+        time.sleep(1.0)  # the first PortAudio read through pulse blocks ~0.7 s
         player = pulse.play(wav)
         player.wait(timeout=30)
         out, err = agent.communicate(timeout=120)

@@ -2,7 +2,8 @@
 
     tapedeck serve       everything in one process (the embedded default)
     tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
-    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex
+    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex,
+                                                        reseal-secrets
     tapedeck settings    print every setting with its value and environment variable
 """
 
@@ -56,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--device-id", help="the device's id (default: a new dev_... id)")
     _common(admin.add_parser("reindex", help="rebuild the transcript search index from the "
                                              "transcripts"))
+    _common(admin.add_parser("reseal-secrets", help="seal every webhook secret under the "
+                                                    "current TAPEDECK_SECRET_KEY (after a rotation)"))
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -164,6 +167,8 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     try:
         if args.admin == "reindex":
             print(json.dumps(reindex(db)))
+        elif args.admin == "reseal-secrets":
+            print(json.dumps(reseal(db, settings)))
         elif args.admin == "bootstrap":
             project_id, key = create_project(db, SystemClock())
             print(json.dumps({"project_id": project_id, "api_key": key}))
@@ -185,6 +190,15 @@ def reindex(db: Any) -> dict[str, int]:
         "SELECT count(*) FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id"
         " WHERE t.status = 'completed'").fetchone()[0]
     return {"transcriptions": int(count), "segments": backend_for(db).rebuild(db)}
+
+
+def reseal(db: Any, settings: Any) -> dict[str, int]:
+    """``tapedeck admin reseal-secrets``: every webhook secret re-sealed under the current
+    key (``TAPEDECK_SECRET_KEY``); prints ``{"resealed": N, "current": M, "unreadable": K}``."""
+    from tapedeck.server_keys import ServerKeys
+    from tapedeck.webhooks.endpoints import reseal_secrets
+
+    return reseal_secrets(db, ServerKeys.from_settings(settings).secret_box())
 
 
 def settings_markdown() -> str:

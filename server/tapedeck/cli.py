@@ -59,6 +59,15 @@ def _parser() -> argparse.ArgumentParser:
                                              "transcripts"))
     _common(admin.add_parser("reseal-secrets", help="seal every webhook secret under the "
                                                     "current TAPEDECK_SECRET_KEY (after a rotation)"))
+    cp = admin.add_parser("copy-objects", help="copy every stored object into another S3 "
+                                               "store, verified (counts, MD5s), resumable")
+    _common(cp)
+    cp.add_argument("--to-endpoint", required=True, help="host:port of the target S3 store")
+    cp.add_argument("--to-bucket", default="tapedeck", help="target bucket (made if missing)")
+    cp.add_argument("--to-secure", action="store_true", help="HTTPS to the target")
+    cp.add_argument("--to-region", default="us-east-1", help="target region")
+    # The target's keys come from the environment, never from the command line (ps shows it):
+    # TAPEDECK_TARGET_S3_ACCESS_KEY and TAPEDECK_TARGET_S3_SECRET_KEY.
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -156,6 +165,9 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     from tapedeck.clock import SystemClock
     from tapedeck.db import Database
 
+    if args.admin == "copy-objects":
+        return _copy_objects(settings, args)
+
     db_path = settings.db_path.resolve()
     if not db_path.exists() and not args.create_database:
         raise StartupError(EXIT_NO_DATABASE, f"no database at {db_path}: run this with the "
@@ -190,6 +202,29 @@ def reindex(db: Any) -> dict[str, int]:
         "SELECT count(*) FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id"
         " WHERE t.status = 'completed'").fetchone()[0]
     return {"transcriptions": int(count), "segments": backend_for(db).rebuild(db)}
+
+
+def _copy_objects(settings: Any, args: argparse.Namespace) -> int:
+    """``tapedeck admin copy-objects``: this installation's store (the embedded SeaweedFS is
+    started for it; stop the server first) into the target; prints the ``CopyResult``."""
+    import os
+
+    from tapedeck.app import App, checked_bucket
+    from tapedeck.copy_objects import copy_objects
+    from tapedeck.store.s3 import S3Store
+
+    target = S3Store(args.to_endpoint, os.environ.get("TAPEDECK_TARGET_S3_ACCESS_KEY", ""),
+                     os.environ.get("TAPEDECK_TARGET_S3_SECRET_KEY", ""), args.to_bucket,
+                     secure=args.to_secure, region=args.to_region)
+    checked_bucket(target, args.to_endpoint)
+    app = App.open(settings)
+    try:
+        result = copy_objects(app.store, target)
+    finally:
+        app.close(grace=1.0)
+        target.close()
+    print(json.dumps(result.to_json()))
+    return 0 if result.source_digest == result.target_digest else 1
 
 
 def reseal(db: Any, settings: Any) -> dict[str, int]:

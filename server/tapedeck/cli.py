@@ -62,10 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     cp = admin.add_parser("copy-objects", help="copy every stored object into another S3 "
                                                "store, verified (counts, MD5s), resumable")
     _common(cp)
-    cp.add_argument("--to-endpoint", required=True, help="host:port of the target S3 store")
-    cp.add_argument("--to-bucket", default="tapedeck", help="target bucket (made if missing)")
-    cp.add_argument("--to-secure", action="store_true", help="HTTPS to the target")
-    cp.add_argument("--to-region", default="us-east-1", help="target region")
+    cp.add_argument("--to-endpoint", required=True, help="host:port of the target S3 store (required)")
+    cp.add_argument("--to-bucket", default="tapedeck",
+                    help="target bucket, made if missing (default tapedeck)")
+    cp.add_argument("--to-secure", action="store_true", help="HTTPS to the target (default: plain HTTP)")
+    cp.add_argument("--to-region", default="us-east-1", help="target region (default us-east-1)")
     # The target's keys come from the environment, never from the command line (ps shows it):
     # TAPEDECK_TARGET_S3_ACCESS_KEY and TAPEDECK_TARGET_S3_SECRET_KEY.
     shown = sub.add_parser("settings", help="print every setting")

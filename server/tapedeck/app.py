@@ -23,6 +23,7 @@ from tapedeck.errors import TapedeckError
 from tapedeck.health import Health, database_check, store_check
 from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
 from tapedeck.private import private_dir, tighten_tree
+from tapedeck.server_keys import check_secret_key
 from tapedeck.settings import Settings
 from tapedeck.startup import (
     EXIT_DATA_DIR,
@@ -77,6 +78,7 @@ class App:
         the managed store is then supervised and readiness checks start."""
         clock = clock or SystemClock()
         certificate = check_transport(settings)  # before anything starts: a one-line refusal
+        check_secret_key(settings)  # likewise (exit code 2)
         metrics = Metrics()
         checked_data_dir(settings.data_dir)
         private_dir(settings.data_dir)

@@ -6,7 +6,8 @@ database is asked. Stored only as SHA-256 hashes (the tokens carry 190 bits of e
 plain hash is enough); the hash lookup is by index and the final comparison is constant time.
 
 ``up_`` upload tokens are stateless: ``up_{payload}.{hmac}`` bound to one recording and an
-expiry, signed with a key kept in the data directory (never in SQLite).
+expiry, signed with the ``upload-signing`` key of ``tapedeck.server_keys`` (derived from
+``TAPEDECK_SECRET_KEY``, or a key file in the data directory; never in SQLite).
 """
 
 from __future__ import annotations
@@ -97,8 +98,10 @@ def hint(token: str) -> str:
 class UploadTokens:
     """Signs and checks ``up_`` tokens (one recording, until an expiry)."""
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, accepted: Iterable[bytes] = ()) -> None:
+        """Issue with ``key``; verify with it or any ``accepted`` (older) key (rotation)."""
         self._key = key
+        self._keys = (key, *accepted)
 
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> UploadTokens:
@@ -115,15 +118,18 @@ class UploadTokens:
         body = base64.urlsafe_b64encode(payload).decode().rstrip("=")
         return f"up_{body}.{self._sign(body)}"
 
-    def _sign(self, body: str) -> str:
-        mac = hmac.new(self._key, body.encode(), hashlib.sha256).digest()
+    def _sign(self, body: str, key: bytes | None = None) -> str:
+        mac = hmac.new(key or self._key, body.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac[:24]).decode()
+
+    def _signed(self, body: str, sig: str) -> bool:
+        return any(hmac.compare_digest(self._sign(body, k), sig) for k in self._keys)
 
     def verify(self, token: str, now: datetime) -> Principal:
         """The principal of a valid token; ``unauthorized`` if tampered or expired."""
         try:
             body, sig = token.removeprefix("up_").split(".", 1)
-            if not token.startswith("up_") or not hmac.compare_digest(self._sign(body), sig):
+            if not token.startswith("up_") or not self._signed(body, sig):
                 raise ValueError("bad signature")
             claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         except (ValueError, json.JSONDecodeError):

@@ -2,7 +2,8 @@
 
     tapedeck serve       everything in one process (the embedded default)
     tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
-    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex
+    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex,
+                                                        reseal-secrets
     tapedeck settings    print every setting with its value and environment variable
 """
 
@@ -56,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--device-id", help="the device's id (default: a new dev_... id)")
     _common(admin.add_parser("reindex", help="rebuild the transcript search index from the "
                                              "transcripts"))
+    _common(admin.add_parser("reseal-secrets", help="seal every webhook secret under the "
+                                                    "current TAPEDECK_SECRET_KEY (after a rotation)"))
+    cp = admin.add_parser("copy-objects", help="copy every stored object into another S3 "
+                                               "store, verified (counts, MD5s), resumable")
+    _common(cp)
+    cp.add_argument("--to-endpoint", required=True, help="host:port of the target S3 store (required)")
+    cp.add_argument("--to-bucket", default="tapedeck",
+                    help="target bucket, made if missing (default tapedeck)")
+    cp.add_argument("--to-secure", action="store_true", help="HTTPS to the target (default: plain HTTP)")
+    cp.add_argument("--to-region", default="us-east-1", help="target region (default us-east-1)")
+    # The target's keys come from the environment, never from the command line (ps shows it):
+    # TAPEDECK_TARGET_S3_ACCESS_KEY and TAPEDECK_TARGET_S3_SECRET_KEY.
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -153,6 +166,9 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     from tapedeck.clock import SystemClock
     from tapedeck.db import Database
 
+    if args.admin == "copy-objects":
+        return _copy_objects(settings, args)
+
     db_path = settings.db_path.resolve()
     if not db_path.exists() and not args.create_database:
         raise StartupError(EXIT_NO_DATABASE, f"no database at {db_path}: run this with the "
@@ -164,6 +180,8 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     try:
         if args.admin == "reindex":
             print(json.dumps(reindex(db)))
+        elif args.admin == "reseal-secrets":
+            print(json.dumps(reseal(db, settings)))
         elif args.admin == "bootstrap":
             project_id, key = create_project(db, SystemClock())
             print(json.dumps({"project_id": project_id, "api_key": key}))
@@ -185,6 +203,38 @@ def reindex(db: Any) -> dict[str, int]:
         "SELECT count(*) FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id"
         " WHERE t.status = 'completed'").fetchone()[0]
     return {"transcriptions": int(count), "segments": backend_for(db).rebuild(db)}
+
+
+def _copy_objects(settings: Any, args: argparse.Namespace) -> int:
+    """``tapedeck admin copy-objects``: this installation's store (the embedded SeaweedFS is
+    started for it; stop the server first) into the target; prints the ``CopyResult``."""
+    import os
+
+    from tapedeck.app import App, checked_bucket
+    from tapedeck.copy_objects import copy_objects
+    from tapedeck.store.s3 import S3Store
+
+    target = S3Store(args.to_endpoint, os.environ.get("TAPEDECK_TARGET_S3_ACCESS_KEY", ""),
+                     os.environ.get("TAPEDECK_TARGET_S3_SECRET_KEY", ""), args.to_bucket,
+                     secure=args.to_secure, region=args.to_region)
+    checked_bucket(target, args.to_endpoint)
+    app = App.open(settings)
+    try:
+        result = copy_objects(app.store, target)
+    finally:
+        app.close(grace=1.0)
+        target.close()
+    print(json.dumps(result.to_json()))
+    return 0 if result.source_digest == result.target_digest else 1
+
+
+def reseal(db: Any, settings: Any) -> dict[str, int]:
+    """``tapedeck admin reseal-secrets``: every webhook secret re-sealed under the current
+    key (``TAPEDECK_SECRET_KEY``); prints ``{"resealed": N, "current": M, "unreadable": K}``."""
+    from tapedeck.server_keys import ServerKeys
+    from tapedeck.webhooks.endpoints import reseal_secrets
+
+    return reseal_secrets(db, ServerKeys.from_settings(settings).secret_box())
 
 
 def settings_markdown() -> str:

@@ -153,6 +153,13 @@ class Settings:
     store_restart_max_s: int = field(default=30, metadata={
         "help": "a managed SeaweedFS that dies is restarted at once, then after 0.5 s, 1 s, "
                 "... up to this long between attempts"})
+    secret_key: str = field(default="", metadata={
+        "help": "at least 32 characters shared by every node of a deployment: the keys that "
+                "sign chunk upload URLs and seal webhook secrets are derived from it (HKDF); "
+                "empty = key files in the data dir (one-node default)"})
+    secret_key_previous: str = field(default="", metadata={
+        "help": "the secret key being rotated out: still accepted (upload URLs, sealed "
+                "secrets), never used for new ones; see `tapedeck admin reseal-secrets`"})
 
     @property
     def db_path(self) -> Path:

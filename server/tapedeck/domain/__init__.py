@@ -23,6 +23,7 @@ from tapedeck.domain.recordings import Recordings
 from tapedeck.domain.search import Search
 from tapedeck.domain.transcriptions import Transcriptions
 from tapedeck.domain.voice_profiles import VoiceEmbedder, VoiceProfiles
+from tapedeck.server_keys import ServerKeys
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 from tapedeck.webhooks.endpoints import Webhooks
@@ -48,22 +49,25 @@ class Domain:
     search: Search
     fleet: Fleet
     voice_profiles: VoiceProfiles
+    secret_box: SecretBox  # the one sealer of this process (tapedeck.server_keys)
 
     @classmethod
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
               settings: Settings) -> Domain:
         """Wire the services from their dependencies (called from ``cli``/tests)."""
         ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=KeyedLocks())
-        uploads = UploadTokens.from_data_dir(settings.data_dir)
+        keys = ServerKeys.from_settings(settings)
+        uploads, box = keys.upload_tokens(), keys.secret_box()
         chunks = Chunks(ctx)
         return cls(ctx=ctx, auth=Authenticator(db, uploads, clock), uploads=uploads,
                    recordings=Recordings(ctx, uploads, chunks), chunks=chunks,
                    idempotency=IdempotencyStore(db, clock),
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
-                   webhooks=Webhooks(ctx, SecretBox.from_data_dir(settings.data_dir)),
+                   webhooks=Webhooks(ctx, box),
                    transcriptions=Transcriptions(ctx), search=Search(ctx),
-                   fleet=Fleet(ctx), voice_profiles=VoiceProfiles(ctx, _enroller))
+                   fleet=Fleet(ctx), voice_profiles=VoiceProfiles(ctx, _enroller),
+                   secret_box=box)
 
     def authenticate(self, authorization: str | None, *,
                      allow_upload_token: bool = False) -> Principal:

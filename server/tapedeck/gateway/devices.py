@@ -4,7 +4,7 @@
 
 Secrets in idempotent responses: bind, token refresh and key creation answer a secret shown
 once. When such a request carries an ``Idempotency-Key``, its stored response (SQLite) holds
-the secret only sealed (AES-256-GCM, ``SecretBox`` key in the data directory, bound to the
+the secret only sealed (AES-256-GCM, ``SecretBox``, ``tapedeck.server_keys``, bound to the
 credential and key), so a replay within 24 h returns the same secret while no plaintext
 secret ever reaches the database. (A refreshed-away token cannot replay its refresh: it no
 longer authenticates.)
@@ -242,7 +242,7 @@ class SecretResponder:
 def add_device_routes(router: APIRouter, gw: Gateway) -> None:
     """Register the end user, device and key routes on ``router`` (the app's router, whose
     ``route_class`` ``routes.add_routes`` has already set)."""
-    secrets = SecretResponder(gw, SecretBox.from_data_dir(gw.domain.ctx.settings.data_dir))
+    secrets = SecretResponder(gw, gw.domain.secret_box)
     _end_user_routes(router, gw)
     _device_routes(router, gw)
     _binding_routes(router, gw, secrets)

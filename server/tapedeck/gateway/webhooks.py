@@ -21,7 +21,6 @@ from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, Gateway, IdempotencyKey
 from tapedeck.gateway.schemas import DeletedOut, RequestModel, ResponseModel
 from tapedeck.webhooks.models import DELIVERY_STATUSES, EVENT_TYPES
-from tapedeck.webhooks.secretbox import SecretBox
 
 EventType = Literal["*", "recording.created", "recording.uploaded", "recording.failed",
                     "recording.expired", "recording.deleted", "transcription.queued",
@@ -141,7 +140,7 @@ class ReplayOut(ResponseModel):
 def add_webhook_routes(router: APIRouter, gw: Gateway) -> None:
     """Register the webhook routes on ``router`` (the app's router, whose ``route_class``
     ``routes.add_routes`` has already set)."""
-    secrets = SecretResponder(gw, SecretBox.from_data_dir(gw.domain.ctx.settings.data_dir))
+    secrets = SecretResponder(gw, gw.domain.secret_box)
     _endpoint_routes(router, gw, secrets)
     _log_routes(router, gw)
 

@@ -21,7 +21,6 @@ def start_dispatcher(app: App) -> Dispatcher:
     from tapedeck.errors import invalid
     from tapedeck.webhooks.dispatcher import Dispatcher
     from tapedeck.webhooks.netguard import NetGuard, NetPolicy
-    from tapedeck.webhooks.secretbox import SecretBox
     from tapedeck.webhooks.transport import GuardedTransport
 
     s = app.settings
@@ -29,7 +28,7 @@ def start_dispatcher(app: App) -> Dispatcher:
         if getattr(s, name) < 1:
             raise invalid(name, f"TAPEDECK_{name.upper()} must be at least 1.")
     transport = GuardedTransport(NetGuard(NetPolicy(allow_private=s.webhooks_allow_private)))
-    dispatcher = Dispatcher(app.db, app.clock, SecretBox.from_data_dir(s.data_dir), transport,
+    dispatcher = Dispatcher(app.db, app.clock, app.domain.secret_box, transport,
                             timeout_s=float(s.webhooks_timeout_s), workers=s.webhooks_workers,
                             per_endpoint=s.webhooks_per_endpoint,
                             observe=app.metrics.observe_webhook)

@@ -26,6 +26,7 @@ import sqlite_utils
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
+from tapedeck.db import Database
 from tapedeck.domain import cursors
 from tapedeck.domain._base import Context
 from tapedeck.domain.models import Page
@@ -332,3 +333,26 @@ def _with_attempts(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> lis
     return out
 
 
+
+
+def reseal_secrets(db: Database, box: SecretBox) -> dict[str, int]:
+    """``tapedeck admin reseal-secrets``: seal every endpoint's secret under ``box``'s current
+    key (after a key rotation, so the previous key can be dropped). Returns the counts
+    ``resealed``, ``current`` (already under the current key) and ``unreadable`` (opens with
+    no accepted key; left as it is)."""
+    counts = {"resealed": 0, "current": 0, "unreadable": 0}
+    with db.write() as tx:
+        rows = tx.execute("SELECT id, secret_sealed FROM webhook_endpoints").fetchall()
+        for endpoint_id, sealed in rows:
+            if box.opens_with_current(sealed, endpoint_id):
+                counts["current"] += 1
+                continue
+            try:
+                secret = box.open(sealed, endpoint_id)
+            except ValueError:
+                counts["unreadable"] += 1
+                continue
+            tx.execute("UPDATE webhook_endpoints SET secret_sealed = ? WHERE id = ?",
+                       [box.seal(secret, endpoint_id), endpoint_id])
+            counts["resealed"] += 1
+    return counts

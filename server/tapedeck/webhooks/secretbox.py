@@ -1,8 +1,9 @@
 """Encryption at rest of webhook signing secrets.
 
 The dispatcher must sign with the plaintext secret, so it cannot be stored as a hash. It is
-sealed with AES-256-GCM under a key kept in the data directory (``webhook-secrets.key``,
-mode 0600, never in SQLite). The endpoint id is the associated data, so a sealed secret
+sealed with AES-256-GCM under a key from ``tapedeck.server_keys`` (derived from
+``TAPEDECK_SECRET_KEY``, or by default ``webhook-secrets.key`` in the data directory, mode
+0600; never in SQLite). The endpoint id is the associated data, so a sealed secret
 copied onto another endpoint's row does not open. Format: ``v1.`` + urlsafe base64 of
 ``nonce(12) || ciphertext || tag(16)``.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -26,10 +28,12 @@ _NONCE = 12
 class SecretBox:
     """Seals and opens short secrets with one AES-256-GCM key."""
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("SecretBox needs a 32-byte key")
+    def __init__(self, key: bytes, accepted: Iterable[bytes] = ()) -> None:
+        """Seal with ``key``; open with it or any ``accepted`` (older) key (rotation)."""
+        if any(len(k) != 32 for k in (key, *accepted)):
+            raise ValueError("SecretBox needs 32-byte keys")
         self._aead = AESGCM(key)
+        self._aeads = [self._aead, *(AESGCM(k) for k in accepted)]
 
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> SecretBox:
@@ -48,6 +52,20 @@ class SecretBox:
             raise ValueError("unknown sealed-secret version")
         try:
             raw = base64.urlsafe_b64decode(sealed[len(_VERSION):])
-            return self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode()).decode()
-        except (InvalidTag, ValueError):
+        except ValueError:
             raise ValueError("sealed secret does not open with this key") from None
+        for aead in self._aeads:
+            try:
+                return aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode()).decode()
+            except (InvalidTag, ValueError):
+                continue
+        raise ValueError("sealed secret does not open with this key")
+
+    def opens_with_current(self, sealed: str, associated: str) -> bool:
+        """Whether ``sealed`` opens with the current key (``reseal`` skips those)."""
+        try:
+            raw = base64.urlsafe_b64decode(sealed.removeprefix(_VERSION))
+            self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], associated.encode())
+        except (InvalidTag, ValueError):
+            return False
+        return sealed.startswith(_VERSION)

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import IO
 
 from tapedeck.auth import Principal
-from tapedeck.clock import iso
+from tapedeck.clock import iso, parse_iso
 from tapedeck.domain import limits, live
 from tapedeck.domain._base import (
     Context,
@@ -239,7 +239,7 @@ class Chunks:
         streaming meanwhile, ``info`` is deleted and the upload refused, unless finalize (or
         expiry) already pinned it: then it is the recording's audio and the upload succeeded."""
         try:
-            self.precheck(p, recording_id, part)
+            self._recheck(p, recording_id, part)
         except TapedeckError:
             if self._pinned(recording_id, part) == info.key:
                 chunk = Chunk(part, info.size, info.etag, self._ctx.clock.now())
@@ -254,6 +254,16 @@ class Chunks:
         chunk = self._record(recording_id, part, info.size, info.etag, info.key)
         return ChunkUploadResult(recording_id, chunk, already_stored=False,
                                  replaced=previous is not None)
+
+    def _recheck(self, p: Principal, recording_id: str, part: int) -> None:
+        """``precheck`` again, in one query while the recording is still streaming and not
+        expired (the caller's access and the part were checked before the upload)."""
+        row = self._ctx.db.read().execute(
+            "SELECT status, expires_at FROM recordings WHERE id = ?", [recording_id]).fetchone()
+        expires = parse_iso(row[1]) if row is not None else None
+        if row is None or row[0] != "streaming" or (
+                expires is not None and self._ctx.clock.now() >= expires):
+            self.precheck(p, recording_id, part)  # the precise error
 
     def _previous(self, recording_id: str, part: int, key: str) -> ObjectInfo | None:
         """The part's latest object older than ``key`` (keys of one part sort by version)."""

@@ -1,13 +1,15 @@
 """Benchmark: chunk ingest through each upload path, against a same-run baseline.
 
-Run: ``.venv/bin/python bench/ingest.py [--chunks N] [--chunk-kib K] [--runs R]``
+Run: ``.venv/bin/python bench/ingest.py [--sizes 64x1024,256x64] [--runs R]``
 
 Starts a real ``weed mini`` and ``tapedeck api`` (gRPC + REST gateway) as a child process on
-it, makes N random chunks of K KiB (default 64 chunks of 1024 KiB; compressed audio does not
-compress, so random bytes are fair), and uploads the same chunks, one at a time as a device
-does, through:
+it and, for each ``NxK`` of ``--sizes`` (default both 64 chunks of 1024 KiB and 256 chunks of
+64 KiB; compressed audio does not compress, so random bytes are fair), uploads the same N
+chunks of K KiB, one at a time as a device does, through:
 
-* grpc      — ``ChunkService.UploadChunk`` (client streaming, 64 KiB messages, MD5 checked);
+* grpc      — ``ChunkService.UploadChunk`` (client streaming, 64 KiB messages, MD5 and
+  ``size_bytes`` in the header as the device agent sends them: the chunk streams to the
+  store while it arrives);
 * rest      — ``PUT`` to ``chunk_upload_url_template`` through the gateway (``Content-MD5``);
 * presigned — ``POST …/upload-url {part, content_md5}`` then ``PUT`` straight to the store
   (the request for the URL is counted: a device pays it for every chunk);
@@ -128,15 +130,23 @@ def start(weed: ManagedWeed, data_dir: Path, chunks: int) -> tuple[ChildServer, 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--chunks", type=int, default=64)
-    ap.add_argument("--chunk-kib", type=int, default=1024)
+    ap.add_argument("--sizes", default="64x1024,256x64",
+                    help="comma-separated CHUNKSxKIB (default: 64 x 1 MiB and 256 x 64 KiB)")
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args()
-    chunks = [os.urandom(args.chunk_kib * 1024) for _ in range(args.chunks)]
+    for size in args.sizes.split(","):
+        count, kib = (int(v) for v in size.lower().split("x"))
+        measure(count, kib, args.runs)
+    return 0
+
+
+def measure(count: int, kib: int, runs: int) -> None:
+    """Median time of every path for ``count`` chunks of ``kib`` KiB; prints the table."""
+    chunks = [os.urandom(kib * 1024) for _ in range(count)]
     total_mib = sum(map(len, chunks)) / MiB
     with tempfile.TemporaryDirectory(prefix="tapedeck-bench-") as tmp, \
             ManagedWeed(Path(tmp) / "weed") as weed:
-        child, target = start(weed, Path(tmp) / "data", args.chunks)
+        child, target = start(weed, Path(tmp) / "data", count)
         try:
             paths = {"grpc": via_grpc(target), "rest": via_rest(target),
                      "presigned": via_presigned(target), "baseline": via_minio(target)}
@@ -144,15 +154,14 @@ def main() -> int:
                 upload(chunks[:2])
             times: dict[str, list[float]] = {name: [] for name in paths}
             names = list(paths)
-            for run in range(args.runs):
+            for run in range(runs):
                 for name in names[run % len(names):] + names[:run % len(names)]:
                     started = time.perf_counter()
                     paths[name](chunks)
                     times[name].append(time.perf_counter() - started)
         finally:
             child.terminate()
-    report(times, args.chunks, total_mib)
-    return 0
+    report(times, count, total_mib)
 
 
 def report(times: dict[str, list[float]], count: int, total_mib: float) -> None:

@@ -105,15 +105,19 @@ def auth(token: str) -> list[tuple[str, str]]:
 
 
 def chunk_messages(recording_id: str, part: int, data: bytes, md5: str | None = None,
-                   sha256: str | None = None,
-                   piece: int = 64 * 1024) -> Iterator[chunk_pb2.UploadChunkRequest]:
-    """The UploadChunk stream for ``data``: header, then 64 KiB slices."""
+                   sha256: str | None = None, piece: int = 64 * 1024,
+                   size: int | None = -1) -> Iterator[chunk_pb2.UploadChunkRequest]:
+    """The UploadChunk stream for ``data``: header, then 64 KiB slices. The header announces
+    ``size_bytes`` = ``len(data)`` as the device agent does (the chunk streams to the store),
+    or ``size`` if given; ``size=None`` announces none (the server receives, then stores)."""
     import hashlib
 
     if md5 is None and sha256 is None:
         md5 = hashlib.md5(data).hexdigest()
+    announced = len(data) if size == -1 else size
     yield chunk_pb2.UploadChunkRequest(header=chunk_pb2.ChunkHeader(
-        recording_id=recording_id, part=part, md5=md5 or "", sha256=sha256 or ""))
+        recording_id=recording_id, part=part, md5=md5 or "", sha256=sha256 or "",
+        size_bytes=announced))
     for i in range(0, len(data), piece):
         yield chunk_pb2.UploadChunkRequest(data=data[i:i + piece])
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from typing import Any, BinaryIO
 
@@ -195,6 +195,9 @@ class MeteredStore:
     def __init__(self, inner: ObjectStore, metrics: Metrics) -> None:
         self.inner = inner
         self._m = metrics
+        # The optional StreamingPut capability, exactly when the wrapped store has it.
+        self.put_stream: Callable[..., ObjectInfo] | None = (
+            self._put_stream if hasattr(inner, "put_stream") else None)
 
     def _failed(self, operation: str, exc: TapedeckError) -> None:
         if exc.type == "storage_unavailable":
@@ -257,6 +260,19 @@ class MeteredStore:
 
     def presign_get(self, key: str, expires: timedelta) -> str:
         return self.inner.presign_get(key, expires)
+
+    def _put_stream(self, key: str, blocks: Iterable[bytes], length: int,
+                    **options: Any) -> ObjectInfo:
+        try:
+            info: ObjectInfo = self.inner.put_stream(  # type: ignore[attr-defined]
+                key, blocks, length, **options)
+        except TapedeckError as exc:
+            self._failed("put", exc)
+            raise
+        if CHUNK_KEY_RE.match(key):
+            self._m.chunks.inc()
+            self._m.chunk_bytes.inc(info.size)
+        return info
 
 
 class MetricsServer:

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import IO
 
 from tapedeck.auth import Principal
-from tapedeck.clock import iso
+from tapedeck.clock import iso, parse_iso
 from tapedeck.domain import limits, live
 from tapedeck.domain._base import (
     Context,
@@ -34,14 +36,17 @@ from tapedeck.domain._base import (
     part_key,
     stored_parts,
 )
+from tapedeck.domain.chunk_stream import Passing, too_large
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
-from tapedeck.errors import error, invalid
+from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.oggopus import InvalidAudio
 from tapedeck.oggopus.check import check_stream
 from tapedeck.store import MD5_HEX, ObjectInfo
 
 _HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
+_LISTERS = 16  # threads that look up a part's earlier objects while its upload streams
+log = logging.getLogger(__name__)
 
 
 class _Received:
@@ -126,6 +131,7 @@ class Chunks:
     def __init__(self, ctx: Context) -> None:
         self._ctx = ctx
         self.meter = limits.StorageMeter(ctx.clock)  # the storage quota (also for Recordings)
+        self._listers = ThreadPoolExecutor(_LISTERS, thread_name_prefix="chunk-list")
 
     def precheck(self, p: Principal, recording_id: str, part: int) -> Recording:
         """Fail fast (before reading a body) if this chunk would be refused anyway."""
@@ -146,14 +152,25 @@ class Chunks:
 
     def upload(self, p: Principal, recording_id: str, part: int, body: Iterable[bytes], *,
                md5: str | None = None, sha256: str | None = None,
-               require_checksum: bool = False) -> ChunkUploadResult:
-        """Receive, verify and store one chunk (see the module docstring for the rules)."""
+               require_checksum: bool = False, size: int | None = None) -> ChunkUploadResult:
+        """Receive, verify and store one chunk (see the module docstring for the rules).
+        ``size``: the body's length when the client announced it (``Content-Length``,
+        ``size_bytes``); then the chunk streams to the store as it arrives (``_stream``),
+        else it is received first, then stored."""
         md5, sha256 = normalize_digest("md5", md5), normalize_digest("sha256", sha256)
         if require_checksum and md5 is None and sha256 is None:
             raise invalid("md5", "Send the chunk's md5 or sha256.")
+        limit = self._ctx.settings.max_chunk_bytes
+        if size is not None and size > limit:
+            raise too_large(limit)
         self.precheck(p, recording_id, part)
-        self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
-                         self._ctx.settings.max_chunk_bytes)
+        self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id, limit)
+        put_stream = getattr(self._ctx.store, "put_stream", None)
+        if size is not None and size > 0 and put_stream is not None \
+                and not self._likely_retry(recording_id, part, md5):
+            passing = Passing(body, limit, md5=md5, sha256=sha256,
+                              check_audio=self._ctx.settings.check_chunks)
+            return self._stream(p, recording_id, part, passing, size, put_stream)
         received = _Received(body, self._ctx.settings.max_chunk_bytes,
                              want_sha256=sha256 is not None,
                              check_audio=self._ctx.settings.check_chunks)
@@ -188,6 +205,97 @@ class Chunks:
         return ChunkUploadResult(recording_id, chunk, already_stored=False,
                                  replaced=current is not None)
 
+    def _stream(self, p: Principal, recording_id: str, part: int, passing: Passing,
+                size: int, put_stream: Callable[..., ObjectInfo]) -> ChunkUploadResult:
+        """Send the chunk to a NEW versioned key while it arrives (one create-only PUT of
+        ``size`` bytes; the store completes it only once ``passing`` approved the whole
+        body, see ``chunk_stream``), meanwhile list the part's earlier objects; then, under
+        the recording's lock, make it the part's current object (``_adopt``). The new key
+        is nobody's current object before the PUT completes, so readers never see a
+        half-written chunk; any failure deletes it again. Concurrent uploads of one part:
+        the one that started last is current."""
+        key = new_chunk_key(recording_id, part)
+        earlier = self._listers.submit(self._previous, recording_id, part, key)
+        md5_b64 = None if passing.expected_md5 is None else \
+            base64.b64encode(bytes.fromhex(passing.expected_md5)).decode()
+        try:
+            info = put_stream(key, passing.blocks(), size, content_type="audio/ogg",
+                              content_md5_b64=md5_b64, if_absent=True)
+            if info.etag != passing.md5:  # the store holds other bytes than passed through
+                raise error("checksum_mismatch", "The store's MD5 of the chunk differs from "
+                            "the bytes received; nothing was stored.",
+                            algorithm="md5", expected=passing.md5, actual=info.etag)
+            previous = earlier.result()
+        except BaseException:
+            self._discard(key)
+            raise
+        with self._ctx.locks.hold(recording_id):
+            return self._adopt(p, recording_id, part, info, previous)
+
+    def _adopt(self, p: Principal, recording_id: str, part: int, info: ObjectInfo,
+               previous: ObjectInfo | None) -> ChunkUploadResult:
+        """(Under the recording's lock.) The streamed object ``info`` becomes the part's
+        current one; if ``previous`` (the part's latest earlier object) holds the same bytes,
+        ``info`` is deleted and nothing changed (``already_stored``). If the recording stopped
+        streaming meanwhile, ``info`` is deleted and the upload refused, unless finalize (or
+        expiry) already pinned it: then it is the recording's audio and the upload succeeded."""
+        try:
+            self._recheck(p, recording_id, part)
+        except TapedeckError:
+            if self._pinned(recording_id, part) == info.key:
+                chunk = Chunk(part, info.size, info.etag, self._ctx.clock.now())
+                return ChunkUploadResult(recording_id, chunk, already_stored=False,
+                                         replaced=previous is not None)
+            self._discard(info.key)
+            raise
+        if previous is not None and previous.etag == info.etag:
+            self._discard(info.key)
+            chunk = self._record(recording_id, part, previous.size, previous.etag, previous.key)
+            return ChunkUploadResult(recording_id, chunk, already_stored=True, replaced=False)
+        chunk = self._record(recording_id, part, info.size, info.etag, info.key)
+        return ChunkUploadResult(recording_id, chunk, already_stored=False,
+                                 replaced=previous is not None)
+
+    def _recheck(self, p: Principal, recording_id: str, part: int) -> None:
+        """``precheck`` again, in one query while the recording is still streaming and not
+        expired (the caller's access and the part were checked before the upload)."""
+        row = self._ctx.db.read().execute(
+            "SELECT status, expires_at FROM recordings WHERE id = ?", [recording_id]).fetchone()
+        expires = parse_iso(row[1]) if row is not None else None
+        if row is None or row[0] != "streaming" or (
+                expires is not None and self._ctx.clock.now() >= expires):
+            self.precheck(p, recording_id, part)  # the precise error
+
+    def _previous(self, recording_id: str, part: int, key: str) -> ObjectInfo | None:
+        """The part's latest object older than ``key`` (keys of one part sort by version)."""
+        older = [obj for obj in chunk_objects(self._ctx.store, recording_id, part).get(part, [])
+                 if obj.key < key]
+        return older[-1] if older else None
+
+    def _likely_retry(self, recording_id: str, part: int, md5: str | None) -> bool:
+        """The ledger already holds these bytes (same MD5) for the part: most likely a
+        retry, so receive first and compare (no second object written, nothing counted)."""
+        if md5 is None:
+            return False
+        row = self._ctx.db.read().execute(
+            "SELECT md5 FROM chunks WHERE recording_id = ? AND part = ?",
+            [recording_id, part]).fetchone()
+        return row is not None and row[0] == md5
+
+    def _pinned(self, recording_id: str, part: int) -> str | None:
+        row = self._ctx.db.read().execute(
+            "SELECT object_key FROM chunks WHERE recording_id = ? AND part = ?",
+            [recording_id, part]).fetchone()
+        return None if row is None else row[0]
+
+    def _discard(self, key: str) -> None:
+        """Delete an object that did not become a chunk (if the store wrote it at all). A
+        store that cannot be reached leaves it; it was never acknowledged."""
+        try:
+            self._ctx.store.delete(key)
+        except TapedeckError as exc:
+            log.warning("could not delete the unused chunk object %s: %s", key, exc.type)
+
     def _current(self, recording_id: str, part: int) -> ObjectInfo | None:
         """The part's current object in the store (one LIST of that part's keys)."""
         return stored_parts(self._ctx.store, recording_id, part).get(part)
@@ -203,7 +311,8 @@ class Chunks:
     def _record(self, recording_id: str, part: int, size: int, md5: str, key: str) -> Chunk:
         """Note the part in the ledger. Not fsynced: while streaming the ledger is a cache
         (chunk counts); the store is the truth and finalize snapshots the ledger from the
-        store's listing with a durable commit."""
+        store's listing with a durable commit. A newer object of the part (a later
+        version: keys of one part sort by version) is never replaced by an older one."""
         now = self._ctx.clock.now()
         with self._ctx.db.write(durable=False) as tx:
             cur = tx.execute(
@@ -211,7 +320,7 @@ class Chunks:
                 " object_key) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
                 " DO UPDATE SET size_bytes = excluded.size_bytes, md5 = excluded.md5,"
                 " received_at = excluded.received_at, object_key = excluded.object_key"
-                " WHERE chunks.object_key IS NOT excluded.object_key",
+                " WHERE chunks.object_key IS NULL OR chunks.object_key < excluded.object_key",
                 [recording_id, part, size, md5, iso(now), key])
             queued = cur.rowcount == 1 and live.on_chunk_recorded(tx, self._ctx, recording_id,
                                                                   part)

@@ -28,7 +28,14 @@ from tapedeck.domain.idempotency import (
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import error
 from tapedeck.gateway import schemas as s
-from tapedeck.gateway.body import BodyPump, ClientGone, check_length, content_md5, parse_json
+from tapedeck.gateway.body import (
+    BodyPump,
+    ClientGone,
+    check_length,
+    content_md5,
+    declared_length,
+    parse_json,
+)
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.errors import ErrorRoute
 
@@ -246,7 +253,8 @@ def _chunk_routes(r: APIRouter, gw: Gateway) -> None:
         limiter = _upload_limiter(request)
         try:
             result = await anyio.to_thread.run_sync(
-                lambda: d.chunks.upload(p, recording_id, part, pump.blocks(), md5=md5),
+                lambda: d.chunks.upload(p, recording_id, part, pump.blocks(), md5=md5,
+                                        size=declared_length(request)),
                 limiter=limiter)
         except ClientGone:
             raise error("invalid_request", "The client disconnected before the body ended.",

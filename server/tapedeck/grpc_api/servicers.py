@@ -143,7 +143,8 @@ class ChunkServicer(chunk_pb2_grpc.ChunkServiceServicer):
         h = first.header
         result = self._d.chunks.upload(
             p, h.recording_id, h.part, _data(request_iterator), md5=h.md5 or None,
-            sha256=h.sha256 or None, require_checksum=True)
+            sha256=h.sha256 or None, require_checksum=True,
+            size=h.size_bytes if h.HasField("size_bytes") else None)
         return cpb.UploadChunkResponse(chunk=cv.chunk_pb(result.chunk),
                                        already_stored=result.already_stored,
                                        replaced=result.replaced)

@@ -12,7 +12,7 @@ when the store cannot be reached, and ``ObjectNotFound`` for a missing key where
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol
@@ -93,4 +93,33 @@ class ObjectStore(Protocol):
 
     def presign_get(self, key: str, expires: timedelta) -> str:
         """A URL a client can GET the object from directly."""
+        ...
+
+
+class StreamingPut(Protocol):
+    """Optional capability: one PUT whose body is sent while it is still being produced.
+
+    A store that has it (``tapedeck.store.s3.S3Store``) lets a chunk go to the store as it
+    arrives instead of after it was received; callers check with ``hasattr(store,
+    "put_stream")`` and fall back to ``put`` of a spooled copy."""
+
+    def put_stream(
+        self,
+        key: str,
+        blocks: Iterable[bytes],
+        length: int,
+        *,
+        content_type: str = "application/octet-stream",
+        content_md5_b64: str | None = None,
+        if_absent: bool = False,
+    ) -> ObjectInfo:
+        """Store exactly ``length`` bytes pulled from ``blocks`` under ``key`` in ONE single
+        PUT (so the ETag is the hex MD5), sending each block as it comes. The last block is
+        held back until ``blocks`` is exhausted, so the object is written only if ``blocks``
+        ends normally having yielded exactly ``length`` bytes: an exception raised by
+        ``blocks`` (a failed check, a client that went away) or a crash of this process
+        drops the connection with the body incomplete and nothing is stored; then the
+        exception propagates. Other bytes than ``length`` → ``invalid_request`` (nothing
+        stored). ``content_md5_b64`` and ``if_absent`` as for ``ObjectStore.put``. Memory:
+        the block in flight and the one held back."""
         ...

@@ -39,15 +39,16 @@ import base64
 import hashlib
 import hmac
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.signer import sign_v4_s3
 
 from tapedeck.errors import TapedeckError, error
 from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound
@@ -503,3 +504,110 @@ class S3Store:
         return self._signer.get_presigned_url(
             "GET", self.bucket, key, expires=expires, request_date=self._clock()
         )
+
+    # -- StreamingPut (optional capability) -----------------------------------------------
+
+    def put_stream(
+        self,
+        key: str,
+        blocks: Iterable[bytes],
+        length: int,
+        *,
+        content_type: str = "application/octet-stream",
+        content_md5_b64: str | None = None,
+        if_absent: bool = False,
+    ) -> ObjectInfo:
+        """One ``PutObject`` of ``length`` bytes sent while ``blocks`` produces them (see
+        ``tapedeck.store.StreamingPut``). The body is signed ``UNSIGNED-PAYLOAD`` (its
+        SHA-256 is not known before it was sent); its integrity is the ``Content-MD5``
+        when given, and the returned ETag (the store's MD5) for the caller to compare with
+        the MD5 it computed. Never retried (the body cannot be replayed)."""
+        if not 0 < length <= MAX_SINGLE_PUT:
+            raise ValueError("put_stream needs 0 < length <= 5 GiB")
+        headers: dict[str, str] = {"Content-Type": content_type, "Content-Length": str(length)}
+        if content_md5_b64 is not None:
+            _b64_md5_bytes(content_md5_b64)
+            headers["Content-MD5"] = content_md5_b64
+        if if_absent:
+            headers["If-None-Match"] = "*"
+        url, signed = self._sign_unsigned_payload("PUT", key, headers)
+        try:
+            response = self._http.urlopen("PUT", url, body=_held_back(blocks, length),
+                                          headers=signed, retries=False, chunked=False)
+        except _TRANSPORT_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        if response.status != 200:
+            raise self._put_refusal(key, response)
+        return ObjectInfo(
+            key=key,
+            size=length,
+            etag=str(response.headers.get("ETag", "")).strip('"').lower(),
+            last_modified=self._response_date(response.headers),
+        )
+
+    def _sign_unsigned_payload(
+        self, method: str, key: str, headers: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and SigV4-signed headers of a request on ``key`` whose body is not signed
+        (the SDK's own signer; the SDK itself only signs bodies it holds in memory)."""
+        creds = self._client._provider.retrieve() if self._client._provider else None
+        url = self._client._base_url.build(
+            method=method, region=self.region, bucket_name=self.bucket, object_name=key
+        )
+        date = _utcnow()
+        headers = {
+            **headers,
+            "Host": url.netloc,
+            "x-amz-content-sha256": "UNSIGNED-PAYLOAD",
+            "x-amz-date": date.strftime("%Y%m%dT%H%M%SZ"),
+        }
+        if creds is None:
+            return urlunsplit(url), headers
+        if creds.session_token:
+            headers["X-Amz-Security-Token"] = creds.session_token
+        signed = sign_v4_s3(
+            method=method,
+            url=url,
+            region=self.region,
+            headers=headers,  # type: ignore[arg-type]  # the SDK's header dict type
+            credentials=creds,
+            content_sha256="UNSIGNED-PAYLOAD",
+            date=date,
+        )
+        return urlunsplit(url), {k: str(v) for k, v in signed.items()}
+
+    def _put_refusal(self, key: str, response: Any) -> BaseException:
+        """Our error for a refused PUT: 412 → ``ObjectExists``, a digest refusal →
+        ``checksum_mismatch``, anything else → ``storage_unavailable``."""
+        if response.status == 412:
+            return ObjectExists(key)
+        try:
+            exc: BaseException = S3Error.fromxml(response)
+        except Exception:  # not an S3 error document (a proxy's page, an empty body)
+            exc = ServerError(f"PUT answered HTTP {response.status}", response.status)
+        if isinstance(exc, S3Error) and exc.code in _EXISTS_CODES:
+            return ObjectExists(key)
+        return _translate(exc)
+
+
+def _held_back(blocks: Iterable[bytes], length: int) -> Iterator[bytes]:
+    """``blocks`` as a request body of exactly ``length`` bytes, always one block behind:
+    a block is passed on only once the next one arrived within ``length``, the last only
+    once ``blocks`` ended with exactly ``length`` bytes. So until ``blocks`` ended well the
+    store has seen fewer than ``length`` bytes and cannot complete the object."""
+    seen = 0
+    held: bytes | None = None
+    for block in blocks:
+        if not block:
+            continue
+        seen += len(block)
+        if seen > length:
+            raise error("invalid_request", f"The body is longer than its {length} bytes.",
+                        field="body")
+        if held is not None:
+            yield held
+        held = block
+    if seen != length or held is None:
+        raise error("invalid_request", f"The body ended after {seen} of {length} bytes.",
+                    field="body")
+    yield held

@@ -14,7 +14,7 @@ When it is written (the contract every backend keeps):
   (``Recordings.delete``). In SQLite the foreign keys also cascade, so a row can never
   outlive its recording or transcription, whatever deletes them (retention, an end user's
   deletion). ``remove_end_user(tx, project_id, end_user_id)`` is the one call for an
-  end-user deletion that keeps the recordings' rows (none exists yet).
+  end-user deletion that keeps the recordings' rows (``EndUsers.delete``).
 - ``rebuild(db)`` (``tapedeck admin reindex``) recreates the index from the transcripts.
 
 Search: ``search(db, query)`` runs a parsed query (``tapedeck.domain.search_query``) with

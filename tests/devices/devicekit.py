@@ -380,6 +380,7 @@ ACCESS: dict[str, Access] = {
     "ListVoiceProfiles": _a({"end_users:read"}, end_user, OK, OK, FORB, FORB, FORB, *_401, EUNF),
     "DeleteVoiceProfile": _a({"end_users:write"}, end_user, VPNF, VPNF, FORB, FORB, FORB, *_401,
                              VPNF),
+    "DeleteEndUser": _a({"end_users:write"}, end_user, OK, OK, FORB, FORB, FORB, *_401, EUNF),
     # keys                                           sk  rk+ rk-   own   other
     "CreateKey": _a(KEYS, bound_device, OK, FORB, FORB, FORB, FORB, *_401, OK),
     "ListKeys": _a(KEYS, bound_device, OK, FORB, FORB, FORB, FORB, *_401, OK),

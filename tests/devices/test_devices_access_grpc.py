@@ -113,6 +113,8 @@ CALLS: dict[str, Call] = {
         epb.ListVoiceProfilesRequest(end_user_id=t.end_user_id), metadata=md),
     "DeleteVoiceProfile": lambda w, t, md: w.rpc.end_users.DeleteVoiceProfile(
         epb.DeleteVoiceProfileRequest(end_user_id=t.end_user_id, id="vp_missing"), metadata=md),
+    "DeleteEndUser": lambda w, t, md: w.rpc.end_users.DeleteEndUser(
+        epb.DeleteEndUserRequest(id=t.end_user_id), metadata=md),
     "CreateKey": lambda w, t, md: w.rpc.keys.CreateKey(
         kpb.CreateKeyRequest(scopes=["recordings:read"]), metadata=md),
     "ListKeys": lambda w, t, md: w.rpc.keys.ListKeys(kpb.ListKeysRequest(), metadata=md),

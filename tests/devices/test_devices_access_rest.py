@@ -101,6 +101,7 @@ ROUTES: dict[str, Route] = {
                                 {"recording_id": "rec_missing", "start_ms": 0, "end_ms": 5000}),
     "ListVoiceProfiles": Route("GET", "/v1/end-users/{end_user_id}/voice-profiles"),
     "DeleteVoiceProfile": Route("DELETE", "/v1/end-users/{end_user_id}/voice-profiles/{profile_id}"),
+    "DeleteEndUser": Route("DELETE", "/v1/end-users/{end_user_id}"),
     "CreateKey": Route("POST", "/v1/keys", {"scopes": ["recordings:read"]}),
     "ListKeys": Route("GET", "/v1/keys"),
     "RevokeKey": Route("POST", "/v1/keys/{key_id}/revoke", {}),

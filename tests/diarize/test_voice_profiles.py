@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import operator
 import wave
 from collections.abc import Iterator
 from datetime import timedelta
@@ -67,12 +69,41 @@ def test_retention_and_end_user_deletion_remove_embeddings(
     d.voice_profiles.create_from_sample(p, bob.id, _wav(sample))
     assert ProfileRetention(d.ctx, -1).run() == 0
     assert ProfileRetention(d.ctx, 3600).run() == 1
-    assert [v.id for v in d.voice_profiles.list(p, alice.id)] == [young.id]
+    assert [v.id for v in d.voice_profiles.list(p, alice.id).data] == [young.id]
 
     # Deleting an end user deletes their embeddings (foreign key cascade), not others'.
     with srv.app.db.write() as tx:
         tx.execute("DELETE FROM end_users WHERE id = ?", [alice.id])
-    assert _count(srv) == 1 and len(d.voice_profiles.list(p, bob.id)) == 1
+    assert _count(srv) == 1 and len(d.voice_profiles.list(p, bob.id).data) == 1
+
+
+def test_profiles_are_listed_by_pages_oldest_first(
+        clocked: tuple[RunningServer, ManualClock]) -> None:
+    srv, clock = clocked
+    d = srv.app.domain
+    p = d.auth.authenticate(f"Bearer {srv.api_key}")
+    sample = _wav(vk.conversation(["june"], 1, 42, min_turn=5, max_turn=7).pcm).getvalue()
+    user = d.end_users.create(p, NewEndUser(name="dana"))
+    made = []
+    for i in range(5):
+        made.append(d.voice_profiles.create_from_sample(p, user.id, io.BytesIO(sample)).id)
+        if i != 2:  # two profiles share a created_at: the id breaks the tie
+            clock.advance(timedelta(seconds=1))
+    pages, cursor = [], None
+    while True:
+        page = d.voice_profiles.list(p, user.id, limit=2, cursor=cursor)
+        pages.append([v.id for v in page.data])
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    tied = sorted(made[2:4])
+    assert [len(x) for x in pages] == [2, 2, 1]
+    assert functools.reduce(operator.iadd, pages, []) == made[:2] + tied + made[4:]
+    assert page.to_json()["has_more"] is False
+    for bad in ({"limit": 0}, {"limit": 101}, {"cursor": "garbage!"}):
+        with pytest.raises(TapedeckError) as info:
+            d.voice_profiles.list(p, user.id, **bad)  # type: ignore[arg-type]
+        assert info.value.type == "invalid_request"
 
 
 def test_a_span_must_be_valid_and_the_recording_complete(

@@ -210,9 +210,25 @@ def test_enroll_from_an_uploaded_sample_over_grpc_and_rest(srv: RunningServer) -
     made = stub.CreateVoiceProfile(epb.CreateVoiceProfileRequest(
         end_user_id=user, sample=_wav(sample.pcm)), metadata=auth(srv.api_key)).voice_profile
     assert made.source == "upload" and made.speech_ms >= 3000
-    listed = stub.ListVoiceProfiles(epb.ListVoiceProfilesRequest(end_user_id=user),
-                                    metadata=auth(srv.api_key)).voice_profiles
-    assert [v.id for v in listed] == [made.id]
+    second = stub.CreateVoiceProfile(epb.CreateVoiceProfileRequest(
+        end_user_id=user, sample=_wav(sample.pcm)), metadata=auth(srv.api_key)).voice_profile
+    first = stub.ListVoiceProfiles(epb.ListVoiceProfilesRequest(end_user_id=user, page_size=1),
+                                   metadata=auth(srv.api_key))
+    assert [v.id for v in first.voice_profiles] == [made.id] and first.next_page_token
+    rest_page = stub.ListVoiceProfiles(epb.ListVoiceProfilesRequest(
+        end_user_id=user, page_size=1, page_token=first.next_page_token),
+        metadata=auth(srv.api_key))
+    assert [v.id for v in rest_page.voice_profiles] == [second.id]
+    assert rest_page.next_page_token == ""
+    with rest(srv) as c:
+        page = c.get(f"/v1/end-users/{user}/voice-profiles", params={"limit": 1}).json()
+        assert [v["id"] for v in page["data"]] == [made.id] and page["has_more"]
+        page = c.get(f"/v1/end-users/{user}/voice-profiles",
+                     params={"limit": 1, "cursor": page["next_cursor"]}).json()
+        assert [v["id"] for v in page["data"]] == [second.id]
+        assert (page["has_more"], page["next_cursor"]) == (False, None)
+    stub.DeleteVoiceProfile(epb.DeleteVoiceProfileRequest(end_user_id=user, id=second.id),
+                            metadata=auth(srv.api_key))
     with rest(srv) as c:
         short = c.post(f"/v1/end-users/{user}/voice-profiles", content=_wav(sample.pcm[:16000]),
                        headers={"Content-Type": "audio/wav"})
@@ -224,3 +240,58 @@ def test_enroll_from_an_uploaded_sample_over_grpc_and_rest(srv: RunningServer) -
                             metadata=auth(srv.api_key))
     assert not stub.ListVoiceProfiles(epb.ListVoiceProfilesRequest(end_user_id=user),
                                       metadata=auth(srv.api_key)).voice_profiles
+
+
+def test_deleting_an_end_user_deletes_their_voice_and_keeps_their_recordings(
+        srv: RunningServer, two_voices: tuple[vk.Conversation, str, dict[str, Any]]) -> None:
+    conv, rec_id, _ = two_voices
+    wearer, bystander = _end_user(srv), _end_user(srv)
+    start, end = _span_of(conv, "allison")
+    june = vk.conversation(["june"], 1, 35, min_turn=6, max_turn=8)
+    with rest(srv) as c:
+        resp = c.post(f"/v1/end-users/{wearer}/voice-profiles",
+                      json={"recording_id": rec_id, "start_ms": start, "end_ms": end})
+        assert resp.status_code == 201, resp.text
+        resp = c.post(f"/v1/end-users/{bystander}/voice-profiles", content=_wav(june.pcm),
+                      headers={"Content-Type": "audio/wav"})
+        assert resp.status_code == 201, resp.text
+        device = c.post("/v1/devices", json={"serial_number": "del-1"}).json()["id"]
+        bound = c.post(f"/v1/devices/{device}/bind", json={"end_user_id": wearer})
+        assert bound.status_code == 200, bound.text
+        token = bound.json()["device_token"]
+        own = c.post("/v1/recordings", json={"end_user_id": wearer, "streaming": True}).json()
+    # A transcript whose speaker names the wearer.
+    txn = _transcribe(srv, rec_id)
+    assert wearer in [s["end_user_id"] for s in txn["speakers"]]
+
+    with rest(srv) as c:
+        resp = c.delete(f"/v1/end-users/{wearer}")
+        assert resp.status_code == 200, resp.text
+        assert resp.json() == {"id": wearer, "deleted": True, "voice_profiles_deleted": 1,
+                               "recordings_unbound": 1, "devices_unbound": 1,
+                               "transcripts_unnamed": 1}
+        gone = c.get(f"/v1/end-users/{wearer}")
+        assert (gone.status_code, gone.json()["error"]["type"]) == (404, "end_user_not_found")
+        again = c.delete(f"/v1/end-users/{wearer}")
+        assert (again.status_code, again.json()["error"]["type"]) == (404, "end_user_not_found")
+        # The recordings and the transcript stay, without the person.
+        assert c.get(f"/v1/recordings/{own['id']}").json()["end_user_id"] is None
+        after = c.get(f"/v1/transcriptions/{txn['id']}").json()
+        assert after["text"] == txn["text"]
+        assert all(s["end_user_id"] is None for s in after["speakers"])
+        assert c.get(f"/v1/devices/{device}").json()["status"] == "unbound"
+    with rest(srv, token) as c:  # the device's token went with the binding
+        assert c.get(f"/v1/recordings/{own['id']}").status_code == 401
+    db = srv.app.db.read()
+    assert db.execute("SELECT COUNT(*) FROM voice_profiles WHERE end_user_id = ?",
+                      [wearer]).fetchone()[0] == 0
+
+    # Only the wearer's embedding went; then the gRPC twin deletes the bystander's.
+    assert db.execute("SELECT COUNT(*) FROM voice_profiles WHERE end_user_id = ?",
+                      [bystander]).fetchone()[0] == 1
+    stub = end_user_pb2_grpc.EndUserServiceStub(srv.channel())
+    done = stub.DeleteEndUser(epb.DeleteEndUserRequest(id=bystander),
+                              metadata=auth(srv.api_key))
+    assert (done.id, done.voice_profiles_deleted, done.recordings_unbound) == (bystander, 1, 0)
+    assert db.execute("SELECT COUNT(*) FROM end_users WHERE id IN (?, ?)",
+                      [wearer, bystander]).fetchone()[0] == 0

@@ -6,6 +6,12 @@ Rules (``api.md`` "Devices and end users"):
   user with the same one is ``resource_already_exists`` (409), naming the existing end user.
 - ``end_users:write`` creates, ``end_users:read`` reads; device tokens hold neither.
 - Another project's end user answers ``end_user_not_found`` (never reveals it exists).
+- Deleting an end user (``end_users:write``) deletes the person, not the audio: their voice
+  profiles (the embeddings, biometric data) are deleted; their recordings and transcripts
+  stay in the project but are unbound (``end_user_id`` becomes null, and a transcript speaker
+  that named them no longer does); devices bound to them are unbound and their device tokens
+  revoked (reason ``end_user_deleted``). All in one transaction. Delete the recordings first
+  (``DELETE /v1/recordings/{id}``) to remove the audio too.
 """
 
 from __future__ import annotations
@@ -121,3 +127,65 @@ class EndUsers:
         """One end user of the caller's project."""
         p.require("end_users:read")
         return load_end_user(self._ctx.db.read(), p.project_id, end_user_id)
+
+    def delete(self, p: Principal, end_user_id: str) -> DeletedEndUser:
+        """Delete the end user and their voice profiles; unbind their recordings,
+        transcript speakers and devices (module docstring). ``end_user_not_found`` if it is
+        not this project's (so a repeated delete answers it too)."""
+        p.require("end_users:write")
+        now = iso(self._ctx.clock.now())
+        with self._ctx.db.write() as tx:
+            load_end_user(tx, p.project_id, end_user_id)
+            profiles = tx.execute("DELETE FROM voice_profiles WHERE project_id = ? AND"
+                                  " end_user_id = ?", [p.project_id, end_user_id]).rowcount
+            tx.execute("UPDATE device_tokens SET revoked_at = ?, revoked_reason ="
+                       " 'end_user_deleted' WHERE revoked_at IS NULL AND device_id IN"
+                       " (SELECT id FROM devices WHERE project_id = ? AND end_user_id = ?)",
+                       [now, p.project_id, end_user_id])
+            devices = tx.execute("UPDATE devices SET status = 'unbound', end_user_id = NULL,"
+                                 " bound_at = NULL WHERE project_id = ? AND end_user_id = ?",
+                                 [p.project_id, end_user_id]).rowcount
+            recordings = tx.execute("UPDATE recordings SET end_user_id = NULL WHERE"
+                                    " project_id = ? AND end_user_id = ?",
+                                    [p.project_id, end_user_id]).rowcount
+            speakers = _unname_speakers(tx, p.project_id, end_user_id)
+            tx.execute("DELETE FROM end_users WHERE id = ? AND project_id = ?",
+                       [end_user_id, p.project_id])
+        return DeletedEndUser(end_user_id, int(profiles), int(recordings), int(devices),
+                              speakers)
+
+
+@dataclass(frozen=True)
+class DeletedEndUser:
+    """What deleting an end user did; ``to_json`` is the REST response."""
+
+    id: str
+    voice_profiles_deleted: int
+    recordings_unbound: int
+    devices_unbound: int
+    transcripts_unnamed: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "deleted": True,
+                "voice_profiles_deleted": self.voice_profiles_deleted,
+                "recordings_unbound": self.recordings_unbound,
+                "devices_unbound": self.devices_unbound,
+                "transcripts_unnamed": self.transcripts_unnamed}
+
+
+def _unname_speakers(tx: sqlite_utils.Database, project_id: str, end_user_id: str) -> int:
+    """Clear ``end_user_id`` in every transcript speaker of the project that named the end
+    user (JSON rewritten here, not in SQL, to stay portable); how many transcripts changed."""
+    rows = tx.execute("SELECT id, speakers FROM transcriptions WHERE project_id = ? AND"
+                      " speakers LIKE ?", [project_id, f"%{end_user_id}%"]).fetchall()
+    changed = 0
+    for txn_id, raw in rows:
+        speakers = json.loads(raw)
+        hit = [s for s in speakers if s.get("end_user_id") == end_user_id]
+        for s in hit:
+            s["end_user_id"] = None
+        if hit:
+            tx.execute("UPDATE transcriptions SET speakers = ? WHERE id = ?",
+                       [json.dumps(speakers), txn_id])
+            changed += 1
+    return changed

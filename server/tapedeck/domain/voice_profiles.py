@@ -28,7 +28,9 @@ from typing import Any, BinaryIO, Protocol
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
+from tapedeck.domain import cursors
 from tapedeck.domain._base import Context, load_recording
+from tapedeck.domain.models import Page
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
 
@@ -165,14 +167,26 @@ class VoiceProfiles:
                              [vp_id]).fetchone()
         return _from_row(row)
 
-    def list(self, p: Principal, end_user_id: str) -> list[VoiceProfile]:
-        """The end user's profiles, oldest first."""
+    def list(self, p: Principal, end_user_id: str, *, limit: int = 25,
+             cursor: str | None = None) -> Page:
+        """One page of the end user's profiles, oldest first (``limit`` 1..100; ``cursor``
+        is a previous page's ``next_cursor``)."""
         p.require("end_users:read")
+        if not 1 <= limit <= 100:
+            raise invalid("limit", "limit must be between 1 and 100.")
         self._require_end_user(p, end_user_id)
+        where, args = "project_id = ? AND end_user_id = ?", [p.project_id, end_user_id]
+        if cursor:
+            created, last_id = cursors.decode_position(cursor)
+            where += " AND (created_at > ? OR (created_at = ? AND id > ?))"
+            args += [created, created, last_id]
         rows = self._ctx.db.read().execute(
-            f"SELECT {_COLUMNS} FROM voice_profiles WHERE project_id = ? AND end_user_id = ?"
-            " ORDER BY created_at, id", [p.project_id, end_user_id]).fetchall()
-        return [_from_row(r) for r in rows]
+            f"SELECT {_COLUMNS} FROM voice_profiles WHERE {where}"
+            " ORDER BY created_at, id LIMIT ?", [*args, limit + 1]).fetchall()
+        found = [_from_row(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return Page(found, cursors.encode_position(iso(found[-1].created_at), found[-1].id)
+                    if more else None)
 
     def delete(self, p: Principal, end_user_id: str, profile_id: str) -> None:
         """Delete one profile and its embedding (``voice_profile_not_found`` if it is not

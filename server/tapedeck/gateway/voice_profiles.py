@@ -4,8 +4,12 @@
   enrolls from a span of a recording; any other ``Content-Type`` (``audio/wav``,
   ``audio/ogg``, ``application/octet-stream``, …) is an uploaded sample (at most
   ``MAX_SAMPLE_BYTES``). 201 with the profile.
-- ``GET /v1/end-users/{id}/voice-profiles``: ``{data: [...], has_more: false}``.
+- ``GET /v1/end-users/{id}/voice-profiles?limit=1..100 (25)&cursor=``: ``{data: [...],
+  has_more, next_cursor}``, oldest first.
 - ``DELETE /v1/end-users/{id}/voice-profiles/{vp_id}``: ``{id, deleted: true}``.
+- ``DELETE /v1/end-users/{id}``: deletes the end user and their voice profiles; recordings
+  stay, unbound (``tapedeck.domain.end_users``). ``{id, deleted: true, voice_profiles_deleted,
+  recordings_unbound, devices_unbound, transcripts_unnamed}``.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import io
 from typing import Annotated
 
 import anyio.to_thread
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, Field
 
@@ -57,6 +61,18 @@ class VoiceProfileOut(ResponseModel):
 class VoiceProfileList(ResponseModel):
     data: list[VoiceProfileOut]
     has_more: bool
+    next_cursor: str | None
+
+
+class EndUserDeleted(ResponseModel):
+    """What deleting an end user did (their recordings are kept, unbound)."""
+
+    id: str
+    deleted: bool
+    voice_profiles_deleted: int
+    recordings_unbound: int
+    devices_unbound: int
+    transcripts_unnamed: int
 
 
 class VoiceProfileDeleted(ResponseModel):
@@ -95,11 +111,16 @@ def add_voice_profile_routes(r: APIRouter, gw: Gateway) -> None:
 
     @r.get(base, response_model=VoiceProfileList, summary="List an end user's voice profiles",
            responses=errors_doc("end_user_not_found"))
-    async def list_voice_profiles(request: Request, end_user_id: EndUserId) -> Response:
-        """The end user's profiles, oldest first (``end_users:read``)."""
+    async def list_voice_profiles(
+            request: Request, end_user_id: EndUserId,
+            limit: Annotated[int, Query(ge=1, le=100)] = 25,
+            cursor: Annotated[str | None, Query(description="next_cursor of a previous page")]
+            = None) -> Response:
+        """One page of the end user's profiles, oldest first (``end_users:read``)."""
         p = await gw.caller(request)
-        found = await anyio.to_thread.run_sync(lambda: d.voice_profiles.list(p, end_user_id))
-        return JSONResponse({"data": [v.to_json() for v in found], "has_more": False})
+        page = await anyio.to_thread.run_sync(
+            lambda: d.voice_profiles.list(p, end_user_id, limit=limit, cursor=cursor))
+        return JSONResponse(page.to_json())
 
     @r.delete(base + "/{profile_id}", response_model=VoiceProfileDeleted,
               summary="Delete a voice profile", responses=errors_doc("voice_profile_not_found"))
@@ -110,3 +131,12 @@ def add_voice_profile_routes(r: APIRouter, gw: Gateway) -> None:
         await anyio.to_thread.run_sync(
             lambda: d.voice_profiles.delete(p, end_user_id, profile_id))
         return JSONResponse({"id": profile_id, "deleted": True})
+
+    @r.delete("/v1/end-users/{end_user_id}", response_model=EndUserDeleted,
+              summary="Delete an end user", responses=errors_doc("end_user_not_found"))
+    async def delete_end_user(request: Request, end_user_id: EndUserId) -> Response:
+        """Delete the end user and their voice profiles (``end_users:write``); their
+        recordings and transcripts stay, without an end user; their devices are unbound."""
+        p = await gw.caller(request)
+        done = await anyio.to_thread.run_sync(lambda: d.end_users.delete(p, end_user_id))
+        return JSONResponse(done.to_json())

@@ -228,8 +228,12 @@ class EndUserServicer(end_user_pb2_grpc.EndUserServiceServicer):
     @translate_errors
     def ListVoiceProfiles(self, request: epb.ListVoiceProfilesRequest,
                           context: grpc.ServicerContext) -> epb.ListVoiceProfilesResponse:
-        found = self._d.voice_profiles.list(principal(self._d, context), request.end_user_id)
-        return epb.ListVoiceProfilesResponse(voice_profiles=[voice_profile_pb(v) for v in found])
+        page = self._d.voice_profiles.list(principal(self._d, context), request.end_user_id,
+                                           limit=cv.page_limit(request.page_size),
+                                           cursor=request.page_token or None)
+        return epb.ListVoiceProfilesResponse(
+            voice_profiles=[voice_profile_pb(v) for v in page.data],
+            next_page_token=page.next_cursor or "")
 
     @translate_errors
     def DeleteVoiceProfile(self, request: epb.DeleteVoiceProfileRequest,
@@ -237,6 +241,15 @@ class EndUserServicer(end_user_pb2_grpc.EndUserServiceServicer):
         self._d.voice_profiles.delete(principal(self._d, context), request.end_user_id,
                                       request.id)
         return epb.DeleteVoiceProfileResponse(id=request.id)
+
+    @translate_errors
+    def DeleteEndUser(self, request: epb.DeleteEndUserRequest,
+                      context: grpc.ServicerContext) -> epb.DeleteEndUserResponse:
+        done = self._d.end_users.delete(principal(self._d, context), request.id)
+        return epb.DeleteEndUserResponse(
+            id=done.id, voice_profiles_deleted=done.voice_profiles_deleted,
+            recordings_unbound=done.recordings_unbound, devices_unbound=done.devices_unbound,
+            transcripts_unnamed=done.transcripts_unnamed)
 
 
 class KeyServicer(key_pb2_grpc.KeyServiceServicer):

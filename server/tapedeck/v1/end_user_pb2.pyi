@@ -365,16 +365,24 @@ class ListVoiceProfilesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     END_USER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     end_user_id: _builtins.str
     """End user (eu_...)."""
+    page_size: _builtins.int
+    """Maximum number of profiles to return, 1..100; 0 means 25."""
+    page_token: _builtins.str
+    """Opaque token from a previous response's next_page_token."""
     def __init__(
         self,
         *,
         end_user_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_user_id", b"end_user_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -387,18 +395,22 @@ class ListVoiceProfilesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     VOICE_PROFILES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty when there are no more profiles."""
     @_builtins.property
     def voice_profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___VoiceProfile]:
-        """The end user's profiles, oldest first."""
+        """One page of the end user's profiles, oldest first."""
 
     def __init__(
         self,
         *,
         voice_profiles: _abc.Iterable[Global___VoiceProfile] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["voice_profiles", b"voice_profiles"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "voice_profiles", b"voice_profiles"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -451,3 +463,63 @@ class DeleteVoiceProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteVoiceProfileResponse: _TypeAlias = DeleteVoiceProfileResponse  # noqa: Y015
+
+@_typing.final
+class DeleteEndUserRequest(_message.Message):
+    """DeleteEndUserRequest is the request of EndUserService.DeleteEndUser."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """End user identifier (eu_...)."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEndUserRequest: _TypeAlias = DeleteEndUserRequest  # noqa: Y015
+
+@_typing.final
+class DeleteEndUserResponse(_message.Message):
+    """DeleteEndUserResponse is the response of EndUserService.DeleteEndUser."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    VOICE_PROFILES_DELETED_FIELD_NUMBER: _builtins.int
+    RECORDINGS_UNBOUND_FIELD_NUMBER: _builtins.int
+    DEVICES_UNBOUND_FIELD_NUMBER: _builtins.int
+    TRANSCRIPTS_UNNAMED_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The deleted end user's identifier."""
+    voice_profiles_deleted: _builtins.int
+    """Voice profiles (embeddings) deleted with the end user."""
+    recordings_unbound: _builtins.int
+    """Recordings of the end user kept, now without an end user."""
+    devices_unbound: _builtins.int
+    """Devices that were bound to the end user, now unbound (their tokens revoked)."""
+    transcripts_unnamed: _builtins.int
+    """Transcripts in which a speaker named the end user and no longer does."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        voice_profiles_deleted: _builtins.int = ...,
+        recordings_unbound: _builtins.int = ...,
+        devices_unbound: _builtins.int = ...,
+        transcripts_unnamed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices_unbound", b"devices_unbound", "id", b"id", "recordings_unbound", b"recordings_unbound", "transcripts_unnamed", b"transcripts_unnamed", "voice_profiles_deleted", b"voice_profiles_deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteEndUserResponse: _TypeAlias = DeleteEndUserResponse  # noqa: Y015

@@ -63,6 +63,11 @@ class EndUserServiceStub:
                 request_serializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileRequest.SerializeToString,
                 response_deserializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileResponse.FromString,
                 _registered_method=True)
+        self.DeleteEndUser = channel.unary_unary(
+                '/tapedeck.v1.EndUserService/DeleteEndUser',
+                request_serializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteEndUserRequest.SerializeToString,
+                response_deserializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteEndUserResponse.FromString,
+                _registered_method=True)
 
 
 class EndUserServiceServicer:
@@ -109,6 +114,15 @@ class EndUserServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteEndUser(self, request, context):
+        """DeleteEndUser deletes an end user and their voice profiles (the embeddings); their
+        recordings and transcripts stay, unbound (end_user_id empty), devices bound to them are
+        unbound and their tokens revoked. Needs the end_users:write scope.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EndUserServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -136,6 +150,11 @@ def add_EndUserServiceServicer_to_server(servicer, server):
                     servicer.DeleteVoiceProfile,
                     request_deserializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileRequest.FromString,
                     response_serializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileResponse.SerializeToString,
+            ),
+            'DeleteEndUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEndUser,
+                    request_deserializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteEndUserRequest.FromString,
+                    response_serializer=tapedeck_dot_v1_dot_end__user__pb2.DeleteEndUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -277,6 +296,33 @@ class EndUserService:
             '/tapedeck.v1.EndUserService/DeleteVoiceProfile',
             tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileRequest.SerializeToString,
             tapedeck_dot_v1_dot_end__user__pb2.DeleteVoiceProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEndUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tapedeck.v1.EndUserService/DeleteEndUser',
+            tapedeck_dot_v1_dot_end__user__pb2.DeleteEndUserRequest.SerializeToString,
+            tapedeck_dot_v1_dot_end__user__pb2.DeleteEndUserResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,11 @@ class EndUserServiceStub:
     """Lists an end user's voice profiles, oldest first (end_users:read)."""
     DeleteVoiceProfile: _grpc.UnaryUnaryMultiCallable[_end_user_pb2.DeleteVoiceProfileRequest, _end_user_pb2.DeleteVoiceProfileResponse]
     """Deletes a voice profile and its embedding (end_users:write)."""
+    DeleteEndUser: _grpc.UnaryUnaryMultiCallable[_end_user_pb2.DeleteEndUserRequest, _end_user_pb2.DeleteEndUserResponse]
+    """DeleteEndUser deletes an end user and their voice profiles (the embeddings); their
+    recordings and transcripts stay, unbound (end_user_id empty), devices bound to them are
+    unbound and their tokens revoked. Needs the end_users:write scope.
+    """
 
 @_typing.type_check_only
 class EndUserServiceAsyncStub(EndUserServiceStub):
@@ -75,6 +80,11 @@ class EndUserServiceAsyncStub(EndUserServiceStub):
     """Lists an end user's voice profiles, oldest first (end_users:read)."""
     DeleteVoiceProfile: _aio.UnaryUnaryMultiCallable[_end_user_pb2.DeleteVoiceProfileRequest, _end_user_pb2.DeleteVoiceProfileResponse]  # type: ignore[assignment]
     """Deletes a voice profile and its embedding (end_users:write)."""
+    DeleteEndUser: _aio.UnaryUnaryMultiCallable[_end_user_pb2.DeleteEndUserRequest, _end_user_pb2.DeleteEndUserResponse]  # type: ignore[assignment]
+    """DeleteEndUser deletes an end user and their voice profiles (the embeddings); their
+    recordings and transcripts stay, unbound (end_user_id empty), devices bound to them are
+    unbound and their tokens revoked. Needs the end_users:write scope.
+    """
 
 class EndUserServiceServicer(metaclass=_abc_1.ABCMeta):
     """EndUserService creates and reads end users: the people recordings belong to.
@@ -126,5 +136,16 @@ class EndUserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_end_user_pb2.DeleteVoiceProfileResponse, _abc.Awaitable[_end_user_pb2.DeleteVoiceProfileResponse]]:
         """Deletes a voice profile and its embedding (end_users:write)."""
+
+    @_abc_1.abstractmethod
+    def DeleteEndUser(
+        self,
+        request: _end_user_pb2.DeleteEndUserRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_end_user_pb2.DeleteEndUserResponse, _abc.Awaitable[_end_user_pb2.DeleteEndUserResponse]]:
+        """DeleteEndUser deletes an end user and their voice profiles (the embeddings); their
+        recordings and transcripts stay, unbound (end_user_id empty), devices bound to them are
+        unbound and their tokens revoked. Needs the end_users:write scope.
+        """
 
 def add_EndUserServiceServicer_to_server(servicer: EndUserServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

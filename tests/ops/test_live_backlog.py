@@ -145,3 +145,61 @@ def test_watch_yields_keepalives_and_stops_when_told(live_srv: RunningServer) ->
     assert list(updates) == []
     quiet = domain.transcriptions.watch(p, txn_id, poll_s=0.01, stop=stop)
     assert [u.transcription for u in quiet] == [None]  # stopped after its first update
+
+
+def _piece(words: list[tuple[str, int, int]], delta48: int | None) -> Any:
+    from tapedeck.transcribe import Segment, Word
+    from tapedeck.transcribe.live import Piece
+
+    ws = tuple(Word(w, a, b, 0.9) for w, a, b in words)
+    seg = Segment(ws[0].start_ms, ws[-1].end_ms, " ".join(w for w, _, _ in words), 0.9,
+                  words=ws)
+    return Piece(delta48, 10_000 * 48, 4000 if delta48 else 0, "en", (seg,), 9000, 1000)
+
+
+def test_watchers_read_only_what_changed(live_srv: RunningServer) -> None:
+    """Pieces stored by the job's own upsert; the follower re-reads and re-merges only when
+    a piece's version changed, and then only that piece's segments; its view equals the full
+    recompute (``live_view``) every time."""
+    from tapedeck.domain.live import LiveFollower, live_view
+    from tapedeck.transcribe.live_job import _Inputs, store_piece
+
+    rec_id = _recording(live_srv)
+    db = live_srv.app.db
+    clock = live_srv.app.clock
+    seen: list[str] = []
+    conn = db.read().conn
+    follower = LiveFollower(rec_id)
+
+    def poll() -> tuple[Any, bool]:
+        seen.clear()
+        conn.set_trace_callback(seen.append)
+        try:
+            return follower.poll(db.read())
+        finally:
+            conn.set_trace_callback(None)
+
+    def put(part: int, md5: str, prev: str | None, words: list[tuple[str, int, int]]) -> None:
+        with db.write() as tx:
+            store_piece(tx, clock, rec_id, part, _Inputs(b"", None, md5, prev),
+                        _piece(words, None if part == 1 else 10_000 * 48))
+
+    assert poll()[0].segments == [] and not [q for q in seen if "segments" in q]
+    put(1, "a", None, [("one", 500, 900), ("two", 1000, 1400)])
+    view, changed = poll()
+    assert changed and [s["text"] for s in view.segments] == ["one two"]
+    assert view == live_view(db.read(), rec_id)
+    assert poll()[1] is False and len(seen) == 1 and "segments" not in seen[0]  # quiet poll
+
+    put(2, "b", "a", [("three", 1000, 1500), ("four", 2000, 2500)])
+    view, changed = poll()
+    reads = [q for q in seen if "segments" in q]
+    assert changed and len(reads) == 1 and "IN (2)" in reads[0]  # part 1 not read again
+    assert view == live_view(db.read(), rec_id) and view.covered_ms == 20_000
+    assert [s["text"] for s in view.segments] == ["one two", "three four"]
+
+    put(1, "a2", None, [("uno", 500, 900)])  # replaced chunk 1: part 2 no longer chains
+    view, changed = poll()
+    assert changed and "IN (1)" in next(q for q in seen if "segments" in q)
+    assert view == live_view(db.read(), rec_id)
+    assert [s["text"] for s in view.segments] == ["uno"] and view.covered_ms == 10_000

@@ -257,7 +257,11 @@ def contiguous(pieces: dict[int, PieceRow]) -> list[PieceRow]:
 def live_view(db: Any, recording_id: str) -> LiveView:
     """Segments that no later chunk can change (those ending before the last chunk's
     overlap window), and the ms of audio transcribed from the start."""
-    chain = contiguous(load_pieces(db, recording_id))
+    return view_of(contiguous(load_pieces(db, recording_id)))
+
+
+def view_of(chain: Sequence[PieceRow]) -> LiveView:
+    """The live view of a chain of pieces (``contiguous``)."""
     if not chain:
         return LiveView([], 0, 0)
     placed = place(chain)
@@ -267,6 +271,53 @@ def live_view(db: Any, recording_id: str) -> LiveView:
     segments = [s for s in merge(placed)
                 if all(_mid(w) < stable for w in (s.get("words") or [s]))]
     return LiveView(segments, last.end_ms, sum(p.skipped_ms for p in chain))
+
+
+_HEAD = "part, md5, prev_md5, status, delta48, updated_at"
+
+
+class LiveFollower:
+    """The live view of one recording, kept up to date incrementally (for watchers that
+    poll). ``poll(db)`` reads only each piece's version (part, MD5s, status, delta,
+    ``updated_at``: every upsert of a piece changes it); when nothing changed it returns the
+    previous view without reading or merging anything, else it reads the segments of the
+    new or changed pieces only and merges again."""
+
+    def __init__(self, recording_id: str) -> None:
+        self._recording_id = recording_id
+        self._heads: list[tuple[Any, ...]] | None = None
+        self._pieces: dict[int, tuple[tuple[Any, ...], PieceRow]] = {}
+        self._view = LiveView([], 0, 0)
+
+    def poll(self, db: Any) -> tuple[LiveView, bool]:
+        """The current view and whether it may differ from the previous poll's."""
+        heads = [tuple(r) for r in db.execute(
+            f"SELECT {_HEAD} FROM live_pieces WHERE recording_id = ? ORDER BY part",
+            [self._recording_id]).fetchall()]
+        if heads == self._heads:
+            return self._view, False
+        stale = [h[0] for h in heads if self._pieces.get(h[0], ((),))[0] != h]
+        if stale:
+            marks = ", ".join("?" * len(stale))
+            fresh = _load_parts(db, self._recording_id, stale, marks)
+            for h in heads:
+                if h[0] in fresh:
+                    self._pieces[h[0]] = (h, fresh[h[0]])
+        current = {h[0] for h in heads}
+        self._pieces = {k: v for k, v in self._pieces.items() if k in current}
+        self._heads = heads
+        self._view = view_of(contiguous({k: v[1] for k, v in self._pieces.items()}))
+        return self._view, True
+
+
+def _load_parts(db: Any, recording_id: str, parts: list[int], marks: str
+                ) -> dict[int, PieceRow]:
+    rows = db.execute(
+        "SELECT part, md5, prev_md5, status, delta48, samples48, overlap_ms, language,"
+        f" segments, speech_ms, skipped_ms FROM live_pieces WHERE recording_id = ?"
+        f" AND part IN ({marks})", [recording_id, *parts]).fetchall()
+    return {r[0]: PieceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]),
+                           r[9], r[10]) for r in rows}
 
 
 def keep_live_status(tx: Any, recording_id: str, txn_id: str) -> bool:

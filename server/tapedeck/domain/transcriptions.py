@@ -271,24 +271,43 @@ class Transcriptions:
               keepalive_polls: int | None = None) -> Iterator[WatchUpdate]:
         """Follow a transcription (same authorization as ``get``): an update whenever a live
         one has new stable segments or covers more audio (``segments`` = only the new ones),
-        then a last one with the terminal transcription. Re-reads every ``poll_s`` seconds
+        then a last one with the terminal transcription. Authorized once, at the start.
+        Incremental: each poll reads the status and the pieces' versions
+        (``tapedeck.domain.live.LiveFollower``); segments are read and merged again only
+        when a piece changed, and only the changed pieces' rows. Re-reads every ``poll_s`` seconds
         (workers may be other processes); ends early, with no final update, once ``stop``
         is set (client gone, server stopping). With ``keepalive_polls``, an update with no new
         segments is also yielded after that many quiet polls (lets a stream notice a client
         that went away)."""
         stop = stop or threading.Event()
+        from tapedeck.domain.live import LiveFollower
+
+        txn = self.get(p, transcription_id)  # authorizes the stream once
+        follower = LiveFollower(txn.recording_id)
         sent, covered, quiet = 0, -1, 0
         while True:
-            txn = self.get(p, transcription_id)
-            if txn.status in TERMINAL_STATUSES:
+            db = self._ctx.db.read()
+            # per poll: the status only; the pieces' versions only while it is live
+            row = db.execute("SELECT status, live FROM transcriptions WHERE id = ?",
+                             [transcription_id]).fetchone()
+            if row is None:
+                raise error("transcription_not_found", "Transcription not found.",
+                            transcription_id=transcription_id)
+            if row[0] in TERMINAL_STATUSES:
+                txn = self.get(p, transcription_id)
                 yield WatchUpdate([], txn.duration_ms or 0, txn)
                 return
             quiet += 1
-            if (txn.live and (len(txn.segments) > sent or (txn.covered_ms or 0) > covered)) \
+            segments: list[dict[str, Any]] = []
+            now_covered = 0
+            if row[1] and row[0] == "processing":
+                view, _ = follower.poll(db)
+                segments, now_covered = view.segments, view.covered_ms
+            if (len(segments) > sent or now_covered > covered) \
                     or (keepalive_polls is not None and quiet >= keepalive_polls):
-                covered = max(covered, txn.covered_ms or 0)
-                yield WatchUpdate(txn.segments[sent:], covered, None)
-                sent, quiet = max(sent, len(txn.segments)), 0
+                covered = max(covered, now_covered)
+                yield WatchUpdate(segments[sent:], covered, None)
+                sent, quiet = max(sent, len(segments)), 0
             if stop.wait(poll_s):
                 return
 

@@ -203,3 +203,40 @@ def test_watchers_read_only_what_changed(live_srv: RunningServer) -> None:
     assert changed and "IN (1)" in next(q for q in seen if "segments" in q)
     assert view == live_view(db.read(), rec_id)
     assert [s["text"] for s in view.segments] == ["uno"] and view.covered_ms == 10_000
+
+
+def test_a_presigned_chunk_queues_its_piece_when_the_device_reconciles(
+        live_srv: RunningServer) -> None:
+    """A presigned PUT bypasses the server; the device's ListChunks (its reconcile step)
+    records the part in the ledger through the one hook, which queues the live piece; a
+    second listing queues nothing more, a replacement through a new URL queues it again."""
+    import urllib.request
+
+    from tapedeck.v1 import chunk_pb2
+
+    def presigned_put(part: int, data: bytes) -> None:
+        url = live_srv.chunks().CreateChunkUploadUrl(chunk_pb2.CreateChunkUploadUrlRequest(
+            recording_id=rec_id, part=part), metadata=auth(live_srv.api_key))
+        req = urllib.request.Request(url.upload_url, data=data, method="PUT",
+                                     headers=dict(url.headers))
+        with urllib.request.urlopen(req) as resp:
+            assert resp.status == 200
+
+    def reconcile() -> list[int]:
+        live_srv.chunks().ListChunks(chunk_pb2.ListChunksRequest(recording_id=rec_id),
+                                     metadata=auth(live_srv.api_key))
+        return _queued_parts(live_srv, rec_id)
+
+    chunks = opus_chunks(2)
+    rec_id = _recording(live_srv)
+    presigned_put(1, chunks[0])
+    assert _queued_parts(live_srv, rec_id) == []  # the server has not seen it yet
+    assert reconcile() == [1]
+    assert reconcile() == [1]
+    txn = live_srv.app.db.read().execute(
+        "SELECT transcription_status FROM recordings WHERE id = ?", [rec_id]).fetchone()[0]
+    assert txn == "processing"  # the live transcription started with the first piece
+    with live_srv.app.db.write() as tx:  # a worker took the job
+        tx.execute("UPDATE jobs SET status = 'succeeded' WHERE recording_id = ?", [rec_id])
+    presigned_put(1, chunks[1])  # different bytes for part 1
+    assert reconcile() == [1]

@@ -332,7 +332,22 @@ class Chunks:
         """The chunks the store holds, and the parts missing up to the highest one."""
         p.require("recordings:read")
         rec = load_recording(self._ctx.db.read(), p, recording_id)
-        return self._listing(recording_id, finalized=rec.finalize_request is not None)
+        listing = self._listing(recording_id, finalized=rec.finalize_request is not None)
+        if rec.status == "streaming" and rec.finalize_request is None:
+            self._adopt_presigned(recording_id)
+        return listing
+
+    def _adopt_presigned(self, recording_id: str) -> None:
+        """Presigned PUTs bypass the ledger; a device lists its chunks to reconcile after
+        them. Each stored part whose current object is not the ledger's goes through
+        ``_record`` (the one hook: its live piece is queued) under the recording's lock."""
+        with self._ctx.locks.hold(recording_id):
+            known = dict(self._ctx.db.read().execute(
+                "SELECT part, object_key FROM chunks WHERE recording_id = ?",
+                [recording_id]).fetchall())
+            for part, obj in sorted(stored_parts(self._ctx.store, recording_id).items()):
+                if known.get(part) != obj.key:
+                    self._record(recording_id, part, obj.size, obj.etag, obj.key)
 
     def delete(self, p: Principal, recording_id: str, part: int) -> ChunkList:
         """Delete every stored object of ``part`` while the recording is streaming (a stray

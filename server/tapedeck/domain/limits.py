@@ -10,7 +10,8 @@
   RESOURCE_EXHAUSTED); deleting recordings frees space. The check is before the upload, so a
   project can end up at most one chunk (``max_chunk_bytes``) or one file over its quota.
   Stored bytes are the ledger's: a recording's file size once it has one, else the sizes of
-  the chunks received through the API (presigned chunk PUTs count from finalize on).
+  the chunks received through the API (presigned chunk PUTs count once a chunk listing
+  has recorded them, or from finalize on).
   ``StorageMeter`` measures that sum (one query over the project's recordings and chunks,
   ~25 ms for 10k recordings here) at most every ``METER_TTL_S`` while the project is far from
   its quota: a measurement is reused only while it plus the largest upload each check since

@@ -2,7 +2,8 @@
 
 While a streaming recording receives chunks (and ``settings.live_transcription`` is on),
 every chunk whose ledger row changes (``on_chunk_recorded``, called by the chunk ledger's
-one write) gets a ``live_transcribe`` job; the job stores a *piece* (``live_pieces`` row:
+one write, ``Chunks._record``: API uploads at once, presigned PUTs when a chunk listing
+reconciles them) gets a ``live_transcribe`` job; the job stores a *piece* (``live_pieces`` row:
 the chunk's segments relative to its start, made with the previous chunk as context). The
 first such chunk creates the recording's transcription at once, ``live`` and
 ``processing`` (events ``transcription.queued`` then ``transcription.started``), so it can

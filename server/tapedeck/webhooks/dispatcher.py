@@ -12,8 +12,11 @@ Durability contract (SQLite is the only state; any number of dispatcher processe
   At most ``per_endpoint`` deliveries of one endpoint are leased at a time (by all
   dispatchers together), and a pool of ``workers`` threads sends them, so a slow or dead
   endpoint holds at most ``per_endpoint`` workers and never delays other endpoints. Due
-  deliveries go oldest first (``next_attempt_at``, then creation order), so a healthy
-  endpoint with ``per_endpoint=1`` receives events in order.
+  deliveries go oldest first (``next_attempt_at``, then creation order), and the claim never
+  leases a delivery whose recording (else device) already has one leased on that endpoint,
+  so a healthy endpoint receives each recording's events in order at any ``per_endpoint``.
+  Each round records the finished attempts and leases the next ones in ONE write
+  transaction (``_acknowledge_batch`` and ``claim_deliveries`` hold that SQL).
 - Liveness: each dispatcher heartbeats its ``webhook_dispatchers`` row. Leases of an owner
   whose row is gone, whose heartbeat is older than ``stale_s``, or whose process is known
   dead (same kernel boot and PID namespace, PID no longer running with the same start time)
@@ -289,9 +292,8 @@ class Dispatcher:
         for the free workers. Returns the work done (0 = idle)."""
         self._start_workers()
         self._heartbeat_if_due()
-        acked = self._acknowledge()
         fanned = self.fan_out()
-        return acked + fanned + self._claim_and_submit()
+        return fanned + self._acknowledge(claim=True)
 
     # -- liveness -----------------------------------------------------------------------------
     def _heartbeat_if_due(self) -> None:
@@ -359,26 +361,6 @@ class Dispatcher:
         return len(rows)
 
     # -- claim --------------------------------------------------------------------------------
-    def _claim_and_submit(self) -> int:
-        with self._idle:
-            slots = self._workers - len(self._in_flight)
-        if slots <= 0 or self._stop.is_set():
-            return 0
-        now = iso(self.clock.now())
-        assert now is not None
-        if self.db.read().execute(
-                "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND"
-                " next_attempt_at <= ? AND lease_owner IS NULL LIMIT 1", [now]).fetchone() is None:
-            return 0
-        with self.db.write() as tx:
-            claimed = claim_deliveries(tx, self.owner, now, slots, self.per_endpoint)
-        with self._idle:
-            self._in_flight.update(c.delivery_id for c, _, _ in claimed)
-            self._running += len(claimed)
-        for candidate, url, sealed in claimed:
-            self._queue.put(self._job(candidate, url, sealed))
-        return len(claimed)
-
     def _job(self, c: _Candidate, url: str, sealed: str) -> _Job:
         body = envelope(c.event_id, c.type, c.created_at, json.loads(c.data))
         return _Job(c.delivery_id, c.endpoint_id, c.event_id, url,
@@ -441,25 +423,35 @@ class Dispatcher:
         return _Result(job, attempted_at, outcome, latency_ms)
 
     # -- acknowledgement ----------------------------------------------------------------------
-    def _acknowledge(self) -> int:
-        """Record every finished attempt in ONE write transaction (then release their
-        leases in memory); returns how many. A crash before the commit loses no delivery:
-        they are still leased to us and are sent again once the lease is reclaimed."""
+    def _acknowledge(self, claim: bool = False) -> int:
+        """Record every finished attempt and (``claim``) lease due deliveries for the free
+        workers, in ONE write transaction, so a round costs one commit; returns the work done.
+        A crash before the commit loses no delivery: the finished ones are still leased to us
+        and are sent again once the lease is reclaimed."""
         with self._ack_lock:
             with self._idle:
                 batch, self._finished = self._finished, []
-            if not batch:
+                slots = self._workers - len(self._in_flight) + len(batch)
+            now = self.clock.now()
+            claim = claim and slots > 0 and not self._stop.is_set() and self._due(now)
+            if not batch and not claim:
                 return 0
             try:
                 with self.db.write() as tx:
-                    acked = self._acknowledge_batch(tx, batch, self.clock.now())
+                    acked = self._acknowledge_batch(tx, batch, now)
+                    claimed = claim_deliveries(tx, self.owner, iso(now) or "", slots,
+                                               self.per_endpoint) if claim else []
             except BaseException:
                 with self._idle:
                     self._finished[:0] = batch  # try again next round
                 raise
             with self._idle:
                 self._in_flight.difference_update(r.job.delivery_id for r in batch)
+                self._in_flight.update(c.delivery_id for c, _, _ in claimed)
+                self._running += len(claimed)
                 self._idle.notify_all()
+        for candidate, url, sealed in claimed:
+            self._queue.put(self._job(candidate, url, sealed))
         for r, (attempt, ours, final) in zip(batch, acked, strict=True):
             if not ours:
                 continue
@@ -469,7 +461,14 @@ class Dispatcher:
                          "delivered" if r.outcome.ok else r.outcome.error)
             if self.observe is not None:
                 self.observe(_attempt_label(r.outcome), final)
-        return len(batch)
+        return len(batch) + len(claimed)
+
+    def _due(self, now: datetime) -> bool:
+        """Is any unleased delivery due (a read, so an idle round writes nothing)?"""
+        return self.db.read().execute(
+            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND"
+            " next_attempt_at <= ? AND lease_owner IS NULL LIMIT 1", [iso(now)]
+        ).fetchone() is not None
 
     def _acknowledge_batch(self, tx: sqlite_utils.Database, batch: list[_Result],
                            now: datetime) -> list[tuple[int, bool, str | None]]:

@@ -87,6 +87,7 @@ class Receiver:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             disable_nagle_algorithm = True
+            protocol_version = "HTTP/1.1"  # keep-alive, as real receivers speak it
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))

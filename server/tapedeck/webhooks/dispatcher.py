@@ -12,8 +12,11 @@ Durability contract (SQLite is the only state; any number of dispatcher processe
   At most ``per_endpoint`` deliveries of one endpoint are leased at a time (by all
   dispatchers together), and a pool of ``workers`` threads sends them, so a slow or dead
   endpoint holds at most ``per_endpoint`` workers and never delays other endpoints. Due
-  deliveries go oldest first (``next_attempt_at``, then creation order), so a healthy
-  endpoint with ``per_endpoint=1`` receives events in order.
+  deliveries go oldest first (``next_attempt_at``, then creation order), and the claim never
+  leases a delivery whose recording (else device) already has one leased on that endpoint,
+  so a healthy endpoint receives each recording's events in order at any ``per_endpoint``.
+  Each round records the finished attempts and leases the next ones in ONE write
+  transaction (``_acknowledge_batch`` and ``claim_deliveries`` hold that SQL).
 - Liveness: each dispatcher heartbeats its ``webhook_dispatchers`` row. Leases of an owner
   whose row is gone, whose heartbeat is older than ``stale_s``, or whose process is known
   dead (same kernel boot and PID namespace, PID no longer running with the same start time)
@@ -139,7 +142,7 @@ def proc_start(pid: int) -> str | None:
 
 @dataclass(frozen=True)
 class _Job:
-    """Everything one attempt needs, loaded after the claim."""
+    """Everything one attempt needs, loaded by the claim."""
 
     delivery_id: str
     endpoint_id: str
@@ -147,6 +150,7 @@ class _Job:
     url: str
     secret: str | None  # None: the sealed secret does not open (wrong key file)
     body: bytes
+    request_id: str | None
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,32 @@ class _Outcome:
     @property
     def gone(self) -> bool:
         return self.status_code == 410
+
+
+@dataclass(frozen=True)
+class _Result:
+    """A finished attempt waiting to be acknowledged (logged, delivery moved on)."""
+
+    job: _Job
+    attempted_at: datetime
+    outcome: _Outcome
+    latency_ms: int
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A due, unleased delivery as the claim sees it."""
+
+    next_attempt_at: str
+    seq: int
+    delivery_id: str
+    endpoint_id: str
+    event_id: str
+    order_key: str | None  # deliveries with the same key go one at a time, in order
+    type: str
+    created_at: str
+    data: str
+    request_id: str | None
 
 
 class Dispatcher:
@@ -185,10 +215,14 @@ class Dispatcher:
         self._workers = workers
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
-        self._in_flight: set[str] = set()
+        self._in_flight: set[str] = set()  # leased by us: running or awaiting acknowledgement
+        self._running = 0
+        self._finished: list[_Result] = []
         self._idle = threading.Condition()
+        self._ack_lock = threading.Lock()
+        self._secrets: dict[tuple[str, str], str | None] = {}
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._loop_thread: threading.Thread | None = None
@@ -203,8 +237,8 @@ class Dispatcher:
         self._loop_thread.start()
 
     def stop(self, grace: float) -> None:
-        """Stop claiming, let in-flight attempts finish within ``grace`` seconds, then
-        deregister (any lease still held becomes reclaimable at once)."""
+        """Stop claiming, let in-flight attempts finish within ``grace`` seconds and record
+        them, then deregister (any lease still held becomes reclaimable at once)."""
         self._stop.set()
         self._wake.set()
         if self._loop_thread is not None:
@@ -216,19 +250,28 @@ class Dispatcher:
             tx.execute("UPDATE webhook_deliveries SET lease_owner = NULL WHERE lease_owner = ?",
                        [self.owner])
             tx.execute("DELETE FROM webhook_dispatchers WHERE owner = ?", [self.owner])
+        close = getattr(self.transport, "close", None)
+        if close is not None:
+            close()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until no attempt is in flight; False on timeout."""
+        """Wait until no attempt is running, then record every finished one; False on
+        timeout."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._in_flight, timeout)
+            done = self._idle.wait_for(lambda: self._running == 0, timeout)
+        self._acknowledge()
+        return done
 
     def drain(self, max_rounds: int = 100_000) -> None:
-        """Run rounds (fan-out, claim, send, wait) until nothing more is due now. For tests
-        and tools driving the dispatcher with a ``ManualClock`` instead of ``start()``."""
+        """Run rounds (acknowledge, fan-out, claim, send, wait) until nothing more is due now.
+        For tests and tools driving the dispatcher with a ``ManualClock`` instead of
+        ``start()``."""
         for _ in range(max_rounds):
             busy = self.step()
-            self.wait_idle()
+            with self._idle:
+                self._idle.wait_for(lambda: self._running == 0)
             if not busy:
+                self._acknowledge()
                 return
         raise RuntimeError("drain did not settle")
 
@@ -244,12 +287,13 @@ class Dispatcher:
                 self._wake.clear()
 
     def step(self) -> int:
-        """One round: heartbeat (and reclaim dead dispatchers' leases) when due, fan out one
-        batch, claim due deliveries for the free workers. Returns the work done (0 = idle)."""
+        """One round: heartbeat (and reclaim dead dispatchers' leases) when due, acknowledge
+        the attempts finished since the last round, fan out one batch, claim due deliveries
+        for the free workers. Returns the work done (0 = idle)."""
         self._start_workers()
         self._heartbeat_if_due()
         fanned = self.fan_out()
-        return fanned + self._claim_and_submit()
+        return fanned + self._acknowledge(claim=True)
 
     # -- liveness -----------------------------------------------------------------------------
     def _heartbeat_if_due(self) -> None:
@@ -317,44 +361,20 @@ class Dispatcher:
         return len(rows)
 
     # -- claim --------------------------------------------------------------------------------
-    def _claim_and_submit(self) -> int:
-        with self._idle:
-            slots = self._workers - len(self._in_flight)
-        if slots <= 0 or self._stop.is_set():
-            return 0
-        claimed = self._claim(slots)
-        with self._idle:
-            self._in_flight.update(claimed)
-        for delivery_id in claimed:
-            self._queue.put(delivery_id)
-        return len(claimed)
+    def _job(self, c: _Candidate, url: str, sealed: str) -> _Job:
+        body = envelope(c.event_id, c.type, c.created_at, json.loads(c.data))
+        return _Job(c.delivery_id, c.endpoint_id, c.event_id, url,
+                    self._secret(c.endpoint_id, sealed), body, c.request_id)
 
-    def _claim(self, slots: int) -> list[str]:
-        """Lease up to ``slots`` due deliveries, at most ``per_endpoint`` per endpoint."""
-        now = iso(self.clock.now())
-        if self.db.read().execute(
-                "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND"
-                " next_attempt_at <= ? AND lease_owner IS NULL LIMIT 1", [now]).fetchone() is None:
-            return []
-        with self.db.write() as tx:
-            busy = dict(tx.execute(
-                "SELECT endpoint_id, count(*) FROM webhook_deliveries WHERE lease_owner IS NOT"
-                " NULL AND status = 'pending' GROUP BY endpoint_id").fetchall())
-            candidates: list[tuple[str, int, str]] = []
-            for (endpoint_id,) in tx.execute(
-                    "SELECT id FROM webhook_endpoints WHERE status = 'enabled'").fetchall():
-                free = self.per_endpoint - busy.get(endpoint_id, 0)
-                if free > 0:
-                    candidates += tx.execute(
-                        "SELECT next_attempt_at, seq, id FROM webhook_deliveries"
-                        " WHERE endpoint_id = ? AND status = 'pending' AND lease_owner IS NULL"
-                        " AND next_attempt_at <= ? ORDER BY next_attempt_at, seq LIMIT ?",
-                        [endpoint_id, now, free]).fetchall()
-            chosen = [c[2] for c in sorted(candidates)[:slots]]
-            for delivery_id in chosen:
-                tx.execute("UPDATE webhook_deliveries SET lease_owner = ? WHERE id = ?",
-                           [self.owner, delivery_id])
-        return chosen
+    def _secret(self, endpoint_id: str, sealed: str) -> str | None:
+        """The endpoint's plaintext secret (kept per sealed value), None if it won't open."""
+        key = (endpoint_id, sealed)
+        if key not in self._secrets:
+            try:
+                self._secrets[key] = self.box.open(sealed, endpoint_id)
+            except ValueError:
+                self._secrets[key] = None
+        return self._secrets[key]
 
     # -- attempts -----------------------------------------------------------------------------
     def _start_workers(self) -> None:
@@ -365,29 +385,26 @@ class Dispatcher:
             t.start()
 
     def _work(self) -> None:
-        while (delivery_id := self._queue.get()) is not None:
+        while (job := self._queue.get()) is not None:
+            result: _Result | None = None
             try:
-                self._attempt(delivery_id)
+                with request_context(job.request_id):
+                    result = self._send(job)
             except Exception:
-                log.exception("webhook attempt for %s failed", delivery_id)
+                log.exception("webhook attempt for %s failed", job.delivery_id)
             finally:
                 with self._idle:
-                    self._in_flight.discard(delivery_id)
+                    self._running -= 1
+                    if result is None:
+                        self._in_flight.discard(job.delivery_id)
+                    else:
+                        self._finished.append(result)
                     self._idle.notify_all()
                 self._wake.set()
 
-    def _attempt(self, delivery_id: str) -> None:
-        """Send one attempt of a leased delivery and record its outcome, under the request id
-        stored with its event (``tapedeck.logs``)."""
-        job = self._load(delivery_id)
-        if job is None:
-            return
-        row = self.db.read().execute("SELECT request_id FROM events WHERE id = ?",
-                                     [job.event_id]).fetchone()
-        with request_context(row[0] if row else None):
-            self._send(job)
-
-    def _send(self, job: _Job) -> None:
+    def _send(self, job: _Job) -> _Result:
+        """One attempt of a leased delivery (the request id of its event is the log context,
+        see ``tapedeck.logs``)."""
         attempted_at = self.clock.now()
         started = time.perf_counter()
         if job.secret is None:
@@ -403,46 +420,76 @@ class Dispatcher:
             except DeliveryFailure as exc:
                 outcome = _Outcome(None, str(exc))
         latency_ms = round((time.perf_counter() - started) * 1000)
-        self._record(job, attempted_at, outcome, latency_ms)
+        return _Result(job, attempted_at, outcome, latency_ms)
 
-    def _load(self, delivery_id: str) -> _Job | None:
-        """The leased delivery with its endpoint and event, or None if no longer ours."""
-        row = self.db.read().execute(
-            "SELECT d.endpoint_id, d.event_id, w.url, w.secret_sealed, e.type, e.created_at,"
-            " e.data FROM webhook_deliveries d JOIN webhook_endpoints w ON w.id = d.endpoint_id"
-            " JOIN events e ON e.id = d.event_id WHERE d.id = ? AND d.status = 'pending'"
-            " AND d.lease_owner = ? AND w.status = 'enabled'",
-            [delivery_id, self.owner]).fetchone()
-        if row is None:
-            return None
-        endpoint_id, event_id, url, sealed, type_, created_at, data = row
-        body = envelope(event_id, type_, created_at, json.loads(data))
-        try:
-            secret: str | None = self.box.open(sealed, endpoint_id)
-        except ValueError:
-            secret = None
-        return _Job(delivery_id, endpoint_id, event_id, url, secret, body)
+    # -- acknowledgement ----------------------------------------------------------------------
+    def _acknowledge(self, claim: bool = False) -> int:
+        """Record every finished attempt and (``claim``) lease due deliveries for the free
+        workers, in ONE write transaction, so a round costs one commit; returns the work done.
+        A crash before the commit loses no delivery: the finished ones are still leased to us
+        and are sent again once the lease is reclaimed."""
+        with self._ack_lock:
+            with self._idle:
+                batch, self._finished = self._finished, []
+                slots = self._workers - len(self._in_flight) + len(batch)
+            now = self.clock.now()
+            claim = claim and slots > 0 and not self._stop.is_set() and self._due(now)
+            if not batch and not claim:
+                return 0
+            try:
+                with self.db.write() as tx:
+                    acked = self._acknowledge_batch(tx, batch, now)
+                    claimed = claim_deliveries(tx, self.owner, iso(now) or "", slots,
+                                               self.per_endpoint) if claim else []
+            except BaseException:
+                with self._idle:
+                    self._finished[:0] = batch  # try again next round
+                raise
+            with self._idle:
+                self._in_flight.difference_update(r.job.delivery_id for r in batch)
+                self._in_flight.update(c.delivery_id for c, _, _ in claimed)
+                self._running += len(claimed)
+                self._idle.notify_all()
+        for candidate, url, sealed in claimed:
+            self._queue.put(self._job(candidate, url, sealed))
+        for r, (attempt, ours, final) in zip(batch, acked, strict=True):
+            if not ours:
+                continue
+            with request_context(r.job.request_id):
+                log.info("webhook %s (event %s) attempt %d: %s", r.job.delivery_id,
+                         r.job.event_id, attempt,
+                         "delivered" if r.outcome.ok else r.outcome.error)
+            if self.observe is not None:
+                self.observe(_attempt_label(r.outcome), final)
+        return len(batch) + len(claimed)
 
-    def _record(self, job: _Job, attempted_at: datetime, outcome: _Outcome,
-                latency_ms: int) -> None:
-        """Log the attempt and move the delivery on, if we still hold its lease."""
-        now = self.clock.now()
-        with self.db.write() as tx:
+    def _due(self, now: datetime) -> bool:
+        """Is any unleased delivery due (a read, so an idle round writes nothing)?"""
+        return self.db.read().execute(
+            "SELECT 1 FROM webhook_deliveries WHERE status = 'pending' AND"
+            " next_attempt_at <= ? AND lease_owner IS NULL LIMIT 1", [iso(now)]
+        ).fetchone() is not None
+
+    def _acknowledge_batch(self, tx: sqlite_utils.Database, batch: list[_Result],
+                           now: datetime) -> list[tuple[int, bool, str | None]]:
+        """THE acknowledgement SQL: log each attempt and move its delivery on if we still
+        hold its lease. Per result: (attempt number, lease still ours, final status)."""
+        out: list[tuple[int, bool, str | None]] = []
+        for r in batch:
             status, owner, attempts = tx.execute(
                 "SELECT status, lease_owner, attempts FROM webhook_deliveries WHERE id = ?",
-                [job.delivery_id]).fetchone()
+                [r.job.delivery_id]).fetchone()
             tx.execute(
                 "INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt,"
                 " attempted_at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [job.delivery_id, job.endpoint_id, job.event_id, attempts + 1, iso(attempted_at),
-                 outcome.status_code, latency_ms, outcome.error])
+                [r.job.delivery_id, r.job.endpoint_id, r.job.event_id, attempts + 1,
+                 iso(r.attempted_at), r.outcome.status_code, r.latency_ms, r.outcome.error])
             if status != "pending" or owner != self.owner:
-                return  # lease lost (we were presumed dead): the attempt is logged, that's all
-            final = self._advance(tx, job, attempts + 1, outcome, now)
-        log.info("webhook %s (event %s) attempt %d: %s", job.delivery_id, job.event_id,
-                 attempts + 1, "delivered" if outcome.ok else outcome.error)
-        if self.observe is not None:
-            self.observe(_attempt_label(outcome), final)
+                out.append((attempts + 1, False, None))  # lease lost: the attempt is logged
+                continue
+            out.append((attempts + 1, True,
+                        self._advance(tx, r.job, attempts + 1, r.outcome, now)))
+        return out
 
     def _advance(self, tx: sqlite_utils.Database, job: _Job, attempt: int, outcome: _Outcome,
                  now: datetime) -> str | None:
@@ -465,6 +512,74 @@ class Dispatcher:
             [attempt, iso(now + timedelta(seconds=delay)), outcome.status_code, outcome.error,
              iso(now), job.delivery_id])
         return None
+
+
+def claim_deliveries(tx: sqlite_utils.Database, owner: str, now: str, slots: int,
+                     per_endpoint: int) -> list[tuple[_Candidate, str, str]]:
+    """THE claim (lease) SQL, inside the caller's write transaction: lease up to ``slots``
+    due deliveries to ``owner``, oldest due first (``next_attempt_at``, then creation order),
+    with at most ``per_endpoint`` leased per endpoint by all dispatchers together, and never
+    a delivery whose order key (its recording, else its device) already has a leased
+    delivery on that endpoint or an earlier one in this claim: so a healthy endpoint gets
+    each recording's events one at a time, in order. Returns (delivery, url, sealed secret).
+    """
+    busy: dict[str, int] = {}
+    held: dict[str, set[str]] = {}
+    for endpoint_id, recording_id, type_, data in tx.execute(
+            "SELECT d.endpoint_id, e.recording_id, e.type, e.data FROM webhook_deliveries d"
+            " JOIN events e ON e.id = d.event_id"
+            " WHERE d.lease_owner IS NOT NULL AND d.status = 'pending'").fetchall():
+        busy[endpoint_id] = busy.get(endpoint_id, 0) + 1
+        if (key := _order_key(recording_id, type_, data)) is not None:
+            held.setdefault(endpoint_id, set()).add(key)
+    candidates: list[tuple[_Candidate, str, str]] = []
+    for endpoint_id, url, sealed in tx.execute(
+            "SELECT id, url, secret_sealed FROM webhook_endpoints WHERE status = 'enabled'"
+            ).fetchall():
+        free = min(per_endpoint - busy.get(endpoint_id, 0), slots)
+        if free > 0:
+            candidates += [(c, url, sealed) for c in _due(tx, endpoint_id, now, free,
+                                                           held.get(endpoint_id, set()))]
+    chosen = sorted(candidates, key=lambda c: (c[0].next_attempt_at, c[0].seq))[:slots]
+    if chosen:
+        tx.execute(f"UPDATE webhook_deliveries SET lease_owner = ? WHERE id IN"
+                   f" ({', '.join('?' * len(chosen))})",
+                   [owner, *(c.delivery_id for c, _, _ in chosen)])
+    return chosen
+
+
+def _due(tx: sqlite_utils.Database, endpoint_id: str, now: str, free: int,
+         held: set[str]) -> list[_Candidate]:
+    """Up to ``free`` due unleased deliveries of one endpoint, oldest first, at most one per
+    order key and none of a key in ``held``."""
+    taken, out = set(held), []
+    for row in tx.execute(
+            "SELECT d.next_attempt_at, d.seq, d.id, d.endpoint_id, d.event_id, e.recording_id,"
+            " e.type, e.created_at, e.data, e.request_id FROM webhook_deliveries d"
+            " JOIN events e ON e.id = d.event_id WHERE d.endpoint_id = ? AND"
+            " d.status = 'pending' AND d.lease_owner IS NULL AND d.next_attempt_at <= ?"
+            " ORDER BY d.next_attempt_at, d.seq LIMIT ?",
+            [endpoint_id, now, free * 8 + 8]).fetchall():
+        key = _order_key(row[5], row[6], row[8])
+        if key is not None:
+            if key in taken:
+                continue
+            taken.add(key)
+        out.append(_Candidate(row[0], row[1], row[2], row[3], row[4], key, *row[6:]))
+        if len(out) == free:
+            break
+    return out
+
+
+def _order_key(recording_id: str | None, type_: str, data: str) -> str | None:
+    """What a delivery's order is kept within: its recording, else (``device.*`` events)
+    its device, else nothing."""
+    if recording_id:
+        return "rec:" + recording_id
+    if type_.startswith("device."):
+        device = json.loads(data).get("device_id")
+        return f"dev:{device}" if device else None
+    return None
 
 
 def _attempt_label(outcome: _Outcome) -> str:

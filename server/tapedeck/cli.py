@@ -2,7 +2,7 @@
 
     tapedeck serve       everything in one process (the embedded default)
     tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
-    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex
+    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex, migrate
     tapedeck settings    print every setting with its value and environment variable
 """
 
@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from tapedeck.errors import TapedeckError
@@ -56,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     tok.add_argument("--device-id", help="the device's id (default: a new dev_... id)")
     _common(admin.add_parser("reindex", help="rebuild the transcript search index from the "
                                              "transcripts"))
+    mig = admin.add_parser("migrate", help="apply pending schema migrations (SQLite or "
+                                           "TAPEDECK_DATABASE_URL) and print their names")
+    _common(mig)
+    _create_flag(mig)
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -149,20 +154,26 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
 
 
 def _admin(settings: Any, args: argparse.Namespace) -> int:
+    from tapedeck.app import open_database
     from tapedeck.auth import create_project, issue_device_token
     from tapedeck.clock import SystemClock
-    from tapedeck.db import Database
+    from tapedeck.db import redact_url
 
-    db_path = settings.db_path.resolve()
-    if not db_path.exists() and not args.create_database:
-        raise StartupError(EXIT_NO_DATABASE, f"no database at {db_path}: run this with the "
+    target: str | Path = settings.database_url or settings.db_path.resolve()
+    if (isinstance(target, Path) and not target.exists()
+            and not getattr(args, "create_database", False)):
+        raise StartupError(EXIT_NO_DATABASE, f"no database at {target}: run this with the "
                            "--data-dir (or TAPEDECK_DATA_DIR) of the server, or pass "
                            "--create-database to make a new one")
-    db = Database(db_path)
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    db = open_database(target)
     # Which database was used, on stderr (stdout stays one JSON object).
-    print(f"tapedeck: using the database {db_path}", file=sys.stderr)
+    print(f"tapedeck: using the database {redact_url(str(target))}", file=sys.stderr)
     try:
-        if args.admin == "reindex":
+        if args.admin == "migrate":
+            print(json.dumps({"applied": db.applied_migrations}))
+        elif args.admin == "reindex":
             print(json.dumps(reindex(db)))
         elif args.admin == "bootstrap":
             project_id, key = create_project(db, SystemClock())

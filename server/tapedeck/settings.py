@@ -153,11 +153,21 @@ class Settings:
     store_restart_max_s: int = field(default=30, metadata={
         "help": "a managed SeaweedFS that dies is restarted at once, then after 0.5 s, 1 s, "
                 "... up to this long between attempts"})
+    database_url: str = field(default="", metadata={
+        "help": "postgresql://user:password@host:port/dbname to keep state in PostgreSQL "
+                "(shared by every api, worker and dispatcher node); empty = the SQLite file "
+                "in the data dir"})
 
     @property
     def db_path(self) -> Path:
         """The SQLite database file."""
         return self.data_dir / "tapedeck.db"
+
+    @property
+    def database_target(self) -> str | Path:
+        """What ``tapedeck.db.open_database`` opens: ``database_url`` if set, else the SQLite
+        file."""
+        return self.database_url or self.db_path
 
     @property
     def gateway_url(self) -> str:

@@ -45,12 +45,11 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.ids import random_base62
 from tapedeck.logs import request_context
+from tapedeck.sql import Tx
 from tapedeck.webhooks.endpoints import cancel_pending, insert_delivery
 from tapedeck.webhooks.models import subscribed
 from tapedeck.webhooks.secretbox import SecretBox
@@ -267,7 +266,7 @@ class Dispatcher:
             self._reclaim(tx, now)
         self._last_beat = now
 
-    def _reclaim(self, tx: sqlite_utils.Database, now: datetime) -> None:
+    def _reclaim(self, tx: Tx, now: datetime) -> None:
         """Release leases of dead dispatchers, and our own leases no thread is working on."""
         owners = {r[0]: r[1:] for r in tx.execute(
             "SELECT owner, host_key, pid, pid_start, heartbeat_at FROM webhook_dispatchers")}
@@ -444,7 +443,7 @@ class Dispatcher:
         if self.observe is not None:
             self.observe(_attempt_label(outcome), final)
 
-    def _advance(self, tx: sqlite_utils.Database, job: _Job, attempt: int, outcome: _Outcome,
+    def _advance(self, tx: Tx, job: _Job, attempt: int, outcome: _Outcome,
                  now: datetime) -> str | None:
         """Move the delivery on; returns its final status if it ended."""
         if outcome.ok or outcome.gone:
@@ -476,7 +475,7 @@ def _attempt_label(outcome: _Outcome) -> str:
     return "http_error" if outcome.status_code is not None else "network_error"
 
 
-def _endpoints_by_project(tx: sqlite_utils.Database, projects: set[str]
+def _endpoints_by_project(tx: Tx, projects: set[str]
                           ) -> dict[str, list[tuple[str, tuple[str, ...], int]]]:
     """Enabled endpoints of ``projects``: (id, subscribed types, start_after_seq)."""
     out: dict[str, list[tuple[str, tuple[str, ...], int]]] = {}
@@ -503,7 +502,7 @@ def _classify(resp: Response, now: datetime) -> _Outcome:
     return _Outcome(code, error, parse_retry_after(resp.headers.get("retry-after"), now))
 
 
-def _finish(tx: sqlite_utils.Database, delivery_id: str, status: str, attempt: int,
+def _finish(tx: Tx, delivery_id: str, status: str, attempt: int,
             outcome: _Outcome, now: datetime) -> None:
     tx.execute(
         "UPDATE webhook_deliveries SET status = ?, attempts = ?, lease_owner = NULL,"
@@ -512,7 +511,7 @@ def _finish(tx: sqlite_utils.Database, delivery_id: str, status: str, attempt: i
         [status, attempt, outcome.status_code, outcome.error, iso(now), iso(now), delivery_id])
 
 
-def _disable(tx: sqlite_utils.Database, endpoint_id: str, now: datetime) -> None:
+def _disable(tx: Tx, endpoint_id: str, now: datetime) -> None:
     """410 Gone: the receiver asked us to stop. Disable the endpoint, cancel what is queued."""
     tx.execute("UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = ?,"
                " updated_at = ? WHERE id = ? AND status = 'enabled'",

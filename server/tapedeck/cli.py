@@ -2,7 +2,8 @@
 
     tapedeck serve       everything in one process (the embedded default)
     tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
-    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex, migrate
+    tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex
+    tapedeck admin migrate   apply schema migrations (SQLite, or TAPEDECK_DATABASE_URL's PostgreSQL)
     tapedeck settings    print every setting with its value and environment variable
 """
 

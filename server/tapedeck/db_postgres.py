@@ -42,13 +42,16 @@ from tapedeck.sql import Cursor, Dialect, Params, Tx
 WRITE_LOCK = 0x7461706564  # "taped": the advisory lock every write transaction takes first
 
 _IS_PARAM = re.compile(r"\bIS\s+(NOT\s+)?\?", re.IGNORECASE)
+_EMPTY_IN = re.compile(r"\bIN\s*\(\s*\)", re.IGNORECASE)
 
 
 @lru_cache(maxsize=2048)
 def translate(sql: str, has_params: bool) -> str:
     """``sql`` in psycopg's placeholder syntax: ``?`` → ``%s`` and ``%`` → ``%%`` outside
     quoted literals and identifiers (only when there are parameters), ``IS [NOT] ?`` →
-    ``IS [NOT] DISTINCT FROM`` (SQLite's ``IS`` compares any two values)."""
+    ``IS [NOT] DISTINCT FROM`` (SQLite's ``IS`` compares any two values), ``IN ()`` → an
+    empty subquery (SQLite accepts an empty list: ``IN`` false, ``NOT IN`` true)."""
+    sql = _EMPTY_IN.sub("IN (SELECT NULL WHERE FALSE)", sql)
     if not has_params:
         return sql
     out: list[str] = []

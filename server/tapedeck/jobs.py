@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Collection
@@ -42,7 +41,7 @@ from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.errors import TapedeckError
 from tapedeck.ids import new_id, random_base62
-from tapedeck.sql import Tx
+from tapedeck.sql import Tx, operational_errors
 
 log = logging.getLogger("tapedeck.jobs")
 
@@ -104,7 +103,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(exc.type, exc.message, False, exc.details)
     if isinstance(exc, TapedeckError):
         return Failure(exc.type, exc.message, exc.type == "storage_unavailable", exc.details)
-    if isinstance(exc, OSError | urllib3.exceptions.HTTPError | sqlite3.OperationalError):
+    if isinstance(exc, (OSError, urllib3.exceptions.HTTPError, *operational_errors())):
         return Failure("storage_unavailable", f"{type(exc).__name__}: {exc}", True)
     return Failure("internal_error", f"{type(exc).__name__}: {exc}", True)
 

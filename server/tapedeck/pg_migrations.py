@@ -1,6 +1,8 @@
-"""The schema migrations on PostgreSQL: ``PG_MIGRATIONS`` has exactly the names of
-``tapedeck.migrations.MIGRATIONS``, in the same order (a test keeps them equal), so both
-databases record the same ``_migrations`` rows and end with the same tables and columns.
+"""The schema migrations on PostgreSQL: ``PG_MIGRATIONS`` is derived from
+``tapedeck.migrations.MIGRATIONS`` (same names, same order), so both databases record the
+same ``_migrations`` rows and end with the same tables and columns; a new SQLite migration
+runs on PostgreSQL unchanged unless it uses SQLite-only features (then add it to
+``_SPECIAL``).
 
 Most migrations are the SQLite ones run through ``_Ddl``, which rewrites the few types that
 differ (``INTEGER`` → ``BIGINT``, ``INTEGER PRIMARY KEY AUTOINCREMENT`` → an identity column,
@@ -55,6 +57,13 @@ def _shared(fn: m.Migration) -> m.Migration:
     return run
 
 
+def m0001_core(tx: Tx) -> None:
+    """As on SQLite, plus ``events.rowid`` (insertion order; SQLite's implicit rowid, which
+    event listings order ties by)."""
+    m.m0001_core(_Ddl(tx))
+    tx.execute("ALTER TABLE events ADD COLUMN rowid BIGINT GENERATED ALWAYS AS IDENTITY")
+
+
 def m0003_webhooks(tx: Tx) -> None:
     """As on SQLite; the outbox trigger is a PL/pgSQL function that also NOTIFYs
     ``tapedeck_outbox`` (dispatchers wake at the event's commit)."""
@@ -107,6 +116,7 @@ def m_search_fts(tx: Tx) -> None:
 
 
 _SPECIAL: dict[str, Callable[[Tx], None]] = {
+    "m0001_core": m0001_core,
     "m0003_webhooks": m0003_webhooks,
     "m0007_operations": m0007_operations,
     "m_search_fts": m_search_fts,

@@ -204,8 +204,13 @@ class Webhooks:
 # -- shared with the dispatcher ----------------------------------------------------------------
 def outbox_high_water(tx: Tx) -> int:
     """The highest ``webhook_outbox.seq`` ever assigned (AUTOINCREMENT never reuses one)."""
-    row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhook_outbox'").fetchone()
-    return int(row[0]) if row else 0
+    if tx.dialect == "postgresql":  # the identity's sequence (NULL before its first value)
+        row = tx.execute("SELECT pg_sequence_last_value("
+                         "pg_get_serial_sequence('webhook_outbox', 'seq')::regclass)").fetchone()
+    else:
+        row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhook_outbox'"
+                         ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def insert_delivery(tx: Tx, endpoint_id: str, event_id: str,

@@ -9,9 +9,11 @@ import importlib.util
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tapedeck.db import Database, open_database
 from tapedeck.store.s3 import S3Store
 from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port
@@ -75,3 +77,48 @@ def server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+# -- databases: one contract, two backends (issue 19) ------------------------------------------
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """The session's real PostgreSQL (``tests/pgkit.py``), started on first use; skips the
+    test when Debian's postgresql is not installed."""
+    import tempfile
+
+    from pgkit import PostgresUnavailable, TempPostgres
+
+    try:
+        pg = TempPostgres(Path(tempfile.mkdtemp(prefix="tapedeck-pg-"))).start()
+    except PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
+    """Where a test's database lives: a fresh SQLite file, then a fresh PostgreSQL database
+    (``tapedeck.db.open_database`` opens either). Tests using it run on both backends."""
+    if request.param == "sqlite":
+        yield tmp_path / "tapedeck.db"
+        return
+    pg = request.getfixturevalue("postgres")
+    url = pg.fresh_database()
+    try:
+        yield url
+    finally:
+        pg.drop_database(url)
+
+
+@pytest.fixture
+def database(db_target: str | Path) -> Iterator[Database]:
+    """An open, migrated ``Database`` on ``db_target`` (both backends), closed after."""
+    db = open_database(db_target)
+    try:
+        yield db
+    finally:
+        db.close()

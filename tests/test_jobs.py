@@ -1,4 +1,5 @@
-"""The job queue on a real SQLite file: atomic claims, leases, heartbeats, backoff, release.
+"""The job queue on a real SQLite file and a real PostgreSQL (every test runs on both,
+through the ``database`` fixture of tests/conftest.py): atomic claims, leases, heartbeats, backoff, release.
 
 Time is a ``ManualClock`` so leases and backoff move only when a test says so."""
 
@@ -7,14 +8,13 @@ from __future__ import annotations
 import json
 import random
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database
+from tapedeck.db import Database, open_database
 from tapedeck.errors import error
 from tapedeck.jobs import Job, JobFailed, JobQueue, LeaseLost, RetryPolicy, classify, enqueue
 
@@ -25,10 +25,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "jobs.db")
-    yield database
-    database.close()
+def db(database: Database) -> Database:
+    return database
 
 
 def make_queue(db: Database, clock: ManualClock, **kw: object) -> JobQueue:
@@ -79,9 +77,9 @@ def test_claims_due_jobs_oldest_first_and_only_registered_kinds(db: Database,
     assert [j.id if j else None for j in due] == [other, later, None]  # by run_after
 
 
-def test_concurrent_claims_take_each_job_exactly_once(tmp_path: Path,
+def test_concurrent_claims_take_each_job_exactly_once(db_target: str | Path,
                                                       clock: ManualClock) -> None:
-    setup = Database(tmp_path / "shared.db")
+    setup = open_database(db_target)
     ids = set()
     with setup.write() as tx:
         for _ in range(200):
@@ -90,7 +88,7 @@ def test_concurrent_claims_take_each_job_exactly_once(tmp_path: Path,
     lock = threading.Lock()
 
     def claimer(n: int) -> None:
-        own = Database(tmp_path / "shared.db")  # its own connections, like another process
+        own = open_database(db_target)  # its own connections, like another process
         queue = make_queue(own, clock)
         while (job := queue.claim(f"w{n}", ["stitch"])) is not None:
             with lock:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlite_utils
 
 from tapedeck.clock import ManualClock
 from tapedeck.db import Database
@@ -29,6 +28,7 @@ from tapedeck.errors import TapedeckError, error
 from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, JobSignals, RetryPolicy, enqueue
 from tapedeck.oggopus import probe
 from tapedeck.settings import Settings
+from tapedeck.sql import Tx
 from tapedeck.stitch import audio_key, build_handler
 from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
@@ -80,7 +80,7 @@ class Probe:
             self.lease_seen_lost.set()
             run.check()
 
-    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+    def on_failure(self, tx: Tx, job: Job, failure: Failure) -> None:
         self.failures.append((job.id, failure.type))
         tx.execute("INSERT INTO events (id, project_id, type, created_at, data)"
                    " VALUES (?, 'p', 'probe.failed', 'now', ?)", [f"evt_{job.id}",

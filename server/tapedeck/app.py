@@ -9,7 +9,6 @@ Each ``App`` has its own ``Metrics`` registry; the store it hands out is a ``Met
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Protocol
 
 from tapedeck.clock import Clock, SystemClock
-from tapedeck.db import Database
+from tapedeck.db import Database, redact_url
+from tapedeck.db import open_database as connect_database
 from tapedeck.domain import Domain
 from tapedeck.errors import TapedeckError
 from tapedeck.health import Health, database_check, store_check
@@ -25,6 +25,7 @@ from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
 from tapedeck.private import private_dir, tighten_tree
 from tapedeck.server_keys import check_secret_key
 from tapedeck.settings import Settings
+from tapedeck.sql import database_errors
 from tapedeck.startup import (
     EXIT_DATA_DIR,
     EXIT_DATA_DIR_IN_USE,
@@ -95,7 +96,7 @@ class App:
                          region=settings.s3_region or "us-east-1")
             checked_bucket(s3, endpoint)
             store = MeteredStore(s3, metrics)
-            db = open_database(settings.db_path)
+            db = open_database(settings.database_target)
         except BaseException:
             if weed is not None:
                 weed.stop()
@@ -216,9 +217,13 @@ def checked_bucket(s3: S3Store, endpoint: str) -> None:
                            "TAPEDECK_S3_ENDPOINT and its credentials") from None
 
 
-def open_database(path: Path) -> Database:
-    """Open (and migrate) the SQLite database; failures are ``EXIT_DATABASE``."""
+def open_database(path: Path | str) -> Database:
+    """Open (and migrate) the database (SQLite file or PostgreSQL URL); failures are
+    ``EXIT_DATABASE``."""
+    failures: tuple[type[BaseException], ...] = (*database_errors(), OSError)
     try:
-        return Database(path)
-    except (sqlite3.Error, OSError) as exc:
-        raise StartupError(EXIT_DATABASE, f"cannot open the database {path}: {exc}") from None
+        return connect_database(path)
+    except failures as exc:
+        shown = redact_url(str(path))
+        raise StartupError(EXIT_DATABASE, f"cannot open the database {shown}: "
+                           f"{first_line(exc)}") from None

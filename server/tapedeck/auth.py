@@ -28,9 +28,10 @@ from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.errors import error
 from tapedeck.ids import base62, new_id, random_base62
+from tapedeck.sql import Tx
 
 if TYPE_CHECKING:
-    import sqlite_utils
+    pass
 
 ALL_SCOPES = frozenset(
     f"{res}:{op}"
@@ -191,7 +192,7 @@ class Authenticator:
                          mode=row[6])
 
 
-def insert_api_key(tx: sqlite_utils.Database, project_id: str, kind: str, mode: str,
+def insert_api_key(tx: Tx, project_id: str, kind: str, mode: str,
                    scopes: Iterable[str], name: str | None, now: str | None) -> tuple[str, str]:
     """Store a new ``secret``/``restricted`` key (hash only) in the caller's write
     transaction; return (key id, the key itself — shown once, never stored)."""
@@ -205,7 +206,7 @@ def insert_api_key(tx: sqlite_utils.Database, project_id: str, kind: str, mode: 
     return key_id, token
 
 
-def insert_device_token(tx: sqlite_utils.Database, project_id: str, device_id: str, mode: str,
+def insert_device_token(tx: Tx, project_id: str, device_id: str, mode: str,
                         now: str | None) -> tuple[str, str]:
     """Store a new device token (hash only) in the caller's write transaction; return
     (token id, the ``dtok_`` token itself — shown once, never stored)."""

@@ -4,6 +4,7 @@
     tapedeck api         gRPC + REST only          tapedeck worker      job workers + sweeper
     tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex,
                                                         reseal-secrets
+    tapedeck admin migrate   apply schema migrations (SQLite, or TAPEDECK_DATABASE_URL's PostgreSQL)
     tapedeck settings    print every setting with its value and environment variable
 """
 
@@ -17,6 +18,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from tapedeck.errors import TapedeckError
@@ -69,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--to-region", default="us-east-1", help="target region (default us-east-1)")
     # The target's keys come from the environment, never from the command line (ps shows it):
     # TAPEDECK_TARGET_S3_ACCESS_KEY and TAPEDECK_TARGET_S3_SECRET_KEY.
+    mig = admin.add_parser("migrate", help="apply pending schema migrations (SQLite or "
+                                           "TAPEDECK_DATABASE_URL) and print their names")
+    _common(mig)
+    _create_flag(mig)
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -162,23 +168,29 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
 
 
 def _admin(settings: Any, args: argparse.Namespace) -> int:
+    from tapedeck.app import open_database
     from tapedeck.auth import create_project, issue_device_token
     from tapedeck.clock import SystemClock
-    from tapedeck.db import Database
+    from tapedeck.db import redact_url
 
     if args.admin == "copy-objects":
         return _copy_objects(settings, args)
 
-    db_path = settings.db_path.resolve()
-    if not db_path.exists() and not args.create_database:
-        raise StartupError(EXIT_NO_DATABASE, f"no database at {db_path}: run this with the "
+    target: str | Path = settings.database_url or settings.db_path.resolve()
+    if (isinstance(target, Path) and not target.exists()
+            and not getattr(args, "create_database", False)):
+        raise StartupError(EXIT_NO_DATABASE, f"no database at {target}: run this with the "
                            "--data-dir (or TAPEDECK_DATA_DIR) of the server, or pass "
                            "--create-database to make a new one")
-    db = Database(db_path)
+    if isinstance(target, Path):
+        target.parent.mkdir(parents=True, exist_ok=True)
+    db = open_database(target)
     # Which database was used, on stderr (stdout stays one JSON object).
-    print(f"tapedeck: using the database {db_path}", file=sys.stderr)
+    print(f"tapedeck: using the database {redact_url(str(target))}", file=sys.stderr)
     try:
-        if args.admin == "reindex":
+        if args.admin == "migrate":
+            print(json.dumps({"applied": db.applied_migrations}))
+        elif args.admin == "reindex":
             print(json.dumps(reindex(db)))
         elif args.admin == "reseal-secrets":
             print(json.dumps(reseal(db, settings)))

@@ -1,39 +1,76 @@
-"""SQLite access: one connection per thread, WAL, ``synchronous=FULL``, writes under
-``BEGIN IMMEDIATE``.
+"""The database: SQLite by default (one file in the data dir), PostgreSQL when
+``TAPEDECK_DATABASE_URL=postgresql://…`` (``tapedeck.db_postgres``). Both give the same API:
 
-``Database.write()`` is the only way to change state: it takes SQLite's write lock up
-front (so read-then-write logic inside it cannot race another writer) and commits or rolls
-back as a whole. ``Database.read()`` gives the thread's connection for queries.
+``Database.write()`` is the only way to change state: a transaction in which read-then-write
+logic cannot race another writer (SQLite: ``BEGIN IMMEDIATE``, the database's write lock;
+PostgreSQL: a transaction-scoped advisory lock, see ``db_postgres``), committed or rolled
+back as a whole. ``Database.read()`` gives a ``Tx`` for queries. ``Database.hold(key)`` is
+a lock on a name (e.g. a recording id) held across store I/O outside any transaction: in
+process memory on SQLite (one node), a session advisory lock on PostgreSQL (any number of
+nodes). SQL is written once, in the dialect both accept (``tapedeck.sql``).
+
+SQLite: one connection per thread, WAL, ``synchronous=FULL``.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-
-import sqlite_utils
 
 from tapedeck.logs import install_sql_function
 from tapedeck.migrations import migrate
 from tapedeck.private import private_database
+from tapedeck.sql import Dialect, SqliteTx, Tx
+
+
+class KeyedLocks:
+    """One in-process lock per key (e.g. per recording), created on demand."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        """Hold ``key``'s lock for the ``with`` block (other holders of the same key wait;
+        the lock is dropped from the table once nobody holds or waits for it)."""
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
 
 
 class Database:
     """A SQLite file shared by every thread (and process) of a Tapedeck deployment."""
 
+    dialect: Dialect = "sqlite"
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self.url = str(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._keyed = KeyedLocks()
         with self.write() as db:
-            migrate(db)
+            #: The migrations this open applied (``tapedeck admin migrate`` prints them).
+            self.applied_migrations = migrate(db)
 
-    def _conn(self) -> sqlite_utils.Database:
-        db: sqlite_utils.Database | None = getattr(self._local, "db", None)
+    def _conn(self) -> SqliteTx:
+        db: SqliteTx | None = getattr(self._local, "db", None)
         if db is None:
             private_database(self.path)
             conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
@@ -42,14 +79,14 @@ class Database:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
             install_sql_function(conn)  # request ids on jobs/events (migration m0007)
-            db = sqlite_utils.Database(conn)
+            db = SqliteTx(conn)
             self._local.db = db
             with self._lock:
                 self._all.append(conn)
         return db
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[sqlite_utils.Database]:
+    def write(self, *, durable: bool = True) -> Iterator[Tx]:
         """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
 
         ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one
@@ -73,9 +110,14 @@ class Database:
             if not durable:
                 db.conn.execute("PRAGMA synchronous=FULL")
 
-    def read(self) -> sqlite_utils.Database:
+    def read(self) -> Tx:
         """The calling thread's connection, for queries outside a write transaction."""
         return self._conn()
+
+    def hold(self, key: str) -> AbstractContextManager[None]:
+        """Hold the lock named ``key`` for a ``with`` block (in process memory: SQLite
+        deployments are one node)."""
+        return self._keyed.hold(key)
 
     def close(self) -> None:
         """Close every connection this object opened (all threads)."""
@@ -84,3 +126,22 @@ class Database:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
+
+
+def is_postgres_url(target: str | Path) -> bool:
+    """Whether ``target`` names a PostgreSQL database (``postgresql://`` or ``postgres://``)."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def redact_url(target: str) -> str:
+    """``target`` with the password of a database URL replaced by ``***`` (for messages)."""
+    return re.sub(r"^(postgres(?:ql)?://[^:/@]*:)[^@]*@", r"\1***@", target)
+
+
+def open_database(target: str | Path) -> Database:
+    """The database at ``target``: a PostgreSQL URL, else a SQLite file path (migrated)."""
+    if is_postgres_url(target):
+        from tapedeck.db_postgres import PostgresDatabase
+
+        return PostgresDatabase(str(target))
+    return Database(target)

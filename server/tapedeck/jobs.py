@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Collection
@@ -36,13 +35,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
 import urllib3.exceptions
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.errors import TapedeckError
 from tapedeck.ids import new_id, random_base62
+from tapedeck.sql import Tx, operational_errors
 
 log = logging.getLogger("tapedeck.jobs")
 
@@ -104,7 +103,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(exc.type, exc.message, False, exc.details)
     if isinstance(exc, TapedeckError):
         return Failure(exc.type, exc.message, exc.type == "storage_unavailable", exc.details)
-    if isinstance(exc, OSError | urllib3.exceptions.HTTPError | sqlite3.OperationalError):
+    if isinstance(exc, (OSError, urllib3.exceptions.HTTPError, *operational_errors())):
         return Failure("storage_unavailable", f"{type(exc).__name__}: {exc}", True)
     return Failure("internal_error", f"{type(exc).__name__}: {exc}", True)
 
@@ -125,7 +124,7 @@ class RetryPolicy:
         return raw * (1.0 + rng.uniform(-self.jitter, self.jitter))
 
 
-def enqueue(tx: sqlite_utils.Database, clock: Clock, kind: str, *,
+def enqueue(tx: Tx, clock: Clock, kind: str, *,
             recording_id: str | None = None, payload: dict[str, Any] | None = None,
             job_id: str | None = None, delay_s: float = 0.0) -> str:
     """Insert a ``queued`` job inside the caller's write transaction; return its id."""
@@ -194,7 +193,7 @@ class JobQueue:
             if cur.rowcount != 1:
                 raise LeaseLost(job.id)
 
-    def _take(self, tx: sqlite_utils.Database, job: Job, status: str, *,
+    def _take(self, tx: Tx, job: Job, status: str, *,
               error: str | None = None, run_after: str | None = None,
               attempts_delta: int = 0) -> None:
         """Move our running job to ``status`` in ``tx`` (lease checked; lease cleared)."""
@@ -210,13 +209,13 @@ class JobQueue:
             raise LeaseLost(job.id)
 
     # -- outcomes ----------------------------------------------------------------------------
-    def complete(self, tx: sqlite_utils.Database, job: Job) -> None:
+    def complete(self, tx: Tx, job: Job) -> None:
         """Mark the job ``succeeded`` inside the caller's transaction (``LeaseLost`` if not ours:
         the caller must then roll back, so its result is recorded by the lease holder only)."""
         self._take(tx, job, "succeeded")
         self._end_run(tx, job, "succeeded")
 
-    def fail(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+    def fail(self, tx: Tx, job: Job, failure: Failure) -> None:
         """Mark the job ``failed`` for good inside the caller's transaction (lease checked)."""
         self._take(tx, job, "failed", error=failure.to_json())
         self._end_run(tx, job, "failed", failure.to_json())
@@ -246,7 +245,7 @@ class JobQueue:
         with self.db.write() as tx:
             self._end_run(tx, job, "lease_lost")
 
-    def _end_run(self, tx: sqlite_utils.Database, job: Job, outcome: str,
+    def _end_run(self, tx: Tx, job: Job, outcome: str,
                  error: str | None = None) -> None:
         tx.execute("UPDATE job_runs SET finished_at = ?, outcome = ?, error = ?"
                    " WHERE job_id = ? AND attempt = ? AND owner = ?",

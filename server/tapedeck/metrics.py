@@ -30,7 +30,6 @@ Deployment-wide gauges, from SQLite at scrape time:
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
@@ -50,6 +49,7 @@ from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.domain._base import CHUNK_KEY_RE
 from tapedeck.errors import TapedeckError
+from tapedeck.sql import database_errors
 from tapedeck.store import ObjectInfo, ObjectStore
 
 log = logging.getLogger("tapedeck.metrics")
@@ -138,7 +138,7 @@ class QueueCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         try:
             return list(self._collect())
-        except sqlite3.Error:
+        except database_errors():
             log.warning("metrics: the database could not be read", exc_info=True)
             return []
 

@@ -8,13 +8,14 @@ inside the same ``BEGIN IMMEDIATE`` transaction as its bookkeeping row.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-import sqlite_utils
+from tapedeck.sql import Tx
 
-Migration = Callable[[sqlite_utils.Database], None]
+Migration = Callable[[Tx], None]
 
 
-def m0001_core(db: sqlite_utils.Database) -> None:
+def m0001_core(db: Tx) -> None:
     """Projects, credentials, devices, recordings, chunks, media, jobs, events."""
     for sql in _CORE_SQL:
         db.execute(sql)
@@ -84,7 +85,7 @@ _CORE_SQL = [
 ]
 
 
-def m0002_job_runs(db: sqlite_utils.Database) -> None:
+def m0002_job_runs(db: Tx) -> None:
     """One row per job execution (claim → outcome): the audit trail of the job queue.
 
     ``outcome`` is NULL while running (or if the worker died), then one of ``succeeded``,
@@ -96,7 +97,7 @@ def m0002_job_runs(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX jobs_kind_claim ON jobs(kind, status, run_after)")
 
 
-def m0003_webhooks(db: sqlite_utils.Database) -> None:
+def m0003_webhooks(db: Tx) -> None:
     """Webhook endpoints, the fan-out queue, deliveries, their attempts, live dispatchers.
 
     ``webhook_outbox`` is filled by a trigger on ``events`` (so it commits with the event and
@@ -148,7 +149,7 @@ _WEBHOOKS_SQL = [
 ]
 
 
-def m0004_idempotency_keys(db: sqlite_utils.Database) -> None:
+def m0004_idempotency_keys(db: Tx) -> None:
     """``Idempotency-Key`` records (``tapedeck.domain.idempotency``), one per (scope, key).
 
     ``scope`` is the caller's credential; ``fingerprint`` the SHA-256 of the operation and
@@ -163,7 +164,7 @@ def m0004_idempotency_keys(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX idempotency_keys_created ON idempotency_keys(created_at)")
 
 
-def m0005_end_users_devices(db: sqlite_utils.Database) -> None:
+def m0005_end_users_devices(db: Tx) -> None:
     """End users (``external_id`` unique per project), device binding time, token lookups by
     device (unbind revokes them all) and why a token was revoked (``refreshed``|``unbound``)."""
     db.execute("""CREATE TABLE end_users (
@@ -178,13 +179,13 @@ def m0005_end_users_devices(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX api_keys_project ON api_keys(project_id, created_at, id)")
 
 
-def m0006_transcription_error_reason(db: sqlite_utils.Database) -> None:
+def m0006_transcription_error_reason(db: Tx) -> None:
     """Why a transcription failed, beside ``error_type`` (``transcription_failed``):
     ``undecodable_audio``, ``unsupported_language``, ``engine_error``, ``missing_audio``, …"""
     db.execute("ALTER TABLE transcriptions ADD COLUMN error_reason TEXT")
 
 
-def m0007_operations(db: sqlite_utils.Database) -> None:
+def m0007_operations(db: Tx) -> None:
     """Request ids on jobs and events, and the chunk-retention state of recordings.
 
     ``jobs.request_id``/``events.request_id`` are filled on insert by triggers calling
@@ -205,7 +206,7 @@ def m0007_operations(db: sqlite_utils.Database) -> None:
                " ON recordings(status, chunks_retention, updated_at)")
 
 
-def m_search_fts(db: sqlite_utils.Database) -> None:
+def m_search_fts(db: Tx) -> None:
     """Full-text search over transcripts (issue 20; see ``tapedeck.domain.search_index``).
 
     ``search_segments``: one row per segment of every recording's CURRENT completed
@@ -240,14 +241,14 @@ def m_search_fts(db: sqlite_utils.Database) -> None:
         WHERE t.status = 'completed' ORDER BY t.id, CAST(j.key AS INTEGER)""")
 
 
-def m_sec1_pinned_chunks(db: sqlite_utils.Database) -> None:
+def m_sec1_pinned_chunks(db: Tx) -> None:
     """``chunks.object_key``: the store object of each part (every upload writes a new,
     versioned key; finalize pins the one it accepted and the stitcher reads exactly it).
     NULL on rows from before: the unversioned ``chunk_{part}.opus``."""
     db.execute("ALTER TABLE chunks ADD COLUMN object_key TEXT")
 
 
-def m_sec1_event_redaction(db: sqlite_utils.Database) -> None:
+def m_sec1_event_redaction(db: Tx) -> None:
     """``deleted_recordings``: deleted recordings whose events still wait to be redacted
     (see ``tapedeck.domain.redaction``), and an index of events by recording."""
     db.execute("""CREATE TABLE deleted_recordings (
@@ -255,7 +256,7 @@ def m_sec1_event_redaction(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX events_recording ON events(recording_id)")
 
 
-def m_fleet_health_settings(db: sqlite_utils.Database) -> None:
+def m_fleet_health_settings(db: Tx) -> None:
     """Fleet health flags of devices (set and cleared with their events, see
     ``tapedeck.domain.fleet``) and pushed device settings: one row per project
     (``device_id = ''``) and per device override; ``version`` is the project's sequence."""
@@ -270,7 +271,7 @@ def m_fleet_health_settings(db: sqlite_utils.Database) -> None:
         PRIMARY KEY (project_id, device_id))""")
 
 
-def m_live_pieces(db: sqlite_utils.Database) -> None:
+def m_live_pieces(db: Tx) -> None:
     """Live transcription (``tapedeck.domain.live``): one row per transcribed chunk ("piece")
     of a streaming recording, and the live marker of a transcription.
 
@@ -292,7 +293,7 @@ def m_live_pieces(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE transcriptions ADD COLUMN skipped_ms INTEGER")
 
 
-def m_spk_speakers(db: sqlite_utils.Database) -> None:
+def m_spk_speakers(db: Tx) -> None:
     """Diarization: a transcription's requested speaker options (JSON ``{diarize,
     min_speakers, max_speakers, speakers_expected}``, NULL = defaults) and its speakers
     (JSON ``[{label, talk_time_ms, end_user_id}]``, NULL = not diarized)."""
@@ -300,7 +301,7 @@ def m_spk_speakers(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE transcriptions ADD COLUMN speakers TEXT")
 
 
-def m_spk_voice_profiles(db: sqlite_utils.Database) -> None:
+def m_spk_voice_profiles(db: Tx) -> None:
     """Voice profiles: an end user's voice embedding (256 float32, biometric data), made from
     a span of a recording or an uploaded sample. Deleted with the profile or the end user."""
     db.execute("""CREATE TABLE voice_profiles (
@@ -331,15 +332,22 @@ MIGRATIONS: list[Migration] = [
 ]
 
 
-def migrate(db: sqlite_utils.Database) -> list[str]:
-    """Apply every pending migration (caller holds the write transaction); return names."""
+def migrate(db: Tx) -> list[str]:
+    """Apply every pending migration (caller holds the write transaction); return names.
+    On PostgreSQL the list is ``tapedeck.pg_migrations.PG_MIGRATIONS`` (same names)."""
+    migrations = MIGRATIONS
+    if db.dialect == "postgresql":
+        from tapedeck.pg_migrations import PG_MIGRATIONS
+
+        migrations = PG_MIGRATIONS
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     done = {row[0] for row in db.execute("SELECT name FROM _migrations").fetchall()}
     applied = []
-    for fn in MIGRATIONS:
+    for fn in migrations:
         if fn.__name__ in done:
             continue
         fn(db)
-        db.execute("INSERT INTO _migrations VALUES (?, datetime('now'))", [fn.__name__])
+        db.execute("INSERT INTO _migrations VALUES (?, ?)",
+                   [fn.__name__, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")])
         applied.append(fn.__name__)
     return applied

@@ -160,11 +160,21 @@ class Settings:
     secret_key_previous: str = field(default="", metadata={
         "help": "the secret key being rotated out: still accepted (upload URLs, sealed "
                 "secrets), never used for new ones; see `tapedeck admin reseal-secrets`"})
+    database_url: str = field(default="", metadata={
+        "help": "postgresql://user:password@host:port/dbname to keep state in PostgreSQL "
+                "(shared by every api, worker and dispatcher node); empty = the SQLite file "
+                "in the data dir"})
 
     @property
     def db_path(self) -> Path:
         """The SQLite database file."""
         return self.data_dir / "tapedeck.db"
+
+    @property
+    def database_target(self) -> str | Path:
+        """What ``tapedeck.db.open_database`` opens: ``database_url`` if set, else the SQLite
+        file."""
+        return self.database_url or self.db_path
 
     @property
     def gateway_url(self) -> str:

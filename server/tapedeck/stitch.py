@@ -49,8 +49,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import sqlite_utils
-
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.domain._base import emit, part_key, recording_prefix, to_recording
@@ -59,6 +57,7 @@ from tapedeck.ids import new_id
 from tapedeck.jobs import Failpoints, Failure, Job, JobFailed, enqueue
 from tapedeck.oggopus import InvalidAudio, RemuxResult, probe, remux
 from tapedeck.oggopus.opus import GRANULE_RATE
+from tapedeck.sql import Tx
 from tapedeck.store import MD5_HEX, ObjectNotFound, ObjectStore
 from tapedeck.worker import JobRun
 
@@ -480,7 +479,7 @@ class StitchHandler:
         if orphan:
             self._store.delete(audio.key)
 
-    def _commit_completed(self, tx: sqlite_utils.Database, rec: Recording,
+    def _commit_completed(self, tx: Tx, rec: Recording,
                           audio: _Audio) -> bool:
         """Record the completed audio; True when a ``transcribe`` job was enqueued."""
         now = iso(self._clock.now())
@@ -506,7 +505,7 @@ class StitchHandler:
             return True
         return False
 
-    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+    def on_failure(self, tx: Tx, job: Job, failure: Failure) -> None:
         """Fail the recording and its queued transcription; emit both events."""
         rec = self._recording(tx, job.recording_id)
         if rec is None or rec.status not in ("uploaded", "stitching"):
@@ -533,7 +532,7 @@ class StitchHandler:
                   "error": {"type": failure.type, "message": message}}, rec.id)
 
     @staticmethod
-    def _recording(db: sqlite_utils.Database, recording_id: str | None) -> Recording | None:
+    def _recording(db: Tx, recording_id: str | None) -> Recording | None:
         cur = db.execute("SELECT * FROM recordings WHERE id = ?", [recording_id])
         row = cur.fetchone()
         if row is None:

@@ -41,12 +41,11 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
-import sqlite_utils
-
 from tapedeck.db import Database
 from tapedeck.errors import invalid
 from tapedeck.jobs import Failure, Job, JobQueue, JobSignals, LeaseLost, RetryPolicy, classify
 from tapedeck.logs import request_context
+from tapedeck.sql import Tx
 
 if TYPE_CHECKING:
     from tapedeck.app import App
@@ -82,7 +81,7 @@ class JobRun:
             self.lost.set()
             raise
 
-    def complete(self, tx: sqlite_utils.Database) -> None:
+    def complete(self, tx: Tx) -> None:
         """Mark the job succeeded inside ``tx`` (which records the job's result)."""
         self.queue.complete(tx, self.job)
         self.completed = True
@@ -105,7 +104,7 @@ class JobHandler(Protocol):
         """Do the job and complete it in the transaction that records its result."""
         ...
 
-    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+    def on_failure(self, tx: Tx, job: Job, failure: Failure) -> None:
         """Record a permanent failure, inside the transaction that fails the job."""
         ...
 

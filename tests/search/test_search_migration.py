@@ -8,12 +8,11 @@ import json
 import sqlite3
 from pathlib import Path
 
-import sqlite_utils
-
 from tapedeck.domain.search_index import IndexQuery, SearchFilters, backend_for
 from tapedeck.domain.search_query import parse
 from tapedeck.logs import install_sql_function
 from tapedeck.migrations import MIGRATIONS, m_search_fts, migrate
+from tapedeck.sql import SqliteTx
 
 from searchkit import segment
 
@@ -22,7 +21,7 @@ def test_upgrade_indexes_existing_transcripts(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "old.db")
     conn.execute("PRAGMA foreign_keys=ON")
     install_sql_function(conn)
-    db = sqlite_utils.Database(conn)
+    db = SqliteTx(conn)
     db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
     for fn in MIGRATIONS[:MIGRATIONS.index(m_search_fts)]:  # the schema before this one
         fn(db)

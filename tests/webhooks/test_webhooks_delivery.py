@@ -72,7 +72,8 @@ def _signed_by(req: Received, secret: str) -> bool:
     return expected in req.headers["webhook-signature"].split(" ")
 
 
-def test_ten_hour_outage_follows_schedule_then_every_event_arrives(tmp_path: Path) -> None:
+def test_ten_hour_outage_follows_schedule_then_every_event_arrives(
+        tmp_path: Path, db_target: str | Path) -> None:
     """Refused for 1 h, then 500s until 10 h, then healthy: attempts at 0, 1 min, 5 min,
     30 min, 2 h, 8 h (+0..10 % jitter), and the 6th attempt delivers every event."""
     port = dead_port()
@@ -82,7 +83,7 @@ def test_ten_hour_outage_follows_schedule_then_every_event_arrives(tmp_path: Pat
     def come_back_failing() -> None:
         receivers.append(Receiver(port, lambda r: (state["status"], {}, b"down for maintenance")))
 
-    with make_env(tmp_path, clock=ManualClock(T0)) as env:
+    with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
         created = env.webhooks.create(env.principal, f"http://127.0.0.1:{port}/hook", ["*"])
         events = env.emit("transcription.completed", n=3)
         try:
@@ -119,9 +120,9 @@ def test_ten_hour_outage_follows_schedule_then_every_event_arrives(tmp_path: Pat
                 r.close()
 
 
-def test_exhausted_deliveries_arrive_after_replay(tmp_path: Path) -> None:
+def test_exhausted_deliveries_arrive_after_replay(tmp_path: Path, db_target: str | Path) -> None:
     port = dead_port()
-    with make_env(tmp_path, clock=ManualClock(T0)) as env:
+    with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
         wh = env.webhooks.create(env.principal, f"http://127.0.0.1:{port}/hook",
                                  ["recording.uploaded"])
         uploaded = env.emit("recording.uploaded", n=4)
@@ -147,10 +148,10 @@ def test_exhausted_deliveries_arrive_after_replay(tmp_path: Path) -> None:
             receiver.close()
 
 
-def test_replay_validation_and_pending_dedup(tmp_path: Path) -> None:
+def test_replay_validation_and_pending_dedup(tmp_path: Path, db_target: str | Path) -> None:
     from tapedeck.errors import TapedeckError
 
-    with make_env(tmp_path, clock=ManualClock(T0)) as env:
+    with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
         wh = env.webhooks.create(env.principal, f"http://127.0.0.1:{dead_port()}/", ["*"])
         [event] = env.emit()
         env.dispatcher().drain()  # first attempt fails; the delivery stays pending
@@ -164,12 +165,12 @@ def test_replay_validation_and_pending_dedup(tmp_path: Path) -> None:
             assert exc.value.type == "invalid_request" and exc.value.details["field"] == field
 
 
-def test_retry_after_is_honoured(tmp_path: Path) -> None:
+def test_retry_after_is_honoured(tmp_path: Path, db_target: str | Path) -> None:
     answers = [(503, {"retry-after": "7200"}, b""), (429, {"retry-after": "5"}, b""),
                (200, {}, b"")]
     receiver = Receiver(responder=lambda r: answers[min(len(receiver.requests), 3) - 1])
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             env.webhooks.create(env.principal, receiver.url, ["*"])
             [event] = env.emit()
             _simulate(env, T0 + 5 * HOUR, {})
@@ -195,10 +196,10 @@ def test_parse_retry_after() -> None:
     assert sched.next_delay(1, 10**9, random.Random(1)) == sched.max_retry_after_s
 
 
-def test_410_disables_endpoint_and_cancels_pending(tmp_path: Path) -> None:
+def test_410_disables_endpoint_and_cancels_pending(tmp_path: Path, db_target: str | Path) -> None:
     receiver = Receiver(responder=lambda r: (410, {}, b"gone"))
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             wh = env.webhooks.create(env.principal, receiver.url, ["*"])
             env.emit(n=3)
             d = env.dispatcher()
@@ -223,7 +224,7 @@ def test_410_disables_endpoint_and_cancels_pending(tmp_path: Path) -> None:
         receiver.close()
 
 
-def test_timeout_fails_an_attempt(tmp_path: Path) -> None:
+def test_timeout_fails_an_attempt(tmp_path: Path, db_target: str | Path) -> None:
     release = threading.Event()
 
     def hang(r: Received) -> Answer:
@@ -232,7 +233,7 @@ def test_timeout_fails_an_attempt(tmp_path: Path) -> None:
 
     receiver = Receiver(responder=hang)
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             wh = env.webhooks.create(env.principal, receiver.url, ["*"])
             env.emit()
             env.dispatcher(timeout_s=0.3).drain()
@@ -324,7 +325,7 @@ def test_tls_untrusted_certificate_fails_trusted_succeeds(tmp_path: Path) -> Non
         receiver.close()
 
 
-def test_slow_endpoint_does_not_delay_others(tmp_path: Path) -> None:
+def test_slow_endpoint_does_not_delay_others(tmp_path: Path, db_target: str | Path) -> None:
     """Endpoint A hangs on its first request; endpoint B still gets all 20 events, in order,
     while A's request is in flight (A holds at most one worker)."""
     release = threading.Event()
@@ -335,7 +336,7 @@ def test_slow_endpoint_does_not_delay_others(tmp_path: Path) -> None:
 
     slow, fast = Receiver(responder=stuck), Receiver()
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             env.webhooks.create(env.principal, slow.url, ["*"])
             env.webhooks.create(env.principal, fast.url, ["*"])
             d = env.dispatcher(timeout_s=60, workers=4, poll_s=0.02)
@@ -353,14 +354,14 @@ def test_slow_endpoint_does_not_delay_others(tmp_path: Path) -> None:
         fast.close()
 
 
-def test_fan_out_rules(tmp_path: Path) -> None:
+def test_fan_out_rules(tmp_path: Path, db_target: str | Path) -> None:
     """Subscriptions filter types; an endpoint gets only events committed after it was
     created; other projects' events never reach it; one delivery per (endpoint, event)."""
     from tapedeck.auth import create_project
 
     receiver = Receiver()
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             early = env.emit("recording.created")
             uploaded_only = env.webhooks.create(env.principal, receiver.url + "/u",
                                                 ["recording.uploaded"])
@@ -383,10 +384,10 @@ def test_fan_out_rules(tmp_path: Path) -> None:
         receiver.close()
 
 
-def test_two_dispatchers_deliver_each_event_once(tmp_path: Path) -> None:
+def test_two_dispatchers_deliver_each_event_once(tmp_path: Path, db_target: str | Path) -> None:
     receiver = Receiver()
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             for i in range(3):
                 env.webhooks.create(env.principal, f"{receiver.url}/{i}", ["*"])
             a = env.dispatcher(poll_s=0.01, per_endpoint=2)
@@ -410,7 +411,7 @@ def test_two_dispatchers_deliver_each_event_once(tmp_path: Path) -> None:
         receiver.close()
 
 
-def test_stale_dispatcher_leases_are_taken_over(tmp_path: Path) -> None:
+def test_stale_dispatcher_leases_are_taken_over(tmp_path: Path, db_target: str | Path) -> None:
     """A dispatcher that stops heartbeating (here: stuck, clock moved past stale_s) loses its
     lease; another sends the same event again with the same webhook-id; the late answer of
     the first is only logged."""
@@ -425,7 +426,7 @@ def test_stale_dispatcher_leases_are_taken_over(tmp_path: Path) -> None:
 
     receiver = Receiver(responder=answer)
     try:
-        with make_env(tmp_path, clock=ManualClock(T0)) as env:
+        with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
             wh = env.webhooks.create(env.principal, receiver.url, ["*"])
             [event] = env.emit()
             stuck = env.dispatcher(timeout_s=60, stale_s=20)
@@ -444,11 +445,11 @@ def test_stale_dispatcher_leases_are_taken_over(tmp_path: Path) -> None:
         receiver.close()
 
 
-def test_deleted_endpoint_gets_nothing_more(tmp_path: Path) -> None:
+def test_deleted_endpoint_gets_nothing_more(tmp_path: Path, db_target: str | Path) -> None:
     from tapedeck.errors import TapedeckError
 
     port = dead_port()
-    with make_env(tmp_path, clock=ManualClock(T0)) as env:
+    with make_env(tmp_path, target=db_target, clock=ManualClock(T0)) as env:
         wh = env.webhooks.create(env.principal, f"http://127.0.0.1:{port}/", ["*"])
         env.emit(n=2)
         d = env.dispatcher()

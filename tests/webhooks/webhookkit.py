@@ -24,8 +24,8 @@ from typing import Any
 
 from tapedeck.auth import Authenticator, Principal, UploadTokens, create_project
 from tapedeck.clock import Clock, ManualClock
-from tapedeck.db import Database
-from tapedeck.domain._base import Context, KeyedLocks, emit
+from tapedeck.db import Database, open_database
+from tapedeck.domain._base import Context, emit
 from tapedeck.settings import Settings
 from tapedeck.webhooks.dispatcher import Dispatcher, RetrySchedule
 from tapedeck.webhooks.endpoints import Webhooks
@@ -206,15 +206,18 @@ class Env:
 
 
 @contextmanager
-def make_env(tmp: Path, clock: Clock | None = None, **settings: Any) -> Iterator[Env]:
+def make_env(tmp: Path, clock: Clock | None = None, target: str | Path | None = None,
+             **settings: Any) -> Iterator[Env]:
     """An ``Env`` in ``tmp`` (a project with its secret key; loopback allowed unless
-    ``webhooks_allow_private=False``)."""
+    ``webhooks_allow_private=False``) on the database ``target`` (the ``db_target``
+    fixture: SQLite or PostgreSQL; default a SQLite file in ``tmp``)."""
     clock = clock or ManualClock()
     s = Settings(data_dir=tmp / "data", **{"webhooks_allow_private": True, **settings})
-    db = Database(s.db_path)
+    s.data_dir.mkdir(parents=True, exist_ok=True)
+    db = open_database(target if target is not None else s.db_path)
     # The webhook service never touches the object store; there is none in these tests.
     ctx = Context(db=db, store=None, clock=clock, settings=s,  # type: ignore[arg-type]
-                  locks=KeyedLocks())
+                  locks=db)
     project_id, key = create_project(db, clock)
     principal = Authenticator(db, UploadTokens.from_data_dir(s.data_dir), clock) \
         .authenticate(key)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from tapedeck.auth import Authenticator, Principal, UploadTokens
 from tapedeck.clock import Clock
 from tapedeck.db import Database
-from tapedeck.domain._base import Context, KeyedLocks
+from tapedeck.domain._base import Context
 from tapedeck.domain.chunks import Chunks
 from tapedeck.domain.devices import Devices
 from tapedeck.domain.end_users import EndUsers
@@ -55,7 +55,7 @@ class Domain:
     def build(cls, db: Database, store: ObjectStore, clock: Clock,
               settings: Settings) -> Domain:
         """Wire the services from their dependencies (called from ``cli``/tests)."""
-        ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=KeyedLocks())
+        ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=db)
         keys = ServerKeys.from_settings(settings)
         uploads, box = keys.upload_tokens(), keys.secret_box()
         chunks = Chunks(ctx)

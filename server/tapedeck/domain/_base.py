@@ -6,23 +6,20 @@ from __future__ import annotations
 import base64
 import json
 import re
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-
-import sqlite_utils
+from typing import Any, Protocol
 
 from tapedeck.auth import Principal
 from tapedeck.clock import Clock, iso, parse_iso
-from tapedeck.db import Database
+from tapedeck.db import Database, KeyedLocks  # noqa: F401  (KeyedLocks: re-exported)
 from tapedeck.domain.models import Media, Recording
 from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.ids import new_id
 from tapedeck.jobs import JobSignals
 from tapedeck.settings import Settings
+from tapedeck.sql import Tx
 from tapedeck.store import ObjectInfo, ObjectStore
 
 # A part's object: ``chunk_{part}.{version}.opus``, one new object (a fresh sortable version)
@@ -90,7 +87,7 @@ def check_part(rec: Recording, part: int) -> None:
         raise error("invalid_request", f"part must be between 1 and {limit}.", field="part")
 
 
-def emit(tx: sqlite_utils.Database, clock: Clock, project_id: str, type: str,
+def emit(tx: Tx, clock: Clock, project_id: str, type: str,
          data: dict[str, Any], recording_id: str | None = None) -> str:
     """Append an event to the outbox inside the caller's write transaction."""
     event_id = new_id("evt_")
@@ -101,30 +98,11 @@ def emit(tx: sqlite_utils.Database, clock: Clock, project_id: str, type: str,
     return event_id
 
 
-class KeyedLocks:
-    """One in-process lock per key (e.g. per recording), created on demand."""
+class NamedLocks(Protocol):
+    """Locks by name held across store I/O: ``Database.hold`` (in process on SQLite, an
+    advisory lock on PostgreSQL, so every api process of a deployment shares them)."""
 
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
-
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        """Hold ``key``'s lock for the ``with`` block (other holders of the same key wait;
-        the lock is dropped from the table once nobody holds or waits for it)."""
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
+    def hold(self, key: str) -> AbstractContextManager[None]: ...
 
 
 @dataclass
@@ -138,11 +116,11 @@ class Context:
     store: ObjectStore
     clock: Clock
     settings: Settings
-    locks: KeyedLocks
+    locks: NamedLocks
     job_signals: JobSignals = field(default_factory=JobSignals)
 
 
-def load_recording(db: sqlite_utils.Database, p: Principal, recording_id: str) -> Recording:
+def load_recording(db: Tx, p: Principal, recording_id: str) -> Recording:
     """The recording if this principal may see it, else ``recording_not_found``.
 
     Other projects' and (for device tokens) other devices' recordings are reported as not
@@ -166,7 +144,7 @@ def _visible(p: Principal, rec: dict[str, Any]) -> bool:
     return True
 
 
-def to_recording(db: sqlite_utils.Database, rec: dict[str, Any]) -> Recording:
+def to_recording(db: Tx, rec: dict[str, Any]) -> Recording:
     """A ``Recording`` from a row, with its chunk count and media."""
     count = db.execute("SELECT count(*) FROM chunks WHERE recording_id = ?",
                        [rec["id"]]).fetchone()[0]

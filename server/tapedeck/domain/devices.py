@@ -30,14 +30,13 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.auth import Principal, insert_device_token
 from tapedeck.clock import iso, parse_iso
 from tapedeck.domain._base import Context
 from tapedeck.domain.end_users import load_end_user
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
+from tapedeck.sql import Tx
 
 DEVICE_STATES = ("idle", "recording", "syncing", "uploading", "charging", "low_battery",
                  "storage_full", "error")
@@ -178,7 +177,7 @@ _COLUMNS = ("id, project_id, serial_number, model, firmware_version, status, end
             " backlog_overdue")
 
 
-def load_device(db: sqlite_utils.Database, project_id: str, device_id: str) -> Device:
+def load_device(db: Tx, project_id: str, device_id: str) -> Device:
     """The device of this project, else ``device_not_found``."""
     row = db.execute(f"SELECT {_COLUMNS} FROM devices WHERE id = ? AND project_id = ?",
                      [device_id, project_id]).fetchone()
@@ -203,7 +202,7 @@ def own_device_id(p: Principal, device_id: str) -> str:
     return p.device_id
 
 
-def recording_owner(tx: sqlite_utils.Database, p: Principal, device_id: str | None,
+def recording_owner(tx: Tx, p: Principal, device_id: str | None,
                     end_user_id: str | None) -> tuple[str | None, str | None]:
     """The device and end user a new recording belongs to. A device token's own (body
     values are ignored); for keys, a named device and end user must be of the caller's
@@ -319,7 +318,7 @@ def heartbeat_device_id(p: Principal, device_id: str) -> str:
     return _key_device_id(device_id)
 
 
-def store_heartbeat(tx: sqlite_utils.Database, project_id: str, device_id: str, hb: Heartbeat,
+def store_heartbeat(tx: Tx, project_id: str, device_id: str, hb: Heartbeat,
                     now: datetime) -> tuple[Device, datetime | None]:
     """Store ``hb`` (validated) as the device's latest state inside ``tx``; returns the
     device as it was before and its previous ``last_heartbeat_at``."""

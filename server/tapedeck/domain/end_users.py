@@ -24,14 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
 from tapedeck.domain._base import Context
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
+from tapedeck.sql import Tx
 
 MAX_EXTERNAL_ID = 255
 MAX_NAME = 500
@@ -85,7 +84,7 @@ def validate_new_end_user(req: NewEndUser) -> None:
     validate_metadata(req.metadata)
 
 
-def load_end_user(db: sqlite_utils.Database, project_id: str, end_user_id: str) -> EndUser:
+def load_end_user(db: Tx, project_id: str, end_user_id: str) -> EndUser:
     """The end user of this project, else ``end_user_not_found``."""
     row = db.execute(
         "SELECT id, project_id, external_id, email, name, metadata, created_at FROM end_users"
@@ -177,7 +176,7 @@ class DeletedEndUser:
                 "transcripts_unnamed": self.transcripts_unnamed}
 
 
-def _unname_speakers(tx: sqlite_utils.Database, project_id: str, end_user_id: str) -> int:
+def _unname_speakers(tx: Tx, project_id: str, end_user_id: str) -> int:
     """Clear ``end_user_id`` in every transcript speaker of the project that named the end
     user (JSON rewritten here, not in SQL, to stay portable); how many transcripts changed."""
     rows = tx.execute("SELECT id, speakers FROM transcriptions WHERE project_id = ? AND"

@@ -29,8 +29,6 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
 from tapedeck.domain import cursors
@@ -45,6 +43,7 @@ from tapedeck.domain.devices import (
     validate_heartbeat,
 )
 from tapedeck.errors import invalid
+from tapedeck.sql import Tx
 
 #: ``GET /v1/devices?state=`` values.
 DEVICE_FILTERS = ("offline", "online", "storage_low", "backlog")
@@ -132,7 +131,7 @@ def validate_settings(s: DeviceSettings) -> None:
                                            "(whole 20 ms Opus frames).")
 
 
-def _row_settings(tx: sqlite_utils.Database, project_id: str,
+def _row_settings(tx: Tx, project_id: str,
                   device_id: str) -> tuple[int, DeviceSettings, datetime | None] | None:
     row = tx.execute(
         "SELECT version, chunk_duration_ms, bitrate, dtx, heartbeat_interval_s, updated_at"
@@ -144,7 +143,7 @@ def _row_settings(tx: sqlite_utils.Database, project_id: str,
     return int(row[0]), DeviceSettings(row[1], row[2], dtx, row[4]), parse_iso(row[5])
 
 
-def effective_settings(tx: sqlite_utils.Database, project_id: str,
+def effective_settings(tx: Tx, project_id: str,
                        device_id: str | None) -> SettingsView:
     """The project's settings, or a device's (its overrides over the project's)."""
     base = _row_settings(tx, project_id, _PROJECT) or (0, DeviceSettings(), None)
@@ -186,7 +185,7 @@ class Fleet:
             self.on_heartbeat(tx, before, previous_at, hb)
             return HeartbeatAck(now, effective_settings(tx, p.project_id, device_id))
 
-    def on_heartbeat(self, tx: sqlite_utils.Database, device: Device,
+    def on_heartbeat(self, tx: Tx, device: Device,
                      previous_at: datetime | None, hb: Heartbeat) -> list[str]:
         """Apply the health transitions of a heartbeat just stored, inside its write
         transaction (``device`` as it was before); returns the event types emitted."""

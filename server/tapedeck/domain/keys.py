@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.auth import ALL_SCOPES, Principal, insert_api_key
 from tapedeck.clock import iso, parse_iso
 from tapedeck.domain import cursors
 from tapedeck.domain._base import Context
 from tapedeck.errors import error, invalid
+from tapedeck.sql import Tx
 
 KEY_KINDS = ("secret", "restricted")
 MAX_NAME = 100
@@ -115,7 +114,7 @@ def _key(row: tuple[Any, ...]) -> ApiKey:
                   scopes=scopes, hint=row[6], created_at=created, revoked_at=parse_iso(row[8]))
 
 
-def load_key(db: sqlite_utils.Database, project_id: str, key_id: str) -> ApiKey:
+def load_key(db: Tx, project_id: str, key_id: str) -> ApiKey:
     """The key of this project, else ``key_not_found``."""
     row = db.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? AND project_id = ?",
                      [key_id, project_id]).fetchone()
@@ -174,7 +173,7 @@ class Keys:
             return load_key(tx, p.project_id, key_id)
 
 
-def _active_secret_keys(tx: sqlite_utils.Database, project_id: str) -> int:
+def _active_secret_keys(tx: Tx, project_id: str) -> int:
     row = tx.execute("SELECT count(*) FROM api_keys WHERE project_id = ? AND kind = 'secret'"
                      " AND revoked_at IS NULL", [project_id]).fetchone()
     return int(row[0])

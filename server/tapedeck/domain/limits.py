@@ -27,11 +27,10 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlite_utils
-
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.errors import TapedeckError, error
 from tapedeck.settings import Settings
+from tapedeck.sql import Tx
 
 _USED_SQL = (
     "SELECT COALESCE(SUM(COALESCE(r.file_size_bytes,"
@@ -39,7 +38,7 @@ _USED_SQL = (
     " FROM recordings r WHERE r.project_id = ?")
 
 
-def storage_used(db: sqlite_utils.Database, project_id: str) -> int:
+def storage_used(db: Tx, project_id: str) -> int:
     """Bytes the project's recordings hold, as the ledger knows them."""
     return int(db.execute(_USED_SQL, [project_id]).fetchone()[0])
 
@@ -64,7 +63,7 @@ class StorageMeter:
         self._lock = threading.Lock()
         self._measured: dict[str, _Measured] = {}
 
-    def check(self, db: sqlite_utils.Database, settings: Settings, project_id: str,
+    def check(self, db: Tx, settings: Settings, project_id: str,
               adds: int) -> None:
         """``storage_quota_exceeded`` when the project reached its quota; ``adds`` is the
         most the request being let in can store (a chunk, a file; 0 for a create)."""
@@ -94,7 +93,7 @@ def _quota_error(quota: int, used: int) -> TapedeckError:
                  quota_bytes=quota, used_bytes=used)
 
 
-def check_streaming_cap(tx: sqlite_utils.Database, settings: Settings, now: datetime,
+def check_streaming_cap(tx: Tx, settings: Settings, now: datetime,
                         device_id: str | None) -> None:
     """``streaming_limit_exceeded`` when ``device_id`` already has the maximum of open
     streaming recordings (call inside the transaction that creates one)."""

@@ -36,12 +36,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.clock import iso
 from tapedeck.domain._base import Context, emit
 from tapedeck.ids import new_id
 from tapedeck.jobs import enqueue
+from tapedeck.sql import Tx
 
 KIND = "live_transcribe"
 #: Audio of the previous chunk each piece transcribes again (see ``tapedeck.transcribe.live``).
@@ -81,7 +80,7 @@ def load_pieces(db: Any, recording_id: str) -> dict[int, PieceRow]:
 
 # -- the hook at the chunk ledger ---------------------------------------------------------------
 
-def on_chunk_recorded(tx: sqlite_utils.Database, ctx: Context, recording_id: str,
+def on_chunk_recorded(tx: Tx, ctx: Context, recording_id: str,
                       part: int) -> bool:
     """(In the ledger's write transaction.) A chunk's bytes changed: queue its piece and the
     next part's (its context changed), creating the live transcription on the first chunk.
@@ -104,7 +103,7 @@ def on_chunk_recorded(tx: sqlite_utils.Database, ctx: Context, recording_id: str
     return queued
 
 
-def _create_live(tx: sqlite_utils.Database, ctx: Context, recording_id: str,
+def _create_live(tx: Tx, ctx: Context, recording_id: str,
                  project_id: str) -> str:
     now = iso(ctx.clock.now())
     txn_id = new_id("txn_")
@@ -121,7 +120,7 @@ def _create_live(tx: sqlite_utils.Database, ctx: Context, recording_id: str,
     return txn_id
 
 
-def _queue_piece(tx: sqlite_utils.Database, ctx: Context, recording_id: str,
+def _queue_piece(tx: Tx, ctx: Context, recording_id: str,
                  part: int) -> bool:
     """One queued job per (recording, part) at a time (a running one reads the store
     afresh when it starts, so a change during its run queues a new one)."""

@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-import sqlite_utils
-
 from tapedeck.clock import iso
 from tapedeck.db import Database
 from tapedeck.domain.search_query import And, Node, Not, Or, Term
+from tapedeck.sql import Tx
 
 #: Match markers the backend puts around matched words in ``SegmentHit.marked`` (Unicode
 #: private-use characters; removed from the indexed text, so they cannot occur in it).
@@ -94,20 +93,20 @@ class SegmentHit:
 class SearchIndex(Protocol):
     """A transcript search backend (see the module docstring for the contract)."""
 
-    def replace(self, tx: sqlite_utils.Database, transcription_id: str) -> int:
+    def replace(self, tx: Tx, transcription_id: str) -> int:
         """Index a just-completed transcription in its recording's place; segment count."""
         ...
 
-    def remove_recording(self, tx: sqlite_utils.Database, recording_id: str) -> int:
+    def remove_recording(self, tx: Tx, recording_id: str) -> int:
         """Drop a recording's rows; how many."""
         ...
 
-    def remove_end_user(self, tx: sqlite_utils.Database, project_id: str,
+    def remove_end_user(self, tx: Tx, project_id: str,
                         end_user_id: str) -> int:
         """Drop the rows of every recording of an end user; how many."""
         ...
 
-    def search(self, db: sqlite_utils.Database, query: IndexQuery) -> list[SegmentHit]:
+    def search(self, db: Tx, query: IndexQuery) -> list[SegmentHit]:
         """Up to ``query.limit`` hits after ``query.after``, in ``query.order``."""
         ...
 
@@ -143,7 +142,7 @@ class Fts5Index:
     ``remove_diacritics 2``), external content ``search_segments`` kept in step by
     triggers. BM25 ranks (FTS5's ``rank``: lower is better; reported negated)."""
 
-    def replace(self, tx: sqlite_utils.Database, transcription_id: str) -> int:
+    def replace(self, tx: Tx, transcription_id: str) -> int:
         row = tx.execute(
             "SELECT t.recording_id FROM transcriptions t JOIN recordings r ON r.id ="
             " t.recording_id AND r.transcription_id = t.id WHERE t.id = ? AND t.status ="
@@ -153,18 +152,18 @@ class Fts5Index:
         self.remove_recording(tx, str(row[0]))
         return int(tx.execute(_INSERT, [transcription_id]).rowcount)
 
-    def remove_recording(self, tx: sqlite_utils.Database, recording_id: str) -> int:
+    def remove_recording(self, tx: Tx, recording_id: str) -> int:
         cur = tx.execute("DELETE FROM search_segments WHERE recording_id = ?", [recording_id])
         return int(cur.rowcount)
 
-    def remove_end_user(self, tx: sqlite_utils.Database, project_id: str,
+    def remove_end_user(self, tx: Tx, project_id: str,
                         end_user_id: str) -> int:
         cur = tx.execute("DELETE FROM search_segments WHERE recording_id IN (SELECT id FROM"
                          " recordings WHERE project_id = ? AND end_user_id = ?)",
                          [project_id, end_user_id])
         return int(cur.rowcount)
 
-    def search(self, db: sqlite_utils.Database, query: IndexQuery) -> list[SegmentHit]:
+    def search(self, db: Tx, query: IndexQuery) -> list[SegmentHit]:
         where, args = ["search_fts MATCH ?"], [compile_fts5(query.node)]
         _filter_sql(query.filters, where, args)
         if query.order == "newest":
@@ -246,6 +245,6 @@ def compile_fts5(node: Node) -> str:
     return "(" + op.join(compile_fts5(p) for p in node.parts) + ")"
 
 
-def backend_for(db: Database | sqlite_utils.Database) -> SearchIndex:
+def backend_for(db: Database | Tx) -> SearchIndex:
     """The index backend of a state store (the embedded SQLite one: FTS5)."""
     return Fts5Index()

@@ -54,8 +54,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import sqlite_utils
-
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.domain._base import emit
@@ -67,6 +65,7 @@ from tapedeck.domain.transcriptions import (
     load_transcription,
 )
 from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
+from tapedeck.sql import Tx
 from tapedeck.store import ObjectNotFound, ObjectStore
 from tapedeck.transcribe import (
     SAMPLE_RATE,
@@ -303,7 +302,7 @@ class TranscribeHandler:
                 self._terminal_event(tx, txn, "completed")
 
     # -- failures ------------------------------------------------------------------------------
-    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+    def on_failure(self, tx: Tx, job: Job, failure: Failure) -> None:
         """Fail the transcription (unless already terminal) and emit its one terminal event."""
         txn = load_transcription(tx, str(job.payload.get("transcription_id")))
         if txn is None or txn.status in TERMINAL_STATUSES:
@@ -315,7 +314,7 @@ class TranscribeHandler:
             [TRANSCRIPTION_FAILED, reason, message, iso(self._clock.now()), txn.id])
         self._terminal_event(tx, txn, "failed")
 
-    def _terminal_event(self, tx: sqlite_utils.Database, txn: Transcription,
+    def _terminal_event(self, tx: Tx, txn: Transcription,
                         status: str) -> None:
         self._set_recording_status(tx, txn, status)
         fresh = load_transcription(tx, txn.id)
@@ -323,7 +322,7 @@ class TranscribeHandler:
         emit(tx, self._clock, txn.project_id, f"transcription.{status}", fresh.event_data(),
              txn.recording_id)
 
-    def _set_recording_status(self, tx: sqlite_utils.Database, txn: Transcription,
+    def _set_recording_status(self, tx: Tx, txn: Transcription,
                               status: str) -> None:
         """The recording mirrors its current transcription's status."""
         tx.execute("UPDATE recordings SET transcription_status = ?, updated_at = ?"

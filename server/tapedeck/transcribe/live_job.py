@@ -36,8 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
-
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.domain._base import stored_parts
@@ -50,6 +48,7 @@ from tapedeck.domain.live import (
     place,
 )
 from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
+from tapedeck.sql import Tx
 from tapedeck.stitch import read_object
 from tapedeck.store import ObjectNotFound, ObjectStore
 from tapedeck.transcribe import (
@@ -115,7 +114,7 @@ def piece_json(piece: Piece) -> str:
     return json.dumps(segments, ensure_ascii=False, separators=(",", ":"))
 
 
-def store_piece(tx: sqlite_utils.Database, clock: Clock, recording_id: str, part: int,
+def store_piece(tx: Tx, clock: Clock, recording_id: str, part: int,
                 inputs: _Inputs, piece: Piece | None, error: str | None = None) -> None:
     """Upsert the piece row (``failed`` when ``piece`` is None)."""
     tx.execute(
@@ -200,7 +199,7 @@ class LiveTranscribeHandler:
             self._engine = self._factory()
         return self._engine
 
-    def on_failure(self, tx: sqlite_utils.Database, job: Job, failure: Failure) -> None:
+    def on_failure(self, tx: Tx, job: Job, failure: Failure) -> None:
         """Mark the piece ``failed`` for the bytes it was tried on (assembly falls back)."""
         recording_id = str(job.payload.get("recording_id"))
         part = int(job.payload.get("part", 0))

@@ -48,12 +48,11 @@ from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import sqlite_utils
-
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.ids import random_base62
 from tapedeck.logs import request_context
+from tapedeck.sql import Tx
 from tapedeck.webhooks.endpoints import cancel_pending, insert_delivery
 from tapedeck.webhooks.models import subscribed
 from tapedeck.webhooks.secretbox import SecretBox
@@ -311,7 +310,7 @@ class Dispatcher:
             self._reclaim(tx, now)
         self._last_beat = now
 
-    def _reclaim(self, tx: sqlite_utils.Database, now: datetime) -> None:
+    def _reclaim(self, tx: Tx, now: datetime) -> None:
         """Release leases of dead dispatchers, and our own leases no thread is working on."""
         owners = {r[0]: r[1:] for r in tx.execute(
             "SELECT owner, host_key, pid, pid_start, heartbeat_at FROM webhook_dispatchers")}
@@ -470,7 +469,7 @@ class Dispatcher:
             " next_attempt_at <= ? AND lease_owner IS NULL LIMIT 1", [iso(now)]
         ).fetchone() is not None
 
-    def _acknowledge_batch(self, tx: sqlite_utils.Database, batch: list[_Result],
+    def _acknowledge_batch(self, tx: Tx, batch: list[_Result],
                            now: datetime) -> list[tuple[int, bool, str | None]]:
         """THE acknowledgement SQL: log each attempt and move its delivery on if we still
         hold its lease. Per result: (attempt number, lease still ours, final status)."""
@@ -491,7 +490,7 @@ class Dispatcher:
                         self._advance(tx, r.job, attempts + 1, r.outcome, now)))
         return out
 
-    def _advance(self, tx: sqlite_utils.Database, job: _Job, attempt: int, outcome: _Outcome,
+    def _advance(self, tx: Tx, job: _Job, attempt: int, outcome: _Outcome,
                  now: datetime) -> str | None:
         """Move the delivery on; returns its final status if it ended."""
         if outcome.ok or outcome.gone:
@@ -514,7 +513,7 @@ class Dispatcher:
         return None
 
 
-def claim_deliveries(tx: sqlite_utils.Database, owner: str, now: str, slots: int,
+def claim_deliveries(tx: Tx, owner: str, now: str, slots: int,
                      per_endpoint: int) -> list[tuple[_Candidate, str, str]]:
     """THE claim (lease) SQL, inside the caller's write transaction: lease up to ``slots``
     due deliveries to ``owner``, oldest due first (``next_attempt_at``, then creation order),
@@ -548,7 +547,7 @@ def claim_deliveries(tx: sqlite_utils.Database, owner: str, now: str, slots: int
     return chosen
 
 
-def _due(tx: sqlite_utils.Database, endpoint_id: str, now: str, free: int,
+def _due(tx: Tx, endpoint_id: str, now: str, free: int,
          held: set[str]) -> list[_Candidate]:
     """Up to ``free`` due unleased deliveries of one endpoint, oldest first, at most one per
     order key and none of a key in ``held``."""
@@ -591,7 +590,7 @@ def _attempt_label(outcome: _Outcome) -> str:
     return "http_error" if outcome.status_code is not None else "network_error"
 
 
-def _endpoints_by_project(tx: sqlite_utils.Database, projects: set[str]
+def _endpoints_by_project(tx: Tx, projects: set[str]
                           ) -> dict[str, list[tuple[str, tuple[str, ...], int]]]:
     """Enabled endpoints of ``projects``: (id, subscribed types, start_after_seq)."""
     out: dict[str, list[tuple[str, tuple[str, ...], int]]] = {}
@@ -618,7 +617,7 @@ def _classify(resp: Response, now: datetime) -> _Outcome:
     return _Outcome(code, error, parse_retry_after(resp.headers.get("retry-after"), now))
 
 
-def _finish(tx: sqlite_utils.Database, delivery_id: str, status: str, attempt: int,
+def _finish(tx: Tx, delivery_id: str, status: str, attempt: int,
             outcome: _Outcome, now: datetime) -> None:
     tx.execute(
         "UPDATE webhook_deliveries SET status = ?, attempts = ?, lease_owner = NULL,"
@@ -627,7 +626,7 @@ def _finish(tx: sqlite_utils.Database, delivery_id: str, status: str, attempt: i
         [status, attempt, outcome.status_code, outcome.error, iso(now), iso(now), delivery_id])
 
 
-def _disable(tx: sqlite_utils.Database, endpoint_id: str, now: datetime) -> None:
+def _disable(tx: Tx, endpoint_id: str, now: datetime) -> None:
     """410 Gone: the receiver asked us to stop. Disable the endpoint, cancel what is queued."""
     tx.execute("UPDATE webhook_endpoints SET status = 'disabled', disabled_reason = ?,"
                " updated_at = ? WHERE id = ? AND status = 'enabled'",

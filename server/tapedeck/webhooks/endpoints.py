@@ -22,8 +22,6 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlite_utils
-
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
 from tapedeck.db import Database
@@ -32,6 +30,7 @@ from tapedeck.domain._base import Context
 from tapedeck.domain.models import Page
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
+from tapedeck.sql import Tx
 from tapedeck.webhooks.models import (
     ALL_EVENTS,
     DELIVERY_STATUSES,
@@ -204,13 +203,18 @@ class Webhooks:
 
 
 # -- shared with the dispatcher ----------------------------------------------------------------
-def outbox_high_water(tx: sqlite_utils.Database) -> int:
+def outbox_high_water(tx: Tx) -> int:
     """The highest ``webhook_outbox.seq`` ever assigned (AUTOINCREMENT never reuses one)."""
-    row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhook_outbox'").fetchone()
-    return int(row[0]) if row else 0
+    if tx.dialect == "postgresql":  # the identity's sequence (NULL before its first value)
+        row = tx.execute("SELECT pg_sequence_last_value("
+                         "pg_get_serial_sequence('webhook_outbox', 'seq')::regclass)").fetchone()
+    else:
+        row = tx.execute("SELECT seq FROM sqlite_sequence WHERE name = 'webhook_outbox'"
+                         ).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
-def insert_delivery(tx: sqlite_utils.Database, endpoint_id: str, event_id: str,
+def insert_delivery(tx: Tx, endpoint_id: str, event_id: str,
                     project_id: str, origin: str, now: str | None) -> str:
     """A new pending delivery, due ``now``."""
     delivery_id = new_id("whd_")
@@ -222,7 +226,7 @@ def insert_delivery(tx: sqlite_utils.Database, endpoint_id: str, event_id: str,
     return delivery_id
 
 
-def cancel_pending(tx: sqlite_utils.Database, endpoint_id: str, now: str | None,
+def cancel_pending(tx: Tx, endpoint_id: str, now: str | None,
                    reason: str) -> None:
     """Cancel every pending delivery of an endpoint (deleted or disabled)."""
     tx.execute("UPDATE webhook_deliveries SET status = 'cancelled', lease_owner = NULL,"
@@ -231,13 +235,13 @@ def cancel_pending(tx: sqlite_utils.Database, endpoint_id: str, now: str | None,
 
 
 # -- helpers ---------------------------------------------------------------------------------
-def _rows(db: sqlite_utils.Database, sql: str, args: list[Any]) -> list[dict[str, Any]]:
+def _rows(db: Tx, sql: str, args: list[Any]) -> list[dict[str, Any]]:
     cur = db.execute(sql, args)
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def _load(db: sqlite_utils.Database, p: Principal, webhook_id: str) -> Endpoint:
+def _load(db: Tx, p: Principal, webhook_id: str) -> Endpoint:
     rows = _rows(db, "SELECT * FROM webhook_endpoints WHERE id = ? AND project_id = ?"
                  " AND status != 'deleted'", [webhook_id, p.project_id])
     if not rows:
@@ -268,7 +272,7 @@ def _check_replay_args(since: datetime | None, until: datetime | None,
         raise invalid("until", "until must be later than since.")
 
 
-def _events_by_id(tx: sqlite_utils.Database, project_id: str,
+def _events_by_id(tx: Tx, project_id: str,
                   event_ids: Sequence[str]) -> list[str]:
     wanted = list(dict.fromkeys(event_ids))
     marks = ", ".join("?" * len(wanted))
@@ -282,7 +286,7 @@ def _events_by_id(tx: sqlite_utils.Database, project_id: str,
     return sorted(wanted, key=lambda e: (found[e], e))
 
 
-def _events_in_range(tx: sqlite_utils.Database, project_id: str, endpoint: Endpoint,
+def _events_in_range(tx: Tx, project_id: str, endpoint: Endpoint,
                      since: datetime | None,
                      until: datetime | None) -> tuple[list[str], datetime | None]:
     where, args = ["project_id = ?"], [project_id]
@@ -301,13 +305,13 @@ def _events_in_range(tx: sqlite_utils.Database, project_id: str, endpoint: Endpo
     return [r[0] for r in rows[:MAX_REPLAY]], next_since
 
 
-def _pending_events(tx: sqlite_utils.Database, endpoint_id: str) -> set[str]:
+def _pending_events(tx: Tx, endpoint_id: str) -> set[str]:
     return {r[0] for r in tx.execute(
         "SELECT event_id FROM webhook_deliveries WHERE endpoint_id = ? AND status = 'pending'",
         [endpoint_id]).fetchall()}
 
 
-def _with_attempts(db: sqlite_utils.Database, rows: list[dict[str, Any]]) -> list[Delivery]:
+def _with_attempts(db: Tx, rows: list[dict[str, Any]]) -> list[Delivery]:
     by_delivery: dict[str, list[Attempt]] = {r["id"]: [] for r in rows}
     if rows:
         marks = ", ".join("?" * len(rows))

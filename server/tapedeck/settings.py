@@ -153,6 +153,8 @@ class Settings:
     store_restart_max_s: int = field(default=30, metadata={
         "help": "a managed SeaweedFS that dies is restarted at once, then after 0.5 s, 1 s, "
                 "... up to this long between attempts"})
+    console: bool = field(default=True, metadata={
+        "help": "serve the web console under /console (off: no console routes)"})
 
     @property
     def db_path(self) -> Path:

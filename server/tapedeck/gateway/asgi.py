@@ -9,6 +9,8 @@ from fastapi.responses import HTMLResponse
 
 from tapedeck.domain import Domain
 from tapedeck.gateway import docs, errors, schemas
+from tapedeck.gateway.audio import add_audio_route
+from tapedeck.gateway.console import mount_console
 from tapedeck.gateway.devices import BODY_MODELS as DEVICE_BODY_MODELS
 from tapedeck.gateway.devices import add_device_routes
 from tapedeck.gateway.fleet import BODY_MODELS as FLEET_BODY_MODELS
@@ -41,7 +43,10 @@ def build_app(domain: Domain) -> FastAPI:
     add_search_routes(app.router, Gateway(domain))
     add_fleet_routes(app.router, Gateway(domain))
     add_voice_profile_routes(app.router, Gateway(domain))
+    add_audio_route(app.router, Gateway(domain))
     errors.install(app)
+    if domain.ctx.settings.console:
+        mount_console(app, domain)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -186,3 +186,11 @@ def test_console_setting_off_removes_the_routes(weed: Any, tmp_path: Path) -> No
     finally:
         s.close()
         drop_bucket(weed, s.app.settings.s3_bucket)
+
+
+def test_streaming_rows_are_marked_for_live_refresh(srv: RunningServer) -> None:
+    create_streaming(client(srv.http_url, srv.api_key), name="live-one")
+    page = signed_in(srv).get("/console/recordings", params={"status": "streaming"}).text
+    assert 'data-status="streaming"' in page and "/console/static/console.js" in page
+    js = httpx.get(f"{srv.http_url}/console/static/console.js").text
+    assert 'querySelector(\'[data-status="streaming"]\')' in js and "location.reload" in js

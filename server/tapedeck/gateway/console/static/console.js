@@ -14,3 +14,10 @@
     if (cur) cur.classList.add("now");
   });
 })();
+// While a shown recording is still streaming, refresh the page every 5 s (status, chunk
+// count and the partial transcript update live); the filters and page stay as they are.
+(function () {
+  if (document.querySelector('[data-status="streaming"]')) {
+    setTimeout(function () { location.reload(); }, 5000);
+  }
+})();

@@ -17,6 +17,7 @@ from tapedeck.gateway.fleet import BODY_MODELS as FLEET_BODY_MODELS
 from tapedeck.gateway.fleet import add_fleet_routes
 from tapedeck.gateway.routes import Gateway, add_routes
 from tapedeck.gateway.search import add_search_routes
+from tapedeck.gateway.swagger import mount_swagger
 from tapedeck.gateway.transcriptions import BODY_MODELS as TRANSCRIPTION_BODY_MODELS
 from tapedeck.gateway.transcriptions import add_transcription_routes
 from tapedeck.gateway.voice_profiles import BODY_MODELS as VOICE_BODY_MODELS
@@ -55,8 +56,10 @@ def build_app(domain: Domain) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs/plain", include_in_schema=False)
     async def docs_page() -> HTMLResponse:
         return HTMLResponse(docs.render_html(app.openapi()))
+
+    mount_swagger(app)  # GET /docs: Swagger UI, offline
 
     return app

@@ -194,3 +194,14 @@ def test_streaming_rows_are_marked_for_live_refresh(srv: RunningServer) -> None:
     assert 'data-status="streaming"' in page and "/console/static/console.js" in page
     js = httpx.get(f"{srv.http_url}/console/static/console.js").text
     assert 'querySelector(\'[data-status="streaming"]\')' in js and "location.reload" in js
+
+
+def test_rerun_needs_csrf_and_is_refused_while_a_transcription_is_in_flight(
+        srv: RunningServer, stitched: dict[str, Any]) -> None:
+    c = signed_in(srv)
+    page = c.get(f"/console/recordings/{stitched['id']}")
+    url = f"/console/recordings/{stitched['id']}/retranscribe"
+    assert c.post(url, data={}).status_code == 403
+    queued = c.post(url, data={"csrf": csrf_of(page.text)})  # stitched: its one is queued
+    assert queued.status_code == 409 and "still queued" in queued.text, queued.text
+    assert httpx.post(srv.http_url + url, data={}).status_code == 303  # no session

@@ -17,6 +17,7 @@ from tapedeck.auth import Principal
 from tapedeck.domain import Domain
 from tapedeck.errors import TapedeckError
 from tapedeck.gateway.audio import audio_response
+from tapedeck.gateway.console.actions import add_action_routes
 from tapedeck.gateway.console.session import COOKIE, TTL_S, Session, SessionSealer
 
 HERE = Path(__file__).parent
@@ -92,6 +93,7 @@ def mount_console(app: FastAPI, domain: Domain) -> None:
         return resp
 
     _recording_pages(app, c)
+    add_action_routes(app, c)  # re-run (actions.py)
 
 
 async def _check_csrf(request: Request, s: Session) -> Response | None:

@@ -164,6 +164,8 @@ class Settings:
         "help": "postgresql://user:password@host:port/dbname to keep state in PostgreSQL "
                 "(shared by every api, worker and dispatcher node); empty = the SQLite file "
                 "in the data dir"})
+    console: bool = field(default=True, metadata={
+        "help": "serve the web console under /console (off: no console routes)"})
 
     @property
     def db_path(self) -> Path:

@@ -82,7 +82,7 @@ def test_response_models_are_exactly_the_domain_shapes() -> None:
 
 
 def test_docs_page(server: RunningServer) -> None:
-    resp = httpx.get(f"{server.http_url}/docs")
+    resp = httpx.get(f"{server.http_url}/docs/plain")
     assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
     page = resp.text
     assert "<script" not in page  # self-contained, works offline

@@ -467,3 +467,24 @@ def _already_finalized(rec: Recording, body: dict[str, Any]) -> FinalizeResult |
 def _finalize_result(rec: Recording) -> FinalizeResult:
     return FinalizeResult(rec.id, rec.status, rec.transcription_status, rec.chunks_received,
                           rec.stitching_job_id)
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """The stored audio of a recording, for serving through the gateway."""
+
+    key: str
+    size: int
+    mime_type: str
+
+
+def audio_file(ctx: Context, p: Principal, recording_id: str) -> AudioFile:
+    """The stitched (or uploaded) audio object of a recording visible to ``p``, with the same
+    authorization as ``create_download_url``; ``invalid_state`` while none is ready."""
+    p.require("recordings:read")
+    rec = load_recording(ctx.db.read(), p, recording_id)
+    ready = [m for m in rec.media if m.status in ("ready", "uploaded")]
+    info = ctx.store.stat(ready[-1].object_key) if ready else None
+    if not ready or info is None:
+        raise error("invalid_state", "The recording has no audio ready yet.", status=rec.status)
+    return AudioFile(info.key, info.size, ready[-1].mime_type)

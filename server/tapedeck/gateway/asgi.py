@@ -9,12 +9,15 @@ from fastapi.responses import HTMLResponse
 
 from tapedeck.domain import Domain
 from tapedeck.gateway import docs, errors, schemas
+from tapedeck.gateway.audio import add_audio_route
+from tapedeck.gateway.console import mount_console
 from tapedeck.gateway.devices import BODY_MODELS as DEVICE_BODY_MODELS
 from tapedeck.gateway.devices import add_device_routes
 from tapedeck.gateway.fleet import BODY_MODELS as FLEET_BODY_MODELS
 from tapedeck.gateway.fleet import add_fleet_routes
 from tapedeck.gateway.routes import Gateway, add_routes
 from tapedeck.gateway.search import add_search_routes
+from tapedeck.gateway.swagger import mount_swagger
 from tapedeck.gateway.transcriptions import BODY_MODELS as TRANSCRIPTION_BODY_MODELS
 from tapedeck.gateway.transcriptions import add_transcription_routes
 from tapedeck.gateway.voice_profiles import BODY_MODELS as VOICE_BODY_MODELS
@@ -41,7 +44,10 @@ def build_app(domain: Domain) -> FastAPI:
     add_search_routes(app.router, Gateway(domain))
     add_fleet_routes(app.router, Gateway(domain))
     add_voice_profile_routes(app.router, Gateway(domain))
+    add_audio_route(app.router, Gateway(domain))
     errors.install(app)
+    if domain.ctx.settings.console:
+        mount_console(app, domain)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -50,8 +56,10 @@ def build_app(domain: Domain) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
 
-    @app.get("/docs", include_in_schema=False)
+    @app.get("/docs/plain", include_in_schema=False)
     async def docs_page() -> HTMLResponse:
         return HTMLResponse(docs.render_html(app.openapi()))
+
+    mount_swagger(app)  # GET /docs: Swagger UI, offline
 
     return app

@@ -75,3 +75,14 @@ def server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)
+
+
+# Fixtures whose tests are slow by nature (the whisper model loads for seconds); their tests
+# get the ``slow`` marker (pyproject.toml) so ``scripts/test --quick`` leaves them out.
+SLOW_FIXTURES = frozenset({"whisper_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -42,7 +42,7 @@ sys.path[:0] = [str(ROOT / "server")]
 from tapedeck.auth import Authenticator, Principal, UploadTokens, create_project  # noqa: E402
 from tapedeck.clock import SystemClock  # noqa: E402
 from tapedeck.db import Database  # noqa: E402
-from tapedeck.domain._base import Context, KeyedLocks  # noqa: E402
+from tapedeck.domain.context import Context, KeyedLocks  # noqa: E402
 from tapedeck.domain.search import Search, SearchRequest  # noqa: E402
 from tapedeck.domain.search_index import backend_for  # noqa: E402
 from tapedeck.domain.transcriptions import Transcriptions  # noqa: E402

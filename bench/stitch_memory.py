@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 from tapedeck.app import App  # noqa: E402
 from tapedeck.auth import create_project  # noqa: E402
-from tapedeck.domain._base import new_chunk_key  # noqa: E402
+from tapedeck.domain.objects import new_chunk_key  # noqa: E402
 from tapedeck.domain.recordings import NewRecording  # noqa: E402
 from tapedeck.oggopus import OggStreamWriter, iter_packets  # noqa: E402
 from tapedeck.oggopus.opus import OpusHead, OpusTags, packet_duration  # noqa: E402

@@ -122,3 +122,12 @@ def database(db_target: str | Path) -> Iterator[Database]:
         yield db
     finally:
         db.close()
+# Fixtures whose tests are slow by nature (the whisper model loads for seconds); their tests
+# get the ``slow`` marker (pyproject.toml) so ``scripts/test --quick`` leaves them out.
+SLOW_FIXTURES = frozenset({"whisper_dir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

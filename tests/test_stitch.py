@@ -353,7 +353,7 @@ def test_stitcher_streams_big_parts_in_bounded_memory(project: Project) -> None:
     Python heap's peak while verifying and remuxing two 24 MiB parts stays a few MiB."""
     import tracemalloc
 
-    from tapedeck.domain._base import new_chunk_key
+    from tapedeck.domain.objects import new_chunk_key
     from tapedeck.oggopus import remux
     from tapedeck.stitch import ChunkRecord, verified_chunks
 

@@ -294,7 +294,7 @@ def test_stitching_runs_while_a_transcription_hangs_and_wakes_without_polling(
     every step within 30 s was started by an in-process wake-up (finalize → stitch,
     stitch completion → transcribe)."""
     settings = test_settings(weed, tmp_path / "data", job_poll_ms=60_000,
-                             failpoints="transcribe.started")
+                             test_only_failpoints="transcribe.started")
     project = open_project(settings)
     try:
         project.app.start(["worker"])
@@ -472,7 +472,7 @@ def test_kill_9_mid_stitch_then_restart_completes_exactly_once(
     key = audio_key(rec_id)
     watcher = KeyWatcher(project.app.store, f"recordings/{rec_id}/audio/")
     try:
-        first = Child(worker_settings.replace(failpoints=point))
+        first = Child(worker_settings.replace(test_only_failpoints=point))
         children.append(first)
         assert first.wait_failpoint() == {"failpoint": point, "recording_id": rec_id,
                                           "job_id": recording_row(project, rec_id)[

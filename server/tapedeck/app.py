@@ -146,7 +146,7 @@ class App:
 
             self.services.append(start_workers(self))
         if "dispatcher" in roles:
-            from tapedeck.webhooks import start_dispatcher
+            from tapedeck.webhooks.role import start_dispatcher
 
             self.services.append(start_dispatcher(self))
         if "sweeper" in roles:

@@ -243,8 +243,8 @@ def _copy_objects(settings: Any, args: argparse.Namespace) -> int:
 def reseal(db: Any, settings: Any) -> dict[str, int]:
     """``tapedeck admin reseal-secrets``: every webhook secret re-sealed under the current
     key (``TAPEDECK_SECRET_KEY``); prints ``{"resealed": N, "current": M, "unreadable": K}``."""
+    from tapedeck.domain.webhooks import reseal_secrets
     from tapedeck.server_keys import ServerKeys
-    from tapedeck.webhooks.endpoints import reseal_secrets
 
     return reseal_secrets(db, ServerKeys.from_settings(settings).secret_box())
 

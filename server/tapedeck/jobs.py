@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import sys
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -293,23 +292,3 @@ class JobSignals:
             listeners = list(self._listeners)
         for listener in listeners:
             listener(kind)
-
-
-class Failpoints:
-    """Testing only: named stages where a worker stops, so crash tests can kill it there.
-
-    Built from the ``failpoints`` setting (comma-separated names; empty = none, the default).
-    ``hit(name)`` at a listed stage prints ``{"failpoint": name, ...}`` as one JSON line on
-    standard output and blocks the calling thread forever; elsewhere it does nothing.
-    """
-
-    def __init__(self, spec: str = "") -> None:
-        self.names = frozenset(n.strip() for n in spec.split(",") if n.strip())
-
-    def hit(self, name: str, **info: Any) -> None:
-        if name not in self.names:
-            return
-        sys.stdout.write(json.dumps({"failpoint": name, **info}) + "\n")  # one write: atomic
-        sys.stdout.flush()
-        log.warning("failpoint %s reached; hanging", name)
-        threading.Event().wait()

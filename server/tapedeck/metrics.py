@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from datetime import timedelta
 from typing import Any, BinaryIO
 
 from prometheus_client import (
@@ -47,10 +46,10 @@ from prometheus_client.registry import Collector
 
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
-from tapedeck.domain._base import CHUNK_KEY_RE
+from tapedeck.domain.objects import CHUNK_KEY_RE
 from tapedeck.errors import TapedeckError
 from tapedeck.sql import database_errors
-from tapedeck.store import ObjectInfo, ObjectStore
+from tapedeck.store import CAPABILITY_METHODS, ObjectInfo, ObjectStore
 
 log = logging.getLogger("tapedeck.metrics")
 
@@ -187,6 +186,9 @@ class QueueCollector(Collector):
                                 value=overdue)
 
 
+_CAPABILITY_OPERATIONS = {"abort_incomplete_uploads": "abort"}
+"""``tapedeck_store_errors_total`` operation label of a capability method (default: its name)."""
+
 class MeteredStore:
     """An ``ObjectStore`` that counts what passes through it: chunk parts stored (and their
     bytes) and ``storage_unavailable`` failures by operation. Everything else is delegated
@@ -245,22 +247,6 @@ class MeteredStore:
             self._failed("delete", exc)
             raise
 
-    def abort_incomplete_uploads(self, prefix: str) -> int:
-        try:
-            return self.inner.abort_incomplete_uploads(prefix)
-        except TapedeckError as exc:
-            self._failed("abort", exc)
-            raise
-
-    def presign_put(self, key: str, expires: timedelta, *,
-                    content_md5_b64: str | None = None, if_absent: bool = False,
-                    content_length: int | None = None) -> tuple[str, dict[str, str]]:
-        return self.inner.presign_put(key, expires, content_md5_b64=content_md5_b64,
-                                      if_absent=if_absent, content_length=content_length)
-
-    def presign_get(self, key: str, expires: timedelta) -> str:
-        return self.inner.presign_get(key, expires)
-
     def _put_stream(self, key: str, blocks: Iterable[bytes], length: int,
                     **options: Any) -> ObjectInfo:
         try:
@@ -273,6 +259,24 @@ class MeteredStore:
             self._m.chunks.inc()
             self._m.chunk_bytes.inc(info.size)
         return info
+
+    def __getattr__(self, name: str) -> Any:
+        """The optional capabilities of the wrapped store (``tapedeck.store.CAPABILITY_METHODS``)
+        and only those it has, so ``isinstance(metered, Presigning)`` holds exactly when it
+        holds for ``inner``; their ``storage_unavailable`` failures are counted too."""
+        if name not in CAPABILITY_METHODS:
+            raise AttributeError(name)
+        method = getattr(self.inner, name)
+        operation = _CAPABILITY_OPERATIONS.get(name, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(*args, **kwargs)
+            except TapedeckError as exc:
+                self._failed(operation, exc)
+                raise
+
+        return counted
 
 
 class MetricsServer:

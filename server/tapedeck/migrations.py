@@ -194,7 +194,7 @@ def m0007_operations(db: Tx) -> None:
     without that function cannot insert jobs or events.
     ``recordings.chunks_retention``: NULL (no chunk object deleted yet), ``stitched`` (the
     parts in the verified stitched file are deleted; parts left out remain), ``purged``
-    (every chunk object deleted). See ``tapedeck.retention``."""
+    (every chunk object deleted). See ``tapedeck.domain.retention``."""
     db.execute("ALTER TABLE jobs ADD COLUMN request_id TEXT")
     db.execute("ALTER TABLE events ADD COLUMN request_id TEXT")
     for table in ("jobs", "events"):

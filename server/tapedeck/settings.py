@@ -70,7 +70,7 @@ class Settings:
     job_retry_base_ms: int = field(default=2000, metadata={
         "help": "first retry delay; doubles per attempt (with ±25% jitter) up to job_retry_max_s"})
     job_retry_max_s: int = field(default=600, metadata={"help": "longest retry delay"})
-    failpoints: str = field(default="", metadata={
+    test_only_failpoints: str = field(default="", metadata={
         "help": "testing only: comma-separated stage names (e.g. stitch.uploading) where a "
                 "worker logs `failpoint NAME` and hangs, so crash tests can kill it there"})
     whisper_model: str = field(default="", metadata={

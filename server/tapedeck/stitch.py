@@ -51,10 +51,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
-from tapedeck.domain._base import emit, part_key, recording_prefix, to_recording
+from tapedeck.domain.events import emit
 from tapedeck.domain.models import Recording
+from tapedeck.domain.objects import part_key, recording_prefix
+from tapedeck.domain.visibility import to_recording
+from tapedeck.failpoints import Failpoints
 from tapedeck.ids import new_id
-from tapedeck.jobs import Failpoints, Failure, Job, JobFailed, enqueue
+from tapedeck.jobs import Failure, Job, JobFailed, enqueue
 from tapedeck.oggopus import InvalidAudio, RemuxResult, probe, remux
 from tapedeck.oggopus.opus import GRANULE_RATE
 from tapedeck.sql import Tx
@@ -588,5 +591,5 @@ def _demuxed_ms(container: Any, audio: Any) -> int:
 
 def build_handler(app: App) -> StitchHandler:
     """The ``stitch`` handler of an ``App`` (``tapedeck.worker.HANDLER_FACTORIES``)."""
-    return StitchHandler(app.db, app.store, app.clock, Failpoints(app.settings.failpoints),
+    return StitchHandler(app.db, app.store, app.clock, Failpoints(app.settings.test_only_failpoints),
                          notify=app.domain.ctx.job_signals.notify)

@@ -1,6 +1,6 @@
 """The sweeper: a periodic loop (the ``sweeper`` role, started by ``tapedeck serve`` and
 ``tapedeck worker``) that expires overdue streaming recordings (``domain.expiry.Expiry``)
-and then applies chunk retention (``tapedeck.retention.Retention``), redacts the events
+and then applies chunk retention (``tapedeck.domain.retention.Retention``), redacts the events
 of deleted recordings whose deliveries are done (``domain.redaction.EventRedaction``), and
 marks devices silent for ``device_offline_after_s`` offline
 (``domain.fleet.Fleet.sweep_offline``, one ``device.offline`` event per transition).
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.fleet import Fleet
 from tapedeck.domain.redaction import EventRedaction
+from tapedeck.domain.retention import Retention, RetentionPolicy
 from tapedeck.domain.voice_profiles import ProfileRetention
-from tapedeck.jobs import Failpoints
+from tapedeck.failpoints import Failpoints
 from tapedeck.logs import request_context
 from tapedeck.metrics import Metrics
-from tapedeck.retention import Retention, RetentionPolicy
 
 if TYPE_CHECKING:
     from tapedeck.app import App
@@ -145,7 +145,7 @@ def start_sweeper(app: App) -> Sweeper:
     """The ``sweeper`` role of ``app``: expiry + retention every ``sweep_interval_ms``."""
     s = app.settings
     retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
-                          failpoints=Failpoints(s.failpoints), metrics=app.metrics)
+                          failpoints=Failpoints(s.test_only_failpoints), metrics=app.metrics)
     sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
                       metrics=app.metrics, redaction=EventRedaction(app.domain.ctx),
                       fleet=app.domain.fleet,

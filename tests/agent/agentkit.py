@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tapedeck.domain._base import stored_parts
+from tapedeck.domain.objects import stored_parts
 from tapedeck.oggopus.stream import OpusStreamReader
 from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck_agent.encoder import OpusChunker

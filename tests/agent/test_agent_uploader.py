@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.domain._base import chunk_objects
+from tapedeck.domain.objects import chunk_objects
 from tapedeck.v1 import device_pb2, device_pb2_grpc, recording_pb2
 from tapedeck_agent.client import AgentClient
 from tapedeck_agent.config import AgentConfig

@@ -17,9 +17,9 @@ import pytest
 
 from tapedeck.clock import ManualClock
 from tapedeck.domain.expiry import Expiry
+from tapedeck.domain.retention import Retention, RetentionPolicy
 from tapedeck.gateway import devices as schemas
 from tapedeck.gateway import fleet as fleet_schemas
-from tapedeck.retention import Retention, RetentionPolicy
 from tapedeck.rpc_errors import from_rpc_error
 from tapedeck.sweeper import Sweeper
 from tapedeck.v1 import device_pb2 as dpb

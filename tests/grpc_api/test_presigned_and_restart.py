@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tapedeck.domain._base import stored_parts
+from tapedeck.domain.objects import stored_parts
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.domain._base import CHUNK_KEY_RE, chunk_prefix
+from tapedeck.domain.objects import CHUNK_KEY_RE, chunk_prefix
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.oggopus.opus import GRANULE_RATE
 from tapedeck.stitch import audio_key

@@ -30,7 +30,7 @@ def test_worker_killed_mid_piece(weed: Any, tmp_path: Path) -> None:
     srv = start_server(base, roles=("grpc", "http"))
     children = []
     try:
-        doomed = spawn(base.replace(failpoints="live_transcribe.started",
+        doomed = spawn(base.replace(test_only_failpoints="live_transcribe.started",
                                     job_kinds="live_transcribe"), "worker", tmp_path / "logs")
         children.append(doomed)
         chunks = opus_chunks(2, chunk_ms=5000)

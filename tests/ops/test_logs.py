@@ -16,7 +16,7 @@ import pytest
 from tapedeck.auth import UploadTokens, hint, make_token
 from tapedeck.clock import SystemClock
 from tapedeck.db import Database
-from tapedeck.domain._base import emit
+from tapedeck.domain.events import emit
 from tapedeck.jobs import enqueue
 from tapedeck.logs import (
     REDACTED,

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.domain._base import CHUNK_KEY_RE, chunk_prefix, recording_prefix
-from tapedeck.retention import Retention, RetentionPolicy
+from tapedeck.domain.objects import CHUNK_KEY_RE, chunk_prefix, recording_prefix
+from tapedeck.domain.retention import Retention, RetentionPolicy
 from tapedeck.settings import Settings
 from tapedeck.stitch import audio_key, read_object
 from tapedeck.worker import Worker, load_handlers, queue_for
@@ -181,7 +181,7 @@ def test_crash_between_stitch_and_cleanup_loses_nothing(
     rec_id = _record(project)
     base: Settings = project.app.settings.replace(sweep_interval_ms=100, job_poll_ms=50,
                                                   log_format="json")
-    children = [spawn(base.replace(failpoints=failpoint), "worker", tmp_path, "crashing")]
+    children = [spawn(base.replace(test_only_failpoints=failpoint), "worker", tmp_path, "crashing")]
     try:
         hit = children[0].wait_failpoint(failpoint)
         assert hit["recording_id"] == rec_id

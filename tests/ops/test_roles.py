@@ -119,7 +119,7 @@ def test_api_two_workers_and_a_dispatcher_on_one_data_directory(
     try:
         children.append(spawn(base, "api", logs, "api"))
         api, http = children[0], children[0].listening["http"]
-        worker_a = spawn(base.replace(failpoints="stitch.stitching", metrics_port=free_port()),
+        worker_a = spawn(base.replace(test_only_failpoints="stitch.stitching", metrics_port=free_port()),
                          "worker", logs, "worker-a")
         children += [worker_a, spawn(base, "dispatcher", logs, "dispatcher")]
         project = _admin(base, "bootstrap")

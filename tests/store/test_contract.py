@@ -1,4 +1,6 @@
-"""The ``ObjectStore`` contract, run against every backend (today: S3Store on real weed)."""
+"""The ``ObjectStore`` contract, run against every backend: S3Store on a real ``weed``, and
+MemoryStore. The core tests run on every backend; a capability's tests (presigning, multipart
+cleanup) run on the backends that have it (``backends_with``)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,19 @@ from urllib.parse import urlsplit
 import pytest
 
 from tapedeck.errors import TapedeckError
-from tapedeck.store import ObjectExists, ObjectNotFound, ObjectStore
+from tapedeck.store import MultipartCleanup, ObjectExists, ObjectNotFound, ObjectStore, Presigning
+from tapedeck.store.memory import MemoryStore
 from tapedeck.store.s3 import PART_SIZE, S3Store
 from tapedeck.weed import ManagedWeed, free_port
 
-BACKENDS = ["s3"]
+CAPABILITIES: dict[str, set[type]] = {"s3": {Presigning, MultipartCleanup}, "memory": set()}
+BACKENDS = list(CAPABILITIES)
+
+
+def backends_with(capability: type) -> pytest.MarkDecorator:
+    """Run a test only on the backends that have ``capability``."""
+    names = [b for b, caps in CAPABILITIES.items() if capability in caps]
+    return pytest.mark.parametrize("backend", names, indirect=True)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -32,17 +42,31 @@ def obj_store(backend: str, request: pytest.FixtureRequest) -> ObjectStore:
     if backend == "s3":
         s: ObjectStore = request.getfixturevalue("store")
         return s
+    if backend == "memory":
+        return MemoryStore()
     raise AssertionError(backend)
 
 
 @pytest.fixture
 def down_store(backend: str) -> Iterator[ObjectStore]:
-    """The backend pointed at an address where nothing listens."""
+    """The backend when its store cannot be reached (S3: an address where nothing listens)."""
+    if backend == "memory":
+        memory = MemoryStore()
+        memory.down = True
+        yield memory
+        return
     if backend != "s3":
         raise AssertionError(backend)
     s = S3Store(f"127.0.0.1:{free_port()}", "AKIDEXAMPLE", "x" * 40, "nowhere")
     yield s
     s.close()
+
+
+def test_declared_capabilities_are_the_real_ones(obj_store: ObjectStore, backend: str) -> None:
+    """``CAPABILITIES`` matches what each backend implements (runtime protocol checks)."""
+    assert isinstance(obj_store, ObjectStore)
+    assert {c for c in (Presigning, MultipartCleanup) if isinstance(obj_store, c)} == (
+        CAPABILITIES[backend])
 
 
 @pytest.fixture
@@ -162,6 +186,7 @@ def start_upload(backend: str, obj_store: ObjectStore) -> Callable[[str], None]:
     return start
 
 
+@backends_with(MultipartCleanup)
 def test_abort_incomplete_uploads_under_a_prefix(
         obj_store: ObjectStore, start_upload: Callable[[str], None]) -> None:
     put_bytes(obj_store, "recordings/a/chunks/chunk_1.opus", b"kept")
@@ -314,6 +339,7 @@ def test_unknown_length_with_md5(obj_store: ObjectStore) -> None:
 # -- presigned URLs --------------------------------------------------------------------------
 
 
+@backends_with(Presigning)
 def test_presigned_put_and_get_with_plain_http(obj_store: ObjectStore) -> None:
     data = os.urandom(50_000)
     url, headers = obj_store.presign_put("direct/upload.opus", timedelta(minutes=5))
@@ -325,6 +351,7 @@ def test_presigned_put_and_get_with_plain_http(obj_store: ObjectStore) -> None:
     assert (status, body) == (200, data)
 
 
+@backends_with(Presigning)
 def test_presigned_put_with_content_md5(obj_store: ObjectStore) -> None:
     key = "direct/a b/ü+x.opus"  # needs URI encoding in the signed path
     data = os.urandom(20_000)
@@ -340,6 +367,7 @@ def test_presigned_put_with_content_md5(obj_store: ObjectStore) -> None:
     assert read_all(obj_store, key) == data
 
 
+@backends_with(Presigning)
 def test_tampered_presigned_urls_are_refused(obj_store: ObjectStore) -> None:
     put_bytes(obj_store, "secret", b"s3cret")
     get_url = obj_store.presign_get("secret", timedelta(minutes=5))
@@ -354,6 +382,7 @@ def test_tampered_presigned_urls_are_refused(obj_store: ObjectStore) -> None:
     assert http_request("GET", get_url.split("?")[0])[0] == 403
 
 
+@backends_with(Presigning)
 def test_expired_presigned_urls_are_refused(
     obj_store: ObjectStore, store_at: Callable[[datetime], ObjectStore]
 ) -> None:
@@ -382,8 +411,9 @@ def test_store_down_is_storage_unavailable(down_store: ObjectStore) -> None:
         lambda: down_store.stat("k"),
         lambda: list(down_store.list("")),
         lambda: down_store.delete("k"),
-        lambda: down_store.abort_incomplete_uploads("k"),
     ]
+    if isinstance(down_store, MultipartCleanup):
+        calls.append(lambda: down_store.abort_incomplete_uploads("k"))
     for call in calls:
         with pytest.raises(TapedeckError) as exc:
             call()

@@ -10,13 +10,16 @@ import io
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from minio import Minio
 
 from tapedeck.errors import TapedeckError
-from tapedeck.store.s3 import S3Store
+from tapedeck.store import ObjectExists, ObjectNotFound
+from tapedeck.store.s3 import _S3_CODES, MinioPrivate, S3Store, presign_v4
 from tapedeck.weed import ManagedWeed, free_port
 
 
@@ -194,3 +197,103 @@ def test_nothing_listening_fails_fast_without_hanging() -> None:
     err = unavailable(lambda: s.stat("k"))
     assert err.details["reason"] == "MaxRetryError"
     s.close()
+
+
+# -- one error table -------------------------------------------------------------------------
+
+
+def s3_error_answer(status: int, code: str) -> Callable[[socket.socket], None]:
+    """A handler answering like an S3 store refusing a request with ``code``."""
+    body = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>refused</Message><Key>k</Key><RequestId>1</RequestId></Error>").encode()
+
+    def answer(conn: socket.socket) -> None:
+        conn.sendall(f"HTTP/1.1 {status} Refused\r\nContent-Type: application/xml\r\n"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    return answer
+
+
+TABLE_CASES = [
+    *((412, code, ObjectExists) for code, make in _S3_CODES.items() if make is ObjectExists),
+    *((404, code, ObjectNotFound) for code, make in _S3_CODES.items() if make is ObjectNotFound),
+    *((400, code, "checksum_mismatch") for code, make in _S3_CODES.items()
+      if make not in (ObjectExists, ObjectNotFound)),
+    (403, "AccessDenied", "storage_unavailable"),
+    (400, "SomethingNew", "storage_unavailable"),
+]
+
+
+@pytest.mark.parametrize(("status", "code", "expected"), TABLE_CASES,
+                         ids=[c[1] for c in TABLE_CASES])
+def test_every_sdk_call_goes_through_the_one_error_table(
+        raw_server: Callable[[Callable[[socket.socket], None]], RawServer],
+        status: int, code: str, expected: type | str) -> None:
+    """An S3 error code becomes the same exception whichever call meets it (put/open/list);
+    stat and delete turn a missing key into None / success."""
+    server = raw_server(s3_error_answer(status, code))
+    s = S3Store(f"127.0.0.1:{server.port}", "AKIDEXAMPLE", "x" * 40, "bkt", retries=0)
+    try:
+        calls: list[Callable[[], object]] = [
+            lambda: s.put("k", io.BytesIO(b"x"), 1), lambda: s.open("k"),
+            lambda: list(s.list("k"))]
+        for call in calls:
+            with pytest.raises((TapedeckError, ObjectExists, ObjectNotFound)) as exc:
+                call()
+            if isinstance(expected, str):
+                assert isinstance(exc.value, TapedeckError) and exc.value.type == expected
+                if expected == "storage_unavailable":
+                    assert exc.value.details.get("reason") == code
+            else:
+                assert type(exc.value) is expected
+            assert exc.value.__cause__ is not None  # the SDK's error stays chained
+        if expected is ObjectNotFound:
+            assert s.stat("k") is None
+            s.delete("k")
+    finally:
+        s.close()
+
+
+# -- SigV4 known answer ----------------------------------------------------------------------
+
+
+def test_presign_v4_matches_the_published_aws_example() -> None:
+    """AWS's own example of a presigned GET (S3 API reference, "Authenticating Requests:
+    Using Query Parameters (AWS Signature Version 4)"): same keys, date and expiry give the
+    published URL, signature included."""
+    url = presign_v4(method="GET", url="https://examplebucket.s3.amazonaws.com/test.txt",
+                     region="us-east-1", access_key="AKIAIOSFODNN7EXAMPLE",
+                     secret_key="wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                     now=datetime(2013, 5, 24, tzinfo=UTC), expires=86400, headers={})
+    assert url == (
+        "https://examplebucket.s3.amazonaws.com/test.txt?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+        "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404")
+
+
+def test_presign_v4_signs_extra_headers_in_canonical_order() -> None:
+    """Extra headers are lower-cased, sorted with ``host`` and change the signature."""
+    args: dict[str, Any] = dict(method="PUT", url="http://127.0.0.1:8333/b/k", region="us-east-1",
+                                access_key="AKIDEXAMPLE", secret_key="s" * 40,
+                                now=datetime(2026, 1, 1, tzinfo=UTC), expires=60)
+    plain = presign_v4(**args, headers={})
+    signed = presign_v4(**args, headers={"If-None-Match": "*", "Content-MD5": "abc="})
+    assert "X-Amz-SignedHeaders=content-md5%3Bhost%3Bif-none-match" in signed
+    assert plain.rsplit("=", 1)[1] != signed.rsplit("=", 1)[1]
+
+
+# -- the private minio calls -----------------------------------------------------------------
+
+
+def test_minio_adapter_refuses_an_untested_sdk() -> None:
+    client = Minio("127.0.0.1:1", "AKIDEXAMPLE", "x" * 40, region="us-east-1")
+    MinioPrivate(client)  # the installed SDK is in the supported range
+    for version in ("8.0.0", "7.1.17"):
+        with pytest.raises(RuntimeError, match=rf"minio {version} is not supported"):
+            MinioPrivate(client, version)
+
+    class Stripped(Minio):
+        _abort_multipart_upload = None  # type: ignore[assignment]
+
+    with pytest.raises(RuntimeError, match="missing _abort_multipart_upload"):
+        MinioPrivate(Stripped("127.0.0.1:1", "AKIDEXAMPLE", "x" * 40, region="us-east-1"))

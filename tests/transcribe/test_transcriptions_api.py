@@ -278,7 +278,7 @@ def test_worker_killed_mid_transcription_is_taken_over_without_repeating_events(
     _drain(transcriber)  # jobs other tests left queued: the child must claim ours
     rec = _completed(srv, srv.api_key, silence(3.0))
     child = spawn_server(settings.replace(job_kinds="transcribe", job_lease_s=1,
-                                          failpoints="transcribe.started"), "worker")
+                                          test_only_failpoints="transcribe.started"), "worker")
     try:
         assert child.proc.stdout is not None
         line = next(ln for ln in child.proc.stdout if ln.startswith('{"failpoint"'))

@@ -15,7 +15,7 @@ from tapedeck.clock import ManualClock
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.domain.redaction import EventRedaction
-from tapedeck.retention import Retention, RetentionPolicy
+from tapedeck.domain.retention import Retention, RetentionPolicy
 from tapedeck.sweeper import Sweeper
 from tapedeck.webhooks.dispatcher import Dispatcher, RetrySchedule
 from tapedeck.webhooks.netguard import NetGuard, NetPolicy

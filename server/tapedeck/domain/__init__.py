@@ -23,10 +23,10 @@ from tapedeck.domain.recordings import Recordings
 from tapedeck.domain.search import Search
 from tapedeck.domain.transcriptions import Transcriptions
 from tapedeck.domain.voice_profiles import VoiceEmbedder, VoiceProfiles
+from tapedeck.domain.webhooks import Webhooks
 from tapedeck.server_keys import ServerKeys
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
-from tapedeck.webhooks.endpoints import Webhooks
 from tapedeck.webhooks.secretbox import SecretBox
 
 

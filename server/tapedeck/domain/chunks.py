@@ -38,6 +38,7 @@ from tapedeck.domain._base import (
 )
 from tapedeck.domain.chunk_stream import Passing, too_large
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
+from tapedeck.domain.objects import presigning
 from tapedeck.errors import TapedeckError, error, invalid
 from tapedeck.oggopus import InvalidAudio
 from tapedeck.oggopus.check import check_stream
@@ -402,7 +403,7 @@ class Chunks:
         self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
                          self._ctx.settings.max_chunk_bytes)
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
-        url, headers = self._ctx.store.presign_put(
+        url, headers = presigning(self._ctx.store).presign_put(
             new_chunk_key(recording_id, part), expires, content_md5_b64=md5_b64,
             if_absent=True, content_length=size)
         return UploadUrl(None, url, "PUT", headers, self._ctx.clock.now() + expires)

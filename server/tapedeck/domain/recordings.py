@@ -39,6 +39,7 @@ from tapedeck.domain.models import (
     Recording,
     UploadUrl,
 )
+from tapedeck.domain.objects import presigning
 from tapedeck.domain.redaction import queue_redaction, redact_now
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
@@ -320,7 +321,7 @@ class Recordings:
         media_id = self._pending_media(rec, content_type)
         key = f"{original_prefix(rec.id, media_id)}{new_id('v')}.{rec.codec}"
         size = check_size(size_bytes, None)
-        url, headers = ctx.store.presign_put(key, expires, content_md5_b64=md5_b64,
+        url, headers = presigning(ctx.store).presign_put(key, expires, content_md5_b64=md5_b64,
                                              if_absent=True, content_length=size)
         return UploadUrl(media_id, url, "PUT", headers, ctx.clock.now() + expires)
 
@@ -394,7 +395,7 @@ class Recordings:
                         status=rec.status)
         media = ready[-1]
         expires = timedelta(seconds=ctx.settings.upload_url_ttl_s)
-        url = ctx.store.presign_get(media.object_key, expires)
+        url = presigning(ctx.store).presign_get(media.object_key, expires)
         return DownloadUrl(url, media.id, media.mime_type, media.file_size_bytes,
                            ctx.clock.now() + expires)
 

@@ -1,5 +1,5 @@
 """REST routes for webhook endpoints (``api.md`` "Webhooks"). Handlers only translate, as in
-``routes``; the rules live in ``tapedeck.webhooks.endpoints``.
+``routes``; the rules live in ``tapedeck.domain.webhooks``.
 
 ``POST /v1/webhooks`` answers the ``whsec_`` secret once; with an ``Idempotency-Key`` the
 stored response holds it only sealed (see ``gateway.devices.SecretResponder``).

@@ -1,5 +1,5 @@
 """WebhookService: authenticate, translate, call ``domain.webhooks``. No rules here: scopes,
-visibility, URL policy and validation live in ``tapedeck.webhooks.endpoints``."""
+visibility, URL policy and validation live in ``tapedeck.domain.webhooks``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,11 @@
 """The object-store contract the domain needs, and nothing more.
 
+``ObjectStore`` is the small core every backend implements (put/open/stat/list/delete).
+What only some backends can do is an optional capability protocol (``Presigning``,
+``MultipartCleanup``); callers check for it at run time (``isinstance(store, Presigning)``)
+and either use it or fall back / refuse with a typed error. A new optional capability is one
+more ``@runtime_checkable`` protocol here, added to ``CAPABILITIES``.
+
 Keys are plain strings such as ``recordings/{id}/chunks/chunk_{part}.opus``. A PUT is atomic:
 an object becomes visible under its key only once complete, so nothing half-written is ever
 visible. Backends live one per module (``tapedeck.store.s3`` for any S3-compatible store via
@@ -15,7 +21,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 """A lowercase hex MD5: what a client sends as a digest, and what the ETag of a single PUT
@@ -40,8 +46,9 @@ class ObjectInfo:
     last_modified: datetime
 
 
+@runtime_checkable
 class ObjectStore(Protocol):
-    """What Tapedeck needs from an object store."""
+    """The core every object store implements: what Tapedeck needs from any of them."""
 
     def put(
         self,
@@ -76,11 +83,23 @@ class ObjectStore(Protocol):
         """Remove ``key``; removing a missing key is not an error."""
         ...
 
+
+@runtime_checkable
+class MultipartCleanup(Protocol):
+    """Optional: a store whose ``put(length=-1)`` leaves invisible parts behind when the
+    writer dies mid-upload, and that can free them."""
+
     def abort_incomplete_uploads(self, prefix: str) -> int:
         """Abort every unfinished multipart upload (e.g. of a worker that died mid-``put``)
         whose key starts with ``prefix``, freeing its parts; returns how many. Objects are
         untouched. Only call it when no ``put`` under ``prefix`` can still be running."""
         ...
+
+
+@runtime_checkable
+class Presigning(Protocol):
+    """Optional: a store that hands clients URLs to PUT/GET objects directly (the gateway
+    offers direct uploads and downloads only when the store has this)."""
 
     def presign_put(
         self, key: str, expires: timedelta, *, content_md5_b64: str | None = None,
@@ -123,3 +142,11 @@ class StreamingPut(Protocol):
         stored). ``content_md5_b64`` and ``if_absent`` as for ``ObjectStore.put``. Memory:
         the block in flight and the one held back."""
         ...
+CAPABILITIES: tuple[type, ...] = (MultipartCleanup, Presigning)
+"""Every optional capability protocol (wrappers such as ``MeteredStore`` pass exactly these
+methods through when the wrapped store has them)."""
+
+CAPABILITY_METHODS: frozenset[str] = frozenset(
+    name for cap in CAPABILITIES for name in vars(cap) if not name.startswith("_")
+)
+"""The method names of ``CAPABILITIES``."""

@@ -40,11 +40,13 @@ import hashlib
 import hmac
 import io
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import minio
 import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
@@ -55,9 +57,7 @@ from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound
 
 PART_SIZE = 5 * 1024 * 1024
 MAX_SINGLE_PUT = 5 * 1024 * 1024 * 1024
-_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NoSuchObject", "ResourceNotFound"})
-_EXISTS_CODES = frozenset({"PreconditionFailed"})
-_DIGEST_CODES = frozenset({"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch"})
+_BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError)
 _STREAM_BUFFER = 256 * 1024
 _ABORT_BATCH = 1000  # uploads per ListMultipartUploads page
@@ -79,15 +79,31 @@ def _checksum_mismatch() -> TapedeckError:
     )
 
 
-def _translate(exc: BaseException) -> BaseException:
-    """Map an SDK/transport exception to ours (digest refusals → checksum_mismatch)."""
-    if isinstance(exc, S3Error) and exc.code in _DIGEST_CODES:
-        return _checksum_mismatch()
-    return _unavailable(exc)
+_S3_CODES: dict[str, Callable[[str], BaseException]] = {
+    "NoSuchKey": ObjectNotFound,
+    "NoSuchObject": ObjectNotFound,
+    "ResourceNotFound": ObjectNotFound,
+    "PreconditionFailed": ObjectExists,  # If-None-Match: * on an existing key
+    "BadDigest": lambda _key: _checksum_mismatch(),
+    "InvalidDigest": lambda _key: _checksum_mismatch(),
+    "XAmzContentSHA256Mismatch": lambda _key: _checksum_mismatch(),
+}
+"""S3 error code → our exception (given the key). Every other refusal, and every transport
+failure, is ``storage_unavailable``."""
 
 
-def _is_not_found(exc: BaseException) -> bool:
-    return isinstance(exc, S3Error) and exc.code in _NOT_FOUND_CODES
+@contextmanager
+def _translated(key: str) -> Iterator[None]:
+    """THE error translation of every SDK call about ``key``: S3 codes by ``_S3_CODES``,
+    everything else the SDK or the transport raises → ``storage_unavailable``; the cause is
+    chained. Callers that treat a missing key as normal catch ``ObjectNotFound``."""
+    try:
+        yield
+    except S3Error as exc:
+        make = _S3_CODES.get(exc.code or "")
+        raise (make(key) if make else _unavailable(exc)) from exc
+    except (MinioException, *_TRANSPORT_ERRORS) as exc:
+        raise _unavailable(exc) from exc
 
 
 def _read_exactly(data: BinaryIO, length: int) -> bytes:
@@ -234,6 +250,52 @@ def presign_v4(
     return f"{parts.scheme}://{parts.netloc}{parts.path}?{canonical_query}&X-Amz-Signature={signature}"
 
 
+SUPPORTED_MINIO = ((7, 2), (8, 0))
+"""The minio SDK versions ``MinioPrivate`` was checked against: >= 7.2, < 8.0 (pyproject pins
+the same range)."""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
+
+
+class MinioPrivate:
+    """The three private ``Minio`` methods the store needs, in one place, checked once.
+
+    The public API lacks them: ``put_object()`` turns unknown headers (``Content-MD5``,
+    ``If-None-Match``) into ``x-amz-meta-*``, and there is no public ListMultipartUploads or
+    AbortMultipartUpload. Building one on an SDK outside ``SUPPORTED_MINIO`` (or one that lost
+    a method) raises ``RuntimeError`` naming the installed version, before any request."""
+
+    METHODS = ("_put_object", "_list_multipart_uploads", "_abort_multipart_upload")
+
+    def __init__(self, client: Minio, version: str | None = None) -> None:
+        version = version or str(getattr(minio, "__version__", "0"))
+        low, high = SUPPORTED_MINIO
+        missing = [m for m in self.METHODS if not callable(getattr(client, m, None))]
+        if not low <= _version(version) < high or missing:
+            raise RuntimeError(
+                f"minio {version} is not supported by tapedeck.store.s3 (needs >= 7.2, < 8"
+                f"{'; missing ' + ', '.join(missing) if missing else ''}); install minio~=7.2")
+        self._client = client
+
+    def put_object_with_headers(self, bucket: str, key: str, body: bytes,
+                                headers: dict[str, str | list[str] | tuple[str]]) -> Any:
+        """One PutObject with exactly ``headers`` (the store sees ``Content-MD5`` and
+        ``If-None-Match``); the SDK's ``ObjectWriteResult``."""
+        return self._client._put_object(bucket, key, body, headers)
+
+    def list_multipart_uploads(self, bucket: str, prefix: str,
+                               limit: int) -> list[tuple[str, str]]:
+        """Up to ``limit`` unfinished uploads under ``prefix``: (key, upload id) pairs."""
+        result = self._client._list_multipart_uploads(bucket, prefix=prefix, max_uploads=limit)
+        return [(str(u.object_name), str(u.upload_id)) for u in result.uploads]
+
+    def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort one upload (``S3Error`` ``NoSuchUpload`` when it is already gone)."""
+        self._client._abort_multipart_upload(bucket, key, upload_id)
+
+
 class S3Store:
     """``ObjectStore`` on one bucket of an S3-compatible store (see module doc).
 
@@ -279,6 +341,7 @@ class S3Store:
         self._client = Minio(
             endpoint, access_key, secret_key, secure=secure, region=region, http_client=self._http
         )
+        self._sdk = MinioPrivate(self._client)
         public = urlsplit(public_url) if public_url else None
         self._public_base = (
             f"{public.scheme}://{public.netloc}"
@@ -306,16 +369,14 @@ class S3Store:
 
     def ensure_bucket(self) -> None:
         """Create the bucket unless it exists (safe to race with another creator)."""
-        try:
-            if self._client.bucket_exists(self.bucket):
-                return
-            self._client.make_bucket(self.bucket)
-        except S3Error as exc:
-            if exc.code in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                return
-            raise _unavailable(exc) from exc
-        except _TRANSPORT_ERRORS as exc:
-            raise _unavailable(exc) from exc
+        with _translated(self.bucket):
+            try:
+                if self._client.bucket_exists(self.bucket):
+                    return
+                self._client.make_bucket(self.bucket)
+            except S3Error as exc:
+                if exc.code not in _BUCKET_EXISTS_CODES:
+                    raise
 
     # -- ObjectStore ----------------------------------------------------------------------
 
@@ -343,14 +404,8 @@ class S3Store:
             headers["Content-MD5"] = content_md5_b64
         if if_absent:
             headers["If-None-Match"] = "*"
-        try:
-            # The public put_object() turns unknown headers into x-amz-meta-*; the single
-            # PutObject call is what lets Content-MD5 reach the store.
-            result = self._client._put_object(self.bucket, key, body, headers)
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            if isinstance(exc, S3Error) and exc.code in _EXISTS_CODES:
-                raise ObjectExists(key) from exc
-            raise _translate(exc) from exc
+        with _translated(key):
+            result = self._sdk.put_object_with_headers(self.bucket, key, body, headers)
         return ObjectInfo(
             key=key,
             size=length,
@@ -363,19 +418,18 @@ class S3Store:
     ) -> ObjectInfo:
         reader = _CheckingReader(data, expected_md5)
         try:
-            result = self._client.put_object(
-                self.bucket,
-                key,
-                reader,  # type: ignore[arg-type]  # the SDK only calls read()
-                -1,
-                content_type=content_type,
-                part_size=PART_SIZE,
-                num_parallel_uploads=1,
-            )
+            with _translated(key):
+                result = self._client.put_object(
+                    self.bucket,
+                    key,
+                    reader,  # type: ignore[arg-type]  # the SDK only calls read()
+                    -1,
+                    content_type=content_type,
+                    part_size=PART_SIZE,
+                    num_parallel_uploads=1,
+                )
         except _DigestMismatch as exc:
             raise _checksum_mismatch() from exc
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            raise _translate(exc) from exc
         return ObjectInfo(
             key=key,
             size=reader.size,
@@ -392,22 +446,17 @@ class S3Store:
 
     def open(self, key: str) -> BinaryIO:
         """A buffered stream of the object; ``close()`` releases the connection."""
-        try:
+        with _translated(key):
             response = self._client.get_object(self.bucket, key)
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            if _is_not_found(exc):
-                raise ObjectNotFound(key) from exc
-            raise _unavailable(exc) from exc
         return io.BufferedReader(_ResponseStream(response), buffer_size=_STREAM_BUFFER)
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Metadata of ``key``, or None when it does not exist."""
         try:
-            obj = self._client.stat_object(self.bucket, key)
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            if _is_not_found(exc):
-                return None
-            raise _unavailable(exc) from exc
+            with _translated(key):
+                obj = self._client.stat_object(self.bucket, key)
+        except ObjectNotFound:
+            return None
         return ObjectInfo(
             key=key,
             size=int(obj.size or 0),
@@ -417,7 +466,7 @@ class S3Store:
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` in key order (collected, then sorted)."""
-        try:
+        with _translated(prefix):
             found = [
                 ObjectInfo(
                     key=str(o.object_name),
@@ -428,41 +477,34 @@ class S3Store:
                 for o in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
                 if not o.is_dir
             ]
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            raise _unavailable(exc) from exc
         # Python orders str by code point, which is the UTF-8 byte order S3 uses.
         return iter(sorted(found, key=lambda info: info.key))
 
     def delete(self, key: str) -> None:
         """Remove ``key``; a missing key is not an error."""
         try:
-            self._client.remove_object(self.bucket, key)
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            if _is_not_found(exc):
-                return
-            raise _unavailable(exc) from exc
+            with _translated(key):
+                self._client.remove_object(self.bucket, key)
+        except ObjectNotFound:
+            return
 
     def abort_incomplete_uploads(self, prefix: str) -> int:
         """Abort the unfinished multipart uploads under ``prefix`` (lists again until none
         is left, so more than one listing page is handled); returns how many."""
         aborted = 0
-        try:
-            while uploads := self._client._list_multipart_uploads(
-                self.bucket, prefix=prefix, max_uploads=_ABORT_BATCH
-            ).uploads:
-                for upload in uploads:
-                    self._abort_upload(str(upload.object_name), str(upload.upload_id))
+        with _translated(prefix):
+            while uploads := self._sdk.list_multipart_uploads(self.bucket, prefix, _ABORT_BATCH):
+                for object_name, upload_id in uploads:
+                    self._abort_upload(object_name, upload_id)
                     aborted += 1
                 if len(uploads) < _ABORT_BATCH:
                     break
-        except (MinioException, *_TRANSPORT_ERRORS) as exc:
-            raise _unavailable(exc) from exc
         return aborted
 
     def _abort_upload(self, key: str, upload_id: str) -> None:
         """Abort one multipart upload; one already gone (aborted concurrently) is fine."""
         try:
-            self._client._abort_multipart_upload(self.bucket, key, upload_id)
+            self._sdk.abort_multipart_upload(self.bucket, key, upload_id)
         except S3Error as exc:
             if exc.code != "NoSuchUpload":
                 raise
@@ -585,9 +627,8 @@ class S3Store:
             exc: BaseException = S3Error.fromxml(response)
         except Exception:  # not an S3 error document (a proxy's page, an empty body)
             exc = ServerError(f"PUT answered HTTP {response.status}", response.status)
-        if isinstance(exc, S3Error) and exc.code in _EXISTS_CODES:
-            return ObjectExists(key)
-        return _translate(exc)
+        make = _S3_CODES.get(exc.code or "") if isinstance(exc, S3Error) else None
+        return make(key) if make else _unavailable(exc)
 
 
 def _held_back(blocks: Iterable[bytes], length: int) -> Iterator[bytes]:

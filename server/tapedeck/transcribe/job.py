@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
-from tapedeck.domain._base import emit
+from tapedeck.domain.events import emit
 from tapedeck.domain.search_index import backend_for
 from tapedeck.domain.transcriptions import (
     TERMINAL_STATUSES,
@@ -64,7 +64,8 @@ from tapedeck.domain.transcriptions import (
     Transcription,
     load_transcription,
 )
-from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
+from tapedeck.failpoints import Failpoints
+from tapedeck.jobs import Failure, Job, JobFailed
 from tapedeck.sql import Tx
 from tapedeck.store import ObjectNotFound, ObjectStore
 from tapedeck.transcribe import (
@@ -391,7 +392,7 @@ def build_handler(app: App) -> TranscribeHandler | None:
         return None
     return TranscribeHandler(app.db, app.store, app.clock, engine_factory(app),
                              max_attempts=app.settings.job_max_attempts,
-                             failpoints=Failpoints(app.settings.failpoints),
+                             failpoints=Failpoints(app.settings.test_only_failpoints),
                              diarizer_factory=diarizer_factory(app))
 
 

@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
-from tapedeck.domain._base import stored_parts
 from tapedeck.domain.live import (
     PieceRow,
     Seg,
@@ -47,7 +46,9 @@ from tapedeck.domain.live import (
     merge,
     place,
 )
-from tapedeck.jobs import Failpoints, Failure, Job, JobFailed
+from tapedeck.domain.objects import stored_parts
+from tapedeck.failpoints import Failpoints
+from tapedeck.jobs import Failure, Job, JobFailed
 from tapedeck.sql import Tx
 from tapedeck.stitch import read_object
 from tapedeck.store import ObjectNotFound, ObjectStore
@@ -315,4 +316,4 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
 
     return LiveTranscribeHandler(app.db, app.store, app.clock, build,
                                  max_attempts=settings.job_max_attempts,
-                                 failpoints=Failpoints(settings.failpoints))
+                                 failpoints=Failpoints(settings.test_only_failpoints))

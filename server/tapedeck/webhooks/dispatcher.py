@@ -50,10 +50,10 @@ from typing import Any
 
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
+from tapedeck.domain.webhooks import cancel_pending, insert_delivery
 from tapedeck.ids import random_base62
 from tapedeck.logs import request_context
 from tapedeck.sql import Tx
-from tapedeck.webhooks.endpoints import cancel_pending, insert_delivery
 from tapedeck.webhooks.models import subscribed
 from tapedeck.webhooks.secretbox import SecretBox
 from tapedeck.webhooks.signing import envelope, signed_headers

@@ -26,7 +26,7 @@ from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.domain import cursors
-from tapedeck.domain._base import Context
+from tapedeck.domain.context import Context
 from tapedeck.domain.models import Page
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id

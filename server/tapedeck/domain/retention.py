@@ -41,11 +41,12 @@ from datetime import timedelta
 from typing import Any
 
 from tapedeck.clock import iso
-from tapedeck.domain._base import Context, chunk_objects, part_key, recording_prefix
-from tapedeck.jobs import Failpoints
+from tapedeck.domain.context import Context
+from tapedeck.domain.objects import chunk_objects, part_key, recording_prefix
+from tapedeck.failpoints import Failpoints
 from tapedeck.metrics import Metrics
 from tapedeck.settings import Settings
-from tapedeck.store import MD5_HEX, ObjectInfo, ObjectNotFound
+from tapedeck.store import MD5_HEX, MultipartCleanup, ObjectInfo, ObjectNotFound
 
 log = logging.getLogger("tapedeck.retention")
 
@@ -180,7 +181,10 @@ class Retention:
     def _abort_incomplete(self, recording_id: str) -> None:
         """Free the parts of multipart uploads a worker left unfinished when it died mid-stitch
         (invisible, never completed). The recording is finished, so none is still running."""
-        aborted = self._ctx.store.abort_incomplete_uploads(recording_prefix(recording_id))
+        store = self._ctx.store
+        if not isinstance(store, MultipartCleanup):
+            return  # a store without multipart uploads leaves no parts behind
+        aborted = store.abort_incomplete_uploads(recording_prefix(recording_id))
         if aborted:
             log.info("recording %s: %d unfinished upload(s) aborted", recording_id, aborted)
 

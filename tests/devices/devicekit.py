@@ -339,6 +339,8 @@ ACCESS: dict[str, Access] = {
     "CreateUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "CompleteUpload": _a(R_WRITE, file_uploaded, OK, OK, FORB, OK, RNF, *_401, RNF),
     "CreateDownloadUrl": _a(R_READ, file_completed, OK, OK, FORB, OK, RNF, *_401, RNF),
+    # REST only (the console's player): the stitched audio itself, with Range
+    "GetRecordingAudio": _a(R_READ, file_completed, OK, OK, FORB, OK, RNF, *_401, RNF),
     "UploadChunk": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "ListChunks": _a(R_READ, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "CreateChunkUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),

@@ -75,6 +75,7 @@ ROUTES: dict[str, Route] = {
     "CreateUploadUrl": Route("POST", REC + "/upload-url", {"type": "audio", "part": 2}),
     "CompleteUpload": Route("POST", REC + "/upload-complete", {}),
     "CreateDownloadUrl": Route("POST", REC + "/download-url", {}),
+    "GetRecordingAudio": Route("GET", REC + "/audio"),
     "UploadChunk": Route("PUT", REC + "/chunks/{part}", content=b"second chunk"),
     "ListChunks": Route("GET", REC + "/chunks"),
     "DeleteChunk": Route("DELETE", REC + "/chunks/{part}", part=1),

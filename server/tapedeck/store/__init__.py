@@ -17,15 +17,31 @@ when the store cannot be reached, and ``ObjectNotFound`` for a missing key where
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO, Protocol, runtime_checkable
 
+from tapedeck.errors import error
+
 MD5_HEX = re.compile(r"^[0-9a-f]{32}$")
 """A lowercase hex MD5: what a client sends as a digest, and what the ETag of a single PUT
 is (a multipart ETag, ``<hex>-<parts>``, is not an MD5 of the object)."""
+
+
+def md5_of_b64(content_md5_b64: str) -> bytes:
+    """The 16 bytes a base64 ``Content-MD5`` names; ``invalid_request`` (field
+    ``content_md5``) when it is not base64 or not 16 bytes. Every backend checks a client's
+    digest with this before it stores anything."""
+    try:
+        digest = base64.b64decode(content_md5_b64, validate=True)
+    except ValueError as exc:
+        raise error("invalid_request", "Content-MD5 is not base64.", field="content_md5") from exc
+    if len(digest) != 16:
+        raise error("invalid_request", "Content-MD5 is not an MD5 digest.", field="content_md5")
+    return digest
 
 
 class ObjectNotFound(KeyError):

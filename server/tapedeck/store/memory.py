@@ -16,7 +16,6 @@ everything the core contract says (``tests/store`` runs the same suite on both):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import threading
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from tapedeck.errors import error
-from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound
+from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound, md5_of_b64
 
 PART_SIZE = 5 * 1024 * 1024
 """Part size of a ``length=-1`` put (as ``tapedeck.store.s3``): only the ETag depends on it."""
@@ -41,16 +40,6 @@ class _Object:
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
-
-def _md5_of_b64(content_md5_b64: str) -> bytes:
-    """The 16 bytes a base64 ``Content-MD5`` names (``invalid_request`` otherwise)."""
-    try:
-        digest = base64.b64decode(content_md5_b64, validate=True)
-    except ValueError as exc:
-        raise error("invalid_request", "Content-MD5 is not base64.", field="content_md5") from exc
-    if len(digest) != 16:
-        raise error("invalid_request", "Content-MD5 is not an MD5 digest.", field="content_md5")
-    return digest
 
 
 def _read_body(data: BinaryIO, length: int) -> bytes:
@@ -98,7 +87,7 @@ class MemoryStore:
         """Store ``data`` under ``key`` in one step (see module doc)."""
         if length < 0 and if_absent:
             raise ValueError("if_absent needs a known length (a single PUT)")
-        expected = _md5_of_b64(content_md5_b64) if content_md5_b64 is not None else None
+        expected = md5_of_b64(content_md5_b64) if content_md5_b64 is not None else None
         self._check_up()
         body = _read_body(data, length)
         if expected is not None and hashlib.md5(body).digest() != expected:

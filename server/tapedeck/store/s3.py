@@ -35,7 +35,6 @@ Contract details beyond ``tapedeck.store.ObjectStore``:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import io
@@ -53,7 +52,7 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from minio.signer import sign_v4_s3
 
 from tapedeck.errors import TapedeckError, error
-from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound
+from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound, md5_of_b64
 
 PART_SIZE = 5 * 1024 * 1024
 MAX_SINGLE_PUT = 5 * 1024 * 1024 * 1024
@@ -174,15 +173,6 @@ class _ResponseStream(io.RawIOBase):
             finally:
                 super().close()
 
-
-def _b64_md5_bytes(content_md5_b64: str) -> bytes:
-    try:
-        digest = base64.b64decode(content_md5_b64, validate=True)
-    except ValueError as exc:
-        raise error("invalid_request", "Content-MD5 is not base64.", field="content_md5") from exc
-    if len(digest) != 16:
-        raise error("invalid_request", "Content-MD5 is not an MD5 digest.", field="content_md5")
-    return digest
 
 
 def _hmac(key: bytes, msg: str) -> bytes:
@@ -391,7 +381,7 @@ class S3Store:
         if_absent: bool = False,
     ) -> ObjectInfo:
         """Store ``data`` under ``key`` (see module doc for single PUT vs multipart)."""
-        expected = _b64_md5_bytes(content_md5_b64) if content_md5_b64 is not None else None
+        expected = md5_of_b64(content_md5_b64) if content_md5_b64 is not None else None
         if length < 0:
             if if_absent:
                 raise ValueError("if_absent needs a known length (a single PUT)")
@@ -516,7 +506,7 @@ class S3Store:
         """A URL to PUT ``key`` to directly, and the headers the client must send."""
         headers: dict[str, str] = {}
         if content_md5_b64 is not None:
-            _b64_md5_bytes(content_md5_b64)
+            md5_of_b64(content_md5_b64)
             headers["Content-MD5"] = content_md5_b64
         if if_absent:
             headers["If-None-Match"] = "*"
@@ -568,7 +558,7 @@ class S3Store:
             raise ValueError("put_stream needs 0 < length <= 5 GiB")
         headers: dict[str, str] = {"Content-Type": content_type, "Content-Length": str(length)}
         if content_md5_b64 is not None:
-            _b64_md5_bytes(content_md5_b64)
+            md5_of_b64(content_md5_b64)
             headers["Content-MD5"] = content_md5_b64
         if if_absent:
             headers["If-None-Match"] = "*"

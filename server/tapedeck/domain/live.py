@@ -124,10 +124,10 @@ def _queue_piece(tx: Tx, ctx: Context, recording_id: str,
                  part: int) -> bool:
     """One queued job per (recording, part) at a time (a running one reads the store
     afresh when it starts, so a change during its run queues a new one)."""
-    waiting = tx.execute(
-        "SELECT 1 FROM jobs WHERE kind = ? AND recording_id = ? AND status = 'queued'"
-        " AND json_extract(payload, '$.part') = ?", [KIND, recording_id, part]).fetchone()
-    if waiting is not None:
+    queued = tx.execute(
+        "SELECT payload FROM jobs WHERE kind = ? AND recording_id = ? AND status = 'queued'",
+        [KIND, recording_id]).fetchall()
+    if any(json.loads(payload).get("part") == part for (payload,) in queued):
         return False
     enqueue(tx, ctx.clock, KIND, recording_id=recording_id,
             payload={"recording_id": recording_id, "part": part})

@@ -39,8 +39,8 @@ def redacted(data: dict[str, Any]) -> dict[str, Any]:
 
 def queue_redaction(tx: Any, recording_id: str, project_id: str, now: str | None) -> None:
     """Note (in the delete transaction) that the recording's events must be redacted."""
-    tx.execute("INSERT OR IGNORE INTO deleted_recordings (recording_id, project_id, deleted_at)"
-               " VALUES (?, ?, ?)", [recording_id, project_id, now])
+    tx.execute("INSERT INTO deleted_recordings (recording_id, project_id, deleted_at)"
+               " VALUES (?, ?, ?) ON CONFLICT DO NOTHING", [recording_id, project_id, now])
 
 
 def redact_now(tx: Any, recording_id: str) -> tuple[int, int]:

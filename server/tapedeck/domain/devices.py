@@ -16,7 +16,8 @@ Rules (``api.md`` "Devices and end users", "Authentication and scopes"):
   ``devices:write``. Every field is optional; the heartbeat replaces the device's previous
   heartbeat state (fields it omits become null) and sets ``last_heartbeat_at``; a
   ``firmware_version`` in it also updates the device's firmware version.
-- ``get`` (``devices:read``) shows the device with its last heartbeat.
+- ``get`` (``devices:read``) shows the device with its last heartbeat; ``bound_to`` lists
+  the devices bound to given end users.
 - Keys act on devices of their own project, a device token only on its own device; anything
   else answers ``device_not_found`` (never reveals that the device exists). New tokens take
   the mode (test/live) of the credential that issued them.
@@ -296,6 +297,21 @@ class Devices:
                 raise error("unauthorized", "The device token is unknown or revoked.")
             _, token = insert_device_token(tx, p.project_id, device_id, p.mode, now)
         return RefreshedToken(device_id, token)
+
+    def bound_to(self, p: Principal, end_user_ids: list[str]) -> dict[str, list[Device]]:
+        """The devices bound to each of ``end_user_ids`` (of the caller's project; ids of
+        other projects simply have none), oldest first; every id is a key of the answer."""
+        p.require("devices:read")
+        out: dict[str, list[Device]] = {i: [] for i in end_user_ids}
+        if not end_user_ids:
+            return out
+        db = self._ctx.db.read()
+        marks = ", ".join("?" * len(out))
+        for device_id, end_user_id in db.execute(
+                f"SELECT id, end_user_id FROM devices WHERE project_id = ? AND end_user_id IN"
+                f" ({marks}) ORDER BY created_at, id", [p.project_id, *out]).fetchall():
+            out[end_user_id].append(load_device(db, p.project_id, device_id))
+        return out
 
     def heartbeat(self, p: Principal, device_id: str, hb: Heartbeat) -> datetime:
         """Store ``hb`` as the device's latest state; return its ``last_heartbeat_at``.

@@ -4,7 +4,8 @@ Rules (``api.md`` "Devices and end users"):
 
 - ``external_id`` (the customer's own id) is optional and unique per project: a second end
   user with the same one is ``resource_already_exists`` (409), naming the existing end user.
-- ``end_users:write`` creates, ``end_users:read`` reads; device tokens hold neither.
+- ``end_users:write`` creates, ``end_users:read`` reads and lists (newest first); device
+  tokens hold neither.
 - Another project's end user answers ``end_user_not_found`` (never reveals it exists).
 - Deleting an end user (``end_users:write``) deletes the person, not the audio: their voice
   profiles (the embeddings, biometric data) are deleted; their recordings and transcripts
@@ -26,7 +27,9 @@ from typing import Any
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
+from tapedeck.domain import cursors
 from tapedeck.domain._base import Context
+from tapedeck.domain.models import Page
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
@@ -156,6 +159,25 @@ class EndUsers:
                        [end_user_id, p.project_id])
         return DeletedEndUser(end_user_id, int(profiles), int(recordings), int(devices),
                               speakers)
+
+    def list(self, p: Principal, *, limit: int = 25, cursor: str | None = None) -> Page:
+        """One page of the project's end users, newest first (``limit`` 1..100; ``cursor``
+        is a previous page's ``next_cursor``)."""
+        p.require("end_users:read")
+        if not 1 <= limit <= 100:
+            raise invalid("limit", "limit must be between 1 and 100.")
+        where, args = "project_id = ?", [p.project_id]
+        if cursor:
+            where += " AND (created_at, id) < (?, ?)"
+            args += list(cursors.decode_position(cursor))
+        db = self._ctx.db.read()
+        ids = [r[0] for r in db.execute(
+            f"SELECT id FROM end_users WHERE {where} ORDER BY created_at DESC, id DESC"
+            " LIMIT ?", [*args, limit + 1]).fetchall()]
+        found = [load_end_user(db, p.project_id, i) for i in ids[:limit]]
+        more = len(ids) > limit
+        return Page(found, cursors.encode_position(iso(found[-1].created_at), found[-1].id)
+                    if more else None)
 
 
 @dataclass(frozen=True)

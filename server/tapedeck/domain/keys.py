@@ -158,6 +158,11 @@ class Keys:
         return KeyPage(keys, cursors.encode_position(iso(keys[-1].created_at), keys[-1].id)
                        if more else None)
 
+    def get(self, p: Principal, key_id: str) -> ApiKey:
+        """One key of the caller's project (never its secret)."""
+        require_secret_key(p)
+        return load_key(self._ctx.db.read(), p.project_id, key_id)
+
     def revoke(self, p: Principal, key_id: str) -> ApiKey:
         """Revoke a key of the caller's project (idempotent)."""
         require_secret_key(p)

@@ -21,7 +21,7 @@ builds the real one), so this module imports neither numpy nor the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO, Protocol
@@ -187,6 +187,19 @@ class VoiceProfiles:
         more = len(rows) > limit
         return Page(found, cursors.encode_position(iso(found[-1].created_at), found[-1].id)
                     if more else None)
+
+    def counts(self, p: Principal, end_user_ids: Sequence[str]) -> dict[str, int]:
+        """How many profiles each of ``end_user_ids`` has (0 for unknown or other projects'
+        ids); every id is a key of the answer."""
+        p.require("end_users:read")
+        out = dict.fromkeys(end_user_ids, 0)
+        if out:
+            marks = ", ".join("?" * len(out))
+            out.update({r[0]: int(r[1]) for r in self._ctx.db.read().execute(
+                "SELECT end_user_id, count(*) FROM voice_profiles WHERE project_id = ?"
+                f" AND end_user_id IN ({marks}) GROUP BY end_user_id",
+                [p.project_id, *out]).fetchall()})
+        return out
 
     def delete(self, p: Principal, end_user_id: str, profile_id: str) -> None:
         """Delete one profile and its embedding (``voice_profile_not_found`` if it is not

@@ -18,6 +18,7 @@ from tapedeck.domain import Domain
 from tapedeck.errors import TapedeckError
 from tapedeck.gateway.audio import audio_response
 from tapedeck.gateway.console.actions import add_action_routes
+from tapedeck.gateway.console.fleet import add_fleet_routes
 from tapedeck.gateway.console.session import COOKIE, TTL_S, Session, SessionSealer
 
 HERE = Path(__file__).parent
@@ -94,6 +95,7 @@ def mount_console(app: FastAPI, domain: Domain) -> None:
 
     _recording_pages(app, c)
     add_action_routes(app, c)  # re-run (actions.py)
+    add_fleet_routes(app, c)  # devices, end users, webhooks, API keys (fleet.py)
 
 
 async def _check_csrf(request: Request, s: Session) -> Response | None:

@@ -260,6 +260,9 @@ def test_deliveries_show_the_response_and_replay_reaches_the_receiver(
     assert receiver.wait_count(event_id.group(1), 2)
     after = _wait_for_delivery(c, wh_id, "succeeded")
     assert "replay" in after and 'id="wh-status">enabled' in after
+    failed = c.get(f"/console/webhooks/{wh_id}", params={"status": "failed"}).text
+    assert 'data-status="failed"' in failed and 'data-status="succeeded"' not in failed
+    assert c.get(f"/console/webhooks/{wh_id}", params={"status": "nope"}).status_code == 400
     unknown = confirmed(c, url, {"csrf": csrf_of(page), "event_id": "evt_nope"})
     assert unknown.status_code == 400 and "do not exist" in unknown.text
 

@@ -88,6 +88,12 @@ def test_devices_and_end_users_show_hostile_values_as_text_and_unbind(
     assert page.locator("h1.name").inner_text() == EVIL
     _inert(page)
     page.screenshot(path=str(shots / "end-user.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 800})  # a phone: nothing wider than it
+    for path in ("/console/devices", f"/console/devices/{dev_id}", "/console/end-users"):
+        page.goto(fleet_srv.http_url + path)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 391, path
+    page.screenshot(path=str(shots / "end-users-phone.png"), full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 720})
 
 
 def test_replay_a_delivery_into_a_receiver(page: Any, fleet_srv: RunningServer,  # noqa: F811

@@ -16,7 +16,15 @@ Durability contract (SQLite is the only state; any number of dispatcher processe
   leases a delivery whose recording (else device) already has one leased on that endpoint,
   so a healthy endpoint receives each recording's events in order at any ``per_endpoint``.
   Each round records the finished attempts and leases the next ones in ONE write
-  transaction (``_acknowledge_batch`` and ``claim_deliveries`` hold that SQL).
+  transaction (``_acknowledge_batch`` and ``claim_deliveries`` hold that SQL). That
+  transaction is committed WITHOUT an fsync (``db.write(durable=False)``: SQLite
+  ``synchronous=NORMAL`` in WAL, PostgreSQL ``synchronous_commit=off``). It only holds
+  attempt bookkeeping (attempt log, lease, delivery status), never client data, and it is
+  still atomic and ordered: an OS crash or power loss can only drop the newest such commits
+  as a whole (any later durable commit, e.g. an event, syncs them too), which puts the
+  deliveries back to "pending, not leased", so they are sent again with the same
+  ``webhook-id``: a duplicate, which at-least-once delivery allows, never a loss. A process
+  crash loses nothing (the commit is in the WAL).
 - Liveness: each dispatcher heartbeats its ``webhook_dispatchers`` row. Leases of an owner
   whose row is gone, whose heartbeat is older than ``stale_s``, or whose process is known
   dead (same kernel boot and PID namespace, PID no longer running with the same start time)
@@ -276,6 +284,7 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the round: a wake-up during it is not lost
             try:
                 busy = self.step()
             except Exception:
@@ -283,7 +292,6 @@ class Dispatcher:
                 busy = 0
             if not busy:
                 self._wake.wait(self.poll_s)
-                self._wake.clear()
 
     def step(self) -> int:
         """One round: heartbeat (and reclaim dead dispatchers' leases) when due, acknowledge
@@ -435,8 +443,8 @@ class Dispatcher:
             claim = claim and slots > 0 and not self._stop.is_set() and self._due(now)
             if not batch and not claim:
                 return 0
-            try:
-                with self.db.write() as tx:
+            try:  # not fsynced: a lost commit only means a redelivery (module docstring)
+                with self.db.write(durable=False) as tx:
                     acked = self._acknowledge_batch(tx, batch, now)
                     claimed = claim_deliveries(tx, self.owner, iso(now) or "", slots,
                                                self.per_endpoint) if claim else []
@@ -454,13 +462,18 @@ class Dispatcher:
         for r, (attempt, ours, final) in zip(batch, acked, strict=True):
             if not ours:
                 continue
-            with request_context(r.job.request_id):
-                log.info("webhook %s (event %s) attempt %d: %s", r.job.delivery_id,
-                         r.job.event_id, attempt,
-                         "delivered" if r.outcome.ok else r.outcome.error)
+            if log.isEnabledFor(logging.INFO):
+                self._log_attempt(r, attempt)
             if self.observe is not None:
                 self.observe(_attempt_label(r.outcome), final)
         return len(batch) + len(claimed)
+
+    @staticmethod
+    def _log_attempt(r: _Result, attempt: int) -> None:
+        """One log line per recorded attempt, in its event's request context."""
+        with request_context(r.job.request_id):
+            log.info("webhook %s (event %s) attempt %d: %s", r.job.delivery_id,
+                     r.job.event_id, attempt, "delivered" if r.outcome.ok else r.outcome.error)
 
     def _due(self, now: datetime) -> bool:
         """Is any unleased delivery due (a read, so an idle round writes nothing)?"""

@@ -16,7 +16,15 @@ Durability contract (SQLite is the only state; any number of dispatcher processe
   leases a delivery whose recording (else device) already has one leased on that endpoint,
   so a healthy endpoint receives each recording's events in order at any ``per_endpoint``.
   Each round records the finished attempts and leases the next ones in ONE write
-  transaction (``_acknowledge_batch`` and ``claim_deliveries`` hold that SQL).
+  transaction (``_acknowledge_batch`` and ``claim_deliveries`` hold that SQL). That
+  transaction is committed WITHOUT an fsync (``db.write(durable=False)``: SQLite
+  ``synchronous=NORMAL`` in WAL, PostgreSQL ``synchronous_commit=off``). It only holds
+  attempt bookkeeping (attempt log, lease, delivery status), never client data, and it is
+  still atomic and ordered: an OS crash or power loss can only drop the newest such commits
+  as a whole (any later durable commit, e.g. an event, syncs them too), which puts the
+  deliveries back to "pending, not leased", so they are sent again with the same
+  ``webhook-id``: a duplicate, which at-least-once delivery allows, never a loss. A process
+  crash loses nothing (the commit is in the WAL).
 - Liveness: each dispatcher heartbeats its ``webhook_dispatchers`` row. Leases of an owner
   whose row is gone, whose heartbeat is older than ``stale_s``, or whose process is known
   dead (same kernel boot and PID namespace, PID no longer running with the same start time)
@@ -276,6 +284,7 @@ class Dispatcher:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self._wake.clear()  # before the round: a wake-up during it is not lost
             try:
                 busy = self.step()
             except Exception:
@@ -283,7 +292,6 @@ class Dispatcher:
                 busy = 0
             if not busy:
                 self._wake.wait(self.poll_s)
-                self._wake.clear()
 
     def step(self) -> int:
         """One round: heartbeat (and reclaim dead dispatchers' leases) when due, acknowledge
@@ -432,11 +440,13 @@ class Dispatcher:
                 batch, self._finished = self._finished, []
                 slots = self._workers - len(self._in_flight) + len(batch)
             now = self.clock.now()
-            claim = claim and slots > 0 and not self._stop.is_set() and self._due(now)
+            # A round that records attempts writes anyway: it claims without asking first.
+            claim = claim and slots > 0 and not self._stop.is_set() and \
+                (bool(batch) or self._due(now))
             if not batch and not claim:
                 return 0
-            try:
-                with self.db.write() as tx:
+            try:  # not fsynced: a lost commit only means a redelivery (module docstring)
+                with self.db.write(durable=False) as tx:
                     acked = self._acknowledge_batch(tx, batch, now)
                     claimed = claim_deliveries(tx, self.owner, iso(now) or "", slots,
                                                self.per_endpoint) if claim else []
@@ -454,13 +464,18 @@ class Dispatcher:
         for r, (attempt, ours, final) in zip(batch, acked, strict=True):
             if not ours:
                 continue
-            with request_context(r.job.request_id):
-                log.info("webhook %s (event %s) attempt %d: %s", r.job.delivery_id,
-                         r.job.event_id, attempt,
-                         "delivered" if r.outcome.ok else r.outcome.error)
+            if log.isEnabledFor(logging.INFO):
+                self._log_attempt(r, attempt)
             if self.observe is not None:
                 self.observe(_attempt_label(r.outcome), final)
         return len(batch) + len(claimed)
+
+    @staticmethod
+    def _log_attempt(r: _Result, attempt: int) -> None:
+        """One log line per recorded attempt, in its event's request context."""
+        with request_context(r.job.request_id):
+            log.info("webhook %s (event %s) attempt %d: %s", r.job.delivery_id,
+                     r.job.event_id, attempt, "delivered" if r.outcome.ok else r.outcome.error)
 
     def _due(self, now: datetime) -> bool:
         """Is any unleased delivery due (a read, so an idle round writes nothing)?"""
@@ -472,22 +487,39 @@ class Dispatcher:
     def _acknowledge_batch(self, tx: Tx, batch: list[_Result],
                            now: datetime) -> list[tuple[int, bool, str | None]]:
         """THE acknowledgement SQL: log each attempt and move its delivery on if we still
-        hold its lease. Per result: (attempt number, lease still ours, final status)."""
+        hold its lease. Per result: (attempt number, lease still ours, final status).
+        A handful of statements per round, whatever its size: one read of the batch's
+        deliveries, one multi-row insert into the attempt log, one update per answered
+        status code of the successes; only failures (rare) move on one by one. A delivery
+        whose row is gone (deleted meanwhile) is neither logged nor ours."""
+        if not batch:
+            return []
+        ids = [r.job.delivery_id for r in batch]
+        state: dict[str, tuple[str, str | None, int]] = {
+            row[0]: (row[1], row[2], row[3]) for row in tx.execute(
+                "SELECT id, status, lease_owner, attempts FROM webhook_deliveries WHERE id IN"
+                f" ({', '.join('?' * len(ids))})", ids).fetchall()}
+        present = [r for r in batch if r.job.delivery_id in state]
+        _log_attempts(tx, [(r, state[r.job.delivery_id][2] + 1) for r in present])
         out: list[tuple[int, bool, str | None]] = []
+        succeeded: dict[int, list[str]] = {}
         for r in batch:
-            status, owner, attempts = tx.execute(
-                "SELECT status, lease_owner, attempts FROM webhook_deliveries WHERE id = ?",
-                [r.job.delivery_id]).fetchone()
-            tx.execute(
-                "INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt,"
-                " attempted_at, status_code, latency_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [r.job.delivery_id, r.job.endpoint_id, r.job.event_id, attempts + 1,
-                 iso(r.attempted_at), r.outcome.status_code, r.latency_ms, r.outcome.error])
+            status, owner, attempts = state.get(r.job.delivery_id, ("gone", None, 0))
             if status != "pending" or owner != self.owner:
                 out.append((attempts + 1, False, None))  # lease lost: the attempt is logged
-                continue
-            out.append((attempts + 1, True,
-                        self._advance(tx, r.job, attempts + 1, r.outcome, now)))
+            elif r.outcome.ok:
+                succeeded.setdefault(r.outcome.status_code or 200, []).append(
+                    r.job.delivery_id)
+                out.append((attempts + 1, True, "succeeded"))
+            else:
+                out.append((attempts + 1, True,
+                            self._advance(tx, r.job, attempts + 1, r.outcome, now)))
+        for code, done in succeeded.items():
+            tx.execute(
+                "UPDATE webhook_deliveries SET status = 'succeeded', attempts = attempts + 1,"
+                " lease_owner = NULL, next_attempt_at = NULL, last_status_code = ?,"
+                " last_error = NULL, completed_at = ?, updated_at = ? WHERE id IN"
+                f" ({', '.join('?' * len(done))})", [code, iso(now), iso(now), *done])
         return out
 
     def _advance(self, tx: Tx, job: _Job, attempt: int, outcome: _Outcome,
@@ -579,6 +611,22 @@ def _order_key(recording_id: str | None, type_: str, data: str) -> str | None:
         device = json.loads(data).get("device_id")
         return f"dev:{device}" if device else None
     return None
+
+
+_ATTEMPT_ROWS = 100  # attempt log rows per INSERT (8 parameters each)
+
+
+def _log_attempts(tx: Tx, attempts: list[tuple[_Result, int]]) -> None:
+    """Append (result, attempt number) pairs to the attempt log, many rows per INSERT."""
+    for i in range(0, len(attempts), _ATTEMPT_ROWS):
+        rows = attempts[i:i + _ATTEMPT_ROWS]
+        tx.execute(
+            "INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt,"
+            " attempted_at, status_code, latency_ms, error) VALUES "
+            + ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(rows)),
+            [v for r, n in rows for v in (
+                r.job.delivery_id, r.job.endpoint_id, r.job.event_id, n,
+                iso(r.attempted_at), r.outcome.status_code, r.latency_ms, r.outcome.error)])
 
 
 def _attempt_label(outcome: _Outcome) -> str:

@@ -91,10 +91,10 @@ class Settings:
         "help": "let webhooks reach loopback/private addresses (development and tests only)"})
     webhooks_timeout_s: int = field(default=30, metadata={
         "help": "a webhook attempt (connect, TLS, request, response head) must finish within"})
-    webhooks_workers: int = field(default=8, metadata={
+    webhooks_workers: int = field(default=16, metadata={
         "help": "concurrent webhook attempts per dispatcher"})
-    webhooks_per_endpoint: int = field(default=1, metadata={
-        "help": "concurrent attempts per endpoint (1 keeps a healthy endpoint's events in order)"})
+    webhooks_per_endpoint: int = field(default=4, metadata={
+        "help": "concurrent attempts per endpoint (a recording's events stay in order at any value)"})
     log_format: str = field(default="auto", metadata={
         "help": "json (one object per line), text, or auto (text on a terminal, else json)"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})

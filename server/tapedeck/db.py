@@ -86,8 +86,10 @@ class Database:
         return db
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Tx]:
+    def write(self, *, durable: bool = True, row_locks: bool = False) -> Iterator[Tx]:
         """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
+        ``row_locks`` matters on PostgreSQL only (see ``db_postgres``): SQLite always takes
+        its one write lock.
 
         ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one
         transaction): still atomic and ordered, and kept if the process dies, but an OS crash

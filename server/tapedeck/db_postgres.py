@@ -175,16 +175,18 @@ class PostgresDatabase(Database):
             raise
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Tx]:
+    def write(self, *, durable: bool = True, row_locks: bool = False) -> Iterator[Tx]:
         """A write transaction holding ``WRITE_LOCK`` (see the module docstring);
-        ``durable=False`` commits with ``synchronous_commit = off``."""
+        ``durable=False`` commits with ``synchronous_commit = off``. ``row_locks=True``
+        skips ``WRITE_LOCK``: for callers whose every rule is guarded by the rows they lock
+        (single-row conditional UPDATEs, ``FOR UPDATE SKIP LOCKED`` claims: the job queue)."""
         if getattr(self._local, "tx", None) is not None:
             raise RuntimeError("nested Database.write() on one thread")
         with self._pool.connection() as conn, conn.transaction():
             tx = PgTx(conn)
-            conn.execute("SELECT pg_advisory_xact_lock(%s),"
-                         " set_config('tapedeck.request_id', %s, true)",
-                         [WRITE_LOCK, current_request_id() or ""])
+            lock = "" if row_locks else f"pg_advisory_xact_lock({WRITE_LOCK}),"
+            conn.execute(f"SELECT {lock} set_config('tapedeck.request_id', %s, true)",
+                         [current_request_id() or ""])
             if not durable:
                 conn.execute("SET LOCAL synchronous_commit = off")
             self._local.tx = tx
@@ -229,7 +231,8 @@ class PostgresDatabase(Database):
         self._locks.close()
 
 
-def notify(tx: Tx, channel: str) -> None:
-    """``NOTIFY channel`` inside ``tx`` (delivered when it commits); nothing on SQLite."""
+def notify(tx: Tx, channel: str, payload: str = "") -> None:
+    """``NOTIFY channel, payload`` inside ``tx`` (delivered when it commits); nothing on
+    SQLite."""
     if tx.dialect == "postgresql":
-        tx.execute("SELECT pg_notify(?, '')", [channel])
+        tx.execute("SELECT pg_notify(?, ?)", [channel, payload])

@@ -126,3 +126,27 @@ def test_an_idle_pool_on_another_node_wakes_on_notify_not_on_its_poll(pg_url: st
         pool.stop(5.0)
         api.close()
         worker_db.close()
+
+
+def test_shared_writes_run_side_by_side_but_never_beside_a_global_one(
+        db: PostgresDatabase, pg_url: str) -> None:
+    """``lock="shared"`` (chunk ledger upserts of different recordings) does not wait for
+    another shared writer, and waits for a global writer (every other rule still sees a
+    quiescent database)."""
+    with psycopg.connect(pg_url) as other:
+        other.execute("SELECT pg_advisory_xact_lock_shared(%s)", [WRITE_LOCK])
+
+        def shared_write() -> bool:
+            with db.write(lock="shared") as tx:
+                tx.execute("SELECT 1")
+            return True
+
+        assert in_thread(shared_write)  # beside another shared writer: no wait
+        other.rollback()
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [WRITE_LOCK])  # a global writer
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (shared_write(), done.set()), daemon=True)
+        t.start()
+        assert not done.wait(1.0)  # waits for the global one ...
+        other.rollback()
+        assert done.wait(30)  # ... and goes on once it committed

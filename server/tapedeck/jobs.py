@@ -22,7 +22,7 @@ Contract:
   transaction (delivered at its commit), so idle workers of every host wake at once
   (``tapedeck.wakeup``); polling every ``job_poll_ms`` stays as the fallback.
 - Queue-only transactions (claim, heartbeat, retry, release, ``record_lost``) use
-  ``write(row_locks=True)``: each is a conditional UPDATE of the job's own row (lease token
+  ``write(lock="rows")``: each is a conditional UPDATE of the job's own row (lease token
   checked in its WHERE), which PostgreSQL re-checks after any row-lock wait.
 - Every claim writes a ``job_runs`` row (job, attempt, lease token, start) whose ``outcome`` is
   set when the run ends; a worker killed mid-job leaves the outcome NULL.
@@ -176,7 +176,7 @@ class JobQueue:
                 is None:
             return None
         owner = f"{worker}/{random_base62(12)}"
-        with self.db.write(row_locks=True) as tx:
+        with self.db.write(lock="rows") as tx:
             skip = " FOR UPDATE SKIP LOCKED" if tx.dialect == "postgresql" else ""
             row = tx.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
@@ -198,7 +198,7 @@ class JobQueue:
     # -- while running -----------------------------------------------------------------------
     def heartbeat(self, job: Job) -> None:
         """Extend the lease by ``lease_s`` from now; ``LeaseLost`` if it is no longer ours."""
-        with self.db.write(row_locks=True) as tx:
+        with self.db.write(lock="rows") as tx:
             cur = tx.execute(
                 "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?"
                 " AND status = 'running'", [self._lease_end(), job.id, job.owner])
@@ -241,20 +241,20 @@ class JobQueue:
         with self._rng_lock:
             delay = self.retry_policy.delay(job.attempts, self._rng)
         due = self.clock.now() + timedelta(seconds=delay)
-        with self.db.write(row_locks=True) as tx:
+        with self.db.write(lock="rows") as tx:
             self._take(tx, job, "queued", error=failure.to_json(), run_after=iso(due))
             self._end_run(tx, job, "retry", failure.to_json())
         return due
 
     def release(self, job: Job) -> None:
         """Hand the job back now (worker shutting down); the attempt is not counted."""
-        with self.db.write(row_locks=True) as tx:
+        with self.db.write(lock="rows") as tx:
             self._take(tx, job, "queued", run_after=iso(self.clock.now()), attempts_delta=-1)
             self._end_run(tx, job, "released")
 
     def record_lost(self, job: Job) -> None:
         """Note in ``job_runs`` that this run ended without its lease."""
-        with self.db.write(row_locks=True) as tx:
+        with self.db.write(lock="rows") as tx:
             self._end_run(tx, job, "lease_lost")
 
     def _end_run(self, tx: Tx, job: Job, outcome: str,

@@ -11,6 +11,7 @@ again. ``project()`` bootstraps a project through the database, like
 from __future__ import annotations
 
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,13 @@ class Fleet:
     root: Path
     children: list[Child] = field(default_factory=list)
     _count: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spawn(self, role: str, name: str | None = None, **overrides: Any) -> Child:
         """Start ``tapedeck ROLE`` with its own data dir (and ports picked freely)."""
-        self._count += 1
-        name = name or f"{role}-{self._count}"
+        with self._lock:
+            self._count += 1
+            name = name or f"{role}-{self._count}"
         s = self.settings.replace(data_dir=self.root / name, **overrides)
         child = spawn(s, role, self.root / "logs", name)
         self.children.append(child)
@@ -79,3 +82,21 @@ class Fleet:
         for child in self.children:
             if child.proc.poll() is None:
                 child.kill()
+
+
+def fleet_store(fleet: Fleet) -> Any:
+    """An ``S3Store`` on the fleet's bucket, for checking what the processes stored."""
+    from tapedeck.store.s3 import S3Store
+
+    s = fleet.settings
+    return S3Store(endpoint=s.s3_endpoint, access_key=s.s3_access_key,
+                   secret_key=s.s3_secret_key, bucket=s.s3_bucket, secure=False,
+                   region="us-east-1")
+
+
+def read_all(store: Any, key: str) -> bytes:
+    stream = store.open(key)
+    try:
+        return bytes(stream.read())
+    finally:
+        stream.close()

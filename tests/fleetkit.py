@@ -51,7 +51,8 @@ class Fleet:
             self._count += 1
             name = name or f"{role}-{self._count}"
         s = self.settings.replace(data_dir=self.root / name, **overrides)
-        child = spawn(s, role, self.root / "logs", name)
+        # A generous bound: on a loaded 2-core machine a cold start takes tens of seconds.
+        child = spawn(s, role, self.root / "logs", name, timeout=300.0)
         self.children.append(child)
         return child
 

@@ -221,6 +221,7 @@ def verify(db: Any, fleet: Fleet, devices: Devices, receiver: Hooks) -> dict[str
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a hang bound only: 26 cold process starts on a shared machine
 def test_fleet_survives_sigkills(cluster: WeedCluster, postgres: Any, tmp_path: Path) -> None:
     url = postgres.fresh_database()
     base = test_settings(cluster, tmp_path / "base", retention_chunks_s=-1)

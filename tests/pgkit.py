@@ -48,7 +48,7 @@ class TempPostgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
-            raise PostgresUnavailable(f"{' '.join(argv[:2])} failed: "
+            raise PostgresUnavailable(f"{' '.join(map(str, argv[:2]))} failed: "
                                       f"{(res.stderr or res.stdout).strip()[-500:]}")
 
     def start(self) -> TempPostgres:

@@ -142,13 +142,22 @@ class App:
 
             self.services.append(start_gateway(self))
         if "worker" in roles:
+            from tapedeck.jobs import JOBS_CHANNEL
+            from tapedeck.wakeup import listen_for_wakeups
             from tapedeck.worker import start_workers
 
-            self.services.append(start_workers(self))
+            pool = start_workers(self)  # PostgreSQL: enqueues on any host wake it (NOTIFY)
+            self.services.append(listen_for_wakeups(
+                self.db, {JOBS_CHANNEL: lambda kind: pool.wake(kind or None)}))
+            self.services.append(pool)
         if "dispatcher" in roles:
+            from tapedeck.wakeup import listen_for_wakeups
             from tapedeck.webhooks.role import start_dispatcher
 
-            self.services.append(start_dispatcher(self))
+            dispatcher = start_dispatcher(self)  # PostgreSQL: new events wake it (NOTIFY)
+            self.services.append(listen_for_wakeups(
+                self.db, {"tapedeck_outbox": lambda _payload: dispatcher.wake()}))
+            self.services.append(dispatcher)
         if "sweeper" in roles:
             from tapedeck.sweeper import start_sweeper
 

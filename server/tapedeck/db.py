@@ -24,7 +24,7 @@ from pathlib import Path
 from tapedeck.logs import install_sql_function
 from tapedeck.migrations import migrate
 from tapedeck.private import private_database
-from tapedeck.sql import Dialect, SqliteTx, Tx
+from tapedeck.sql import Dialect, SqliteTx, Tx, WriteLock
 
 
 class KeyedLocks:
@@ -86,8 +86,10 @@ class Database:
         return db
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Tx]:
+    def write(self, *, durable: bool = True, lock: WriteLock = "global") -> Iterator[Tx]:
         """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``; rollback on error).
+        ``lock`` matters on PostgreSQL only (``db_postgres``): SQLite always takes its one
+        write lock.
 
         ``durable=False`` commits without an fsync (``synchronous=NORMAL`` for this one
         transaction): still atomic and ordered, and kept if the process dies, but an OS crash

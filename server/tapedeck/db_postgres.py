@@ -4,10 +4,18 @@
 Contracts, identical to SQLite's from the domain's point of view:
 - ``write()``: one transaction (READ COMMITTED) that first takes the transaction-scoped
   advisory lock ``WRITE_LOCK`` — PostgreSQL's counterpart of SQLite's ``BEGIN IMMEDIATE``.
-  Every read-then-write rule of the domain (chunk replace vs finalize, idempotency keys, one
-  stitching job, one terminal event, job and outbox leases) therefore holds across any number
-  of processes and hosts: no rule depends on process memory. The lock is released by
-  COMMIT/ROLLBACK, also when a process dies (its session ends).
+  Every read-then-write rule of the domain (idempotency keys, one stitching job, one terminal
+  event, device token rotation, …) therefore holds across any number of processes and hosts:
+  no rule depends on process memory. The lock is released by COMMIT/ROLLBACK, also when a
+  process dies (its session ends). Two narrower modes (``write(lock=…)``):
+  ``"shared"`` takes ``WRITE_LOCK`` in shared mode: such transactions run in parallel with
+  each other but never beside a global one (an exclusive waiter is queued ahead of later
+  shared requests, so a global transaction always sees a quiescent database, exactly as
+  before). Only for a transaction whose caller holds ``hold(<recording id>)`` and whose rules
+  are all that recording's (the chunk ledger upsert of chunk ingest); ``"rows"`` takes no
+  advisory lock: the job queue's claim (``FOR UPDATE SKIP LOCKED``) and its single-row
+  conditional UPDATEs (heartbeat, retry, release), which PostgreSQL re-checks after any
+  row-lock wait.
 - ``read()``: a ``Tx`` whose every statement runs on a pooled connection in autocommit and
   is fetched whole (like a SQLite read outside a transaction); inside ``write()`` on the same
   thread it is the write transaction itself, so a thread reads its own uncommitted writes.
@@ -37,9 +45,14 @@ from psycopg_pool import ConnectionPool
 from tapedeck.db import Database
 from tapedeck.logs import current_request_id
 from tapedeck.migrations import migrate
-from tapedeck.sql import Cursor, Dialect, Params, Tx
+from tapedeck.sql import Cursor, Dialect, Params, Tx, WriteLock
 
 WRITE_LOCK = 0x7461706564  # "taped": the advisory lock every write transaction takes first
+_LOCK_SQL: dict[WriteLock, str] = {
+    "global": f"pg_advisory_xact_lock({WRITE_LOCK}),",
+    "shared": f"pg_advisory_xact_lock_shared({WRITE_LOCK}),",
+    "rows": "",
+}
 
 _IS_PARAM = re.compile(r"\bIS\s+(NOT\s+)?\?", re.IGNORECASE)
 _EMPTY_IN = re.compile(r"\bIN\s*\(\s*\)", re.IGNORECASE)
@@ -175,16 +188,19 @@ class PostgresDatabase(Database):
             raise
 
     @contextmanager
-    def write(self, *, durable: bool = True) -> Iterator[Tx]:
-        """A write transaction holding ``WRITE_LOCK`` (see the module docstring);
-        ``durable=False`` commits with ``synchronous_commit = off``."""
+    def write(self, *, durable: bool = True, lock: WriteLock = "global") -> Iterator[Tx]:
+        """A write transaction; ``durable=False`` commits with ``synchronous_commit = off``.
+        ``lock`` (see the module docstring): ``"global"`` takes ``WRITE_LOCK`` exclusively,
+        ``"shared"`` takes it shared (the caller holds ``hold(<recording id>)`` and touches
+        only that recording's rows), ``"rows"`` takes none (every rule of the transaction is
+        a conditional UPDATE or ``FOR UPDATE SKIP LOCKED`` on rows: the job queue)."""
         if getattr(self._local, "tx", None) is not None:
             raise RuntimeError("nested Database.write() on one thread")
         with self._pool.connection() as conn, conn.transaction():
             tx = PgTx(conn)
-            conn.execute("SELECT pg_advisory_xact_lock(%s),"
-                         " set_config('tapedeck.request_id', %s, true)",
-                         [WRITE_LOCK, current_request_id() or ""])
+            take = _LOCK_SQL[lock]
+            conn.execute(f"SELECT {take} set_config('tapedeck.request_id', %s, true)",
+                         [current_request_id() or ""])
             if not durable:
                 conn.execute("SET LOCAL synchronous_commit = off")
             self._local.tx = tx
@@ -229,7 +245,8 @@ class PostgresDatabase(Database):
         self._locks.close()
 
 
-def notify(tx: Tx, channel: str) -> None:
-    """``NOTIFY channel`` inside ``tx`` (delivered when it commits); nothing on SQLite."""
+def notify(tx: Tx, channel: str, payload: str = "") -> None:
+    """``NOTIFY channel, payload`` inside ``tx`` (delivered when it commits); nothing on
+    SQLite."""
     if tx.dialect == "postgresql":
-        tx.execute("SELECT pg_notify(?, '')", [channel])
+        tx.execute("SELECT pg_notify(?, ?)", [channel, payload])

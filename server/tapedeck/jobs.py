@@ -4,8 +4,10 @@ Contract:
 
 - ``enqueue(tx, …)`` adds a ``queued`` job inside the caller's write transaction, so a job
   exists exactly when the state change that needs it commits.
-- ``claim`` atomically (one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING`` under
-  ``BEGIN IMMEDIATE``) takes the oldest due job of the given kinds: ``queued`` with
+- ``claim`` atomically (one ``UPDATE … WHERE id = (SELECT … LIMIT 1) RETURNING``; SQLite:
+  under ``BEGIN IMMEDIATE``; PostgreSQL: the subquery is ``FOR UPDATE SKIP LOCKED`` and the
+  transaction takes no global lock, so claimers on any number of hosts never wait for each
+  other nor for api writes) takes the oldest due job of the given kinds: ``queued`` with
   ``run_after <= now``, or ``running`` whose lease expired (its worker died or hung). It sets
   ``status='running'``, a fresh lease token in ``lease_owner``, ``lease_expires_at = now +
   lease`` and counts the attempt. Kinds nobody asks for are never claimed: they stay queued.
@@ -16,6 +18,12 @@ Contract:
 - ``retry`` puts the job back to ``queued`` with ``run_after = now + backoff`` (exponential,
   ±jitter, capped); ``release`` hands it back immediately (shutdown) without counting the
   attempt.
+- On PostgreSQL, ``enqueue`` also sends ``NOTIFY tapedeck_jobs, '<kind>'`` in the caller's
+  transaction (delivered at its commit), so idle workers of every host wake at once
+  (``tapedeck.wakeup``); polling every ``job_poll_ms`` stays as the fallback.
+- Queue-only transactions (claim, heartbeat, retry, release, ``record_lost``) use
+  ``write(lock="rows")``: each is a conditional UPDATE of the job's own row (lease token
+  checked in its WHERE), which PostgreSQL re-checks after any row-lock wait.
 - Every claim writes a ``job_runs`` row (job, attempt, lease token, start) whose ``outcome`` is
   set when the run ends; a worker killed mid-job leaves the outcome NULL.
 
@@ -43,6 +51,8 @@ from tapedeck.ids import new_id, random_base62
 from tapedeck.sql import Tx, operational_errors
 
 log = logging.getLogger("tapedeck.jobs")
+
+JOBS_CHANNEL = "tapedeck_jobs"  # NOTIFY channel of enqueue (payload: the job kind)
 
 JOB_ID_PREFIXES = {"stitch": "job_stitcher_", "transcribe": "job_transcriber_",
                    "live_transcribe": "job_live_"}
@@ -134,6 +144,8 @@ def enqueue(tx: Tx, clock: Clock, kind: str, *,
         " updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
         [job_id, kind, recording_id, json.dumps(payload or {}),
          iso(now + timedelta(seconds=delay_s)), iso(now), iso(now)])
+    if tx.dialect == "postgresql":
+        tx.execute("SELECT pg_notify(?, ?)", [JOBS_CHANNEL, kind])
     return job_id
 
 
@@ -164,11 +176,12 @@ class JobQueue:
                 is None:
             return None
         owner = f"{worker}/{random_base62(12)}"
-        with self.db.write() as tx:
+        with self.db.write(lock="rows") as tx:
+            skip = " FOR UPDATE SKIP LOCKED" if tx.dialect == "postgresql" else ""
             row = tx.execute(
                 "UPDATE jobs SET status = 'running', lease_owner = ?, lease_expires_at = ?,"
                 " attempts = attempts + 1, updated_at = ? WHERE id = ("
-                f" SELECT id FROM jobs WHERE {due} ORDER BY run_after, created_at LIMIT 1)"
+                f" SELECT id FROM jobs WHERE {due} ORDER BY run_after, created_at LIMIT 1{skip})"
                 " RETURNING id, kind, recording_id, payload, attempts",
                 [owner, self._lease_end(), now, *args]).fetchone()
             if row is None:
@@ -185,7 +198,7 @@ class JobQueue:
     # -- while running -----------------------------------------------------------------------
     def heartbeat(self, job: Job) -> None:
         """Extend the lease by ``lease_s`` from now; ``LeaseLost`` if it is no longer ours."""
-        with self.db.write() as tx:
+        with self.db.write(lock="rows") as tx:
             cur = tx.execute(
                 "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_owner = ?"
                 " AND status = 'running'", [self._lease_end(), job.id, job.owner])
@@ -228,20 +241,20 @@ class JobQueue:
         with self._rng_lock:
             delay = self.retry_policy.delay(job.attempts, self._rng)
         due = self.clock.now() + timedelta(seconds=delay)
-        with self.db.write() as tx:
+        with self.db.write(lock="rows") as tx:
             self._take(tx, job, "queued", error=failure.to_json(), run_after=iso(due))
             self._end_run(tx, job, "retry", failure.to_json())
         return due
 
     def release(self, job: Job) -> None:
         """Hand the job back now (worker shutting down); the attempt is not counted."""
-        with self.db.write() as tx:
+        with self.db.write(lock="rows") as tx:
             self._take(tx, job, "queued", run_after=iso(self.clock.now()), attempts_delta=-1)
             self._end_run(tx, job, "released")
 
     def record_lost(self, job: Job) -> None:
         """Note in ``job_runs`` that this run ended without its lease."""
-        with self.db.write() as tx:
+        with self.db.write(lock="rows") as tx:
             self._end_run(tx, job, "lease_lost")
 
     def _end_run(self, tx: Tx, job: Job, outcome: str,

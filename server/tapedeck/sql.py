@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 Dialect = Literal["sqlite", "postgresql"]
+WriteLock = Literal["global", "shared", "rows"]  # Database.write(lock=…), see db_postgres
 Params = Sequence[Any] | Mapping[str, Any]
 
 

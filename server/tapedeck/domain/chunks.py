@@ -315,7 +315,9 @@ class Chunks:
         store's listing with a durable commit. A newer object of the part (a later
         version: keys of one part sort by version) is never replaced by an older one."""
         now = self._ctx.clock.now()
-        with self._ctx.db.write(durable=False) as tx:
+        # Always called under hold(recording_id), touching only this recording's rows:
+        # ingest of other recordings does not wait for it (db_postgres, lock="shared").
+        with self._ctx.db.write(durable=False, lock="shared") as tx:
             cur = tx.execute(
                 "INSERT INTO chunks (recording_id, part, size_bytes, md5, received_at,"
                 " object_key) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"

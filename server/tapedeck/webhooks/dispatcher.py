@@ -261,6 +261,10 @@ class Dispatcher:
         if close is not None:
             close()
 
+    def wake(self) -> None:
+        """Run a round now instead of at the next poll (a ``NOTIFY`` of a new event)."""
+        self._wake.set()
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no attempt is running, then record every finished one; False on
         timeout."""
@@ -582,14 +586,17 @@ def claim_deliveries(tx: Tx, owner: str, now: str, slots: int,
 def _due(tx: Tx, endpoint_id: str, now: str, free: int,
          held: set[str]) -> list[_Candidate]:
     """Up to ``free`` due unleased deliveries of one endpoint, oldest first, at most one per
-    order key and none of a key in ``held``."""
+    order key and none of a key in ``held``. PostgreSQL: the rows are locked ``FOR UPDATE
+    SKIP LOCKED`` (a delivery another transaction is leasing or acknowledging is passed over,
+    never waited for)."""
+    skip = " FOR UPDATE OF d SKIP LOCKED" if tx.dialect == "postgresql" else ""
     taken, out = set(held), []
     for row in tx.execute(
             "SELECT d.next_attempt_at, d.seq, d.id, d.endpoint_id, d.event_id, e.recording_id,"
             " e.type, e.created_at, e.data, e.request_id FROM webhook_deliveries d"
             " JOIN events e ON e.id = d.event_id WHERE d.endpoint_id = ? AND"
             " d.status = 'pending' AND d.lease_owner IS NULL AND d.next_attempt_at <= ?"
-            " ORDER BY d.next_attempt_at, d.seq LIMIT ?",
+            f" ORDER BY d.next_attempt_at, d.seq LIMIT ?{skip}",
             [endpoint_id, now, free * 8 + 8]).fetchall():
         key = _order_key(row[5], row[6], row[8])
         if key is not None:

@@ -63,8 +63,9 @@ def page(srv: RunningServer) -> Iterator[Any]:
 
 
 def conversation_chunks() -> tuple[list[bytes], int]:
-    """The two-voice conversation of tests/transcribe/test_live_speakers.py, encoded like the
-    device agent (one encoder, 10 s chunk files with the 80 ms overlap)."""
+    """The two-voice conversation of tests/transcribe/test_live_speakers.py (diarized as S1
+    and S2 there), encoded like the device agent (one encoder, 10 s chunk files with the
+    80 ms overlap)."""
     conv = vk.conversation(["allison", "carlo"], 4, 31, min_turn=4, max_turn=10)
     pcm = (np.clip(conv.pcm, -1.0, 32767 / 32768) * 32768.0).astype("<i2").tobytes()
     chunker = OpusChunker(chunk_duration_ms=CHUNK_MS, bitrate=24_000, complexity=10)
@@ -113,11 +114,16 @@ def test_live_transcript_speakers_downloads_and_click_to_seek(
     assert words.count() > partial
     speakers = page.locator(".speakers .speaker")
     assert speakers.all_inner_texts() == ["S1", "S2"]
-    assert {page.get_attribute(".speakers .speaker >> nth=%d" % i, "class")
+    assert {page.get_attribute(f".speakers .speaker >> nth={i}", "class")
             for i in (0, 1)} == {"speaker spk-0", "speaker spk-1"}
-    colours = page.evaluate("Array.from(document.querySelectorAll('#transcript .word'))"
-                            ".map(w => getComputedStyle(w).color)")
-    assert len(set(colours)) == 2  # each speaker's words in its own colour
+    legend = page.evaluate("Object.fromEntries(Array.from(document.querySelectorAll("
+                           "'.speakers .speaker')).map(s => [s.textContent,"
+                           " getComputedStyle(s).color]))")
+    assert len(set(legend.values())) == 2, legend  # two distinct colours
+    coloured = page.evaluate("Array.from(document.querySelectorAll('#transcript .word'))"
+                             ".map(w => [w.dataset.speaker, getComputedStyle(w).color])")
+    assert all(legend[spk] == colour for spk, colour in coloured), coloured  # by speaker
+    print("speakers of the words:", {spk: sum(s == spk for s, _ in coloured) for spk in legend})
     page.wait_for_function("document.getElementById('player').readyState >= 1")
     duration = page.evaluate("document.getElementById('player').duration")
     assert abs(duration * 1000 - duration_ms) < 100, (duration, duration_ms)

@@ -115,7 +115,7 @@ def test_failed_recording_page_and_rerun_stitching(srv: RunningServer) -> None: 
 
 def test_rest_stitch_route(srv: RunningServer, stitched: dict[str, Any]) -> None:  # noqa: F811
     api = client(srv.http_url, srv.api_key)
-    rec_id, key, data = lost_chunk_recording(srv)
+    rec_id, _, _ = lost_chunk_recording(srv)
     refused = api.post(f"/v1/recordings/{stitched['id']}/stitch")
     assert refused.status_code == 409 and refused.json()["error"]["type"] == "invalid_state"
     ok = api.post(f"/v1/recordings/{rec_id}/stitch", headers={"Idempotency-Key": "rs-1"})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Query, Request, Response
@@ -127,7 +127,8 @@ def add_recording_extras(app: FastAPI, c: Console) -> None:
     d = c.domain
 
     @app.get("/console/live/recordings", include_in_schema=False)
-    async def live_rows(request: Request, id: list[str] = Query(default=[])) -> Response:  # noqa: A002
+    async def live_rows(request: Request,
+                        id: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
         got = await anyio.to_thread.run_sync(lambda: c.session(request))
         if got is None:
             return Response(status_code=401)

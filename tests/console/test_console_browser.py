@@ -15,10 +15,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from test_console_http import EVIL, srv, stitched  # noqa: F401  # the module's fixtures
+from test_console_http import (  # noqa: F401  # the module's fixtures and helpers
+    EVIL,
+    client,
+    create_streaming,
+    put_chunk,
+    srv,
+    stitched,
+)
 from test_console_recordings import day, lost_chunk_recording, run_stitch
 
 from serverkit import RunningServer
+from stitchkit import continuous_chunks
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -77,6 +85,7 @@ def sign_in(page: Any, srv: RunningServer) -> None:  # noqa: F811
     page.wait_for_url("**/console/recordings")
 
 
+@pytest.mark.slow
 def test_date_filter_and_rerun_stitching(page: Any, srv: RunningServer,  # noqa: F811
                                          stitched: dict[str, Any],  # noqa: F811
                                          tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -113,3 +122,28 @@ def test_date_filter_and_rerun_stitching(page: Any, srv: RunningServer,  # noqa:
     page.screenshot(path=str(shots / "recording-recovered.png"), full_page=True)
     origin = urlsplit(srv.http_url).netloc
     assert all(urlsplit(u).netloc == origin for u in page.requests), page.requests
+
+
+@pytest.mark.slow
+def test_list_rows_update_in_place_while_recording(page: Any, srv: RunningServer,  # noqa: F811
+                                                   tmp_path_factory: pytest.TempPathFactory,
+                                                   ) -> None:
+    shots: Path = tmp_path_factory.mktemp("console-screenshots")
+    api = client(srv.http_url, srv.api_key)
+    rec = create_streaming(api, name="recording-now")
+    sign_in(page, srv)
+    page.goto(f"{srv.http_url}/console/recordings?status=streaming")
+    row = f"tr[data-id='{rec['id']}']"
+    assert page.inner_text(f"{row} [data-col=chunks_received]") == "0"
+    page.evaluate("window.__same_page = true")  # survives only if the page is not reloaded
+    for part, chunk in enumerate(continuous_chunks(2.0, 1_000), 1):
+        assert put_chunk(rec["chunk_upload_url_template"], part, chunk.data).status_code == 201
+    page.wait_for_function(f"document.querySelector(\"{row} [data-col=chunks_received]\")"
+                           ".textContent === '2'", timeout=20_000)
+    assert page.evaluate("window.__same_page === true")
+    page.screenshot(path=str(shots / "recordings-live-row.png"), full_page=True)
+    assert api.post(f"/v1/recordings/{rec['id']}/finalize",
+                    json={"total_chunks": 2, "final_duration_ms": 2000}).status_code == 200
+    page.wait_for_function(f"document.querySelector(\"{row} [data-col=status]\")"
+                           ".textContent === 'uploaded'", timeout=20_000)
+    assert page.evaluate("window.__same_page === true")

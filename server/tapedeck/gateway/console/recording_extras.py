@@ -128,14 +128,15 @@ def add_recording_extras(app: FastAPI, c: Console) -> None:
 
     @app.get("/console/live/recordings", include_in_schema=False)
     async def live_rows(request: Request,
-                        id: Annotated[list[str], Query()] = []) -> Response:  # noqa: B006
+                        id: Annotated[list[str] | None, Query()] = None) -> Response:
+        ids = id or []
         got = await anyio.to_thread.run_sync(lambda: c.session(request))
         if got is None:
             return Response(status_code=401)
 
         def rows() -> list[dict[str, Any]]:
             out = []
-            for rec_id in id[:MAX_LIVE_ROWS]:
+            for rec_id in ids[:MAX_LIVE_ROWS]:
                 try:
                     out.append(row_json(d.recordings.get(got[1], rec_id)))
                 except TapedeckError as exc:

@@ -74,8 +74,8 @@ def main() -> None:
         for name, first in positions.items():
             old, new = [], []
             for _ in range(args.runs):
-                t_old, a = timed(lambda: discard_then_read(store, "audio.opus", first, RANGE))
-                t_new, b = timed(lambda: ranged(store, "audio.opus", first, RANGE))
+                t_old, a = timed(lambda f=first: discard_then_read(store, "audio.opus", f, RANGE))
+                t_new, b = timed(lambda f=first: ranged(store, "audio.opus", f, RANGE))
                 assert a == b == data[first:first + RANGE]
                 old.append(t_old)
                 new.append(t_new)

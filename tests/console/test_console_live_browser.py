@@ -52,7 +52,9 @@ def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 
 
 @pytest.fixture(scope="module")
-def page(srv: RunningServer) -> Iterator[Any]:
+def page() -> Iterator[Any]:
+    """Started before the server and stopped after it (the test asks for it first): with the
+    browser's driver stopped before the whisper worker, the interpreter crashed at exit."""
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         pg = browser.new_page(bypass_csp=True)  # playwright polls with eval(); CSP stays on

@@ -24,7 +24,7 @@ from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
 from tapedeck_agent.encoder import OpusChunker
 
 import voicekit as vk
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, spawn_server, start_server, test_settings
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -36,6 +36,9 @@ pytestmark = [pytest.mark.slow,
 
 @pytest.fixture(scope="module")
 def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The API in this process; the workers (whisper, live pieces, stitching) in a
+    ``tapedeck worker`` child on the same database and store. (With the model loaded in the
+    process that also drove the browser, the interpreter crashed at exit.)"""
     try:
         model = ensure_whisper_base(MODEL_DIR)
     except ModelUnavailable as exc:
@@ -43,18 +46,18 @@ def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
     settings = test_settings(weed, tmp_path_factory.mktemp("console-live") / "data",
                              whisper_model=str(model), whisper_threads=2, job_poll_ms=50,
                              live_transcription=True)
-    s = start_server(settings, roles=["grpc", "http", "worker"])
+    s = start_server(settings, roles=["grpc", "http"])
+    worker = spawn_server(settings, "worker")
     try:
         yield s
     finally:
+        worker.terminate()
         s.close()
         drop_bucket(weed, settings.s3_bucket)
 
 
 @pytest.fixture(scope="module")
 def page() -> Iterator[Any]:
-    """Started before the server and stopped after it (the test asks for it first): with the
-    browser's driver stopped before the whisper worker, the interpreter crashed at exit."""
     with playwright_sync.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         pg = browser.new_page(bypass_csp=True)  # playwright polls with eval(); CSP stays on

@@ -219,9 +219,9 @@ class MeteredStore:
             self._m.chunk_bytes.inc(info.size)
         return info
 
-    def open(self, key: str) -> BinaryIO:
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
         try:
-            return self.inner.open(key)
+            return self.inner.open(key, offset, length)
         except TapedeckError as exc:
             self._failed("get", exc)
             raise

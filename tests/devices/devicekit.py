@@ -341,6 +341,9 @@ ACCESS: dict[str, Access] = {
     "CreateDownloadUrl": _a(R_READ, file_completed, OK, OK, FORB, OK, RNF, *_401, RNF),
     # REST only (the console's player): the stitched audio itself, with Range
     "GetRecordingAudio": _a(R_READ, file_completed, OK, OK, FORB, OK, RNF, *_401, RNF),
+    # REST only (the console's "Re-run stitching"): a streaming recording has not failed
+    "RestitchRecording": _a(R_WRITE, streaming_recording, NOT_READY, NOT_READY, FORB, FORB,
+                            FORB, *_401, RNF),
     "UploadChunk": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "ListChunks": _a(R_READ, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),
     "CreateChunkUploadUrl": _a(R_WRITE, streaming_recording, OK, OK, FORB, OK, RNF, *_401, RNF),

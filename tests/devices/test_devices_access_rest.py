@@ -76,6 +76,7 @@ ROUTES: dict[str, Route] = {
     "CompleteUpload": Route("POST", REC + "/upload-complete", {}),
     "CreateDownloadUrl": Route("POST", REC + "/download-url", {}),
     "GetRecordingAudio": Route("GET", REC + "/audio"),
+    "RestitchRecording": Route("POST", REC + "/stitch", {}),
     "UploadChunk": Route("PUT", REC + "/chunks/{part}", content=b"second chunk"),
     "ListChunks": Route("GET", REC + "/chunks"),
     "DeleteChunk": Route("DELETE", REC + "/chunks/{part}", part=1),

@@ -418,3 +418,35 @@ def test_store_down_is_storage_unavailable(down_store: ObjectStore) -> None:
         with pytest.raises(TapedeckError) as exc:
             call()
         assert error_type(exc) == "storage_unavailable"
+
+
+# -- ranged reads (ObjectStore.open(key, offset, length)) ------------------------------------
+
+@pytest.mark.parametrize(("offset", "length"), [
+    (0, None), (0, 1), (100, 1000), (999_000, None), (999_999, 5), (0, 2_000_000),
+    (123_457, 65_537)])
+def test_open_reads_a_range(obj_store: ObjectStore, offset: int, length: int | None) -> None:
+    data = os.urandom(1_000_000)
+    put_bytes(obj_store, "r", data)
+    f = obj_store.open("r", offset, length)
+    try:
+        got = f.read()
+    finally:
+        f.close()
+    end = None if length is None else offset + length
+    assert got == data[offset:end]
+
+
+def test_open_past_the_end_or_empty_range_is_empty(obj_store: ObjectStore) -> None:
+    put_bytes(obj_store, "r", b"0123456789")
+    for offset, length in ((10, None), (50, 3), (3, 0)):
+        f = obj_store.open("r", offset, length)
+        assert f.read() == b"", (offset, length)
+        f.close()
+    for offset, length in ((5, None), (0, 0), (20, 1)):  # a missing key stays missing
+        with pytest.raises(ObjectNotFound):
+            obj_store.open("nope", offset, length)
+    with pytest.raises(ValueError):
+        obj_store.open("r", -1)
+    with pytest.raises(ValueError):
+        obj_store.open("r", 0, -2)

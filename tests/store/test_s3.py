@@ -297,3 +297,20 @@ def test_minio_adapter_refuses_an_untested_sdk() -> None:
 
     with pytest.raises(RuntimeError, match="missing _abort_multipart_upload"):
         MinioPrivate(Stripped("127.0.0.1:1", "AKIDEXAMPLE", "x" * 40, region="us-east-1"))
+
+
+def test_ranged_open_is_one_range_get(store: S3Store) -> None:
+    """``open(key, offset, length)`` asks the store for the range (206 + Content-Range), so
+    serving the tail of a long recording does not transfer its head."""
+    data = bytes(range(256)) * 4096  # 1 MiB
+    store.put("r", io.BytesIO(data), len(data))
+    f = store.open("r", 1_000_000, 100)
+    response = f.raw._response  # type: ignore[attr-defined]  # the urllib3 response
+    assert response.status == 206
+    assert response.headers["Content-Range"] == f"bytes 1000000-1000099/{len(data)}"
+    assert f.read() == data[1_000_000:1_000_100]
+    f.close()
+    tail = store.open("r", 1_048_000)
+    assert tail.raw._response.headers["Content-Length"] == "576"  # type: ignore[attr-defined]
+    assert tail.read() == data[1_048_000:]
+    tail.close()

@@ -161,8 +161,11 @@ class Recordings:
 
     def list(self, p: Principal, *, limit: int = 25, cursor: str | None = None,
              device_id: str | None = None, end_user_id: str | None = None,
-             status: str | None = None) -> Page:
-        """Recordings newest first; ``cursor`` continues a previous page."""
+             status: str | None = None, created_from: datetime | None = None,
+             created_to: datetime | None = None) -> Page:
+        """Recordings newest first; ``cursor`` continues a previous page. ``created_from``
+        (inclusive) and ``created_to`` (exclusive) bound ``created_at`` (aware datetimes;
+        ``invalid_request`` when the window is empty)."""
         p.require("recordings:read")
         if not 1 <= limit <= 100:
             raise invalid("limit", "limit must be between 1 and 100.")
@@ -176,6 +179,12 @@ class Recordings:
             if value is not None:
                 where.append(f"{col} = ?")
                 args.append(value)
+        if created_from and created_to and created_to <= created_from:
+            raise invalid("created_to", "created_to must be after created_from.")
+        for op, when in ((">=", created_from), ("<", created_to)):
+            if when is not None:
+                where.append(f"created_at {op} ?")
+                args.append(iso(when))
         if cursor:
             created_at, last_id = cursors.decode_position(cursor)
             where.append("(created_at, id) < (?, ?)")

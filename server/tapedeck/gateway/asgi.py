@@ -15,6 +15,7 @@ from tapedeck.gateway.devices import BODY_MODELS as DEVICE_BODY_MODELS
 from tapedeck.gateway.devices import add_device_routes
 from tapedeck.gateway.fleet import BODY_MODELS as FLEET_BODY_MODELS
 from tapedeck.gateway.fleet import add_fleet_routes
+from tapedeck.gateway.restitch import add_restitch_route
 from tapedeck.gateway.routes import Gateway, add_routes
 from tapedeck.gateway.search import add_search_routes
 from tapedeck.gateway.swagger import mount_swagger
@@ -45,6 +46,7 @@ def build_app(domain: Domain) -> FastAPI:
     add_fleet_routes(app.router, Gateway(domain))
     add_voice_profile_routes(app.router, Gateway(domain))
     add_audio_route(app.router, Gateway(domain))
+    add_restitch_route(app.router, Gateway(domain))
     errors.install(app)
     if domain.ctx.settings.console:
         mount_console(app, domain)

@@ -39,13 +39,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 def _bytes(domain: Domain, key: str, first: int, last: int) -> Iterator[bytes]:
-    stream = domain.ctx.store.open(key)
+    """Bytes ``first..last`` of ``key``: one ranged read from the store (no prefix read)."""
+    stream = domain.ctx.store.open(key, first, last - first + 1)
     try:
-        skip, left = first, last - first + 1
-        while skip:
-            skip -= len(stream.read(min(BLOCK, skip))) or skip
-        while left > 0 and (block := stream.read(min(BLOCK, left))):
-            left -= len(block)
+        while block := stream.read(BLOCK):
             yield block
     finally:
         stream.close()

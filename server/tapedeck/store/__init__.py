@@ -83,8 +83,14 @@ class ObjectStore(Protocol):
         by the store; otherwise it raises ``ObjectExists`` and leaves the object as it was."""
         ...
 
-    def open(self, key: str) -> BinaryIO:
-        """A readable stream of the object (close it after use). Raises ObjectNotFound."""
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """A readable stream of the object (close it after use). Raises ObjectNotFound.
+
+        Ranged read: the bytes ``[offset, offset + length)`` clipped to the object's end
+        (``length=None``: to the end), fetched from the store as a range (S3 ``Range`` GET),
+        never by reading and discarding a prefix. An ``offset`` at or past the end, or
+        ``length=0``, gives an empty stream (the key must still exist); a negative
+        ``offset`` or ``length`` is a ``ValueError``."""
         ...
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -98,6 +104,12 @@ class ObjectStore(Protocol):
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
         ...
+
+
+def check_range(offset: int, length: int | None) -> None:
+    """``ValueError`` for a negative ``offset``/``length`` of ``ObjectStore.open``."""
+    if offset < 0 or (length is not None and length < 0):
+        raise ValueError(f"bad range: offset={offset}, length={length}")
 
 
 @runtime_checkable

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import BinaryIO
 
 from tapedeck.errors import error
-from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound, md5_of_b64
+from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound, check_range, md5_of_b64
 
 PART_SIZE = 5 * 1024 * 1024
 """Part size of a ``length=-1`` put (as ``tapedeck.store.s3``): only the ETag depends on it."""
@@ -101,14 +101,16 @@ class MemoryStore:
             self._objects[key] = _Object(body, info)
         return info
 
-    def open(self, key: str) -> BinaryIO:
-        """A stream of the object as it was when opened."""
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """A stream of the object (or of its range) as it was when opened."""
+        check_range(offset, length)
         self._check_up()
         with self._lock:
             obj = self._objects.get(key)
         if obj is None:
             raise ObjectNotFound(key)
-        return io.BytesIO(obj.data)
+        end = len(obj.data) if length is None else offset + length
+        return io.BytesIO(obj.data[offset:end])
 
     def stat(self, key: str) -> ObjectInfo | None:
         self._check_up()

@@ -52,7 +52,7 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from minio.signer import sign_v4_s3
 
 from tapedeck.errors import TapedeckError, error
-from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound, md5_of_b64
+from tapedeck.store import ObjectExists, ObjectInfo, ObjectNotFound, check_range, md5_of_b64
 
 PART_SIZE = 5 * 1024 * 1024
 MAX_SINGLE_PUT = 5 * 1024 * 1024 * 1024
@@ -434,10 +434,28 @@ class S3Store:
         except (KeyError, TypeError, ValueError):
             return self._clock()
 
-    def open(self, key: str) -> BinaryIO:
-        """A buffered stream of the object; ``close()`` releases the connection."""
+    def open(self, key: str, offset: int = 0, length: int | None = None) -> BinaryIO:
+        """A buffered stream of the object, or of one ``Range`` of it (``bytes=offset-``
+        or ``bytes=offset-last``); ``close()`` releases the connection. A range starting
+        past the end (S3 ``InvalidRange``, 416) and ``length=0`` are empty streams of an
+        existing key."""
+        check_range(offset, length)
+        if length == 0:
+            if self.stat(key) is None:
+                raise ObjectNotFound(key)
+            return io.BytesIO(b"")
         with _translated(key):
-            response = self._client.get_object(self.bucket, key)
+            try:
+                response = self._client.get_object(self.bucket, key, offset=offset,
+                                                   length=length or 0)
+            except S3Error as exc:
+                if exc.code != "InvalidRange":  # 416: the range starts past the end
+                    raise
+                response = None
+        if response is None:
+            if self.stat(key) is None:
+                raise ObjectNotFound(key)
+            return io.BytesIO(b"")
         return io.BufferedReader(_ResponseStream(response), buffer_size=_STREAM_BUFFER)
 
     def stat(self, key: str) -> ObjectInfo | None:

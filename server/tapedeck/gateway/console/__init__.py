@@ -15,15 +15,23 @@ from fastapi.templating import Jinja2Templates
 
 from tapedeck.auth import Principal
 from tapedeck.domain import Domain
+from tapedeck.domain.timeline import timeline
 from tapedeck.errors import TapedeckError
 from tapedeck.gateway.audio import audio_response
 from tapedeck.gateway.console.actions import add_action_routes
 from tapedeck.gateway.console.fleet import add_fleet_routes
+from tapedeck.gateway.console.recording_extras import (
+    add_recording_extras,
+    day_window,
+    speaker_classes,
+    transcript_words,
+)
 from tapedeck.gateway.console.session import COOKIE, TTL_S, Session, SessionSealer
 
 HERE = Path(__file__).parent
 STATUSES = ("", "pending", "streaming", "uploaded", "stitching", "completed", "failed",
             "expired")
+LIVE_STATUSES = ("streaming", "uploaded", "stitching")
 CSP = "default-src 'self'; media-src 'self'; img-src 'self' data:; object-src 'none'"
 
 
@@ -96,6 +104,7 @@ def mount_console(app: FastAPI, domain: Domain) -> None:
     _recording_pages(app, c)
     add_action_routes(app, c)  # re-run (actions.py)
     add_fleet_routes(app, c)  # devices, end users, webhooks, API keys (fleet.py)
+    add_recording_extras(app, c)  # live JSON, downloads, re-run stitching
 
 
 async def _check_csrf(request: Request, s: Session) -> Response | None:
@@ -111,19 +120,23 @@ def _recording_pages(app: FastAPI, c: Console) -> None:
 
     @app.get("/console/recordings", include_in_schema=False)
     async def recordings(request: Request, status: str = "", device_id: str = "",
-                         end_user_id: str = "", cursor: str = "") -> Response:
+                         end_user_id: str = "", cursor: str = "", created_from: str = "",
+                         created_to: str = "") -> Response:
         got = await anyio.to_thread.run_sync(lambda: c.session(request))
         if got is None:
             return _to_login()
         s, p = got
         try:
+            window = day_window(created_from, created_to)
             page = await anyio.to_thread.run_sync(lambda: d.recordings.list(
                 p, limit=25, cursor=cursor or None, status=status or None,
-                device_id=device_id or None, end_user_id=end_user_id or None))
+                device_id=device_id or None, end_user_id=end_user_id or None,
+                created_from=window[0], created_to=window[1]))
         except TapedeckError as exc:
             return c.page(request, "error.html", exc.kind.http_status, s=s, error=exc)
         return c.page(request, "recordings.html", s=s, page=page, statuses=STATUSES,
-                      f={"status": status, "device_id": device_id, "end_user_id": end_user_id})
+                      f={"status": status, "device_id": device_id, "end_user_id": end_user_id,
+                         "created_from": created_from, "created_to": created_to})
 
     @app.get("/console/recordings/{recording_id}", include_in_schema=False)
     async def recording(request: Request, recording_id: str) -> Response:
@@ -151,18 +164,15 @@ def _recording_view(d: Domain, p: Principal, recording_id: str) -> dict[str, Any
     """What the recording page shows: the recording, its chunks, its transcript's words."""
     rec = d.recordings.get(p, recording_id)
     chunks = d.chunks.list(p, recording_id).to_json() if rec.streaming else None
-    words: list[dict[str, Any]] = []
     txn = None
     if rec.transcription_id and "transcriptions:read" in p.scopes:
         try:
             txn = d.transcriptions.get(p, rec.transcription_id).to_json()
         except TapedeckError:
             txn = None
-    for seg in (txn or {}).get("segments") or []:
-        for w in seg.get("words") or [{"word": seg.get("text", ""), **seg}]:
-            start = w.get("start_ms", w.get("start", 0))
-            start_s = start / 1000 if "start_ms" in w else float(start or 0)
-            words.append({"text": w.get("word") or w.get("text") or "", "start": start_s,
-                          "speaker": seg.get("speaker") or w.get("speaker") or ""})
+    words = transcript_words(txn)
     ready = any(m.status in ("ready", "uploaded") for m in rec.media)
-    return {"rec": rec, "chunks": chunks, "txn": txn, "words": words, "audio_ready": ready}
+    live = rec.status in LIVE_STATUSES or (txn or {}).get("status") in ("queued", "processing")
+    return {"rec": rec, "chunks": chunks, "txn": txn, "words": words, "audio_ready": ready,
+            "timeline": timeline(d.ctx, p, recording_id), "live": live,
+            "speakers": speaker_classes(txn)}

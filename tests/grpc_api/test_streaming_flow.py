@@ -18,6 +18,9 @@ from serverkit import RunningServer, auth, chunk_messages
 RS = recording_pb2.RecordingStatus
 TS = recording_pb2.TranscriptionStatus
 
+# Part of the API contract subset that runs on both databases (issue 19).
+pytestmark = pytest.mark.both_backends
+
 
 def create_streaming(srv: RunningServer, token: str) -> recording_pb2.Recording:
     resp = srv.recordings().CreateRecording(

@@ -18,6 +18,7 @@ from tapedeck.store.s3 import S3Store
 from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port
 
+import serverkit
 from serverkit import RunningServer, drop_bucket, start_server, test_settings
 
 
@@ -65,7 +66,7 @@ def store(weed: ManagedWeed) -> Iterator[S3Store]:
 
 
 @pytest.fixture
-def server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
+def server(weed: ManagedWeed, tmp_path: Path, db_backend: str) -> Iterator[RunningServer]:
     """An in-process Tapedeck (gRPC, plus REST once the gateway exists) with a project and
     its secret key, on a fresh bucket and SQLite file; torn down after the test."""
     roles = ["grpc"]
@@ -85,18 +86,13 @@ def server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
 def postgres() -> Iterator[Any]:
     """The session's real PostgreSQL (``tests/pgkit.py``), started on first use; skips the
     test when Debian's postgresql is not installed."""
-    import tempfile
-
-    from pgkit import PostgresUnavailable, TempPostgres
+    from pgkit import PostgresUnavailable, shared_postgres
 
     try:
-        pg = TempPostgres(Path(tempfile.mkdtemp(prefix="tapedeck-pg-"))).start()
+        pg = shared_postgres()
     except PostgresUnavailable as exc:
         pytest.skip(str(exc))
-    try:
-        yield pg
-    finally:
-        pg.stop()
+    yield pg
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,6 +118,26 @@ def database(db_target: str | Path) -> Iterator[Database]:
         yield db
     finally:
         db.close()
+@pytest.fixture(autouse=True)
+def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The database backend of this test's servers (``serverkit.test_settings``): each of
+    ``serverkit.BACKENDS`` for tests marked ``both_backends`` (parametrized below), else the
+    ``TAPEDECK_TEST_BACKEND`` environment variable's (SQLite by default)."""
+    name = getattr(request, "param", None) or serverkit.current_backend()
+    if name == "postgresql":
+        request.getfixturevalue("postgres")  # skips when PostgreSQL is not installed
+    serverkit.set_backend(name)
+    try:
+        yield name
+    finally:
+        serverkit.set_backend(None)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("both_backends") is not None:
+        metafunc.parametrize("db_backend", serverkit.BACKENDS, indirect=True)
+
+
 # Fixtures whose tests are slow by nature (the whisper model loads for seconds); their tests
 # get the ``slow`` marker (pyproject.toml) so ``scripts/test --quick`` leaves them out.
 SLOW_FIXTURES = frozenset({"whisper_dir"})

@@ -106,6 +106,22 @@ class TempPostgres:
         self.stop()
 
 
+_SHARED: TempPostgres | None = None
+
+
+def shared_postgres() -> TempPostgres:
+    """This process's one test PostgreSQL, started on first use and stopped at exit (the
+    session fixture ``postgres`` and ``serverkit.test_settings`` on PostgreSQL share it)."""
+    global _SHARED
+    if _SHARED is None:
+        import atexit
+        import tempfile
+
+        _SHARED = TempPostgres(Path(tempfile.mkdtemp(prefix="tapedeck-pg-"))).start()
+        atexit.register(_SHARED.stop)
+    return _SHARED
+
+
 if __name__ == "__main__":  # pragma: no cover - manual use
     import tempfile
     import time

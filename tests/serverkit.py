@@ -1,5 +1,11 @@
 """Test kit: real Tapedeck servers (in-process or as a child process) on free ports, backed
-by the session's real SeaweedFS and a real SQLite file in a temporary directory."""
+by the session's real SeaweedFS and a real SQLite file in a temporary directory, or a fresh
+database of the test PostgreSQL (``tests/pgkit.py``) when the test runs on that backend.
+
+Which backend ``test_settings`` picks: the running test's ``db_backend`` (tests marked
+``both_backends`` run once per backend, see tests/conftest.py), else the environment variable
+``TAPEDECK_TEST_BACKEND`` (``sqlite``, the default, or ``postgresql``: run any module on
+PostgreSQL by hand, e.g. ``TAPEDECK_TEST_BACKEND=postgresql pytest tests/gateway``)."""
 
 from __future__ import annotations
 
@@ -32,8 +38,49 @@ def drop_bucket(weed: Any, bucket: str) -> None:
         client.remove_bucket(bucket)  # weed mini allows removing a non-empty bucket
 
 
+BACKENDS = ("sqlite", "postgresql")
+_backend: str | None = None  # the running test's, set by the ``db_backend`` fixture
+_created: set[str] = set()  # PostgreSQL databases made here, dropped by ``drop_database``
+
+
+def set_backend(name: str | None) -> None:
+    """Make ``test_settings`` use ``name`` (None: back to the environment's choice)."""
+    global _backend
+    assert name is None or name in BACKENDS, name
+    _backend = name
+
+
+def current_backend() -> str:
+    """The backend ``test_settings`` gives a server (see the module docstring)."""
+    return _backend or os.environ.get("TAPEDECK_TEST_BACKEND", "sqlite")
+
+
+def database_url_for(backend: str) -> str:
+    """``Settings.database_url`` for a new test server: "" (SQLite in the data dir) or a
+    fresh, migrated PostgreSQL database."""
+    if backend != "postgresql":
+        return ""
+    from pgkit import shared_postgres
+
+    url = shared_postgres().fresh_database()
+    _created.add(url)
+    return url
+
+
+def drop_database(url: str) -> None:
+    """Drop a PostgreSQL database ``database_url_for`` made (anything else: nothing)."""
+    if url in _created:
+        from pgkit import shared_postgres
+
+        _created.discard(url)
+        shared_postgres().drop_database(url)
+
+
 def test_settings(weed: Any, data_dir: Path, **overrides: Any) -> Settings:
-    """Settings for a test server: the shared weed, a fresh bucket, any free ports."""
+    """Settings for a test server: the shared weed, a fresh bucket, any free ports, and the
+    current backend's database (unless ``database_url`` is given)."""
+    if "database_url" not in overrides:
+        overrides["database_url"] = database_url_for(current_backend())
     base = Settings(
         data_dir=data_dir, grpc_port=0, http_port=0, s3_endpoint=weed.endpoint,
         s3_access_key=weed.access_key, s3_secret_key=weed.secret_key,
@@ -88,6 +135,7 @@ class RunningServer:
         for ch in self.channels:
             ch.close()
         self.app.close(grace=1.0)
+        drop_database(self.app.settings.database_url)
 
 
 def start_server(settings: Settings, roles: Iterable[str] = ("grpc",),

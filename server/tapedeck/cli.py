@@ -5,6 +5,7 @@
     tapedeck dispatcher  webhook delivery only     tapedeck admin ...   bootstrap, device-token, reindex,
                                                         reseal-secrets
     tapedeck admin migrate   apply schema migrations (SQLite, or TAPEDECK_DATABASE_URL's PostgreSQL)
+    tapedeck admin migrate-to   copy the SQLite rows into TAPEDECK_TARGET_DATABASE_URL (verified)
     tapedeck settings    print every setting with its value and environment variable
 """
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tapedeck.errors import TapedeckError
-from tapedeck.startup import EXIT_NO_DATABASE, StartupError
+from tapedeck.startup import EXIT_DATABASE, EXIT_NO_DATABASE, StartupError
 
 log = logging.getLogger("tapedeck.cli")
 
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
                                            "TAPEDECK_DATABASE_URL) and print their names")
     _common(mig)
     _create_flag(mig)
+    mt = admin.add_parser("migrate-to", help="copy this installation's SQLite rows into the "
+                                             "PostgreSQL database TAPEDECK_TARGET_DATABASE_URL,"
+                                             " verified (counts, checksums), resumable")
+    _common(mt)
+    mt.add_argument("--batch", type=int, default=500, help="rows per committed batch (default 500)")
     shown = sub.add_parser("settings", help="print every setting")
     _common(shown)
     shown.add_argument("--markdown", action="store_true",
@@ -175,6 +181,8 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
 
     if args.admin == "copy-objects":
         return _copy_objects(settings, args)
+    if args.admin == "migrate-to":
+        return _migrate_to(settings, args)
 
     target: str | Path = settings.database_url or settings.db_path.resolve()
     if (isinstance(target, Path) and not target.exists()
@@ -238,6 +246,35 @@ def _copy_objects(settings: Any, args: argparse.Namespace) -> int:
         target.close()
     print(json.dumps(result.to_json()))
     return 0 if result.source_digest == result.target_digest else 1
+
+
+def _migrate_to(settings: Any, args: argparse.Namespace) -> int:
+    """``tapedeck admin migrate-to``: the SQLite file of ``--data-dir`` into the PostgreSQL
+    database named by ``TAPEDECK_TARGET_DATABASE_URL`` (from the environment, never the
+    command line: ``ps`` shows that). A progress line per batch on stderr; one JSON line per
+    table and a summary on stdout; exit 0 only if every table verified."""
+    import os
+
+    from tapedeck.db import is_postgres_url
+    from tapedeck.migrate_to import MigrateToError, describe, migrate_to
+
+    url = os.environ.get("TAPEDECK_TARGET_DATABASE_URL", "")
+    if not is_postgres_url(url):
+        raise StartupError(EXIT_DATABASE, "set TAPEDECK_TARGET_DATABASE_URL to the target"
+                           " PostgreSQL database (postgresql://user:password@host/db)")
+    source = settings.db_path.resolve()
+    print(f"tapedeck: copying {source} into {describe(url)}", file=sys.stderr)
+    try:
+        reports = migrate_to(source, url, batch=max(1, args.batch), progress=lambda t, n: print(
+            json.dumps({"copied": t, "rows": n}), file=sys.stderr, flush=True))
+    except MigrateToError as exc:
+        raise StartupError(EXIT_DATABASE, str(exc)) from exc
+    for report in reports:
+        print(json.dumps(report.to_json()))
+    ok = all(r.ok for r in reports)
+    print(json.dumps({"tables": len(reports), "rows": sum(r.target_rows for r in reports),
+                      "ok": ok}))
+    return 0 if ok else 1
 
 
 def reseal(db: Any, settings: Any) -> dict[str, int]:

@@ -314,6 +314,11 @@ def m_spk_voice_profiles(db: Tx) -> None:
                " created_at, id)")
 
 
+def m_pgapi_search(db: Tx) -> None:
+    """Nothing on SQLite (FTS5 folds accents itself); on PostgreSQL the search index's own
+    text search configuration and accent-folded text (``tapedeck.pg_migrations``)."""
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -329,6 +334,7 @@ MIGRATIONS: list[Migration] = [
     m_live_pieces,
     m_spk_speakers,
     m_spk_voice_profiles,
+    m_pgapi_search,
 ]
 
 

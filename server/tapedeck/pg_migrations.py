@@ -115,11 +115,32 @@ def m_search_fts(tx: Tx) -> None:
         WHERE t.status = 'completed' AND t.segments IS NOT NULL ORDER BY t.id, j.n""")
 
 
+def m_pgapi_search(tx: Tx) -> None:
+    """The search index's text search configuration ``tapedeck`` (``english`` with the
+    Snowball stemmer and NO stop words, as FTS5's porter tokenizer) and ``folded``, the
+    accent-folded text ``tsv`` is now computed from (``tapedeck.domain.search_pg``)."""
+    from tapedeck.domain.search_pg import fold
+
+    tx.execute("CREATE TEXT SEARCH DICTIONARY tapedeck_stem"
+               " (TEMPLATE = snowball, Language = english)")
+    tx.execute("CREATE TEXT SEARCH CONFIGURATION tapedeck (COPY = english)")
+    tx.execute("ALTER TEXT SEARCH CONFIGURATION tapedeck ALTER MAPPING FOR asciiword,"
+               " asciihword, hword_asciipart, word, hword, hword_part WITH tapedeck_stem")
+    tx.execute("ALTER TABLE search_segments ADD COLUMN folded TEXT")
+    for rowid, text in tx.execute("SELECT rowid, text FROM search_segments").fetchall():
+        tx.execute("UPDATE search_segments SET folded = ? WHERE rowid = ?", [fold(text), rowid])
+    tx.execute("ALTER TABLE search_segments DROP COLUMN tsv")  # and its GIN index
+    tx.execute("ALTER TABLE search_segments ADD COLUMN tsv tsvector GENERATED ALWAYS AS"
+               " (to_tsvector('tapedeck'::regconfig, COALESCE(folded, text))) STORED")
+    tx.execute("CREATE INDEX search_segments_tsv ON search_segments USING GIN (tsv)")
+
+
 _SPECIAL: dict[str, Callable[[Tx], None]] = {
     "m0001_core": m0001_core,
     "m0003_webhooks": m0003_webhooks,
     "m0007_operations": m0007_operations,
     "m_search_fts": m_search_fts,
+    "m_pgapi_search": m_pgapi_search,
 }
 
 PG_MIGRATIONS: list[m.Migration] = [

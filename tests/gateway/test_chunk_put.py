@@ -15,7 +15,7 @@ import pytest
 
 from tapedeck.auth import create_project
 from tapedeck.clock import ManualClock, SystemClock
-from tapedeck.db import Database
+from tapedeck.db import open_database
 from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk, zeros
@@ -130,7 +130,7 @@ def test_200_mb_put_is_refused_without_buffering(weed: ManagedWeed, tmp_path: Pa
     whether the client declares the length (refused before reading) or streams it chunked
     (refused after max_chunk_bytes, the rest discarded)."""
     settings = test_settings(weed, tmp_path / "data")
-    db = Database(settings.db_path)
+    db = open_database(settings.database_target)
     _, key = create_project(db, SystemClock())
     db.close()
     child = spawn_server(settings, "api")

@@ -3,7 +3,6 @@ different body, a key still running, per-credential scope, failures freeing the 
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import httpx
 import pytest
 
 from tapedeck.clock import ManualClock
+from tapedeck.db import Database
 from tapedeck.v1 import recording_pb2
 from tapedeck.weed import ManagedWeed
 
@@ -80,10 +80,9 @@ def test_failed_request_frees_its_key(server: RunningServer) -> None:
     assert replay.json() == done.json() and replay.headers["idempotent-replayed"] == "true"
 
 
-def _running_keys(db_path: Path) -> int:
-    with sqlite3.connect(db_path) as db:
-        return int(db.execute("SELECT count(*) FROM idempotency_keys"
-                              " WHERE state = 'running'").fetchone()[0])
+def _running_keys(db: Database) -> int:
+    return int(db.read().execute("SELECT count(*) FROM idempotency_keys"
+                                 " WHERE state = 'running'").fetchone()[0])
 
 
 def test_same_key_while_running_is_409(server: RunningServer) -> None:
@@ -100,7 +99,7 @@ def test_same_key_while_running_is_409(server: RunningServer) -> None:
             c.post(url, json=body, headers=key("slow"))))
         first.start()
         deadline = time.monotonic() + 30
-        while _running_keys(server.app.settings.db_path) == 0:
+        while _running_keys(server.app.db) == 0:
             assert time.monotonic() < deadline, "the first request never claimed its key"
             time.sleep(0.01)
         assert_error(client(server.http_url, server.api_key).post(

@@ -4,7 +4,6 @@ the same cases over gRPC giving the same ``type`` (one parameterised test, real 
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -200,8 +199,8 @@ def _storage_down(k: Kit) -> Calls:
 
 def _internal(k: Kit) -> Calls:
     rec = create_streaming(k.rest)
-    with sqlite3.connect(k.srv.app.settings.db_path) as db:  # a corrupt row: a server bug
-        db.execute("UPDATE recordings SET metadata = '{not json' WHERE id = ?", [rec["id"]])
+    with k.srv.app.db.write() as tx:  # a corrupt row: a server bug
+        tx.execute("UPDATE recordings SET metadata = '{not json' WHERE id = ?", [rec["id"]])
     return (lambda: k.rest.get(f"/v1/recordings/{rec['id']}"),
             lambda: k.srv.recordings().GetRecording(
                 recording_pb2.GetRecordingRequest(id=rec["id"]), metadata=k.md()))

@@ -35,6 +35,9 @@ SEED_CREATE = {"device_id": "dev_xyz789", "started_at": "2025-01-13T10:00:00Z",
 SEED_FINALIZE = ('{\n    "total_chunks": 12,\n    "final_duration_ms": 3595420,\n'
                  '    "checksum_md5": "5d41402abc4b2a76b9719d911017c592"\n  }')
 
+# Part of the API contract subset that runs on both databases (issue 19).
+pytestmark = pytest.mark.both_backends
+
 
 def curl(*args: str) -> tuple[int, Any]:
     """Run curl; return (HTTP status, parsed JSON body)."""

@@ -118,10 +118,10 @@ def test_presigned_url_expired_refused(weed: Any, tmp_path: Path) -> None:
 def test_sigkill_after_ack_keeps_every_chunk(weed: Any, tmp_path: Path) -> None:
     from tapedeck.auth import create_project, issue_device_token
     from tapedeck.clock import SystemClock
-    from tapedeck.db import Database
+    from tapedeck.db import open_database
 
     settings = test_settings(weed, tmp_path / "data")
-    db = Database(settings.db_path)
+    db = open_database(settings.database_target)
     project_id, _ = create_project(db, SystemClock())
     _, token = issue_device_token(db, SystemClock(), project_id)
     db.close()

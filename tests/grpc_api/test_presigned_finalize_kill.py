@@ -20,7 +20,7 @@ import pytest
 
 from tapedeck.auth import create_project, issue_device_token
 from tapedeck.clock import SystemClock
-from tapedeck.db import Database
+from tapedeck.db import open_database
 from tapedeck.oggopus import remux
 from tapedeck.stitch import audio_key
 from tapedeck.store.s3 import S3Store
@@ -68,7 +68,7 @@ def test_kill_while_presigned_puts_race_finalize(weed: Any, tmp_path: Path,
                                                  kill_when: str) -> None:
     # chunks kept after stitching, so the test can check the pinned objects afterwards
     settings = test_settings(weed, tmp_path / "data", retention_chunks_s=3600)
-    db = Database(settings.db_path)
+    db = open_database(settings.database_target)
     project_id, _ = create_project(db, SystemClock())
     _, token = issue_device_token(db, SystemClock(), project_id)
     db.close()
@@ -130,7 +130,7 @@ def test_kill_while_presigned_puts_race_finalize(weed: Any, tmp_path: Path,
         racer.join(timeout=30)
         assert rec.status == recording_pb2.RECORDING_STATUS_COMPLETED, rec
         # What finalize accepted: the pinned snapshot. The stitched audio is exactly it.
-        db = Database(settings.db_path)
+        db = open_database(settings.database_target)
         snapshot = db.read().execute(
             "SELECT part, md5, object_key FROM chunks WHERE recording_id = ? ORDER BY part",
             [rec_id]).fetchall()

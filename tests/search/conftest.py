@@ -1,4 +1,5 @@
-"""Fixtures of the search and export tests: one in-process server (gRPC + REST) per module;
+"""Fixtures of the search and export tests: one in-process server (gRPC + REST) per module
+and backend (SQLite with FTS5, PostgreSQL with tsvector: every search test runs on both);
 each test works in a project of its own (``project``), so tests cannot see each other."""
 
 from __future__ import annotations
@@ -10,12 +11,23 @@ import pytest
 
 from tapedeck.auth import Principal, create_project
 
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import (
+    BACKENDS,
+    RunningServer,
+    database_url_for,
+    drop_bucket,
+    start_server,
+    test_settings,
+)
 
 
-@pytest.fixture(scope="module")
-def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    server = start_server(test_settings(weed, tmp_path_factory.mktemp("search") / "data"),
+@pytest.fixture(scope="module", params=BACKENDS)
+def srv(request: pytest.FixtureRequest, weed: Any,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    if request.param == "postgresql":
+        request.getfixturevalue("postgres")  # skips when PostgreSQL is not installed
+    server = start_server(test_settings(weed, tmp_path_factory.mktemp("search") / "data",
+                                        database_url=database_url_for(request.param)),
                           roles=("grpc", "http"))
     try:
         yield server

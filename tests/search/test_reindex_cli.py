@@ -33,7 +33,7 @@ def test_reindex_command_rebuilds_a_lost_index(srv: RunningServer, project: Proj
     run = subprocess.run(
         [sys.executable, "-m", "tapedeck", "admin", "reindex", "--data-dir",
          str(srv.app.settings.data_dir)], capture_output=True, text=True, timeout=120,
-        env={**os.environ})
+        env={**os.environ, "TAPEDECK_DATABASE_URL": srv.app.settings.database_url})
     assert run.returncode == 0, run.stderr
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["transcriptions"] >= 2 and out["segments"] >= 4

@@ -21,6 +21,9 @@ from tapedeck.v1 import recording_pb2, webhook_pb2, webhook_pb2_grpc
 from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
 from webhookkit import Receiver
 
+# Part of the API contract subset that runs on both databases (issue 19).
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 def srv(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:

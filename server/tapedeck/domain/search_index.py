@@ -20,8 +20,8 @@ When it is written (the contract every backend keeps):
 Search: ``search(db, query)`` runs a parsed query (``tapedeck.domain.search_query``) with
 filters and a keyset position; the caller (``tapedeck.domain.search``) decides visibility.
 
-A PostgreSQL backend (``tsvector``/``tsquery`` with the ``english`` configuration and
-``unaccent``) would implement the same ``SearchIndex`` protocol; only ``Fts5Index`` exists.
+Backends: ``Fts5Index`` (SQLite) and ``tapedeck.domain.search_pg.PgIndex`` (PostgreSQL,
+``tsvector``/``tsquery``); ``backend_for`` picks by the database's dialect.
 """
 
 from __future__ import annotations
@@ -198,8 +198,12 @@ class Fts5Index:
             tx.execute("""DELETE FROM search_segments WHERE transcription_id NOT IN (
                 SELECT t.id FROM transcriptions t JOIN recordings r ON r.transcription_id = t.id
                 WHERE t.status = 'completed')""")
-            tx.execute("INSERT INTO search_fts(search_fts) VALUES ('optimize')")
+            self._optimize(tx)
         return total
+
+    def _optimize(self, tx: Tx) -> None:
+        """Merge the FTS5 index's segments (after a rebuild)."""
+        tx.execute("INSERT INTO search_fts(search_fts) VALUES ('optimize')")
 
 
 def _filter_sql(f: SearchFilters, where: list[str], args: list[Any]) -> None:
@@ -246,5 +250,9 @@ def compile_fts5(node: Node) -> str:
 
 
 def backend_for(db: Database | Tx) -> SearchIndex:
-    """The index backend of a state store (the embedded SQLite one: FTS5)."""
+    """The index backend of a state store: FTS5 on SQLite, ``tsvector`` on PostgreSQL."""
+    if db.dialect == "postgresql":
+        from tapedeck.domain.search_pg import PgIndex
+
+        return PgIndex()
     return Fts5Index()

@@ -18,6 +18,7 @@ from tapedeck.store.s3 import S3Store
 from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port
 
+from domainkit import World, migrated_template, open_world
 from serverkit import RunningServer, drop_bucket, start_server, test_settings
 
 
@@ -122,12 +123,42 @@ def database(db_target: str | Path) -> Iterator[Database]:
         yield db
     finally:
         db.close()
+# -- the fast layer: the domain in process (tests/domainkit.py) ------------------------------
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty migrated SQLite database, made once per session (copy it, don't open it)."""
+    return migrated_template(tmp_path_factory.mktemp("migrated") / "tapedeck.db")
+
+
+@pytest.fixture
+def domain_world(tmp_path: Path, migrated_sqlite: Path) -> Iterator[World]:
+    """The real domain on a SQLite file, a ``MemoryStore`` and a ``ManualClock``, with a
+    project (no weed, no socket): see tests/domainkit.py."""
+    with open_world(tmp_path / "data", migrated_sqlite) as world:
+        yield world
+
+
 # Fixtures whose tests are slow by nature (the whisper model loads for seconds); their tests
 # get the ``slow`` marker (pyproject.toml) so ``scripts/test --quick`` leaves them out.
 SLOW_FIXTURES = frozenset({"whisper_dir"})
 
+# Fixtures that need a real process or service (weed, PostgreSQL, a browser, the whisper
+# model, a server on a socket): every test whose fixture closure reaches one of them gets
+# the ``integration`` marker, so ``scripts/test --quick`` (``-m "not integration and not
+# slow"``) is the fast layer: the domain on MemoryStore, in-process servicers, pure code.
+INTEGRATION_FIXTURES = frozenset({"weed", "postgres", "whisper_dir", "cluster"})
+
+
+def _uses_postgres_param(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and "postgresql" in callspec.params.values()
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        if INTEGRATION_FIXTURES & names or _uses_postgres_param(item):
+            item.add_marker(pytest.mark.integration)

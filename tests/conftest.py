@@ -139,20 +139,41 @@ def domain_world(tmp_path: Path, migrated_sqlite: Path) -> Iterator[World]:
         yield world
 
 
-# Fixtures whose tests are slow by nature (the whisper model loads for seconds); their tests
-# get the ``slow`` marker (pyproject.toml) so ``scripts/test --quick`` leaves them out.
-SLOW_FIXTURES = frozenset({"whisper_dir"})
+# Fixtures whose tests are slow by nature (the whisper model loads for seconds, the speaker
+# encoder runs for tens of seconds); their tests get the ``slow`` marker (pyproject.toml).
+SLOW_FIXTURES = frozenset({"whisper_dir", "encoder"})
 
-# Fixtures that need a real process or service (weed, PostgreSQL, a browser, the whisper
-# model, a server on a socket): every test whose fixture closure reaches one of them gets
-# the ``integration`` marker, so ``scripts/test --quick`` (``-m "not integration and not
-# slow"``) is the fast layer: the domain on MemoryStore, in-process servicers, pure code.
+# The fast layer (``scripts/test --quick`` = ``-m "not integration and not slow"``): the domain
+# on MemoryStore, in-process servicers, pure code. Every other test gets the ``integration``
+# marker here, from what it needs:
+# - a fixture whose closure reaches a real service (weed, PostgreSQL, a cluster);
 INTEGRATION_FIXTURES = frozenset({"weed", "postgres", "whisper_dir", "cluster"})
+# - a parametrized backend that is a real service (``db_target``, the store contract);
+INTEGRATION_PARAMS = frozenset({"postgresql", "s3"})
+# - or processes the test starts itself (weed, ``tapedeck``/agent CLIs, scripts): these
+#   files (or ``file::test`` ids) are integration as a whole.
+INTEGRATION_FILES = (
+    "tests/test_weed.py", "tests/ops/test_store_supervision.py",
+    "tests/ops/test_startup_errors.py", "tests/ops/test_cli_use.py",
+    "tests/security/test_file_modes.py", "tests/security/test_tls.py",
+    "tests/agent/test_agent_spool.py::test_the_agent_imports_no_server_dependency",
+    "tests/agent/test_agent_spool.py::test_owner_lock_is_seen_from_another_process",
+    "tests/agent/test_agent_health.py::test_status_shows_health_and_settings",
+    "tests/transcribe/test_transcribe_models.py",
+    "tests/transcribe/test_transcribe_decode.py::test_decode_and_windowing_memory",
+    "tests/test_oggopus.py::test_remux_memory_is_flat",
+    "tests/test_keyfile.py::test_processes_starting_together",
+)
 
 
-def _uses_postgres_param(item: pytest.Item) -> bool:
+def _is_integration(item: pytest.Item, names: set[str]) -> bool:
+    if INTEGRATION_FIXTURES & names:
+        return True
     callspec = getattr(item, "callspec", None)
-    return callspec is not None and "postgresql" in callspec.params.values()
+    if callspec is not None and INTEGRATION_PARAMS & {
+            v for v in callspec.params.values() if isinstance(v, str)}:
+        return True
+    return item.nodeid.startswith(INTEGRATION_FILES)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -160,5 +181,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         if SLOW_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
-        if INTEGRATION_FIXTURES & names or _uses_postgres_param(item):
+        if _is_integration(item, names):
             item.add_marker(pytest.mark.integration)

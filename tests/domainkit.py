@@ -21,8 +21,8 @@ from tapedeck.auth import Principal, create_project, issue_device_token
 from tapedeck.clock import ManualClock
 from tapedeck.db import Database, open_database
 from tapedeck.domain import Domain
-from tapedeck.domain.recordings import NewRecording
 from tapedeck.domain.models import Recording
+from tapedeck.domain.recordings import NewRecording
 from tapedeck.settings import Settings
 from tapedeck.store.memory import MemoryStore
 

@@ -19,7 +19,7 @@ from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port
 
 from domainkit import World, migrated_template, open_world
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 
 def free_port() -> int:
@@ -72,7 +72,7 @@ def server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
     roles = ["grpc"]
     if importlib.util.find_spec("tapedeck.gateway") is not None:
         roles.append("http")
-    srv = start_server(test_settings(weed, tmp_path / "data"), roles=roles)
+    srv = start_server(make_settings(weed, tmp_path / "data"), roles=roles)
     try:
         yield srv
     finally:

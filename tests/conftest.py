@@ -163,6 +163,8 @@ INTEGRATION_FILES = (
     "tests/transcribe/test_transcribe_decode.py::test_decode_and_windowing_memory",
     "tests/test_oggopus.py::test_remux_memory_is_flat",
     "tests/test_keyfile.py::test_processes_starting_together",
+    "tests/cluster/test_server_keys.py::test_a_short_key_stops_the_server",
+    "tests/test_stitch.py::test_store_down_is_retried_with_backoff",
 )
 
 

@@ -19,7 +19,8 @@ from tapedeck.weed import ManagedWeed
 from tapedeck.weed import free_port as _free_port
 
 import serverkit
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from domainkit import World, migrated_template, open_world
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 
 def free_port() -> int:
@@ -72,7 +73,7 @@ def server(weed: ManagedWeed, tmp_path: Path, db_backend: str) -> Iterator[Runni
     roles = ["grpc"]
     if importlib.util.find_spec("tapedeck.gateway") is not None:
         roles.append("http")
-    srv = start_server(test_settings(weed, tmp_path / "data"), roles=roles)
+    srv = start_server(make_settings(weed, tmp_path / "data"), roles=roles)
     try:
         yield srv
     finally:
@@ -120,7 +121,7 @@ def database(db_target: str | Path) -> Iterator[Database]:
         db.close()
 @pytest.fixture(autouse=True)
 def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The database backend of this test's servers (``serverkit.test_settings``): each of
+    """The database backend of this test's servers (``serverkit.make_settings``): each of
     ``serverkit.BACKENDS`` for tests marked ``both_backends`` (parametrized below), else the
     ``TAPEDECK_TEST_BACKEND`` environment variable's (SQLite by default)."""
     name = getattr(request, "param", None) or serverkit.current_backend()
@@ -138,12 +139,65 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("db_backend", serverkit.BACKENDS, indirect=True)
 
 
-# Fixtures whose tests are slow by nature (the whisper model loads for seconds); their tests
-# get the ``slow`` marker (pyproject.toml) so ``scripts/test --quick`` leaves them out.
-SLOW_FIXTURES = frozenset({"whisper_dir"})
+# -- the fast layer: the domain in process (tests/domainkit.py) ------------------------------
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty migrated SQLite database, made once per session (copy it, don't open it)."""
+    return migrated_template(tmp_path_factory.mktemp("migrated") / "tapedeck.db")
+
+
+@pytest.fixture
+def domain_world(tmp_path: Path, migrated_sqlite: Path) -> Iterator[World]:
+    """The real domain on a SQLite file, a ``MemoryStore`` and a ``ManualClock``, with a
+    project (no weed, no socket): see tests/domainkit.py."""
+    with open_world(tmp_path / "data", migrated_sqlite) as world:
+        yield world
+
+
+# Fixtures whose tests are slow by nature (the whisper model loads for seconds, the speaker
+# encoder runs for tens of seconds); their tests get the ``slow`` marker (pyproject.toml).
+SLOW_FIXTURES = frozenset({"whisper_dir", "encoder"})
+
+# The fast layer (``scripts/test --quick`` = ``-m "not integration and not slow"``): the domain
+# on MemoryStore, in-process servicers, pure code. Every other test gets the ``integration``
+# marker here, from what it needs:
+# - a fixture whose closure reaches a real service (weed, PostgreSQL, a cluster);
+INTEGRATION_FIXTURES = frozenset({"weed", "postgres", "whisper_dir", "cluster"})
+# - a parametrized backend that is a real service (``db_target``, the store contract);
+INTEGRATION_PARAMS = frozenset({"postgresql", "s3"})
+# - or processes the test starts itself (weed, ``tapedeck``/agent CLIs, scripts): these
+#   files (or ``file::test`` ids) are integration as a whole.
+INTEGRATION_FILES = (
+    "tests/test_weed.py", "tests/ops/test_store_supervision.py",
+    "tests/ops/test_startup_errors.py", "tests/ops/test_cli_use.py",
+    "tests/security/test_file_modes.py", "tests/security/test_tls.py",
+    "tests/agent/test_agent_spool.py::test_the_agent_imports_no_server_dependency",
+    "tests/agent/test_agent_spool.py::test_owner_lock_is_seen_from_another_process",
+    "tests/agent/test_agent_health.py::test_status_shows_health_and_settings",
+    "tests/transcribe/test_transcribe_models.py",
+    "tests/transcribe/test_transcribe_decode.py::test_decode_and_windowing_memory",
+    "tests/test_oggopus.py::test_remux_memory_is_flat",
+    "tests/test_keyfile.py::test_processes_starting_together",
+    "tests/cluster/test_server_keys.py::test_a_short_key_stops_the_server",
+    "tests/test_stitch.py::test_store_down_is_retried_with_backoff",
+)
+
+
+def _is_integration(item: pytest.Item, names: set[str]) -> bool:
+    if INTEGRATION_FIXTURES & names:
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and INTEGRATION_PARAMS & {
+            v for v in callspec.params.values() if isinstance(v, str)}:
+        return True
+    return item.nodeid.startswith(INTEGRATION_FILES)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        names = set(getattr(item, "fixturenames", ()))
+        if SLOW_FIXTURES & names:
             item.add_marker(pytest.mark.slow)
+        if _is_integration(item, names):
+            item.add_marker(pytest.mark.integration)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,12 +16,37 @@ from tapedeck.app import App
 from tapedeck.auth import Principal, create_project
 from tapedeck.clock import Clock, SystemClock
 from tapedeck.domain.recordings import NewRecording
+from tapedeck.oggopus import GRANULE_RATE
 from tapedeck.settings import Settings
-from tapedeck_agent.encoder import EncodedChunk, OpusChunker, encode_independent_chunks
+from tapedeck_agent.encoder import EncodedChunk, OpusChunker
 
 from audio import speech_pcm
 
 RATE = 16_000
+
+
+def encode_independent_chunks(
+    pcm: bytes, *, chunk_duration_ms: int = 300_000, sample_rate: int = 16_000,
+    channels: int = 1, **settings: Any,
+) -> list[EncodedChunk]:
+    """Cut ``pcm`` into ``chunk_duration_ms`` pieces and encode each with a FRESH encoder
+    (each chunk a complete stream with its own lookahead pre-skip and end trimming).
+
+    This is how a naive device would chunk (the agent never does): the input of the
+    stitcher's independent-chunk path in tests. ``settings`` are passed to ``OpusChunker``
+    (bitrate, frame_ms, complexity, ...).
+    """
+    step = sample_rate * chunk_duration_ms // 1000 * 2 * channels
+    factor = GRANULE_RATE // sample_rate
+    chunks = []
+    for part, offset in enumerate(range(0, len(pcm), step), start=1):
+        chunker = OpusChunker(sample_rate=sample_rate, channels=channels,
+                              chunk_duration_ms=None, **settings)
+        (chunk,) = chunker.feed(pcm[offset : offset + step]) + chunker.finish()
+        shift = offset // (2 * channels) * factor
+        chunks.append(replace(chunk, part=part, start_sample=chunk.start_sample + shift,
+                              end_sample=chunk.end_sample + shift))
+    return chunks
 
 
 @dataclass

@@ -17,11 +17,11 @@ from tapedeck.oggopus import GRANULE_RATE, iter_packets, probe, remux
 from tapedeck_agent.encoder import (
     EncodedChunk,
     OpusChunker,
-    encode_independent_chunks,
     load_opuslib,
 )
 
 from audio import opusdec_pcm, opusinfo_problems, speech_pcm
+from stitchkit import encode_independent_chunks
 
 SECONDS = 5.5
 

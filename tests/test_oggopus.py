@@ -30,12 +30,11 @@ from tapedeck.oggopus import (
     iter_packets,
     iter_pages,
     ogg_crc,
-    ogg_crc_reference,
     packet_duration,
     probe,
     remux,
 )
-from tapedeck_agent.encoder import EncodedChunk, OpusChunker, encode_independent_chunks
+from tapedeck_agent.encoder import EncodedChunk, OpusChunker
 
 from audio import (
     ffmpeg_pcm,
@@ -47,8 +46,32 @@ from audio import (
     speech_pcm,
     write_wav,
 )
+from stitchkit import encode_independent_chunks
 
 PACKET = 960  # 20 ms at 48 kHz
+
+
+def _crc_table() -> tuple[int, ...]:
+    table = []
+    for i in range(256):
+        r = i << 24
+        for _ in range(8):
+            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else (r << 1)
+        table.append(r & 0xFFFFFFFF)
+    return tuple(table)
+
+
+_CRC_TABLE = _crc_table()
+
+
+def ogg_crc_reference(data: bytes | bytearray) -> int:
+    """The Ogg CRC-32 as the specification states it: table-driven, byte at a time
+    (polynomial 0x04c11db7, MSB first, initial 0, no final XOR); slow, the fast path
+    ``tapedeck.oggopus.ogg_crc`` is tested against it."""
+    crc = 0
+    for b in data:
+        crc = ((crc << 8) & 0xFFFFFFFF) ^ _CRC_TABLE[((crc >> 24) ^ b) & 0xFF]
+    return crc
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from tapedeck.store import ObjectStore
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes, queue_for
 
+import waitkit
 from serverkit import drop_bucket, test_settings
 from stitchkit import (
     Project,
@@ -263,11 +264,7 @@ def test_worker_lanes_parse() -> None:
 
 def wait_for(cond: Callable[[], bool], timeout: float = 120.0) -> None:
     """Poll ``cond`` until true (a liveness bound, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        time.sleep(0.05)
+    waitkit.wait_for(cond, timeout, "condition reached", interval=0.05)
 
 
 # -- the worker role in-process -----------------------------------------------------------------

@@ -30,7 +30,7 @@ import importlib
 import io
 import secrets
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -203,26 +203,3 @@ def _check_format(sample_rate: int, frame_ms: int, chunk_duration_ms: int | None
         raise ValueError("frame_ms must be 10, 20, 40 or 60")
     if chunk_duration_ms is not None and (chunk_duration_ms <= 0 or chunk_duration_ms % frame_ms):
         raise ValueError("chunk_duration_ms must be a positive multiple of frame_ms")
-
-
-def encode_independent_chunks(
-    pcm: bytes, *, chunk_duration_ms: int = 300_000, sample_rate: int = 16_000,
-    channels: int = 1, **settings: Any,
-) -> list[EncodedChunk]:
-    """Cut ``pcm`` into ``chunk_duration_ms`` pieces and encode each with a FRESH encoder
-    (each chunk a complete stream with its own lookahead pre-skip and end trimming).
-
-    This is how a naive device would chunk; it exists to test the stitcher's independent-chunk
-    path. ``settings`` are passed to ``OpusChunker`` (bitrate, frame_ms, complexity, ...).
-    """
-    step = sample_rate * chunk_duration_ms // 1000 * 2 * channels
-    factor = GRANULE_RATE // sample_rate
-    chunks = []
-    for part, offset in enumerate(range(0, len(pcm), step), start=1):
-        chunker = OpusChunker(sample_rate=sample_rate, channels=channels,
-                              chunk_duration_ms=None, **settings)
-        (chunk,) = chunker.feed(pcm[offset : offset + step]) + chunker.finish()
-        shift = offset // (2 * channels) * factor
-        chunks.append(replace(chunk, part=part, start_sample=chunk.start_sample + shift,
-                              end_sample=chunk.end_sample + shift))
-    return chunks

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 
 from tapedeck.domain.objects import stored_parts
 from tapedeck.oggopus.stream import OpusStreamReader
 from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck_agent.encoder import OpusChunker
 
-from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
+import waitkit
+from serverkit import RunningServer, auth, start_server, test_settings
 
 RATE = 16_000
 ALSA_DEVICE = "tdcapture"
@@ -84,14 +83,9 @@ def status(env: dict[str, str]) -> dict[str, Any]:
 
 
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate()`` until truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """Poll ``predicate()`` until truthy; fail with ``what`` after ``timeout`` seconds
+    (``waitkit.wait_for``)."""
+    return waitkit.wait_for(predicate, timeout, what, interval=interval)
 
 
 def spooled_chunks(spool: Path) -> int:
@@ -283,18 +277,6 @@ class RestartableServer:
         return self.server
 
 
-@pytest.fixture(name="restartable")
-def restartable_fixture(weed: Any, tmp_path: Path) -> Iterator[RestartableServer]:
-    """``restartable``: a server the test can stop and start again (same data dir, bucket
-    and port). Import ``restartable_fixture`` into a test module to use it."""
-    srv = RestartableServer(weed, tmp_path / "data")
-    try:
-        yield srv
-    finally:
-        srv.stop()
-        drop_bucket(weed, srv.settings.s3_bucket)
-
-
 class Agents:
     """Agent child processes of one test; whatever still runs at teardown is killed."""
 
@@ -313,14 +295,3 @@ class Agents:
             proc.wait(timeout=30)
             if proc.stdout:
                 proc.stdout.close()
-
-
-@pytest.fixture(name="agents")
-def agents_fixture() -> Iterator[Agents]:
-    """``agents.spawn(env, *args, log=...)``: background agents killed after the test.
-    Import ``agents_fixture`` into a test module to use it."""
-    agents = Agents()
-    try:
-        yield agents
-    finally:
-        agents.kill_all()

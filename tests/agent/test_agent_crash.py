@@ -15,12 +15,10 @@ from agentkit import (
     Agents,
     RestartableServer,
     agent_env,
-    agents_fixture,  # noqa: F401  # the `agents` fixture
     get_recording,
     list_chunks,
     opus_packets,
     reference_packets,
-    restartable_fixture,  # noqa: F401  # the `restartable` fixture
     run_agent,
     spooled_chunks,
     status,

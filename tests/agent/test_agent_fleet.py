@@ -35,7 +35,6 @@ from agentkit import (
     RATE,
     Agents,
     agent_env,
-    agents_fixture,
     get_recording,
     list_chunks,
     opus_packets,
@@ -47,7 +46,6 @@ from agentkit import (
 from audio import low_noise_pcm, speech_pcm
 from serverkit import RunningServer, drop_bucket, start_server, test_settings
 
-__all__ = ["agents_fixture"]
 OFFLINE_AFTER_S = 4
 FLEET_EVENTS = ["device.offline", "device.online", "device.storage_low", "device.backlog"]
 

@@ -13,11 +13,9 @@ from agentkit import (
     Agents,
     RestartableServer,
     agent_env,
-    agents_fixture,  # noqa: F401  # the `agents` fixture
     list_chunks,
     opus_packets,
     reference_packets,
-    restartable_fixture,  # noqa: F401  # the `restartable` fixture
     spooled_chunks,
     status,
     stored_chunk,

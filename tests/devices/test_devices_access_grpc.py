@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -22,22 +22,9 @@ from tapedeck.v1 import end_user_pb2 as epb
 from tapedeck.v1 import key_pb2 as kpb
 from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.v1 import webhook_pb2 as whpb
-from tapedeck.weed import ManagedWeed
 
-from devicekit import ACCESS, Target, World, cases, credential, outcome, serve
-from serverkit import RunningServer, auth, chunk_messages
-
-
-@pytest.fixture(scope="module")
-def module_server(weed: ManagedWeed,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from serve(weed, tmp_path_factory.mktemp("access-grpc") / "data")
-
-
-@pytest.fixture(scope="module")
-def world(module_server: RunningServer) -> World:
-    return World.build(module_server)
-
+from devicekit import ACCESS, Target, World, cases, credential, outcome
+from serverkit import auth, chunk_messages
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 Call = Callable[[World, Target, Metadata], object]

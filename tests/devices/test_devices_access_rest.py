@@ -5,7 +5,6 @@ error envelope of ``api.md``."""
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,23 +13,10 @@ import pytest
 from fastapi.routing import APIRoute
 
 from tapedeck.errors import ERRORS
-from tapedeck.weed import ManagedWeed
 
-from devicekit import ACCESS, Target, World, cases, credential, gateway_available, serve
-from serverkit import RunningServer
+from devicekit import ACCESS, Target, World, cases, credential, gateway_available
 
 pytestmark = pytest.mark.skipif(not gateway_available(), reason="REST gateway not installed")
-
-
-@pytest.fixture(scope="module")
-def module_server(weed: ManagedWeed,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    yield from serve(weed, tmp_path_factory.mktemp("access-rest") / "data")
-
-
-@pytest.fixture(scope="module")
-def world(module_server: RunningServer) -> World:
-    return World.build(module_server)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@ of ``api.md`` one by one, against a real SQLite file and SeaweedFS, with a manua
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
@@ -17,10 +16,9 @@ from tapedeck.v1 import device_pb2 as dpb
 from tapedeck.v1 import end_user_pb2 as epb
 from tapedeck.v1 import key_pb2 as kpb
 from tapedeck.v1 import recording_pb2 as rpb
-from tapedeck.weed import ManagedWeed
 
-from devicekit import World, error_of, outcome, serve
-from serverkit import RunningServer, auth
+from devicekit import World, error_of, outcome
+from serverkit import auth
 
 START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -28,17 +26,6 @@ START = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def clock() -> ManualClock:
     return ManualClock(START)
-
-
-@pytest.fixture(scope="module")
-def module_server(weed: ManagedWeed, tmp_path_factory: pytest.TempPathFactory,
-                  clock: ManualClock) -> Iterator[RunningServer]:
-    yield from serve(weed, tmp_path_factory.mktemp("lifecycle") / "data", clock)
-
-
-@pytest.fixture(scope="module")
-def world(module_server: RunningServer) -> World:
-    return World.build(module_server)
 
 
 def rpc_error(call: object) -> tuple[grpc.StatusCode, str, dict[str, object]]:

@@ -3,7 +3,6 @@ shapes of ``api.md``, and secrets that stay out of SQLite even in idempotent rep
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,10 +12,8 @@ import pytest
 from tapedeck.auth import ALL_SCOPES
 from tapedeck.clock import ManualClock
 from tapedeck.gateway import devices as schemas
-from tapedeck.weed import ManagedWeed
 
-from devicekit import SECRET_RE, World, gateway_available, serve
-from serverkit import RunningServer
+from devicekit import SECRET_RE, World, gateway_available
 
 pytestmark = pytest.mark.skipif(not gateway_available(), reason="REST gateway not installed")
 START = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
@@ -25,17 +22,6 @@ START = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def clock() -> ManualClock:
     return ManualClock(START)
-
-
-@pytest.fixture(scope="module")
-def module_server(weed: ManagedWeed, tmp_path_factory: pytest.TempPathFactory,
-                  clock: ManualClock) -> Iterator[RunningServer]:
-    yield from serve(weed, tmp_path_factory.mktemp("rest") / "data", clock)
-
-
-@pytest.fixture(scope="module")
-def world(module_server: RunningServer) -> World:
-    return World.build(module_server)
 
 
 def call(w: World, method: str, path: str, token: str, json: Any = None,

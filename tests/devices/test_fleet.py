@@ -6,7 +6,6 @@ is a real ``Sweeper`` round (``run_once``) on the server's domain."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from tapedeck.v1 import device_pb2 as dpb
 from tapedeck.weed import ManagedWeed
 
 from devicekit import World, gateway_available, serve
-from serverkit import RunningServer, auth
+from serverkit import auth
 
 pytestmark = pytest.mark.skipif(not gateway_available(), reason="REST gateway not installed")
 START = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
@@ -35,17 +34,6 @@ START = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def clock() -> ManualClock:
     return ManualClock(START)
-
-
-@pytest.fixture(scope="module")
-def module_server(weed: ManagedWeed, tmp_path_factory: pytest.TempPathFactory,
-                  clock: ManualClock) -> Iterator[RunningServer]:
-    yield from serve(weed, tmp_path_factory.mktemp("fleet") / "data", clock)
-
-
-@pytest.fixture(scope="module")
-def world(module_server: RunningServer) -> World:
-    return World.build(module_server)
 
 
 def rest(w: World, method: str, path: str, token: str, body: Any = None,

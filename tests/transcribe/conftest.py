@@ -3,7 +3,9 @@ recorded speech encoded with libopus, and one shared transcription of it (CPU is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,6 +16,8 @@ from tapedeck.transcribe.whisper import WhisperEngine
 
 import asterisk_speech as speech
 from asterisk_speech import SpeechFile
+from serverkit import RunningServer, start_server
+from txnkit import drop_bucket, pipeline_settings
 
 REPO = Path(__file__).resolve().parents[2]
 #: The same directory scripts/fetch-model fills by default.
@@ -26,6 +30,29 @@ def whisper_dir() -> Path:
         return ensure_whisper_base(MODEL_DIR)
     except ModelUnavailable as exc:
         pytest.fail(f"{exc} (run scripts/fetch-model)")
+
+
+@pytest.fixture(scope="module")
+def pipeline_overrides() -> dict[str, Any]:
+    """Settings of the module's ``srv`` beyond ``txnkit.pipeline_settings``; a module that
+    needs others (e.g. live transcription) overrides this fixture."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def srv(weed: Any, whisper_dir: Path, tmp_path_factory: pytest.TempPathFactory,
+        request: pytest.FixtureRequest,
+        pipeline_overrides: dict[str, Any]) -> Iterator[RunningServer]:
+    """The module's real server with the whisper model: gRPC, REST and a worker."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    settings = pipeline_settings(weed, tmp_path_factory.mktemp(name) / "data", whisper_dir,
+                                 **pipeline_overrides)
+    server = start_server(settings, roles=("grpc", "http", "worker"))
+    try:
+        yield server
+    finally:
+        server.close()
+        drop_bucket(weed, settings.s3_bucket)
 
 
 @pytest.fixture(scope="session")

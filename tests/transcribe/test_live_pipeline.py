@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,17 +52,9 @@ def track() -> tuple[list[bytes], int, str]:
 
 
 @pytest.fixture(scope="module")
-def srv(weed: Any, whisper_dir: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = pipeline_settings(weed, tmp_path_factory.mktemp("live") / "data", whisper_dir,
-                                 live_transcription=True, job_lease_s=3,
-                                 job_retry_base_ms=100)
-    server = start_server(settings, roles=("grpc", "http", "worker"))
-    try:
-        yield server
-    finally:
-        server.close()
-        drop_bucket(weed, settings.s3_bucket)
+def pipeline_overrides() -> dict[str, Any]:
+    """This module's ``srv`` (tests/transcribe/conftest.py) transcribes live."""
+    return {"live_transcription": True, "job_lease_s": 3, "job_retry_base_ms": 100}
 
 
 def _create(srv: RunningServer, token: str) -> str:

@@ -11,19 +11,15 @@ a word is labelled at its own midpoint, so one that straddles a turn change may 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import voicekit as vk
-from serverkit import RunningServer, start_server
+from serverkit import RunningServer
 from txnkit import (
     device_chunks,
-    drop_bucket,
     pcm16,
-    pipeline_settings,
     rest,
     upload_grpc,
     wait_transcribed,
@@ -32,16 +28,9 @@ from txnkit import (
 
 
 @pytest.fixture(scope="module")
-def srv(weed: Any, whisper_dir: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = pipeline_settings(weed, tmp_path_factory.mktemp("live-spk") / "data",
-                                 whisper_dir, live_transcription=True)
-    server = start_server(settings, roles=("grpc", "http", "worker"))
-    try:
-        yield server
-    finally:
-        server.close()
-        drop_bucket(weed, settings.s3_bucket)
+def pipeline_overrides() -> dict[str, Any]:
+    """This module's ``srv`` (tests/transcribe/conftest.py) transcribes live."""
+    return {"live_transcription": True}
 
 
 def _label_at(txn: dict[str, Any], ms: float) -> str | None:

@@ -11,7 +11,6 @@ One server (one loaded model) serves the whole module: CPU is scarce.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +22,13 @@ from tapedeck.v1 import transcription_pb2 as tpb
 from tapedeck.v1 import transcription_pb2_grpc
 
 import asterisk_speech as speech
-from serverkit import RunningServer, auth, start_server
+from serverkit import RunningServer, auth
 from txnkit import (
     device_chunks,
-    drop_bucket,
     events,
     garbage,
     get_json,
     pcm16,
-    pipeline_settings,
     rest,
     silence,
     to_file,
@@ -53,19 +50,6 @@ TERMINAL = ("transcription.completed", "transcription.failed")
 FULL_RUN = ["recording.created", "recording.uploaded", "transcription.queued",
             "transcription.started", "transcription.completed"]
 PAUSE_S = 0.6
-
-
-@pytest.fixture(scope="module")
-def srv(weed: Any, whisper_dir: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = pipeline_settings(weed, tmp_path_factory.mktemp("pipeline") / "data",
-                                 whisper_dir)
-    server = start_server(settings, roles=("grpc", "http", "worker"))
-    try:
-        yield server
-    finally:
-        server.close()
-        drop_bucket(weed, settings.s3_bucket)
 
 
 def _onsets_ms(names: tuple[str, ...]) -> list[int]:

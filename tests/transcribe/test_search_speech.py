@@ -9,22 +9,17 @@ Short on purpose (four prompts, ~12 s of audio, transcribed twice): the CPU is s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import srt
 import webvtt
 
 import asterisk_speech as speech
-from serverkit import RunningServer, start_server
+from serverkit import RunningServer
 from txnkit import (
     device_chunks,
-    drop_bucket,
     pcm16,
-    pipeline_settings,
     rest,
     upload_rest,
     wait_for,
@@ -34,19 +29,6 @@ from txnkit import (
 PROMPTS = ("cannot-complete-as-dialed", "conf-now-recording", "dir-nomatch",
            "number-not-answering")
 PAUSE_S = 1.2
-
-
-@pytest.fixture(scope="module")
-def srv(weed: Any, whisper_dir: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = pipeline_settings(weed, tmp_path_factory.mktemp("searchspeech") / "data",
-                                 whisper_dir)
-    server = start_server(settings, roles=("grpc", "http", "worker"))
-    try:
-        yield server
-    finally:
-        server.close()
-        drop_bucket(weed, settings.s3_bucket)
 
 
 def _spans_ms() -> list[tuple[int, int]]:

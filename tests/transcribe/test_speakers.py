@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,32 +18,17 @@ from tapedeck.v1 import end_user_pb2_grpc, transcription_pb2_grpc
 from tapedeck.v1 import transcription_pb2 as tpb
 
 import voicekit as vk
-from serverkit import RunningServer, auth, start_server
+from serverkit import RunningServer, auth
 from txnkit import (
     device_chunks,
-    drop_bucket,
     events,
     get_json,
-    pipeline_settings,
     rest,
     upload_grpc,
     wait_for,
     wait_transcribed,
     words,
 )
-
-
-@pytest.fixture(scope="module")
-def srv(weed: Any, whisper_dir: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    settings = pipeline_settings(weed, tmp_path_factory.mktemp("speakers") / "data",
-                                 whisper_dir)
-    server = start_server(settings, roles=("grpc", "http", "worker"))
-    try:
-        yield server
-    finally:
-        server.close()
-        drop_bucket(weed, settings.s3_bucket)
 
 
 def _pcm16(x: np.ndarray) -> bytes:

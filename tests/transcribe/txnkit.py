@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck_agent.encoder import OpusChunker
 
 import asterisk_speech as speech
+import waitkit
 from serverkit import RunningServer, auth, chunk_messages, test_settings
 
 RATE = 16_000
@@ -136,14 +136,9 @@ def to_file(samples: speech.Samples, path: Path, *ffmpeg_args: str) -> bytes:
 
 def wait_for(probe: Callable[[], T | None], timeout_s: float, what: str) -> T:
     """Poll ``probe`` until it returns a value (a hang guard, not a timing assertion)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what} after {timeout_s} s")
-        time.sleep(0.1)
+    value = waitkit.wait_for(probe, timeout_s, what, done=waitkit.not_none)
+    assert value is not None
+    return value
 
 
 def get_json(srv: RunningServer, path: str, token: str | None = None) -> dict[str, Any]:

@@ -73,8 +73,6 @@ def test_timestamp_tolerance_is_five_minutes(age_s: int, ok: bool) -> None:
     else:
         with pytest.raises(WebhookVerificationError):
             hook.verify(body, headers)
-    now = int(time.time())
-    assert signing.verify(secret, headers, body, now) is ok
 
 
 def test_our_signature_equals_reference_signature() -> None:

@@ -201,7 +201,7 @@ class Chunks:
                                      current.key)
                 return ChunkUploadResult(recording_id, chunk, already_stored=True,
                                          replaced=False)
-            info = self._put(new_chunk_key(recording_id, part), received)
+            info = self._put(new_chunk_key(recording_id, part, self._ctx.clock.now()), received)
             chunk = self._record(recording_id, part, info.size, received.md5, info.key)
         return ChunkUploadResult(recording_id, chunk, already_stored=False,
                                  replaced=current is not None)
@@ -215,7 +215,7 @@ class Chunks:
         is nobody's current object before the PUT completes, so readers never see a
         half-written chunk; any failure deletes it again. Concurrent uploads of one part:
         the one that started last is current."""
-        key = new_chunk_key(recording_id, part)
+        key = new_chunk_key(recording_id, part, self._ctx.clock.now())
         earlier = self._listers.submit(self._previous, recording_id, part, key)
         md5_b64 = None if passing.expected_md5 is None else \
             base64.b64encode(bytes.fromhex(passing.expected_md5)).decode()
@@ -406,6 +406,6 @@ class Chunks:
                          self._ctx.settings.max_chunk_bytes)
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
         url, headers = presigning(self._ctx.store).presign_put(
-            new_chunk_key(recording_id, part), expires, content_md5_b64=md5_b64,
-            if_absent=True, content_length=size)
+            new_chunk_key(recording_id, part, self._ctx.clock.now()), expires,
+            content_md5_b64=md5_b64, if_absent=True, content_length=size)
         return UploadUrl(None, url, "PUT", headers, self._ctx.clock.now() + expires)

@@ -14,7 +14,7 @@ from tapedeck.sql import Tx
 def emit(tx: Tx, clock: Clock, project_id: str, type: str,
          data: dict[str, Any], recording_id: str | None = None) -> str:
     """Append an event to the outbox inside the caller's write transaction."""
-    event_id = new_id("evt_")
+    event_id = new_id("evt_", clock.now())
     tx.execute(
         "INSERT INTO events (id, project_id, type, recording_id, created_at, data)"
         " VALUES (?, ?, ?, ?, ?, ?)",

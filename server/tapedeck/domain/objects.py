@@ -5,6 +5,7 @@ goes through these functions (never a hand-built key)."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from tapedeck.errors import error
 from tapedeck.ids import new_id
@@ -31,9 +32,10 @@ def chunk_key(recording_id: str, part: int, version: str | None = None) -> str:
     return f"{chunk_prefix(recording_id)}chunk_{part}{suffix}.opus"
 
 
-def new_chunk_key(recording_id: str, part: int) -> str:
-    """A key no object has yet for a new upload of ``part`` (newer than every earlier one)."""
-    return chunk_key(recording_id, part, new_id("v"))
+def new_chunk_key(recording_id: str, part: int, now: datetime | None = None) -> str:
+    """A key no object has yet for a new upload of ``part`` (newer than every earlier one
+    made by this process: ``tapedeck.ids``); ``now``: the domain's clock."""
+    return chunk_key(recording_id, part, new_id("v", now))
 
 
 def part_key(recording_id: str, part: int, pinned: str | None) -> str:

@@ -124,7 +124,7 @@ class Recordings:
         p.require("recordings:write")
         validate_new(req)
         ctx, now = self._ctx, self._ctx.clock.now()
-        rec_id = new_id("rec_")
+        rec_id = new_id("rec_", now)
         expires_at = max_chunks = None
         if req.streaming:
             ttl = max(ctx.settings.streaming_ttl_s * 1000, 2 * (req.estimated_duration_ms or 0))

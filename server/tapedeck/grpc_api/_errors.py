@@ -29,9 +29,16 @@ def translate_errors(method: F) -> F:
         try:
             return method(self, request, context)
         except TapedeckError as exc:
-            context.abort_with_status(to_status(exc))
+            _abort(context, to_status(exc))
         except Exception:
             log.exception("unhandled error in %s", method.__qualname__)
-            context.abort_with_status(to_status(error("internal_error")))
+            _abort(context, to_status(error("internal_error")))
 
     return wrapper  # type: ignore[return-value]
+
+
+def _abort(context: grpc.ServicerContext, status: grpc.Status) -> None:
+    """End the call with ``status``: what grpcio's ``abort_with_status`` does, spelled with
+    the two calls every ``ServicerContext`` has (grpc_testing's lacks abort_with_status)."""
+    context.set_trailing_metadata(status.trailing_metadata)
+    context.abort(status.code, status.details)

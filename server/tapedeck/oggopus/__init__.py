@@ -15,7 +15,7 @@ Public API::
     remux(chunks, sink, serial=None) -> RemuxResult       raises InvalidAudio(part=k)
 """
 
-from tapedeck.oggopus._crc import ogg_crc, ogg_crc_reference
+from tapedeck.oggopus._crc import ogg_crc
 from tapedeck.oggopus.ogg import (
     FLAG_BOS,
     FLAG_CONTINUED,
@@ -70,7 +70,6 @@ __all__ = [
     "iter_packets",
     "iter_pages",
     "ogg_crc",
-    "ogg_crc_reference",
     "packet_duration",
     "probe",
     "remux",

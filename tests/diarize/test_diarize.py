@@ -53,6 +53,21 @@ def test_der_and_count(diarizer: Diarizer, voices: list[str], turns: int, seed: 
     assert 0.85 * speech <= talk <= 1.3 * speech
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("voices", "turns", "seed", "min_turn", "max_turn"), [
+    (["allison", "carlo"], 30, 142, 2.0, 4.0),  # 2-4 s turns; many one-word prompts (< 1.6 s)
+    (["allison"], 4, 160, 10.0, 30.0),  # its one-word prompts split off when zero-padded
+])
+def test_hard_cases(diarizer: Diarizer, voices: list[str], turns: int, seed: int,
+                    min_turn: float, max_turn: float) -> None:
+    """Cases of ``bench/diarize.py --der-extended tune`` that failed before short regions
+    filled their window by repetition (zero padding made a second "speaker")."""
+    conv = vk.conversation(voices, turns, seed, min_turn=min_turn, max_turn=max_turn)
+    result = diarizer.diarize(pcm_blocks(conv.pcm))
+    assert len(result.speakers) == len(voices)
+    assert vk.der(conv, _hyp(result)) <= MAX_DER
+
+
 def test_one_voice_is_one_speaker(diarizer: Diarizer) -> None:
     conv = vk.conversation(["carlo"], 2, 12, min_turn=20)
     result = diarizer.diarize(pcm_blocks(conv.pcm))

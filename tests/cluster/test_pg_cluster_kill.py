@@ -2,7 +2,8 @@
 (``scripts/cluster``: master, 3 volume servers with replication 001, filer, S3), 3
 ``tapedeck api``, 2 ``worker`` and 1 ``dispatcher`` processes (real children, ``fleetkit``).
 
-200 simulated devices x 20 real Opus chunks (``TAPEDECK_FLEET_DEVICES`` scales it down),
+N simulated devices x 20 real Opus chunks: 40 in the suite (26 cold process starts dominate it
+on 2 cores), ``TAPEDECK_FLEET_DEVICES=200`` for the issue's full fleet,
 every request of a device sent to a random live api process. Meanwhile a chaos thread
 SIGKILLs a random api, worker or dispatcher process 20 times (each replaced by a new process,
 as systemd would) and one volume server once. Devices retry like the agent does (connection
@@ -42,7 +43,7 @@ from opskit import Receiver, md5_b64, wait_until
 from serverkit import test_settings
 from stitchkit import continuous_chunks
 
-DEVICES = int(os.environ.get("TAPEDECK_FLEET_DEVICES", "200"))
+DEVICES = int(os.environ.get("TAPEDECK_FLEET_DEVICES", "40"))
 CHUNKS = 20
 KILLS = 20
 ENCODINGS = 6  # distinct 20 s recordings, reused across devices (encoding is CPU)

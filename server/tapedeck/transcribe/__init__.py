@@ -21,9 +21,9 @@ not load faster-whisper.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -144,6 +144,23 @@ class TranscriptionEngine(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchingEngine(TranscriptionEngine, Protocol):
+    """An engine that transcribes several windows in one call more cheaply than one by one
+    (batched encoder and decoder). ``transcribe_windows`` returns one ``WindowResult`` per
+    window, with the same contract as ``transcribe_window`` for each."""
+
+    @property
+    def batch_size(self) -> int:
+        """How many windows to hand over at once (1 = no gain from batching)."""
+        ...
+
+    def transcribe_windows(self, windows: Sequence[Samples],
+                           language: str | None) -> list[WindowResult]:
+        """Transcribe several windows (float32 mono at ``SAMPLE_RATE``)."""
+        ...
+
+
 #: Called after each window with the milliseconds of audio processed so far.
 Progress = Callable[[int], None]
 
@@ -237,6 +254,7 @@ def _assemble(
 __all__ = [
     "FAILURE_REASONS",
     "SAMPLE_RATE",
+    "BatchingEngine",
     "Progress",
     "Segment",
     "Transcript",

@@ -55,6 +55,8 @@ VARIANTS: dict[str, tuple[int, WhisperOptions]] = {
     "batch8": (2, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=8)),
     "greedy-1t": (1, WhisperOptions(beam_size=1, best_of=1, fallback=False)),
     "batch8-1t": (1, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=8)),
+    "batch8-notime": (2, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=8,
+                                        batch_timestamps=False)),
 }
 
 
@@ -86,28 +88,29 @@ def build_audio(kind: str, minutes: float, cache: Path) -> Audio:
     prompts = iter(_prompts())
     blocks: list[speech.Samples] = []
     texts: list[str] = []
-    total = int(minutes * (2.5 if kind == "mix" else 1.0) * 60 * SAMPLE_RATE)
+    total = round(minutes * (2.5 if kind == "mix" else 1.0)) * 60 * SAMPLE_RATE
     size, period = 0, 0
-    while size < total:
-        budget = 12 * SAMPLE_RATE if kind == "mix" else total - size
+    while size < total:  # whole prompts only, so the reference is exactly what is heard
+        budget = 12 * SAMPLE_RATE if kind == "mix" else total
         used = 0
         for name, text in prompts:
             pcm = speech.read_prompt(name)
-            if used and used + len(pcm) > budget:
+            if used + len(pcm) + len(gap) > budget:
                 break
             blocks += [pcm, gap]
             texts.append(text)
             used += len(pcm) + len(gap)
             if used >= budget:
                 break
-        if kind == "mix":  # the rest of the minute: half self-noise, half quiet room
-            quiet = (60 * SAMPLE_RATE - used) / 2 / SAMPLE_RATE
-            blocks += [_noise(quiet, 3, 2 * period), _noise(quiet, 25, 2 * period + 1)]
-            used = 60 * SAMPLE_RATE
-        size += used
+        if kind != "mix":
+            break
+        # the rest of the minute: half microphone self-noise, half a quiet room
+        quiet = (60 * SAMPLE_RATE - used) / 2 / SAMPLE_RATE
+        blocks += [_noise(quiet, 3, 2 * period), _noise(quiet, 25, 2 * period + 1)]
+        size += 60 * SAMPLE_RATE
         period += 1
-    samples = np.concatenate(blocks)[:total]
-    path = cache / f"options-{kind}-{minutes:g}min.opus"
+    samples = np.concatenate(blocks)
+    path = cache / f"options2-{kind}-{minutes:g}min.opus"
     if not path.exists():
         speech.encode_ogg_opus([samples], path)
     data = path.read_bytes()

@@ -32,6 +32,7 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from tapedeck.oggopus import InvalidAudio, remux
 from tapedeck.transcribe import (
+    SILENCE_PEAK,
     BatchingEngine,
     Segment,
     TranscriptionEngine,
@@ -102,7 +103,7 @@ def piece_audio(chunk: bytes, prev: bytes | None) -> tuple[Samples, int, int | N
 
 def speech_spans(audio: Samples) -> list[tuple[int, int]]:
     """Padded speech regions ``[start, end)`` (samples) found by Silero VAD."""
-    if len(audio) == 0 or float(np.max(np.abs(audio))) < 1e-4:
+    if len(audio) == 0 or float(np.max(np.abs(audio))) < SILENCE_PEAK:
         return []  # digital silence: not even the VAD runs
     found = get_speech_timestamps(audio, _VAD)
     return [(int(s["start"]), int(s["end"])) for s in found if s["end"] > s["start"]]
@@ -167,8 +168,25 @@ def _shift(seg: Segment, to_chunk: Callable[[int], int], floor: int) -> Segment:
 def transcribe_piece(engine: TranscriptionEngine, chunk: bytes, prev: bytes | None,
                      language: str | None, check: Callable[[], None] | None = None) -> Piece:
     """Transcribe one chunk (see the module docstring); ``check()`` runs between engine
-    calls (the job's lease check). A ``BatchingEngine`` gets its windows in groups."""
+    calls (the job's lease check)."""
     audio, overlap, delta48, samples48 = piece_audio(chunk, prev)
+    segments, detected, spans = transcribe_audio(engine, audio, overlap, language, check)
+    # Reported over the chunk's own audio (the overlap is the previous piece's to report).
+    own = sum(max(0, e - max(s, overlap)) for s, e in spans)
+    own_ms = (len(audio) - overlap) * 1000 // SAMPLE_RATE
+    speech_ms = own * 1000 // SAMPLE_RATE
+    return Piece(delta48, samples48, overlap * 1000 // SAMPLE_RATE, detected, tuple(segments),
+                 speech_ms, max(0, own_ms - speech_ms))
+
+
+def transcribe_audio(engine: TranscriptionEngine, audio: Samples, shift: int,
+                     language: str | None, check: Callable[[], None] | None = None
+                     ) -> tuple[list[Segment], str | None, list[tuple[int, int]]]:
+    """``(segments, language, speech spans)`` of a stretch of PCM: Silero VAD first, only
+    the speech packed into windows of at most ``WINDOW_S`` for the engine (a
+    ``BatchingEngine`` gets them ``batch_size`` at a time), times mapped back to ms relative
+    to sample ``shift`` of ``audio`` (in timeline order). ``check()`` runs between engine
+    calls. Used for live pieces and, block by block, for whole files."""
     spans = speech_spans(audio)
     segments: list[Segment] = []
     detected = language
@@ -182,19 +200,14 @@ def transcribe_piece(engine: TranscriptionEngine, chunk: bytes, prev: bytes | No
         for window, result in zip(group, _run_windows(engine, samples, detected), strict=True):
             if result.segments and detected is None:
                 detected = result.language
-            to_chunk = _mapper(window, overlap)
+            to_chunk = _mapper(window, shift)
             for seg in result.segments:
                 if seg.text.strip():
                     floor = segments[-1].words[-1].start_ms if segments and segments[-1].words \
                         else (segments[-1].start_ms if segments
-                              else -overlap * 1000 // SAMPLE_RATE)
+                              else -shift * 1000 // SAMPLE_RATE)
                     segments.append(_shift(seg, to_chunk, floor))
-    # Reported over the chunk's own audio (the overlap is the previous piece's to report).
-    own = sum(max(0, e - max(s, overlap)) for s, e in spans)
-    own_ms = (len(audio) - overlap) * 1000 // SAMPLE_RATE
-    speech_ms = own * 1000 // SAMPLE_RATE
-    return Piece(delta48, samples48, overlap * 1000 // SAMPLE_RATE, detected, tuple(segments),
-                 speech_ms, max(0, own_ms - speech_ms))
+    return segments, detected, spans
 
 
 def _run_windows(engine: TranscriptionEngine, samples: list[Samples],

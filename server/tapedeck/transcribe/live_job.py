@@ -49,6 +49,7 @@ from tapedeck.domain.live import (
     place,
 )
 from tapedeck.domain.objects import stored_parts
+from tapedeck.errors import invalid
 from tapedeck.failpoints import Failpoints
 from tapedeck.jobs import Failure, Job, JobFailed
 from tapedeck.sql import Tx
@@ -345,13 +346,18 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
     if not app.settings.live_transcription or importlib.util.find_spec("faster_whisper") is None:
         return None
     settings = app.settings
+    from tapedeck.transcribe.whisper import decoding_options
+
+    try:
+        options = decoding_options(settings.whisper_decoding, settings.live_beam_size)
+    except ValueError as exc:  # at startup, not at the first job
+        raise invalid("whisper_decoding", f"{exc} (TAPEDECK_WHISPER_DECODING)") from None
 
     def build() -> TranscriptionEngine:
-        from tapedeck.transcribe.whisper import WhisperOptions, load_engine
+        from tapedeck.transcribe.whisper import load_engine
 
         return load_engine(settings.live_whisper_model or settings.whisper_model,
-                           settings.data_dir, settings.whisper_threads,
-                           WhisperOptions(beam_size=settings.live_beam_size))
+                           settings.data_dir, settings.whisper_threads, options)
 
     return LiveTranscribeHandler(app.db, app.store, app.clock, build,
                                  max_attempts=settings.job_max_attempts,

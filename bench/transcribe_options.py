@@ -1,6 +1,6 @@
 """Benchmark: decoding options A vs B on the same real speech, measured in the same run.
 
-Run: ``.venv/bin/python bench/transcribe_options.py [--minutes 3] [--variants beam5 fast]
+Run: ``.venv/bin/python bench/transcribe_options.py [--minutes 3] [--variants accurate fast]
 [--paths whole pieces] [--audio speech mix]``
 
 Audio (real human speech: the Asterisk prompts, all different, with their reference texts;
@@ -31,7 +31,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,21 +42,21 @@ import numpy as np  # noqa: E402
 from tapedeck.transcribe import TranscriptionEngine, transcribe_ogg_opus  # noqa: E402
 from tapedeck.transcribe.decode import SAMPLE_RATE  # noqa: E402
 from tapedeck.transcribe.live import decode, speech_spans, transcribe_piece  # noqa: E402
-from tapedeck.transcribe.whisper import WhisperEngine, WhisperOptions  # noqa: E402
+from tapedeck.transcribe.whisper import PROFILES, WhisperEngine, WhisperOptions  # noqa: E402
 
 import asterisk_speech as speech  # noqa: E402
 
-#: name -> (CPU threads, options). ``beam5`` is the whole-file default before issue 13.
+#: name -> (CPU threads, options). ``accurate`` is the former default, ``fast`` the new one
+#: (``whisper_decoding``); the others are the steps between them.
 VARIANTS: dict[str, tuple[int, WhisperOptions]] = {
-    "beam5": (2, WhisperOptions()),
-    "beam1": (2, WhisperOptions(beam_size=1)),
-    "greedy": (2, WhisperOptions(beam_size=1, best_of=1, fallback=False)),
-    "batch4": (2, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=4)),
-    "batch8": (2, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=8)),
-    "greedy-1t": (1, WhisperOptions(beam_size=1, best_of=1, fallback=False)),
-    "batch8-1t": (1, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=8)),
-    "batch8-notime": (2, WhisperOptions(beam_size=1, best_of=1, fallback=False, batch_size=8,
-                                        batch_timestamps=False)),
+    "accurate": (2, PROFILES["accurate"]),
+    "beam1": (2, replace(PROFILES["accurate"], beam_size=1)),
+    "greedy": (2, WhisperOptions(batch_size=0, batch_timestamps=True)),
+    "batch8-ts": (2, WhisperOptions(batch_timestamps=True)),
+    "batch4": (2, WhisperOptions(batch_size=4)),
+    "fast": (2, PROFILES["fast"]),
+    "greedy-1t": (1, WhisperOptions(batch_size=0, batch_timestamps=True)),
+    "fast-1t": (1, PROFILES["fast"]),
 }
 
 
@@ -138,7 +138,7 @@ def run(path: str, engine: TranscriptionEngine, audio: Audio) -> tuple[float, fl
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=float, default=3.0)
-    parser.add_argument("--variants", nargs="+", default=["beam5", "greedy", "batch8"],
+    parser.add_argument("--variants", nargs="+", default=["accurate", "greedy", "fast"],
                         choices=sorted(VARIANTS))
     parser.add_argument("--paths", nargs="+", default=["whole", "pieces"],
                         choices=["whole", "pieces"])

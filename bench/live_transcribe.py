@@ -2,7 +2,8 @@
 chunks were transcribed while it streamed, next to the whole-file transcription time of the
 same stitched recording, measured in the same run.
 
-Run: ``.venv/bin/python bench/live_transcribe.py [--minutes 60] [--speech 0.5] [--beam 1]``
+Run: ``.venv/bin/python bench/live_transcribe.py [--minutes 60] [--speech 0.5] [--beam 1]
+[--decoding fast]``
 
 Starts a real Tapedeck in this process (gRPC + worker roles, live transcription on, its own
 SeaweedFS and SQLite in a temporary directory, the bundled whisper-base; run
@@ -18,7 +19,8 @@ minutes hold speech, spread evenly. Then:
 * live throughput: audio seconds of the pieces / seconds their jobs ran (``job_runs``), with
   the audio skipped as non-speech (VAD) and the real-time factor over speech only;
 * baseline (same run, server idle): the whole stitched file transcribed by the whole-file
-  path (``transcribe_ogg_opus``, beam 5, an engine built the same way; load not timed).
+  path (``transcribe_ogg_opus`` with the same ``--decoding`` profile as the server, an
+  engine built the same way; load not timed).
 
 Prints both times, their ratio (target <= 0.15, and < 60 s for an hour), real-time factors,
 skipped audio and the word error rate of both transcripts against the reference text.
@@ -28,6 +30,7 @@ Shared, noisy 2-core machine: compare ratios, not absolute times.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -46,7 +49,7 @@ from tapedeck.app import App  # noqa: E402
 from tapedeck.auth import create_project, issue_device_token  # noqa: E402
 from tapedeck.clock import parse_iso  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
-from tapedeck.transcribe.whisper import load_engine  # noqa: E402
+from tapedeck.transcribe.whisper import PROFILES, load_engine  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2_grpc  # noqa: E402
 from tapedeck.v1 import recording_pb2 as rpb  # noqa: E402
 
@@ -116,6 +119,8 @@ def main() -> None:
     parser.add_argument("--speech", type=float, default=0.5, help="fraction of minutes")
     parser.add_argument("--beam", type=int, default=1, help="beam size of the live lane")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--decoding", default="fast", choices=sorted(PROFILES),
+                        help="whisper_decoding profile of the server and the baseline")
     parser.add_argument("--model", type=Path, default=ROOT / ".cache" / "models" / "whisper-base")
     args = parser.parse_args()
     if not (args.model / "model.bin").is_file():
@@ -129,7 +134,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tapedeck-bench-") as tmp:
         settings = Settings(data_dir=Path(tmp) / "data", grpc_port=0, http_port=0,
                             whisper_model=str(args.model), whisper_threads=args.threads,
-                            job_poll_ms=50, live_transcription=True, live_beam_size=args.beam)
+                            job_poll_ms=50, live_transcription=True, live_beam_size=args.beam,
+                            whisper_decoding=args.decoding)
         app = App.open(settings)
         try:
             app.start(["grpc", "worker"])
@@ -156,7 +162,8 @@ def main() -> None:
                 "SELECT t.text, t.skipped_ms FROM transcriptions t JOIN recordings r"
                 " ON r.transcription_id = t.id WHERE r.id = ?", [rec_id]).fetchone()
             busy, _, piece_ms = piece_stats(app, rec_id)
-            engine = load_engine(str(args.model), Path(tmp), args.threads)  # not timed
+            engine = load_engine(str(args.model), Path(tmp), args.threads,  # not timed
+                                 PROFILES[args.decoding])
             cpu0 = time.process_time()
             whole_s, whole_text = engine_only(app, rec_id, engine, Path(tmp))
             whole_cpu = time.process_time() - cpu0
@@ -166,7 +173,8 @@ def main() -> None:
     audio_s = duration_ms / 1000
     speech_s = audio_s - (skipped_ms or 0) / 1000
     print(f"== {args.minutes} min recording in {CHUNKS} chunks, {args.speech:.0%} of minutes "
-          f"speech, whisper-base int8, {args.threads} threads, live beam {args.beam}")
+          f"speech, whisper-base int8, {args.threads} threads, decoding {args.decoding}, "
+          f"live beam {args.beam}")
     print(f"  whole-file transcription (baseline): {whole_s:8.2f} s   RTF {audio_s / whole_s:6.1f}x"
           f"   WER {speech.wer(reference, whole_text):.2%}")
     print(f"  live: finalize -> completed:         {live_s:8.2f} s   "
@@ -180,7 +188,9 @@ def main() -> None:
           f"{audio_s / live_cpu:.1f}x, whole-file {audio_s / whole_cpu:.1f}x, "
           f"ratio {whole_cpu / live_cpu:.2f}")
     print(f"  skipped as non-speech: {(skipped_ms or 0) / 1000:.1f} s "
-          f"({(skipped_ms or 0) / duration_ms:.0%} of the audio)", flush=True)
+          f"({(skipped_ms or 0) / duration_ms:.0%} of the audio)")
+    print(f"  load average (1, 5, 15 min) at the end: "
+          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())} on 2 shared cores", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: real-time factor and peak memory of transcribing long Ogg Opus recordings.
 
-Run: ``.venv/bin/python bench/transcribe.py [--minutes 5 30] [--threads 2] [--beam-size 5]
-[--model SETTING]``
+Run: ``.venv/bin/python bench/transcribe.py [--minutes 5 30] [--threads 2] [--decoding fast]
+[--model SETTING]`` (decoding options A vs B on the same audio: bench/transcribe_options.py)
 
 For each length N (minutes) it makes an N-minute recording of real speech (twelve Asterisk
 prompts, 153 words, padded to exactly 60 s, encoded once with opusenc at 24 kbit/s, its
@@ -48,11 +48,11 @@ def cpu_s():
     return r.ru_utime + r.ru_stime
 
 from tapedeck.transcribe import transcribe_ogg_opus
-from tapedeck.transcribe.whisper import WhisperOptions, load_engine
+from tapedeck.transcribe.whisper import decoding_options, load_engine
 
-path, model, cache, threads, beam = sys.argv[1:6]
+path, model, cache, threads, decoding = sys.argv[1:6]
 started = time.perf_counter()
-engine = load_engine(model, Path(cache), int(threads), WhisperOptions(beam_size=int(beam)))
+engine = load_engine(model, Path(cache), int(threads), decoding_options(decoding))
 load_s = time.perf_counter() - started
 after_load = hwm_kib()
 timeline = []  # (audio ms processed, peak RSS so far): shows whether memory plateaus
@@ -94,7 +94,7 @@ def decode_only(path: Path) -> tuple[float, int]:
 
 def transcribe_child(path: Path, args: argparse.Namespace) -> dict[str, object]:
     cmd = [sys.executable, "-c", _CHILD, str(path), args.model, str(args.model_cache),
-           str(args.threads), str(args.beam_size)]
+           str(args.threads), args.decoding]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
     result: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return result
@@ -113,7 +113,7 @@ def report(minutes: int, args: argparse.Namespace) -> None:
     print(f"  baseline decode+window: {decode_s:7.2f} s   RTF {audio_s / decode_s:8.1f}x")
     print(f"  transcription:          {transcribe_s:7.2f} s   RTF {audio_s / transcribe_s:8.1f}x"
           f"   (model load {float(str(r['load_s'])):.2f} s, threads {args.threads}, "
-          f"beam {args.beam_size})")
+          f"decoding {args.decoding})")
     cpu_s = float(str(r["cpu_s"]))
     print(f"  transcription CPU time: {cpu_s:7.2f} s   = {audio_s / cpu_s:.1f} audio s per CPU s"
           f" (robust to other load on the machine)")
@@ -132,7 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=int, nargs="+", default=[5, 30])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--beam-size", type=int, default=5)
+    parser.add_argument("--decoding", default="fast", choices=["fast", "accurate"],
+                        help="whisper_decoding profile")
     parser.add_argument("--model", default="", help="whisper_model setting (empty = bundled)")
     parser.add_argument("--model-cache", type=Path, default=ROOT / ".cache")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")

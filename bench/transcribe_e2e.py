@@ -208,7 +208,7 @@ def report(args: argparse.Namespace, duration_ms: int, warm_s: float, e2e: list[
     median, baseline_s = statistics.median(e2e), statistics.median(baseline)
     stitch, wait, transcribe = (statistics.median(s[i] for s in splits) for i in range(3))
     print(f"== {args.minutes} min recording: {audio_s:.1f} s of real speech, "
-          f"{args.threads} threads, whisper-base int8, beam 5 ({args.runs} run(s), median)")
+          f"{args.threads} threads, whisper-base int8, decoding fast ({args.runs} run(s), median)")
     print(f"  first job of a fresh worker (10 s recording, includes model load): {warm_s:.2f} s")
     print(f"  engine only (baseline):       {baseline_s:7.2f} s   RTF {audio_s / baseline_s:6.1f}x"
           f"   WER {wer_engine:.2%}")

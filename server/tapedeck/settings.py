@@ -166,6 +166,10 @@ class Settings:
                 "in the data dir"})
     console: bool = field(default=True, metadata={
         "help": "serve the web console under /console (off: no console routes)"})
+    whisper_decoding: str = field(default="fast", metadata={
+        "help": "fast (greedy, no temperature fallback, speech windows batched 8 at a time) "
+                "or accurate (beam 5 with fallback, one window at a time: the former default); "
+                "see bench/transcribe_options.py"})
 
     @property
     def db_path(self) -> Path:

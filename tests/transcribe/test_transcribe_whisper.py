@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapedeck.transcribe import Transcript, TranscriptionFailed, transcribe_ogg_opus
+from tapedeck.transcribe import BLOCK_S, Transcript, TranscriptionFailed, transcribe_ogg_opus
 from tapedeck.transcribe.whisper import WhisperEngine
 
 import asterisk_speech as speech
@@ -121,8 +121,9 @@ def test_garbage_bytes_fail_as_undecodable_audio(engine: WhisperEngine, data: by
 
 def test_progress_reports_processed_audio(speech_file: SpeechFile, tmp_path: Path,
                                           engine: WhisperEngine) -> None:
-    silence = np.zeros(speech.RATE * 70, dtype=np.float32)  # silent: no model CPU spent
+    """Reported after every block (``BLOCK_S``) and between engine calls."""
+    silence = np.zeros(speech.RATE * 700, dtype=np.float32)  # silent: no model CPU spent
     seen: list[int] = []
     t = transcribe_ogg_opus(io.BytesIO(_ogg(silence, tmp_path)), engine, None, seen.append)
-    assert seen == sorted(seen) and len(seen) >= 3
-    assert seen[-1] == t.duration_ms == 70_000
+    assert seen == sorted(seen) and len(seen) >= 700 // BLOCK_S
+    assert seen[-1] == t.duration_ms == 700_000

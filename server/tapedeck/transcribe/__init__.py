@@ -1,10 +1,13 @@
 """Offline transcription: the engine interface, transcript types and the job's entry point.
 
 ``transcribe_ogg_opus(stream, engine, language)`` is what the transcription job calls. It
-decodes the (stitched) Ogg Opus stream incrementally, cuts it into windows of at most 30 s at
-quiet points, hands each window to the engine and shifts the window-relative timestamps onto
-the recording's timeline. Memory is bounded by one window whatever the recording length;
-the model is loaded once per engine instance (one per worker process), never per call.
+decodes the (stitched) Ogg Opus stream incrementally, cuts it into blocks of at most
+``BLOCK_S`` at quiet points, finds the speech of each block with Silero VAD, packs only the
+speech into windows of at most 30 s for the engine (``tapedeck.transcribe.live.
+transcribe_audio``, the same code as live pieces; a batching engine gets several windows per
+call) and maps the window-relative timestamps back onto the recording's timeline. Memory is
+bounded by one block whatever the recording length; the model is loaded once per engine
+instance (one per worker process), never per call.
 
 Contract of the returned ``Transcript``:
 - empty or silent audio → a completed transcript with ``text == ""`` and no segments;
@@ -21,11 +24,9 @@ not load faster-whisper.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
-
-import numpy as np
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from tapedeck.transcribe.decode import (
     SAMPLE_RATE,
@@ -144,8 +145,30 @@ class TranscriptionEngine(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchingEngine(TranscriptionEngine, Protocol):
+    """An engine that transcribes several windows in one call more cheaply than one by one
+    (batched encoder and decoder). ``transcribe_windows`` returns one ``WindowResult`` per
+    window, with the same contract as ``transcribe_window`` for each."""
+
+    @property
+    def batch_size(self) -> int:
+        """How many windows to hand over at once (1 = no gain from batching)."""
+        ...
+
+    def transcribe_windows(self, windows: Sequence[Samples],
+                           language: str | None) -> list[WindowResult]:
+        """Transcribe several windows (float32 mono at ``SAMPLE_RATE``)."""
+        ...
+
+
 #: Called after each window with the milliseconds of audio processed so far.
 Progress = Callable[[int], None]
+
+
+#: Whole files are transcribed in blocks of this much audio (cut at the quietest 200 ms of
+#: its last third): Silero VAD over the block, then only its speech goes to the engine.
+BLOCK_S = 300.0
 
 
 def transcribe_ogg_opus(
@@ -156,26 +179,31 @@ def transcribe_ogg_opus(
 ) -> Transcript:
     """Transcribe a whole Ogg Opus recording read incrementally from ``stream``.
 
-    See the module docstring for the output contract and failure reasons."""
+    Memory: one block (``BLOCK_S``) of PCM. See the module docstring for the output
+    contract and failure reasons; ``progress`` is also called between engine calls."""
+    from tapedeck.transcribe.live import transcribe_audio  # live imports this module
+
     segments: list[Segment] = []
     detected: str | None = language
     end_sample = 0
-    for window in _windows(stream):
-        end_sample = window.start + len(window.samples)
-        if float(np.max(np.abs(window.samples), initial=0.0)) >= SILENCE_PEAK:
-            result = _run_engine(engine, window.samples, detected)
-            if result.segments and detected is None:
-                detected = result.language
-            segments.extend(_to_timeline(result.segments, window, _last_start(segments)))
+    for block in _windows(stream, BLOCK_S):
+        end_sample = block.start + len(block.samples)
+        at_ms = block.start_ms
+        found, lang, _ = transcribe_audio(
+            engine, block.samples, 0, detected,
+            None if progress is None else (lambda: progress(at_ms)))  # noqa: B023 (used now)
+        if found and detected is None:
+            detected = lang
+        segments.extend(_to_timeline(tuple(found), block, _last_start(segments)))
         if progress is not None:
             progress(end_sample * 1000 // SAMPLE_RATE)
     return _assemble(segments, detected, engine.model, end_sample * 1000 // SAMPLE_RATE)
 
 
-def _windows(stream: BinaryIO) -> Iterator[PcmWindow]:
+def _windows(stream: BinaryIO, max_s: float = 30.0) -> Iterator[PcmWindow]:
     """Windows of the decoded stream; decoding errors become ``undecodable_audio``."""
     try:
-        yield from iter_windows(iter_pcm(stream))
+        yield from iter_windows(iter_pcm(stream), max_s, max_s * 2 / 3)
     except UndecodableAudio as exc:
         raise TranscriptionFailed("undecodable_audio", str(exc)) from exc
 
@@ -237,6 +265,7 @@ def _assemble(
 __all__ = [
     "FAILURE_REASONS",
     "SAMPLE_RATE",
+    "BatchingEngine",
     "Progress",
     "Segment",
     "Transcript",

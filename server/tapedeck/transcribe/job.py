@@ -64,6 +64,7 @@ from tapedeck.domain.transcriptions import (
     Transcription,
     load_transcription,
 )
+from tapedeck.errors import invalid
 from tapedeck.failpoints import Failpoints
 from tapedeck.jobs import Failure, Job, JobFailed
 from tapedeck.sql import Tx
@@ -375,11 +376,18 @@ def engine_factory(app: App) -> EngineFactory:
     """Builds the faster-whisper engine from ``whisper_model``/``whisper_threads`` (the bundled
     whisper-base is assembled under ``data_dir/models`` on first use)."""
     settings = app.settings
+    from tapedeck.transcribe.whisper import decoding_options
+
+    try:
+        options = decoding_options(settings.whisper_decoding)
+    except ValueError as exc:  # at startup, not at the first job
+        raise invalid("whisper_decoding", f"{exc} (TAPEDECK_WHISPER_DECODING)") from None
 
     def build() -> TranscriptionEngine:
         from tapedeck.transcribe.whisper import load_engine
 
-        return load_engine(settings.whisper_model, settings.data_dir, settings.whisper_threads)
+        return load_engine(settings.whisper_model, settings.data_dir, settings.whisper_threads,
+                           options)
 
     return build
 

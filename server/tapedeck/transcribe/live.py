@@ -32,9 +32,12 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from tapedeck.oggopus import InvalidAudio, remux
 from tapedeck.transcribe import (
+    SILENCE_PEAK,
+    BatchingEngine,
     Segment,
     TranscriptionEngine,
     TranscriptionFailed,
+    WindowResult,
     Word,
     _run_engine,
 )
@@ -100,7 +103,7 @@ def piece_audio(chunk: bytes, prev: bytes | None) -> tuple[Samples, int, int | N
 
 def speech_spans(audio: Samples) -> list[tuple[int, int]]:
     """Padded speech regions ``[start, end)`` (samples) found by Silero VAD."""
-    if len(audio) == 0 or float(np.max(np.abs(audio))) < 1e-4:
+    if len(audio) == 0 or float(np.max(np.abs(audio))) < SILENCE_PEAK:
         return []  # digital silence: not even the VAD runs
     found = get_speech_timestamps(audio, _VAD)
     return [(int(s["start"]), int(s["end"])) for s in found if s["end"] > s["start"]]
@@ -164,28 +167,58 @@ def _shift(seg: Segment, to_chunk: Callable[[int], int], floor: int) -> Segment:
 
 def transcribe_piece(engine: TranscriptionEngine, chunk: bytes, prev: bytes | None,
                      language: str | None, check: Callable[[], None] | None = None) -> Piece:
-    """Transcribe one chunk (see the module docstring); ``check()`` runs between windows
-    (the job's lease check)."""
+    """Transcribe one chunk (see the module docstring); ``check()`` runs between engine
+    calls (the job's lease check)."""
     audio, overlap, delta48, samples48 = piece_audio(chunk, prev)
-    spans = speech_spans(audio)
-    segments: list[Segment] = []
-    detected = language
-    for window in pack_windows(audio, spans):
-        if check is not None:
-            check()
-        samples = np.concatenate([audio[s.src:s.src + s.length] for s in window])
-        result = _run_engine(engine, samples, detected)
-        if result.segments and detected is None:
-            detected = result.language
-        to_chunk = _mapper(window, overlap)
-        for seg in result.segments:
-            if seg.text.strip():
-                floor = segments[-1].words[-1].start_ms if segments and segments[-1].words \
-                    else (segments[-1].start_ms if segments else -overlap * 1000 // SAMPLE_RATE)
-                segments.append(_shift(seg, to_chunk, floor))
+    segments, detected, spans = transcribe_audio(engine, audio, overlap, language, check)
     # Reported over the chunk's own audio (the overlap is the previous piece's to report).
     own = sum(max(0, e - max(s, overlap)) for s, e in spans)
     own_ms = (len(audio) - overlap) * 1000 // SAMPLE_RATE
     speech_ms = own * 1000 // SAMPLE_RATE
     return Piece(delta48, samples48, overlap * 1000 // SAMPLE_RATE, detected, tuple(segments),
                  speech_ms, max(0, own_ms - speech_ms))
+
+
+def transcribe_audio(engine: TranscriptionEngine, audio: Samples, shift: int,
+                     language: str | None, check: Callable[[], None] | None = None
+                     ) -> tuple[list[Segment], str | None, list[tuple[int, int]]]:
+    """``(segments, language, speech spans)`` of a stretch of PCM: Silero VAD first, only
+    the speech packed into windows of at most ``WINDOW_S`` for the engine (a
+    ``BatchingEngine`` gets them ``batch_size`` at a time), times mapped back to ms relative
+    to sample ``shift`` of ``audio`` (in timeline order). ``check()`` runs between engine
+    calls. Used for live pieces and, block by block, for whole files."""
+    spans = speech_spans(audio)
+    segments: list[Segment] = []
+    detected = language
+    windows = list(pack_windows(audio, spans))
+    step = engine.batch_size if isinstance(engine, BatchingEngine) else 1
+    for i in range(0, len(windows), step):
+        if check is not None:
+            check()
+        group = windows[i:i + step]
+        samples = [np.concatenate([audio[s.src:s.src + s.length] for s in w]) for w in group]
+        for window, result in zip(group, _run_windows(engine, samples, detected), strict=True):
+            if result.segments and detected is None:
+                detected = result.language
+            to_chunk = _mapper(window, shift)
+            for seg in result.segments:
+                if seg.text.strip():
+                    floor = segments[-1].words[-1].start_ms if segments and segments[-1].words \
+                        else (segments[-1].start_ms if segments
+                              else -shift * 1000 // SAMPLE_RATE)
+                    segments.append(_shift(seg, to_chunk, floor))
+    return segments, detected, spans
+
+
+def _run_windows(engine: TranscriptionEngine, samples: list[Samples],
+                 language: str | None) -> list[WindowResult]:
+    """The engine on a group of windows (one call when it batches), failures typed as in
+    ``_run_engine``."""
+    if len(samples) == 1 or not isinstance(engine, BatchingEngine):
+        return [_run_engine(engine, s, language) for s in samples]
+    try:
+        return engine.transcribe_windows(samples, language)
+    except TranscriptionFailed:
+        raise
+    except Exception as exc:  # the engine's own failures, whatever their type
+        raise TranscriptionFailed("engine_error", f"{type(exc).__name__}: {exc}") from exc

@@ -32,13 +32,15 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from tapedeck.clock import Clock, iso
+from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.domain.live import (
+    KIND,
     PieceRow,
     Seg,
     live_transcription_id,
@@ -47,6 +49,7 @@ from tapedeck.domain.live import (
     place,
 )
 from tapedeck.domain.objects import stored_parts
+from tapedeck.errors import invalid
 from tapedeck.failpoints import Failpoints
 from tapedeck.jobs import Failure, Job, JobFailed
 from tapedeck.sql import Tx
@@ -254,10 +257,12 @@ def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
     for part in range(1, max(snapshot) + 1):
         pc = pieces.get(part)
         want = (snapshot.get(part), snapshot.get(part - 1) if part > 1 else None)
+        if not _valid(pc, want) and wait_for_live_piece(db, clock, recording_id, part, check):
+            pc = load_pieces(db.read(), recording_id).get(part)
         if pc is not None and pc.status == "failed" and pc.md5 == want[0]:
             log.info("recording %s: piece %d failed; whole-file path", recording_id, part)
             return None
-        if pc is None or pc.status != "done" or (pc.md5, pc.prev_md5) != want:
+        if pc is None or not _valid(pc, want):
             pc = _redo(db, store, clock, recording_id, part, engine, language, want, check)
             if pc is None:
                 return None
@@ -267,6 +272,41 @@ def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
     transcript = transcript_from_segments(segments, language or first_language(
         {p.part: p for p in chain}), engine.model, int(row[0]))
     return Assembled(transcript, sum(p.skipped_ms for p in chain), redone)
+
+
+def _valid(pc: PieceRow | None, want: tuple[Any, Any]) -> bool:
+    return pc is not None and pc.status == "done" and (pc.md5, pc.prev_md5) == want
+
+
+#: How often the assembly looks whether the live lane has finished a piece it is running.
+WAIT_POLL_S = 0.05
+
+
+def live_piece_running(db: Database, clock: Clock, recording_id: str, part: int) -> bool:
+    """A ``live_transcribe`` job of this part is running under a lease that has not expired."""
+    now = clock.now()
+    for payload, expires in db.read().execute(
+            "SELECT payload, lease_expires_at FROM jobs WHERE kind = ? AND recording_id = ?"
+            " AND status = 'running'", [KIND, recording_id]).fetchall():
+        until = parse_iso(expires)
+        if json.loads(payload).get("part") == part and until is not None and until > now:
+            return True
+    return False
+
+
+def wait_for_live_piece(db: Database, clock: Clock, recording_id: str, part: int,
+                        check: Callable[[], None] | None) -> bool:
+    """Wait while the live lane is transcribing this part (it started when the chunk landed,
+    so it finishes sooner than a redo, and two decodes of one chunk would share the CPU).
+    Returns True when it waited; the caller re-reads the piece and redoes it only if it is
+    still missing or stale. A dead live worker's lease expires, which ends the wait."""
+    waited = False
+    while live_piece_running(db, clock, recording_id, part):
+        waited = True
+        if check is not None:
+            check()
+        time.sleep(WAIT_POLL_S)
+    return waited
 
 
 def _redo(db: Database, store: ObjectStore, clock: Clock, recording_id: str, part: int,
@@ -306,13 +346,18 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
     if not app.settings.live_transcription or importlib.util.find_spec("faster_whisper") is None:
         return None
     settings = app.settings
+    from tapedeck.transcribe.whisper import decoding_options
+
+    try:
+        options = decoding_options(settings.whisper_decoding, settings.live_beam_size)
+    except ValueError as exc:  # at startup, not at the first job
+        raise invalid("whisper_decoding", f"{exc} (TAPEDECK_WHISPER_DECODING)") from None
 
     def build() -> TranscriptionEngine:
-        from tapedeck.transcribe.whisper import WhisperOptions, load_engine
+        from tapedeck.transcribe.whisper import load_engine
 
         return load_engine(settings.live_whisper_model or settings.whisper_model,
-                           settings.data_dir, settings.whisper_threads,
-                           WhisperOptions(beam_size=settings.live_beam_size))
+                           settings.data_dir, settings.whisper_threads, options)
 
     return LiveTranscribeHandler(app.db, app.store, app.clock, build,
                                  max_attempts=settings.job_max_attempts,

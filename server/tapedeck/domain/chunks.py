@@ -17,9 +17,9 @@ import logging
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import IO
 
@@ -48,6 +48,7 @@ from tapedeck.store import MD5_HEX, ObjectInfo
 
 _HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
+MAX_URL_BATCH = 100  # parts per create_upload_urls call
 _LISTERS = 16  # threads that look up a part's earlier objects while its upload streams
 log = logging.getLogger(__name__)
 
@@ -438,6 +439,31 @@ class Chunks:
             new_chunk_key(recording_id, part), expires, content_md5_b64=md5_b64,
             if_absent=True, content_length=size)
         return UploadUrl(None, url, "PUT", headers, self._ctx.clock.now() + expires)
+
+    def create_upload_urls(self, p: Principal, recording_id: str,
+                           parts: Sequence[int]) -> tuple[tuple[int, UploadUrl], ...]:
+        """Presigned create-only PUTs for several parts in one call (a device fetches URLs
+        for its next chunks ahead, then PUTs each chunk straight to the store): the same URL
+        as ``create_upload_url`` without a signed MD5 or size, one per part, in order.
+        ``invalid_request`` (field ``parts``) for an empty list, more than
+        ``MAX_URL_BATCH`` parts or a repeated part; any part out of range fails the call."""
+        if not parts or len(parts) > MAX_URL_BATCH or len(set(parts)) != len(parts):
+            raise invalid("parts", f"parts must be 1..{MAX_URL_BATCH} distinct part numbers.")
+        rec = self.precheck(p, recording_id, parts[0])
+        for part in parts[1:]:
+            check_part(rec, part)
+        self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
+                         self._ctx.settings.max_chunk_bytes)
+        self._mark_presigned(recording_id, parts)
+        expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
+        presigner = presigning(self._ctx.store)
+        out: tuple[tuple[int, UploadUrl], ...] = ()
+        for part in parts:
+            url, headers = presigner.presign_put(new_chunk_key(recording_id, part), expires,
+                                                 if_absent=True)
+            out += ((part, UploadUrl(None, url, "PUT", headers,
+                                     self._ctx.clock.now() + expires)),)
+        return out
 
     def _mark_presigned(self, recording_id: str, parts: Iterable[int]) -> None:
         """Durably note that presigned URLs are about to be issued for ``parts`` (see

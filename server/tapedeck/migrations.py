@@ -319,6 +319,16 @@ def m_pgapi_search(db: Tx) -> None:
     text search configuration and accent-folded text (``tapedeck.pg_migrations``)."""
 
 
+def m_ingest2_presigned_parts(db: Tx) -> None:
+    """Parts a presigned PUT URL was issued for (``Chunks.create_upload_url``; written
+    durably before the URL is answered). Presigned PUTs bypass the chunk ledger, so a part
+    may hold store objects only if it has a ledger row or a row here; a streamed upload
+    lists the part's earlier objects only then."""
+    db.execute("""CREATE TABLE presigned_parts (
+        recording_id TEXT NOT NULL REFERENCES recordings(id) ON DELETE CASCADE,
+        part INTEGER NOT NULL, PRIMARY KEY (recording_id, part))""")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -335,6 +345,7 @@ MIGRATIONS: list[Migration] = [
     m_spk_speakers,
     m_spk_voice_profiles,
     m_pgapi_search,
+    m_ingest2_presigned_parts,
 ]
 
 

@@ -16,8 +16,10 @@ import hashlib
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import IO
 
@@ -46,6 +48,7 @@ from tapedeck.store import MD5_HEX, ObjectInfo
 
 _HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024
+MAX_URL_BATCH = 100  # parts per create_upload_urls call
 _LISTERS = 16  # threads that look up a part's earlier objects while its upload streams
 log = logging.getLogger(__name__)
 
@@ -133,6 +136,8 @@ class Chunks:
         self._ctx = ctx
         self.meter = limits.StorageMeter(ctx.clock)  # the storage quota (also for Recordings)
         self._listers = ThreadPoolExecutor(_LISTERS, thread_name_prefix="chunk-list")
+        self._streaming: dict[tuple[str, int], int] = {}  # parts with a _stream in flight
+        self._streaming_lock = threading.Lock()
 
     def precheck(self, p: Principal, recording_id: str, part: int) -> Recording:
         """Fail fast (before reading a body) if this chunk would be refused anyway."""
@@ -167,11 +172,14 @@ class Chunks:
         self.precheck(p, recording_id, part)
         self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id, limit)
         put_stream = getattr(self._ctx.store, "put_stream", None)
-        if size is not None and size > 0 and put_stream is not None \
-                and not self._likely_retry(recording_id, part, md5):
-            passing = Passing(body, limit, md5=md5, sha256=sha256,
-                              check_audio=self._ctx.settings.check_chunks)
-            return self._stream(p, recording_id, part, passing, size, put_stream)
+        if size is not None and size > 0 and put_stream is not None:
+            ledger_md5, known = self._known(recording_id, part)
+            if md5 is None or ledger_md5 != md5:  # else most likely a retry: receive first
+                passing = Passing(body, limit, md5=md5, sha256=sha256,
+                                  check_audio=self._ctx.settings.check_chunks)
+                with self._in_flight(recording_id, part) as concurrent:
+                    return self._stream(p, recording_id, part, passing, size, put_stream,
+                                        may_have_earlier=known or concurrent)
         received = _Received(body, self._ctx.settings.max_chunk_bytes,
                              want_sha256=sha256 is not None,
                              check_audio=self._ctx.settings.check_chunks)
@@ -207,16 +215,20 @@ class Chunks:
                                  replaced=current is not None)
 
     def _stream(self, p: Principal, recording_id: str, part: int, passing: Passing,
-                size: int, put_stream: Callable[..., ObjectInfo]) -> ChunkUploadResult:
+                size: int, put_stream: Callable[..., ObjectInfo], *,
+                may_have_earlier: bool = True) -> ChunkUploadResult:
         """Send the chunk to a NEW versioned key while it arrives (one create-only PUT of
         ``size`` bytes; the store completes it only once ``passing`` approved the whole
         body, see ``chunk_stream``), meanwhile list the part's earlier objects; then, under
-        the recording's lock, make it the part's current object (``_adopt``). The new key
+        the recording's lock, make it the part's current object (``_adopt``). The LIST
+        runs only if the part ``may_have_earlier`` objects (``_known``): it competes with the
+        PUT inside the store. The new key
         is nobody's current object before the PUT completes, so readers never see a
         half-written chunk; any failure deletes it again. Concurrent uploads of one part:
         the one that started last is current."""
         key = new_chunk_key(recording_id, part, self._ctx.clock.now())
-        earlier = self._listers.submit(self._previous, recording_id, part, key)
+        earlier = self._listers.submit(self._previous, recording_id, part, key) \
+            if may_have_earlier else None
         md5_b64 = None if passing.expected_md5 is None else \
             base64.b64encode(bytes.fromhex(passing.expected_md5)).decode()
         try:
@@ -226,7 +238,7 @@ class Chunks:
                 raise error("checksum_mismatch", "The store's MD5 of the chunk differs from "
                             "the bytes received; nothing was stored.",
                             algorithm="md5", expected=passing.md5, actual=info.etag)
-            previous = earlier.result()
+            previous = earlier.result() if earlier is not None else None
         except BaseException:
             self._discard(key)
             raise
@@ -273,15 +285,34 @@ class Chunks:
                  if obj.key < key]
         return older[-1] if older else None
 
-    def _likely_retry(self, recording_id: str, part: int, md5: str | None) -> bool:
-        """The ledger already holds these bytes (same MD5) for the part: most likely a
-        retry, so receive first and compare (no second object written, nothing counted)."""
-        if md5 is None:
-            return False
+    def _known(self, recording_id: str, part: int) -> tuple[str | None, bool]:
+        """The ledger's MD5 of the part (None without a row) and whether the part may hold
+        store objects already: it has a ledger row (an acknowledged upload, the truth kept
+        in the store) or a presigned URL was issued for it (``presigned_parts``). Otherwise
+        only an upload that was never acknowledged (it crashed before its ledger row) can
+        have left an object, and a new upload simply becomes the part's current one."""
         row = self._ctx.db.read().execute(
-            "SELECT md5 FROM chunks WHERE recording_id = ? AND part = ?",
-            [recording_id, part]).fetchone()
-        return row is not None and row[0] == md5
+            "SELECT (SELECT md5 FROM chunks WHERE recording_id = ? AND part = ?),"
+            " EXISTS (SELECT 1 FROM presigned_parts WHERE recording_id = ? AND part = ?)",
+            [recording_id, part, recording_id, part]).fetchone()
+        return row[0], row[0] is not None or bool(row[1])
+
+    @contextmanager
+    def _in_flight(self, recording_id: str, part: int) -> Iterator[bool]:
+        """Count a streamed upload of the part while it runs; yields whether another one of
+        the same part was already running in this process (then its object may exist)."""
+        key = (recording_id, part)
+        with self._streaming_lock:
+            running = self._streaming.get(key, 0)
+            self._streaming[key] = running + 1
+        try:
+            yield running > 0
+        finally:
+            with self._streaming_lock:
+                if self._streaming[key] == 1:
+                    del self._streaming[key]
+                else:
+                    self._streaming[key] -= 1
 
     def _pinned(self, recording_id: str, part: int) -> str | None:
         row = self._ctx.db.read().execute(
@@ -404,8 +435,42 @@ class Chunks:
         self.precheck(p, recording_id, part)
         self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
                          self._ctx.settings.max_chunk_bytes)
+        self._mark_presigned(recording_id, [part])
         expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
         url, headers = presigning(self._ctx.store).presign_put(
             new_chunk_key(recording_id, part, self._ctx.clock.now()), expires,
             content_md5_b64=md5_b64, if_absent=True, content_length=size)
         return UploadUrl(None, url, "PUT", headers, self._ctx.clock.now() + expires)
+
+    def create_upload_urls(self, p: Principal, recording_id: str,
+                           parts: Sequence[int]) -> tuple[tuple[int, UploadUrl], ...]:
+        """Presigned create-only PUTs for several parts in one call (a device fetches URLs
+        for its next chunks ahead, then PUTs each chunk straight to the store): the same URL
+        as ``create_upload_url`` without a signed MD5 or size, one per part, in order.
+        ``invalid_request`` (field ``parts``) for an empty list, more than
+        ``MAX_URL_BATCH`` parts or a repeated part; any part out of range fails the call."""
+        if not parts or len(parts) > MAX_URL_BATCH or len(set(parts)) != len(parts):
+            raise invalid("parts", f"parts must be 1..{MAX_URL_BATCH} distinct part numbers.")
+        rec = self.precheck(p, recording_id, parts[0])
+        for part in parts[1:]:
+            check_part(rec, part)
+        self.meter.check(self._ctx.db.read(), self._ctx.settings, p.project_id,
+                         self._ctx.settings.max_chunk_bytes)
+        self._mark_presigned(recording_id, parts)
+        expires = timedelta(seconds=self._ctx.settings.upload_url_ttl_s)
+        presigner = presigning(self._ctx.store)
+        out: tuple[tuple[int, UploadUrl], ...] = ()
+        for part in parts:
+            url, headers = presigner.presign_put(new_chunk_key(recording_id, part), expires,
+                                                 if_absent=True)
+            out += ((part, UploadUrl(None, url, "PUT", headers,
+                                     self._ctx.clock.now() + expires)),)
+        return out
+
+    def _mark_presigned(self, recording_id: str, parts: Iterable[int]) -> None:
+        """Durably note that presigned URLs are about to be issued for ``parts`` (see
+        ``_known``); committed before any URL is answered."""
+        with self._ctx.db.write() as tx:
+            for part in parts:
+                tx.execute("INSERT INTO presigned_parts (recording_id, part) VALUES (?, ?)"
+                           " ON CONFLICT DO NOTHING", [recording_id, part])

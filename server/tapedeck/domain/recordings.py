@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -304,6 +305,14 @@ class Recordings:
                 redact_now(tx, rec.id)
 
     # -- single-file upload and download -------------------------------------------------
+    def create_upload_urls(self, p: Principal, recording_id: str,
+                           parts: Sequence[int]) -> tuple[tuple[int, UploadUrl], ...]:
+        """Presigned PUTs for several chunk parts of a streaming recording (``Chunks``)."""
+        p.require("recordings:write")
+        if not load_recording(self._ctx.db.read(), p, recording_id).streaming:
+            raise invalid("parts", "parts is only allowed for streaming recordings.")
+        return self._chunks.create_upload_urls(p, recording_id, parts)
+
     def create_upload_url(self, p: Principal, recording_id: str, *, type: str = "audio",
                           content_type: str | None = None, part: int | None = None,
                           content_md5: str | None = None,

@@ -26,7 +26,7 @@ from tapedeck.domain.idempotency import (
     scope_of,
 )
 from tapedeck.domain.recordings import NewRecording
-from tapedeck.errors import error
+from tapedeck.errors import error, invalid
 from tapedeck.gateway import schemas as s
 from tapedeck.gateway.body import (
     BodyPump,
@@ -177,6 +177,14 @@ def _action_routes(r: APIRouter, gw: Gateway) -> None:
         p = await gw.caller(request)
         body = await parse_json(request, s.UploadUrlRequest, gw.max_json_bytes)
         fp = fingerprint("recordings.upload_url", {"id": recording_id, **body.model_dump()})
+        if body.parts is not None:  # a batch: {data: [{part, upload_url, ...}, ...]}
+            if body.part is not None or body.content_md5 is not None \
+                    or body.size_bytes is not None:
+                raise invalid("parts", "parts excludes part, content_md5 and size_bytes.")
+            parts = body.parts
+            return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
+                200, {"data": [{"part": n, **u.to_json()} for n, u in
+                               d.recordings.create_upload_urls(p, recording_id, parts)]}))
         return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
             200, d.recordings.create_upload_url(
                 p, recording_id, type=body.type, content_type=body.content_type,

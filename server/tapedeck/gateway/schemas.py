@@ -90,6 +90,10 @@ class UploadUrlRequest(RequestModel):
     size_bytes: Annotated[int, Field(ge=1, le=MAX_SIZE_BYTES)] | None = Field(
         default=None, description="Exact size of the bytes; the URL then refuses any other "
                                   "size (a chunk part above max_chunk_bytes: payload_too_large).")
+    parts: Annotated[list[Annotated[int, Field(ge=1, le=MAX_PARTS)]],
+                     Field(min_length=1, max_length=100)] | None = Field(
+        default=None, description="Streaming recordings only, instead of part: URLs for "
+                                  "several parts at once, answered as {data: [...]}.")
 
 
 class EmptyRequest(RequestModel):

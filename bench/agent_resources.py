@@ -42,7 +42,7 @@ from tapedeck_agent.encoder import OpusChunker  # noqa: E402
 sys.path.insert(0, str(ROOT / "tests" / "agent"))
 from agentkit import Pulse, agent_cmd, agent_env, start_pulse  # noqa: E402
 from audio import speech_pcm  # noqa: E402
-from serverkit import spawn_server, test_settings  # noqa: E402
+from serverkit import make_settings, spawn_server  # noqa: E402
 
 RATE = 16_000
 WARMUP_S = 5.0
@@ -138,7 +138,7 @@ def main() -> None:
                 print(f"PulseAudio unavailable ({exc}); using a real-time paced WAV")
                 source = "input"
         with ManagedWeed(tmp / "weed") as weed:
-            settings = test_settings(weed, tmp / "data")
+            settings = make_settings(weed, tmp / "data")
             server = spawn_server(settings, "api")
             try:
                 db = Database(settings.db_path)

@@ -49,7 +49,7 @@ from tapedeck.db import Database  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc  # noqa: E402
 from tapedeck.weed import ManagedWeed  # noqa: E402
 
-from serverkit import ChildServer, auth, chunk_messages, spawn_server, test_settings  # noqa: E402
+from serverkit import ChildServer, auth, chunk_messages, make_settings, spawn_server  # noqa: E402
 
 MiB = 1024 * 1024
 Uploader = Callable[[list[bytes]], None]
@@ -121,7 +121,7 @@ def via_minio(t: Target) -> Uploader:
 
 
 def start(weed: ManagedWeed, data_dir: Path, chunks: int) -> tuple[ChildServer, Target]:
-    settings = test_settings(weed, data_dir, max_chunks=max(100, chunks), log_level="warning")
+    settings = make_settings(weed, data_dir, max_chunks=max(100, chunks), log_level="warning")
     db = Database(settings.db_path)
     _, key = create_project(db, SystemClock())
     db.close()

@@ -40,7 +40,7 @@ from tapedeck.db import Database  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2, recording_pb2_grpc  # noqa: E402
 from tapedeck.weed import ManagedWeed  # noqa: E402
 
-from serverkit import ChildServer, auth, chunk_messages, spawn_server, test_settings  # noqa: E402
+from serverkit import ChildServer, auth, chunk_messages, make_settings, spawn_server  # noqa: E402
 from stitchkit import continuous_chunks  # noqa: E402
 
 REAL_PERIOD_S = 300.0
@@ -180,7 +180,7 @@ def main() -> int:
     size = statistics.mean(map(len, chunks))
     with tempfile.TemporaryDirectory(prefix="tapedeck-load-") as tmp, \
             ManagedWeed(Path(tmp) / "weed") as weed:
-        settings = test_settings(weed, Path(tmp) / "data", log_level="warning",
+        settings = make_settings(weed, Path(tmp) / "data", log_level="warning",
                                  check_chunks=True, max_chunks=max(100, args.chunks))
         db = Database(settings.db_path)
         project_id, _ = create_project(db, SystemClock())

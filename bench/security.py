@@ -35,7 +35,7 @@ from tapedeck.pki import CertificateAuthority  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2, recording_pb2_grpc  # noqa: E402
 from tapedeck.weed import ManagedWeed  # noqa: E402
 
-from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings  # noqa: E402
+from serverkit import RunningServer, auth, chunk_messages, make_settings, start_server  # noqa: E402
 
 
 class Side:
@@ -134,9 +134,9 @@ def main() -> int:
         ca.issue("bench", ("127.0.0.1",)).write(tmp / "cert.pem", tmp / "key.pem")
         limits = {"max_chunks": max(100, args.chunks),
                   "max_chunk_bytes": max(32 << 20, len(chunks[0]))}
-        plain_srv = start_server(test_settings(weed, tmp / "plain", **limits),
+        plain_srv = start_server(make_settings(weed, tmp / "plain", **limits),
                                  roles=("grpc", "http"))
-        tls_srv = start_server(test_settings(weed, tmp / "tls", tls_cert_file=str(tmp / "cert.pem"),
+        tls_srv = start_server(make_settings(weed, tmp / "tls", tls_cert_file=str(tmp / "cert.pem"),
                                              tls_key_file=str(tmp / "key.pem"), **limits),
                                roles=("grpc", "http"))
         try:

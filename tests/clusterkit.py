@@ -17,7 +17,7 @@ from tapedeck.weed_cluster import WeedCluster
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[WeedCluster]:
     """A running cluster: ``.endpoint``, ``.access_key``, ``.secret_key`` (like the ``weed``
-    fixture, so ``serverkit.test_settings`` takes it), ``.kill(name)``, ``.restart(name)``."""
+    fixture, so ``serverkit.make_settings`` takes it), ``.kill(name)``, ``.restart(name)``."""
     root = Path(tempfile.mkdtemp(prefix="tapedeck-cluster-"))
     c = WeedCluster(root / "weed")
     try:

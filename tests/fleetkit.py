@@ -29,7 +29,7 @@ SECRET_KEY = "fleet-test-secret-key-shared-by-every-node"
 
 
 def fleet_settings(base: Settings, database_url: str, **overrides: Any) -> Settings:
-    """``base`` (``serverkit.test_settings``: store and bucket) on PostgreSQL with the shared
+    """``base`` (``serverkit.make_settings``: store and bucket) on PostgreSQL with the shared
     secret key, tuned for tests (fast polls, short leases so killed workers' jobs return)."""
     return base.replace(database_url=database_url, secret_key=SECRET_KEY, job_kinds="stitch",
                         job_poll_ms=500, shutdown_grace_s=1, **overrides)

@@ -111,7 +111,7 @@ _SHARED: TempPostgres | None = None
 
 def shared_postgres() -> TempPostgres:
     """This process's one test PostgreSQL, started on first use and stopped at exit (the
-    session fixture ``postgres`` and ``serverkit.test_settings`` on PostgreSQL share it)."""
+    session fixture ``postgres`` and ``serverkit.make_settings`` on PostgreSQL share it)."""
     global _SHARED
     if _SHARED is None:
         import atexit

@@ -202,11 +202,3 @@ def spawn_server(settings: Settings, command: str = "serve") -> ChildServer:
             return ChildServer(proc, json.loads(line)["listening"])
     proc.wait(timeout=30)
     raise RuntimeError(f"tapedeck {command} exited with {proc.returncode} before listening")
-
-
-# The old name of ``make_settings``, kept while branches written against it are merged
-# (pytest would collect a module-level ``test_*`` function: hence ``__test__ = False``).
-# New code calls ``make_settings``; rename the callers with
-# ``sed -i 's/\btest_settings\b/make_settings/g'`` once every branch is in, then drop this.
-test_settings = make_settings
-test_settings.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test

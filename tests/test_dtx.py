@@ -22,7 +22,7 @@ from tapedeck.worker import Worker, queue_for
 from tapedeck_agent.encoder import EncodedChunk, OpusChunker
 
 from audio import low_noise_pcm, speech_pcm
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import (
     Project,
     decode,
@@ -51,7 +51,7 @@ def encode(pcm: bytes, *, dtx: bool, chunk_ms: int | None = 30_000) -> list[Enco
 
 @pytest.fixture
 def project(weed: ManagedWeed, tmp_path: Path) -> Iterator[Project]:
-    proj = open_project(test_settings(weed, tmp_path / "data"))
+    proj = open_project(make_settings(weed, tmp_path / "data"))
     try:
         yield proj
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 
 from tapedeck.cli import settings_markdown
 
-from serverkit import drop_bucket, start_server, test_settings
+from serverkit import drop_bucket, make_settings, start_server
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,7 +33,7 @@ def test_quick_start_commands_exist_and_ci_runs_the_test_command() -> None:
 
 def test_api_example_runs(weed: Any, tmp_path: Path) -> None:
     code = README.split("<!-- readme-example -->\n```python\n", 1)[1].split("```", 1)[0]
-    srv = start_server(test_settings(weed, tmp_path / "d"), roles=("grpc", "http", "worker"))
+    srv = start_server(make_settings(weed, tmp_path / "d"), roles=("grpc", "http", "worker"))
     try:
         _, token = srv.device_token()
         env = dict(os.environ, TAPEDECK_URL=srv.http_url, TAPEDECK_DEVICE_TOKEN=token)

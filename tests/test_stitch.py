@@ -27,7 +27,7 @@ from tapedeck.stitch import audio_key, build_handler
 from tapedeck.weed import ManagedWeed
 from tapedeck.worker import Worker, queue_for
 
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import (
     Project,
     continuous_chunks,
@@ -50,7 +50,7 @@ from stitchkit import (
 
 @pytest.fixture
 def project(weed: ManagedWeed, tmp_path: Path) -> Iterator[Project]:
-    proj = open_project(test_settings(weed, tmp_path / "data"))
+    proj = open_project(make_settings(weed, tmp_path / "data"))
     try:
         yield proj
     finally:
@@ -284,7 +284,7 @@ def wait_writable(store: Any, timeout: float = 60.0) -> None:
 def test_store_down_is_retried_with_backoff_then_succeeds(tmp_path: Path) -> None:
     clock = ManualClock()
     with ManagedWeed(tmp_path / "weed", memory_limit="256MiB") as own:
-        proj = open_project(test_settings(own, tmp_path / "data"), clock=clock)
+        proj = open_project(make_settings(own, tmp_path / "data"), clock=clock)
         try:
             chunks = [c.data for c in continuous_chunks(6.0, 3_000)]
             rec_id = streaming_recording(proj, chunks, 6_000)

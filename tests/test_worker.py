@@ -35,7 +35,7 @@ from tapedeck.weed import ManagedWeed
 from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes, queue_for
 
 import waitkit
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import (
     Project,
     continuous_chunks,
@@ -270,7 +270,7 @@ def wait_for(cond: Callable[[], bool], timeout: float = 120.0) -> None:
 # -- the worker role in-process -----------------------------------------------------------------
 
 def test_app_worker_role_stitches_after_finalize(weed: ManagedWeed, tmp_path: Path) -> None:
-    settings = test_settings(weed, tmp_path / "data", job_poll_ms=20, workers=2,
+    settings = make_settings(weed, tmp_path / "data", job_poll_ms=20, workers=2,
                              job_kinds="stitch")
     project = open_project(settings)
     try:
@@ -290,7 +290,7 @@ def test_stitching_runs_while_a_transcription_hangs_and_wakes_without_polling(
     recording B, finalized afterwards, is still stitched. Idle loops poll once a minute, so
     every step within 30 s was started by an in-process wake-up (finalize → stitch,
     stitch completion → transcribe)."""
-    settings = test_settings(weed, tmp_path / "data", job_poll_ms=60_000,
+    settings = make_settings(weed, tmp_path / "data", job_poll_ms=60_000,
                              test_only_failpoints="transcribe.started")
     project = open_project(settings)
     try:
@@ -316,7 +316,7 @@ def test_a_requested_transcription_wakes_the_transcribe_loop(weed: ManagedWeed,
     (``engine_unavailable``, one attempt): the first after stitching, then the requested one."""
     empty_model = tmp_path / "empty-model"
     empty_model.mkdir()
-    settings = test_settings(weed, tmp_path / "data", job_poll_ms=60_000, job_max_attempts=1,
+    settings = make_settings(weed, tmp_path / "data", job_poll_ms=60_000, job_max_attempts=1,
                              whisper_model=str(empty_model))
     project = open_project(settings)
     try:
@@ -340,7 +340,7 @@ def test_signals_fire_after_the_enqueue_committed(weed: ManagedWeed, tmp_path: P
     another connection (a loop woken before the commit would find nothing and sleep):
     finalize, upload-complete, stitch completion (→ transcribe) and expiry auto-finalize."""
     clock = ManualClock()
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     project = open_project(settings, clock=clock)
     other = sqlite3.connect(settings.db_path)
     seen: list[tuple[str, int]] = []
@@ -453,7 +453,7 @@ def big_chunks() -> list[bytes]:
 
 @pytest.fixture
 def worker_settings(weed: ManagedWeed, tmp_path: Path) -> Iterator[Settings]:
-    settings = test_settings(weed, tmp_path / "data", job_lease_s=5, job_poll_ms=50,
+    settings = make_settings(weed, tmp_path / "data", job_lease_s=5, job_poll_ms=50,
                              job_kinds="stitch", job_retry_base_ms=200)
     yield settings
     drop_bucket(weed, settings.s3_bucket)

@@ -25,7 +25,7 @@ from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck_agent.encoder import OpusChunker
 
 import waitkit
-from serverkit import RunningServer, auth, start_server, test_settings
+from serverkit import RunningServer, auth, make_settings, start_server
 
 RATE = 16_000
 ALSA_DEVICE = "tdcapture"
@@ -256,7 +256,7 @@ class RestartableServer:
     directory, bucket and gRPC port (an outage as the agent sees it)."""
 
     def __init__(self, weed: Any, data_dir: Path) -> None:
-        settings = test_settings(weed, data_dir)
+        settings = make_settings(weed, data_dir)
         self.server = start_server(settings)
         self.settings = settings.replace(grpc_port=self.server.app.grpc_port)
         self.target = self.server.grpc_target

@@ -48,7 +48,7 @@ from agentkit import (
     wait_for,
 )
 from audio import speech_pcm, to_pcm
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 CHUNK_MS = 4000
 TS = recording_pb2.TranscriptionStatus
@@ -57,7 +57,7 @@ TS = recording_pb2.TranscriptionStatus
 @pytest.fixture
 def stitching_server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
     """gRPC + the job worker (stitching), on a fresh bucket."""
-    settings: Settings = test_settings(weed, tmp_path / "data")
+    settings: Settings = make_settings(weed, tmp_path / "data")
     srv = start_server(settings, roles=("grpc", "worker"))
     try:
         yield srv
@@ -129,7 +129,7 @@ def transcribing_server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningSe
         model = ensure_whisper_base(MODEL_DIR)
     except ModelUnavailable as exc:
         pytest.fail(f"{exc} (run scripts/fetch-model)")
-    settings: Settings = test_settings(weed, tmp_path / "data", whisper_model=str(model),
+    settings: Settings = make_settings(weed, tmp_path / "data", whisper_model=str(model),
                                        whisper_threads=2, job_poll_ms=50)
     srv = start_server(settings, roles=("grpc", "http", "worker"))
     try:

@@ -44,7 +44,7 @@ from agentkit import (
     wait_for,
 )
 from audio import low_noise_pcm, speech_pcm
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 OFFLINE_AFTER_S = 4
 FLEET_EVENTS = ["device.offline", "device.online", "device.storage_low", "device.backlog"]
@@ -91,7 +91,7 @@ class Receiver:
 
 @pytest.fixture
 def fleet_server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
-    settings = test_settings(weed, tmp_path / "data", device_offline_after_s=OFFLINE_AFTER_S,
+    settings = make_settings(weed, tmp_path / "data", device_offline_after_s=OFFLINE_AFTER_S,
                              sweep_interval_ms=200)
     srv = start_server(settings, roles=["grpc", "http", "sweeper", "dispatcher"])
     try:
@@ -280,7 +280,7 @@ def test_an_agent_ignoring_pushed_settings_keeps_working(fleet_server: RunningSe
 
 @pytest.fixture
 def backlog_server(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
-    settings = test_settings(weed, tmp_path / "data", device_backlog_alert_s=2,
+    settings = make_settings(weed, tmp_path / "data", device_backlog_alert_s=2,
                              sweep_interval_ms=200)
     srv = start_server(settings, roles=["grpc", "http", "sweeper", "dispatcher"])
     try:

@@ -15,7 +15,7 @@ from tapedeck.errors import TapedeckError
 from tapedeck.stitch import read_object
 from tapedeck.weed_cluster import WeedCluster
 
-from serverkit import start_server, test_settings
+from serverkit import make_settings, start_server
 from stitchkit import continuous_chunks, ffprobe_duration_s, project_principal
 
 T = TypeVar("T")
@@ -37,7 +37,7 @@ def retried(call: Callable[[], T], what: str, timeout: float = 60.0) -> T:
 
 def test_ingest_and_stitch_survive_a_killed_volume_server(cluster: WeedCluster,
                                                           tmp_path: Path) -> None:
-    settings = test_settings(cluster, tmp_path / "data", retention_chunks_s=-1)
+    settings = make_settings(cluster, tmp_path / "data", retention_chunks_s=-1)
     srv = start_server(settings, roles=("worker",))
     try:
         app = srv.app

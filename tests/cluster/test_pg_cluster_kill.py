@@ -40,7 +40,7 @@ from tapedeck.weed_cluster import WeedCluster
 
 from fleetkit import Fleet, fleet_settings, fleet_store, read_all
 from opskit import Receiver, md5_b64, wait_until
-from serverkit import test_settings
+from serverkit import make_settings
 from stitchkit import continuous_chunks
 
 DEVICES = int(os.environ.get("TAPEDECK_FLEET_DEVICES", "40"))
@@ -225,7 +225,7 @@ def verify(db: Any, fleet: Fleet, devices: Devices, receiver: Hooks) -> dict[str
 @pytest.mark.timeout(1800)  # a hang bound only: 26 cold process starts on a shared machine
 def test_fleet_survives_sigkills(cluster: WeedCluster, postgres: Any, tmp_path: Path) -> None:
     url = postgres.fresh_database()
-    base = test_settings(cluster, tmp_path / "base", retention_chunks_s=-1)
+    base = make_settings(cluster, tmp_path / "base", retention_chunks_s=-1)
     fleet = Fleet(fleet_settings(base, url, job_lease_s=4, webhooks_workers=8), tmp_path)
     receiver = Hooks()
     killed: list[str] = []

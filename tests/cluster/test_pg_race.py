@@ -23,7 +23,7 @@ from tapedeck.oggopus.remux import remux
 
 from fleetkit import Fleet, fleet_settings
 from opskit import put_chunk, wait_until
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import continuous_chunks
 
 ROUNDS = 24
@@ -103,7 +103,7 @@ class Race:
 def test_replace_on_one_api_process_while_finalizing_on_another(
         weed: Any, postgres: Any, tmp_path: Path) -> None:
     url = postgres.fresh_database()
-    fleet = Fleet(fleet_settings(test_settings(weed, tmp_path / "base"), url), tmp_path)
+    fleet = Fleet(fleet_settings(make_settings(weed, tmp_path / "base"), url), tmp_path)
     try:
         a, b = fleet.spawn("api"), fleet.spawn("api")
         fleet.spawn("worker")

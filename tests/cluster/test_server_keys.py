@@ -26,7 +26,7 @@ from tapedeck.settings import Settings
 from tapedeck.webhooks.secretbox import SecretBox
 from tapedeck.weed import ManagedWeed
 
-from serverkit import drop_bucket, spawn_server, start_server, test_settings
+from serverkit import drop_bucket, make_settings, spawn_server, start_server
 
 KEY_A = "a" * 20 + "-secret-key-of-cluster-A"
 KEY_B = "b" * 20 + "-secret-key-of-cluster-B"
@@ -112,7 +112,7 @@ def test_reseal_moves_file_sealed_secrets_under_the_secret_key(weed: ManagedWeed
                                                                tmp_path: Path) -> None:
     """An embedded installation moving to TAPEDECK_SECRET_KEY: its key file still opens the
     old secrets, ``reseal-secrets`` re-seals them, and then a node without the file opens them."""
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     srv = start_server(settings, roles=())
     try:
         p = Principal(srv.project_id, "secret", "key_1", ALL_SCOPES)
@@ -139,7 +139,7 @@ def _two_api_nodes(weed: ManagedWeed, tmp_path: Path, secret_a: str,
                    secret_b: str) -> tuple[int, int]:
     """Create a recording on api node A and PUT its chunk 1 to node B (two processes, two
     data dirs, one SQLite file, one bucket); the two PUT status codes (B, then A)."""
-    a = test_settings(weed, tmp_path / "a", secret_key=secret_a)
+    a = make_settings(weed, tmp_path / "a", secret_key=secret_a)
     b = a.replace(data_dir=tmp_path / "b", secret_key=secret_b)
     db = Database(a.db_path)
     _, api_key = create_project(db, SystemClock())

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from test_console_http import EVIL, EVIL2, client, csrf_of, signed_in
 
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 PAGES = ("/console/devices", "/console/end-users", "/console/webhooks", "/console/api-keys")
 
@@ -62,7 +62,7 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def fleet_srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    s = start_server(test_settings(weed, tmp_path_factory.mktemp("fleet") / "data"),
+    s = start_server(make_settings(weed, tmp_path_factory.mktemp("fleet") / "data"),
                      roles=["http", "dispatcher"])
     try:
         yield s

@@ -17,7 +17,7 @@ import pytest
 from tapedeck.stitch import build_handler
 from tapedeck.worker import Worker, queue_for
 
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 from stitchkit import continuous_chunks
 
 EVIL = '<script>alert(1)</script>'
@@ -26,7 +26,7 @@ EVIL2 = '"><img src=x onerror=alert(2)>'
 
 @pytest.fixture(scope="module")
 def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    s = start_server(test_settings(weed, tmp_path_factory.mktemp("console") / "data"),
+    s = start_server(make_settings(weed, tmp_path_factory.mktemp("console") / "data"),
                      roles=["grpc", "http"])
     try:
         yield s
@@ -180,7 +180,7 @@ def test_console_player_uses_the_session(srv: RunningServer, stitched: dict[str,
 
 
 def test_console_setting_off_removes_the_routes(weed: Any, tmp_path: Path) -> None:
-    s = start_server(test_settings(weed, tmp_path / "d", console=False), roles=["http"])
+    s = start_server(make_settings(weed, tmp_path / "d", console=False), roles=["http"])
     try:
         assert httpx.get(f"http://127.0.0.1:{s.app.http_port}/console").status_code == 404
     finally:

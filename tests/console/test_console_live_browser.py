@@ -24,7 +24,7 @@ from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
 from tapedeck_agent.encoder import OpusChunker
 
 import voicekit as vk
-from serverkit import RunningServer, drop_bucket, spawn_server, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, spawn_server, start_server
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 CHROMIUM = "/usr/bin/chromium"
@@ -43,7 +43,7 @@ def srv(weed: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         model = ensure_whisper_base(MODEL_DIR)
     except ModelUnavailable as exc:
         pytest.fail(f"{exc} (run scripts/fetch-model)")
-    settings = test_settings(weed, tmp_path_factory.mktemp("console-live") / "data",
+    settings = make_settings(weed, tmp_path_factory.mktemp("console-live") / "data",
                              whisper_model=str(model), whisper_threads=2, job_poll_ms=50,
                              live_transcription=True)
     s = start_server(settings, roles=["grpc", "http"])

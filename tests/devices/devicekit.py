@@ -32,7 +32,7 @@ from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.v1 import webhook_pb2 as whpb
 from tapedeck.weed import ManagedWeed
 
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 
 #: A whole secret of any kind (hints such as ``rk_test_…abcd`` do not match): API keys and
 #: device tokens (prefix, 32 random + 6 checksum base62), upload tokens (payload.signature)
@@ -51,7 +51,7 @@ def serve(weed: ManagedWeed, data_dir: Path, clock: Clock | None = None) -> Iter
     """Body of a module-scoped server fixture: a real server (gRPC, plus REST when the
     gateway exists) on a fresh SQLite file and bucket, removed afterwards."""
     roles = ["grpc", "http"] if gateway_available() else ["grpc"]
-    srv = start_server(test_settings(weed, data_dir), roles=roles, clock=clock)
+    srv = start_server(make_settings(weed, data_dir), roles=roles, clock=clock)
     try:
         yield srv
     finally:

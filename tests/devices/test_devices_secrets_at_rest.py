@@ -35,7 +35,7 @@ from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.weed import ManagedWeed
 
 from devicekit import SECRET_RE, Stubs, drop_bucket, gateway_available, outcome
-from serverkit import auth, chunk_messages, test_settings
+from serverkit import auth, chunk_messages, make_settings
 from stitchkit import continuous_chunks
 
 pytestmark = pytest.mark.skipif(not gateway_available(), reason="REST gateway not installed")
@@ -67,7 +67,7 @@ def tapedeck(settings: Settings, *args: str) -> dict[str, Any]:
 
 @pytest.fixture
 def child(weed: ManagedWeed, tmp_path: Path) -> Iterator[Child]:
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     out, err = tmp_path / "serve.stdout", tmp_path / "serve.stderr"
     with out.open("wb") as fout, err.open("wb") as ferr:
         proc = subprocess.Popen([sys.executable, "-m", "tapedeck", "serve"],

@@ -18,13 +18,13 @@ from tapedeck.domain.voice_profiles import ProfileRetention
 from tapedeck.errors import TapedeckError
 
 import voicekit as vk
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 
 @pytest.fixture
 def clocked(weed: Any, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
     clock = ManualClock()
-    srv = start_server(test_settings(weed, tmp_path / "d"), roles=(), clock=clock)
+    srv = start_server(make_settings(weed, tmp_path / "d"), roles=(), clock=clock)
     try:
         yield srv, clock
     finally:

@@ -15,13 +15,13 @@ from tapedeck.domain.expiry import Expiry, contiguous_prefix
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import TapedeckError
 
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 
 @pytest.fixture
 def clocked(weed: Any, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
     clock = ManualClock()
-    srv = start_server(test_settings(weed, tmp_path / "d"), roles=(), clock=clock)
+    srv = start_server(make_settings(weed, tmp_path / "d"), roles=(), clock=clock)
     try:
         yield srv, clock
     finally:
@@ -90,7 +90,7 @@ def test_expired_without_chunks_or_auto_finalize(
 
 def test_auto_finalize_off(weed: Any, tmp_path: Path) -> None:
     clock = ManualClock()
-    srv = start_server(test_settings(weed, tmp_path / "d", expiry_auto_finalize=False),
+    srv = start_server(make_settings(weed, tmp_path / "d", expiry_auto_finalize=False),
                        roles=(), clock=clock)
     try:
         d = srv.app.domain

@@ -21,14 +21,14 @@ from tapedeck.errors import TapedeckError
 from tapedeck.stitch import build_handler
 from tapedeck.worker import Worker, queue_for
 
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 from stitchkit import continuous_chunks
 
 
 @pytest.fixture
 def clocked(weed: Any, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
     clock = ManualClock()
-    srv = start_server(test_settings(weed, tmp_path / "d"), roles=(), clock=clock)
+    srv = start_server(make_settings(weed, tmp_path / "d"), roles=(), clock=clock)
     try:
         yield srv, clock
     finally:

@@ -19,7 +19,7 @@ from tapedeck.db import open_database
 from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk, zeros
-from serverkit import RunningServer, drop_bucket, spawn_server, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, spawn_server, start_server
 
 MiB = 1024 * 1024
 
@@ -88,7 +88,7 @@ def test_content_md5_mismatch_stores_nothing(server: RunningServer) -> None:
 @pytest.fixture
 def clocked(weed: ManagedWeed, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
     clock = ManualClock()
-    srv = start_server(test_settings(weed, tmp_path / "data"), roles=("grpc", "http"),
+    srv = start_server(make_settings(weed, tmp_path / "data"), roles=("grpc", "http"),
                        clock=clock)
     try:
         yield srv, clock
@@ -129,7 +129,7 @@ def test_200_mb_put_is_refused_without_buffering(weed: ManagedWeed, tmp_path: Pa
     """A child-process server; its peak RSS must not grow by anything near the body size,
     whether the client declares the length (refused before reading) or streams it chunked
     (refused after max_chunk_bytes, the rest discarded)."""
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     db = open_database(settings.database_target)
     _, key = create_project(db, SystemClock())
     db.close()

@@ -18,7 +18,7 @@ from tapedeck.v1 import recording_pb2
 from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, put_chunk
-from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server
 
 
 def key(k: str) -> dict[str, str]:
@@ -116,7 +116,7 @@ def test_same_key_while_running_is_409(server: RunningServer) -> None:
 @pytest.fixture
 def clocked(weed: ManagedWeed, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
     clock = ManualClock()
-    srv = start_server(test_settings(weed, tmp_path / "data"), roles=("grpc", "http"),
+    srv = start_server(make_settings(weed, tmp_path / "data"), roles=("grpc", "http"),
                        clock=clock)
     try:
         yield srv, clock

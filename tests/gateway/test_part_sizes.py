@@ -17,7 +17,7 @@ from tapedeck.v1 import chunk_pb2
 from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming
-from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server
 
 LIMIT = 64 * 1024
 
@@ -25,7 +25,7 @@ LIMIT = 64 * 1024
 @pytest.fixture
 def small(weed: ManagedWeed, tmp_path: Path) -> Iterator[RunningServer]:
     """A server whose chunks may be at most ``LIMIT`` bytes."""
-    srv = start_server(test_settings(weed, tmp_path / "data", max_chunk_bytes=LIMIT),
+    srv = start_server(make_settings(weed, tmp_path / "data", max_chunk_bytes=LIMIT),
                        roles=["grpc", "http"])
     try:
         yield srv

@@ -21,7 +21,7 @@ from tapedeck.v1 import chunk_pb2, recording_pb2
 from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 
 # The error table of api.md (types a recordings client can meet; device and end-user errors
 # belong to their own routes).
@@ -266,7 +266,7 @@ def kits(weed: ManagedWeed, tmp_path: Path) -> Iterator[Callable[[str], Kit]]:
             "tiny_chunks": {"max_chunk_bytes": 1024},
             "rate_limited": {"rate_limit_per_s": 1},
         }.get(variant, {})
-        srv = start_server(test_settings(store, tmp_path / f"data-{len(servers)}", **overrides),
+        srv = start_server(make_settings(store, tmp_path / f"data-{len(servers)}", **overrides),
                            roles=("grpc", "http"), clock=clock)
         servers.append(srv)
         kit = Kit(srv, clock)

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 
 @pytest.fixture
 def srv(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:
-    s = start_server(test_settings(weed, tmp_path / "data", http_header_timeout_s=1,
+    s = start_server(make_settings(weed, tmp_path / "data", http_header_timeout_s=1,
                                    http_body_timeout_s=1), roles=("http",))
     try:
         yield s

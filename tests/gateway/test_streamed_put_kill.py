@@ -21,7 +21,7 @@ from tapedeck.clock import SystemClock
 from tapedeck.db import Database
 from tapedeck.store.s3 import S3Store
 
-from serverkit import drop_bucket, spawn_server, test_settings
+from serverkit import drop_bucket, make_settings, spawn_server
 
 CHUNK = 1024 * 1024
 
@@ -51,7 +51,7 @@ def part_objects(store: S3Store, rec_id: str) -> dict[int, list[str]]:
 
 @pytest.mark.slow  # two server starts and a kill
 def test_kill_mid_streamed_put_loses_nothing_acknowledged(weed: Any, tmp_path: Path) -> None:
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     db = Database(settings.db_path)
     _, key = create_project(db, SystemClock())
     db.close()

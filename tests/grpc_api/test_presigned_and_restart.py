@@ -17,7 +17,7 @@ from tapedeck.domain.objects import stored_parts
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, spawn_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, spawn_server
 
 
 def http_put(url: str, data: bytes, headers: dict[str, str] | None = None) -> int:
@@ -100,7 +100,7 @@ def test_presigned_url_tampered_or_wrong_md5_refused(server: RunningServer) -> N
 def test_presigned_url_expired_refused(weed: Any, tmp_path: Path) -> None:
     from serverkit import start_server
 
-    srv = start_server(test_settings(weed, tmp_path / "d", upload_url_ttl_s=1))
+    srv = start_server(make_settings(weed, tmp_path / "d", upload_url_ttl_s=1))
     try:
         _, token = srv.device_token()
         rec_id = new_recording(srv, token)
@@ -120,7 +120,7 @@ def test_sigkill_after_ack_keeps_every_chunk(weed: Any, tmp_path: Path) -> None:
     from tapedeck.clock import SystemClock
     from tapedeck.db import open_database
 
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     db = open_database(settings.database_target)
     project_id, _ = create_project(db, SystemClock())
     _, token = issue_device_token(db, SystemClock(), project_id)

@@ -26,7 +26,7 @@ from tapedeck.stitch import audio_key
 from tapedeck.store.s3 import S3Store
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
-from serverkit import auth, drop_bucket, spawn_server, test_settings
+from serverkit import auth, drop_bucket, make_settings, spawn_server
 from stitchkit import continuous_chunks
 
 
@@ -67,7 +67,7 @@ def stitched_md5(datas: list[bytes]) -> str:
 def test_kill_while_presigned_puts_race_finalize(weed: Any, tmp_path: Path,
                                                  kill_when: str) -> None:
     # chunks kept after stitching, so the test can check the pinned objects afterwards
-    settings = test_settings(weed, tmp_path / "data", retention_chunks_s=3600)
+    settings = make_settings(weed, tmp_path / "data", retention_chunks_s=3600)
     db = open_database(settings.database_target)
     project_id, _ = create_project(db, SystemClock())
     _, token = issue_device_token(db, SystemClock(), project_id)

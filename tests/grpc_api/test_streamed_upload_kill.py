@@ -19,7 +19,7 @@ from tapedeck.db import open_database
 from tapedeck.store.s3 import S3Store
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
-from serverkit import auth, chunk_messages, drop_bucket, spawn_server, test_settings
+from serverkit import auth, chunk_messages, drop_bucket, make_settings, spawn_server
 
 CHUNK = 1024 * 1024
 
@@ -35,7 +35,7 @@ def stalled_upload(rec_id: str, data: bytes, sent_half: threading.Event,
 
 
 def test_kill_mid_streamed_upload_loses_nothing_acknowledged(weed: Any, tmp_path: Path) -> None:
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     db = open_database(settings.database_target)
     project_id, _ = create_project(db, SystemClock())
     _, token = issue_device_token(db, SystemClock(), project_id)

@@ -23,7 +23,7 @@ from tapedeck.stitch import build_handler
 from tapedeck.worker import Worker, queue_for
 
 from opskit import md5_b64
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 from stitchkit import continuous_chunks, open_project, pcm, streaming_recording
 
 
@@ -59,7 +59,7 @@ BAD: dict[str, Callable[[bytes], bytes]] = {
 
 @pytest.fixture
 def server(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:
-    srv = start_server(test_settings(weed, tmp_path / "data", check_chunks=True),
+    srv = start_server(make_settings(weed, tmp_path / "data", check_chunks=True),
                        roles=("grpc", "http"))
     try:
         yield srv
@@ -155,7 +155,7 @@ def test_repeated_finalize_of_a_failed_recording_agrees_with_its_state(
         weed: Any, tmp_path: Path) -> None:
     """A chunk that skipped the check (here: checks off) fails the stitch; the same finalize
     again used to answer 200 although the recording refuses every write."""
-    project = open_project(test_settings(weed, tmp_path / "data"))
+    project = open_project(make_settings(weed, tmp_path / "data"))
     try:
         chunks = [c.data for c in GOOD]
         chunks[1] = b"not audio" * 100

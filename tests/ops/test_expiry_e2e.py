@@ -26,7 +26,7 @@ from tapedeck.stitch import audio_key
 from tapedeck_agent.encoder import EncodedChunk
 
 from opskit import Receiver, assert_error, create_streaming, md5_b64, put_chunk, wait_until
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 from stitchkit import continuous_chunks, ffmpeg_samples, opusinfo
 
 ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
@@ -35,7 +35,7 @@ ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
 @pytest.fixture
 def clocked(weed: Any, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
     clock = ManualClock()
-    settings = test_settings(weed, tmp_path / "d", job_kinds="stitch", sweep_interval_ms=100,
+    settings = make_settings(weed, tmp_path / "d", job_kinds="stitch", sweep_interval_ms=100,
                              job_poll_ms=50)
     srv = start_server(settings, roles=ROLES, clock=clock)
     try:

@@ -12,11 +12,11 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from opskit import spawn
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 
 
 def test_sigterm_after_work_stops_without_waiting_the_grace(weed: Any, tmp_path: Path) -> None:
-    settings = test_settings(weed, tmp_path / "data", shutdown_grace_s=3600, log_format="json")
+    settings = make_settings(weed, tmp_path / "data", shutdown_grace_s=3600, log_format="json")
     child = spawn(settings, "serve", tmp_path / "logs")
     try:
         http = httpx.Client(base_url=child.listening["http"])  # a kept-alive connection

@@ -15,13 +15,13 @@ import pytest
 from tapedeck.v1 import recording_pb2
 
 from opskit import opus_chunks, scrape, value, wait_until
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 
 GAUGE = "tapedeck_live_transcription_backlog"
 
 
 def _server(weed: Any, tmp: Path, live: bool) -> RunningServer:
-    return start_server(test_settings(weed, tmp / "data", live_transcription=live),
+    return start_server(make_settings(weed, tmp / "data", live_transcription=live),
                         roles=("grpc", "http"))
 
 
@@ -98,7 +98,7 @@ def test_a_recording_that_cannot_be_stitched_fails_its_live_transcription_once(
         weed: Any, tmp_path: Path) -> None:
     """Stitching only (no transcription lanes): a chunk that is not Ogg Opus fails the
     recording, and the live transcription made at its first chunk fails with it, once."""
-    srv = start_server(test_settings(weed, tmp_path / "data", live_transcription=True,
+    srv = start_server(make_settings(weed, tmp_path / "data", live_transcription=True,
                                      job_kinds="stitch", job_poll_ms=50),
                        roles=("grpc", "http", "worker"))
     try:

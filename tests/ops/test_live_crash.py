@@ -15,7 +15,7 @@ from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
 from tapedeck.v1 import recording_pb2
 
 from opskit import opus_chunks, spawn, stop_all, wait_until
-from serverkit import auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import auth, chunk_messages, drop_bucket, make_settings, start_server
 
 MODEL_DIR = Path(__file__).resolve().parents[2] / ".cache" / "models" / "whisper-base"
 
@@ -25,7 +25,7 @@ def test_worker_killed_mid_piece(weed: Any, tmp_path: Path) -> None:
         model = ensure_whisper_base(MODEL_DIR)
     except ModelUnavailable as exc:
         pytest.fail(f"{exc} (run scripts/fetch-model)")
-    base = test_settings(weed, tmp_path / "data", live_transcription=True, job_lease_s=2,
+    base = make_settings(weed, tmp_path / "data", live_transcription=True, job_lease_s=2,
                          job_poll_ms=100, whisper_model=str(model), whisper_threads=2)
     srv = start_server(base, roles=("grpc", "http"))
     children = []

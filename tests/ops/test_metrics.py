@@ -21,7 +21,7 @@ from tapedeck.v1 import recording_pb2
 from tapedeck.weed import free_port
 
 from opskit import Receiver, Series, delta, opus_chunks, scrape, value, wait_until
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 
 ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
 RECORDINGS = "/tapedeck.v1.RecordingService/"
@@ -31,7 +31,7 @@ CHUNKS = "/tapedeck.v1.ChunkService/"
 @pytest.fixture
 def full(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:
     """Every role in one process; stitch jobs only (transcription stays queued)."""
-    srv = start_server(test_settings(weed, tmp_path / "d", job_kinds="stitch",
+    srv = start_server(make_settings(weed, tmp_path / "d", job_kinds="stitch",
                                      sweep_interval_ms=100, job_poll_ms=50), roles=ROLES)
     try:
         yield srv

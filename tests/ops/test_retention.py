@@ -23,7 +23,7 @@ from tapedeck.stitch import audio_key, read_object
 from tapedeck.worker import Worker, load_handlers, queue_for
 
 from opskit import spawn, stop_all, wait_until
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import (
     Project,
     continuous_chunks,
@@ -43,7 +43,7 @@ def make_project(weed: Any, tmp_path: Path) -> Iterator[Any]:
     opened: list[Project] = []
 
     def make(clock: ManualClock | None = None, **overrides: Any) -> Project:
-        settings = test_settings(weed, tmp_path / f"d{len(opened)}", job_kinds="stitch",
+        settings = make_settings(weed, tmp_path / f"d{len(opened)}", job_kinds="stitch",
                                  **overrides)
         project = open_project(settings, clock)
         opened.append(project)

@@ -41,7 +41,7 @@ from opskit import (
     value,
     wait_until,
 )
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import continuous_chunks
 
 RECORDINGS = 20
@@ -113,7 +113,7 @@ def _handed_back(db: Database, job_id: str, worker_a_pid: int) -> list[tuple[str
 def test_api_two_workers_and_a_dispatcher_on_one_data_directory(
         weed: Any, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
-    base = test_settings(weed, tmp_path / "data", job_kinds="stitch", sweep_interval_ms=200,
+    base = make_settings(weed, tmp_path / "data", job_kinds="stitch", sweep_interval_ms=200,
                          job_poll_ms=100, log_format="json", shutdown_grace_s=2)
     receiver, children = Receiver(), []
     try:

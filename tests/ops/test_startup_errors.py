@@ -15,7 +15,7 @@ from tapedeck import startup
 from tapedeck.settings import Settings
 
 from opskit import Child, settings_env, spawn, stop_all
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 
 
 def run_serve(settings: Settings, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
@@ -44,7 +44,7 @@ def children() -> Iterator[list[Child]]:
 
 @pytest.fixture
 def settings(weed: Any, tmp_path: Path) -> Iterator[Settings]:
-    s = test_settings(weed, tmp_path / "data", log_format="json")
+    s = make_settings(weed, tmp_path / "data", log_format="json")
     yield s
     drop_bucket(weed, s.s3_bucket)
 

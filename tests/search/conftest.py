@@ -16,8 +16,8 @@ from serverkit import (
     RunningServer,
     database_url_for,
     drop_bucket,
+    make_settings,
     start_server,
-    test_settings,
 )
 
 
@@ -26,7 +26,7 @@ def srv(request: pytest.FixtureRequest, weed: Any,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     if request.param == "postgresql":
         request.getfixturevalue("postgres")  # skips when PostgreSQL is not installed
-    server = start_server(test_settings(weed, tmp_path_factory.mktemp("search") / "data",
+    server = start_server(make_settings(weed, tmp_path_factory.mktemp("search") / "data",
                                         database_url=database_url_for(request.param)),
                           roles=("grpc", "http"))
     try:

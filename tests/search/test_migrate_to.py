@@ -19,13 +19,13 @@ from tapedeck.domain.search_index import IndexQuery, SearchFilters, backend_for
 from tapedeck.domain.search_query import parse
 
 from searchkit import new_recording, segment, store_transcript
-from serverkit import RunningServer, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, drop_bucket, make_settings, start_server
 
 
 @pytest.fixture
 def embedded(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:
     """A SQLite installation with transcripts, recordings and their events."""
-    srv = start_server(test_settings(weed, tmp_path / "data", database_url=""))
+    srv = start_server(make_settings(weed, tmp_path / "data", database_url=""))
     try:
         p = srv.app.domain.auth.authenticate(f"Bearer {srv.api_key}")
         for i in range(6):

@@ -14,7 +14,7 @@ from tapedeck.auth import create_project, issue_device_token
 from tapedeck.settings import Settings
 from tapedeck.v1 import recording_pb2
 
-from serverkit import RunningServer, auth, chunk_messages, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, make_settings, start_server
 
 
 def _modes(root: Path) -> dict[str, int]:
@@ -81,7 +81,7 @@ def test_an_older_world_readable_data_dir_is_tightened(weed: object, tmp_path: P
     (data_dir / "notes").chmod(0o755)
     (data_dir / "notes" / "old.txt").write_text("x")
     (data_dir / "notes" / "old.txt").chmod(0o644)
-    app = App.open(test_settings(weed, data_dir))
+    app = App.open(make_settings(weed, data_dir))
     try:
         create_project(app.db, app.clock)
         assert (data_dir / "tapedeck.db-wal").exists()

@@ -23,7 +23,7 @@ from tapedeck.settings import Settings
 from tapedeck.v1 import recording_pb2
 from tapedeck.weed import ManagedWeed
 
-from serverkit import RunningServer, auth, chunk_messages, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 
 DEFAULTS = Settings()
 
@@ -33,7 +33,7 @@ def make(weed: ManagedWeed, tmp_path: Path) -> Iterator[Any]:
     servers: list[RunningServer] = []
 
     def start(clock: ManualClock | None = None, **overrides: Any) -> RunningServer:
-        settings = test_settings(weed, tmp_path / f"d{len(servers)}", **overrides)
+        settings = make_settings(weed, tmp_path / f"d{len(servers)}", **overrides)
         srv = start_server(settings, roles=("grpc", "http"), clock=clock)
         servers.append(srv)
         return srv

@@ -28,7 +28,7 @@ from tapedeck.v1 import recording_pb2, recording_pb2_grpc
 from tapedeck.weed import ManagedWeed
 from tapedeck_agent.client import AgentClient, ServerError, put_chunk_url
 
-from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server
 
 NAMES = ("127.0.0.1", "localhost")
 
@@ -67,7 +67,7 @@ def pki(tmp_path: Path) -> Pki:
 
 @pytest.fixture
 def tls_server(weed: ManagedWeed, tmp_path: Path, pki: Pki) -> Iterator[RunningServer]:
-    settings = test_settings(weed, tmp_path / "data", tls_cert_file=str(pki.cert),
+    settings = make_settings(weed, tmp_path / "data", tls_cert_file=str(pki.cert),
                              tls_key_file=str(pki.key))
     srv = start_server(settings, roles=("grpc", "http"))
     try:
@@ -212,7 +212,7 @@ def test_plaintext_only_on_loopback(tmp_path: Path, pki: Pki) -> None:
 def test_serve_announces_https(weed: ManagedWeed, tmp_path: Path, pki: Pki) -> None:
     from serverkit import spawn_server
 
-    settings = test_settings(weed, tmp_path / "child", tls_cert_file=str(pki.cert),
+    settings = make_settings(weed, tmp_path / "child", tls_cert_file=str(pki.cert),
                              tls_key_file=str(pki.key))
     child = spawn_server(settings, command="api")
     try:

@@ -23,7 +23,7 @@ from tapedeck_agent.encoder import OpusChunker
 
 import asterisk_speech as speech
 import waitkit
-from serverkit import RunningServer, auth, chunk_messages, test_settings
+from serverkit import RunningServer, auth, chunk_messages, make_settings
 
 RATE = 16_000
 TERMINAL_TXN = ("completed", "failed")
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 def pipeline_settings(weed: Any, data_dir: Path, model_dir: Path, **overrides: Any) -> Settings:
     """Test settings whose worker loads the verified model directory (no copy per server)."""
-    settings: Settings = test_settings(weed, data_dir, whisper_model=str(model_dir),
+    settings: Settings = make_settings(weed, data_dir, whisper_model=str(model_dir),
                                        whisper_threads=2, job_poll_ms=50, **overrides)
     return settings
 

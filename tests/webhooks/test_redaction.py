@@ -23,7 +23,7 @@ from tapedeck.webhooks.secretbox import SecretBox
 from tapedeck.webhooks.transport import GuardedTransport
 from tapedeck.weed import ManagedWeed
 
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import Project, open_project
 from webhookkit import Receiver
 
@@ -32,7 +32,7 @@ SECRET = "Alice Example, session 3"
 
 @pytest.fixture
 def project(weed: ManagedWeed, tmp_path: Path) -> Iterator[Project]:
-    proj = open_project(test_settings(weed, tmp_path / "data"), clock=ManualClock())
+    proj = open_project(make_settings(weed, tmp_path / "data"), clock=ManualClock())
     try:
         yield proj
     finally:

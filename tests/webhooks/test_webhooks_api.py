@@ -18,7 +18,7 @@ from tapedeck.auth import create_project
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import recording_pb2, webhook_pb2, webhook_pb2_grpc
 
-from serverkit import RunningServer, auth, drop_bucket, start_server, test_settings
+from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server
 from webhookkit import Receiver
 
 # Part of the API contract subset that runs on both databases (issue 19).
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.both_backends
 
 @pytest.fixture
 def srv(weed: Any, tmp_path: Path) -> Iterator[RunningServer]:
-    s = start_server(test_settings(weed, tmp_path / "data"),
+    s = start_server(make_settings(weed, tmp_path / "data"),
                      roles=["grpc", "http", "dispatcher"])
     try:
         yield s

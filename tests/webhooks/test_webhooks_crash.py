@@ -13,7 +13,7 @@ from standardwebhooks.webhooks import Webhook
 
 from tapedeck.clock import SystemClock
 
-from serverkit import ChildServer, spawn_server, test_settings
+from serverkit import ChildServer, make_settings, spawn_server
 from webhookkit import Received, Receiver, make_env
 
 TOTAL = 1000
@@ -26,7 +26,7 @@ def _slow_ok(r: Received) -> tuple[int, dict[str, str], bytes]:
 
 def test_kill_9_dispatcher_repeatedly_loses_nothing(weed: Any, tmp_path: Path) -> None:
     receiver = Receiver(responder=_slow_ok)
-    settings = test_settings(weed, tmp_path / "data")
+    settings = make_settings(weed, tmp_path / "data")
     children: list[ChildServer] = []
     try:
         with make_env(tmp_path, clock=SystemClock()) as env:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from serverkit import drop_bucket, test_settings
+from serverkit import drop_bucket, make_settings
 from stitchkit import continuous_chunks, duration_ms, open_project, streaming_recording
 from webhookkit import Received, Receiver
 
@@ -33,7 +33,7 @@ def _run(weed: Any, tmp_path: Path, until: set[str]) -> list[str]:
     the receiver got about the recording (first arrival order, every signature verified),
     once one of ``until`` arrived."""
     receiver = Receiver()
-    project = open_project(test_settings(weed, tmp_path / "data"))
+    project = open_project(make_settings(weed, tmp_path / "data"))
     app = project.app
     try:
         secret = app.domain.webhooks.create(project.principal, receiver.url, ["*"]).secret

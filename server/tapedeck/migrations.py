@@ -329,6 +329,14 @@ def m_ingest2_presigned_parts(db: Tx) -> None:
         part INTEGER NOT NULL, PRIMARY KEY (recording_id, part))""")
 
 
+def m_live_language_hint(db: Tx) -> None:
+    """``live_pieces.language_hint``: the language a piece was transcribed with (``''`` =
+    detected by the piece itself; NULL = a piece stored before this column, taken as it is).
+    The assembly redoes a piece whose hint is not the one its place in the recording calls
+    for, so the live transcript does not depend on the order the pieces ran in."""
+    db.execute("ALTER TABLE live_pieces ADD COLUMN language_hint TEXT")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -346,6 +354,7 @@ MIGRATIONS: list[Migration] = [
     m_spk_voice_profiles,
     m_pgapi_search,
     m_ingest2_presigned_parts,
+    m_live_language_hint,
 ]
 
 

@@ -3,7 +3,10 @@
 A live transcript is assembled from pieces made while the recording streamed; its speakers
 come from the same single diarization over the stitched audio as a whole-file transcript
 (``TranscribeHandler._label_live``). Here a two-voice conversation of real recordings
-(``voicekit``: Allison and Carlo) streams in 10 s chunks with live transcription on, then the
+(``voicekit``: Menardi and Carlo, a woman and a man, both Italian: with two languages the
+recognizer, held to the first one detected, drops or garbles the other speaker's turns
+differently from run to run, and the words to compare are then too few; a CI failure showed
+20 of 33) streams in 10 s chunks with live transcription on, then the
 same recording is transcribed again as a whole file: the speakers list is the same and the
 words of the whole file carry the label of the live segment at the same moment (at least 95 %:
 a word is labelled at its own midpoint, so one that straddles a turn change may differ).
@@ -45,7 +48,7 @@ def _label_at(txn: dict[str, Any], ms: float) -> str | None:
 
 
 def test_live_and_whole_file_transcripts_have_the_same_speakers(srv: RunningServer) -> None:
-    conv = vk.conversation(["allison", "carlo"], 4, 31, min_turn=4, max_turn=10)
+    conv = vk.conversation(["menardi", "carlo"], 4, 35, min_turn=4, max_turn=10)
     chunks, duration = device_chunks(pcm16(conv.pcm), 10_000)
     assert len(chunks) >= 3  # boundaries inside the conversation
     _, token = srv.device_token()

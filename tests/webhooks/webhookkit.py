@@ -63,6 +63,14 @@ class Received:
 Answer = tuple[int, dict[str, str], bytes]
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    """``ThreadingHTTPServer`` with a listen backlog a dispatcher cannot overflow: the default
+    (5) drops the SYNs of a 16-worker round on a loaded machine, and the dropped attempts
+    then time out instead of reaching the receiver."""
+
+    request_queue_size = 128
+
+
 class Receiver:
     """A threaded ``http.server`` on 127.0.0.1 that records requests and answers with
     ``responder(request)`` (default 200). ``port`` may be fixed to come back on the same URL."""
@@ -72,7 +80,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.responder = responder or (lambda r: (200, {}, b"ok"))
         self._cond = threading.Condition()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self._server = _Server(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),

@@ -66,16 +66,18 @@ class PieceRow:
     segments: list[Seg]
     speech_ms: int
     skipped_ms: int
+    #: ``''``: the piece detected its language; a code: it was forced; None: not recorded.
+    language_hint: str | None = None
 
 
 def load_pieces(db: Any, recording_id: str) -> dict[int, PieceRow]:
     """The recording's pieces by part."""
     rows = db.execute(
         "SELECT part, md5, prev_md5, status, delta48, samples48, overlap_ms, language,"
-        " segments, speech_ms, skipped_ms FROM live_pieces WHERE recording_id = ?"
-        " ORDER BY part", [recording_id]).fetchall()
+        " segments, speech_ms, skipped_ms, language_hint FROM live_pieces"
+        " WHERE recording_id = ? ORDER BY part", [recording_id]).fetchall()
     return {r[0]: PieceRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]),
-                           r[9], r[10]) for r in rows}
+                           r[9], r[10], r[11]) for r in rows}
 
 
 # -- the hook at the chunk ledger ---------------------------------------------------------------

@@ -63,6 +63,8 @@ class Piece:
     segments: tuple[Segment, ...]
     speech_ms: int
     skipped_ms: int
+    #: The language the piece was transcribed with (None: detected by the piece itself).
+    hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def transcribe_piece(engine: TranscriptionEngine, chunk: bytes, prev: bytes | No
     own_ms = (len(audio) - overlap) * 1000 // SAMPLE_RATE
     speech_ms = own * 1000 // SAMPLE_RATE
     return Piece(delta48, samples48, overlap * 1000 // SAMPLE_RATE, detected, tuple(segments),
-                 speech_ms, max(0, own_ms - speech_ms))
+                 speech_ms, max(0, own_ms - speech_ms), language)
 
 
 def transcribe_audio(engine: TranscriptionEngine, audio: Samples, shift: int,

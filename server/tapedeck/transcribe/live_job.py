@@ -4,7 +4,8 @@ Job payload ``{"recording_id", "part"}``, queued by ``tapedeck.domain.live.on_ch
 One run:
 1. Nothing to do when the recording or its live transcription is gone or no longer in flight,
    when the chunk is not in the store (any more), or when the stored piece was made from the
-   same chunk and previous-chunk bytes (a duplicate job, a re-run after a crash).
+   same chunk and previous-chunk bytes with the same language hint (``language_for``: a
+   duplicate job, a re-run after a crash).
 2. The chunk and the previous one are read with the stitcher's reader (``read_object`` of
    the part's current object: the store is the truth) and transcribed (``transcribe_piece``); between
    windows the lease is checked.
@@ -123,25 +124,45 @@ def store_piece(tx: Tx, clock: Clock, recording_id: str, part: int,
     """Upsert the piece row (``failed`` when ``piece`` is None)."""
     tx.execute(
         "INSERT INTO live_pieces (recording_id, part, md5, prev_md5, status, delta48,"
-        " samples48, overlap_ms, language, segments, speech_ms, skipped_ms, error, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
+        " samples48, overlap_ms, language, segments, speech_ms, skipped_ms, error, updated_at,"
+        " language_hint)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
         " DO UPDATE SET md5 = excluded.md5, prev_md5 = excluded.prev_md5, status ="
         " excluded.status, delta48 = excluded.delta48, samples48 = excluded.samples48,"
         " overlap_ms = excluded.overlap_ms, language = excluded.language, segments ="
         " excluded.segments, speech_ms = excluded.speech_ms, skipped_ms = excluded.skipped_ms,"
-        " error = excluded.error, updated_at = excluded.updated_at",
+        " error = excluded.error, updated_at = excluded.updated_at,"
+        " language_hint = excluded.language_hint",
         [recording_id, part, inputs.md5, inputs.prev_md5,
          "done" if piece is not None else "failed",
          piece.delta48 if piece else None, piece.samples48 if piece else 0,
          piece.overlap_ms if piece else 0, piece.language if piece else None,
          piece_json(piece) if piece else "[]", piece.speech_ms if piece else 0,
-         piece.skipped_ms if piece else 0, error, iso(clock.now())])
+         piece.skipped_ms if piece else 0, error, iso(clock.now()),
+         (piece.hint or "") if piece else None])
 
 
 def first_language(pieces: dict[int, PieceRow]) -> str | None:
     """The language detected by the earliest piece that found speech."""
     return next((p.language for _, p in sorted(pieces.items())
                  if p.status == "done" and p.language and p.segments), None)
+
+
+def language_for(pieces: dict[int, PieceRow], part: int, requested: str | None) -> str | None:
+    """The language part ``part`` is transcribed with (its *hint*): the requested one, else
+    the one detected by the earliest EARLIER piece that found speech, else None (the piece
+    detects its own). A function of the pieces before it only, so the assembly (which
+    checks every piece's hint in part order) ends with the same transcript whatever order
+    the pieces ran in; a live job that guessed from an incomplete set is redone there."""
+    if requested:
+        return requested
+    return first_language({k: p for k, p in pieces.items() if k < part})
+
+
+def _hint_matches(pc: PieceRow, hint: str | None) -> bool:
+    """The piece was transcribed with ``hint`` (a piece from before hints were recorded
+    is taken as it is)."""
+    return pc.language_hint is None or (pc.language_hint or None) == hint
 
 
 class LiveTranscribeHandler:
@@ -174,12 +195,10 @@ class LiveTranscribeHandler:
         self._fp.hit("live_transcribe.started", job_id=run.job.id, recording_id=recording_id,
                      part=part)
         pieces = load_pieces(db, recording_id)
-        old = pieces.get(part)
-        if old is not None and old.status == "done" and (old.md5, old.prev_md5) == (
-                inputs.md5, inputs.prev_md5):
+        language = language_for(pieces, part, db.execute(
+            "SELECT language FROM transcriptions WHERE id = ?", [txn_id]).fetchone()[0])
+        if _valid(pieces.get(part), (inputs.md5, inputs.prev_md5), language):
             return
-        language = db.execute("SELECT language FROM transcriptions WHERE id = ?",
-                              [txn_id]).fetchone()[0] or first_language(pieces)
         with self._lock:
             engine = self._engine_for()
             try:
@@ -241,8 +260,9 @@ def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
              engine: TranscriptionEngine, language: str | None,
              check: Callable[[], None] | None = None) -> Assembled | None:
     """The live transcript of a stitched recording from its pieces, transcribing now the
-    pieces that are missing or stale (made from other bytes). None when a piece failed or a
-    chunk is no longer readable: the caller then transcribes the whole file."""
+    pieces that are missing or stale (made from other bytes, or with another language than
+    ``language_for`` calls for at their place). None when a piece failed or a chunk is no
+    longer readable: the caller then transcribes the whole file."""
     read = db.read()
     snapshot = dict(read.execute("SELECT part, md5 FROM chunks WHERE recording_id = ?"
                                  " ORDER BY part", [recording_id]).fetchall())
@@ -251,31 +271,34 @@ def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
     if not snapshot or row is None or row[0] is None:
         return None
     pieces = load_pieces(read, recording_id)
-    language = language or first_language(pieces)
-    chain: list[PieceRow] = []
+    chain: dict[int, PieceRow] = {}
     redone = 0
     for part in range(1, max(snapshot) + 1):
-        pc = pieces.get(part)
         want = (snapshot.get(part), snapshot.get(part - 1) if part > 1 else None)
-        if not _valid(pc, want) and wait_for_live_piece(db, clock, recording_id, part, check):
+        hint = language_for(chain, part, language)
+        pc = pieces.get(part)
+        if not _valid(pc, want, hint) and wait_for_live_piece(db, clock, recording_id, part,
+                                                               check):
             pc = load_pieces(db.read(), recording_id).get(part)
         if pc is not None and pc.status == "failed" and pc.md5 == want[0]:
             log.info("recording %s: piece %d failed; whole-file path", recording_id, part)
             return None
-        if pc is None or not _valid(pc, want):
-            pc = _redo(db, store, clock, recording_id, part, engine, language, want, check)
+        if pc is None or not _valid(pc, want, hint):
+            pc = _redo(db, store, clock, recording_id, part, engine, hint, want, check)
             if pc is None:
                 return None
             redone += 1
-        chain.append(pc)
-    segments = merge(place(chain))
-    transcript = transcript_from_segments(segments, language or first_language(
-        {p.part: p for p in chain}), engine.model, int(row[0]))
-    return Assembled(transcript, sum(p.skipped_ms for p in chain), redone)
+        chain[part] = pc
+    segments = merge(place(list(chain.values())))
+    transcript = transcript_from_segments(segments, language or first_language(chain),
+                                          engine.model, int(row[0]))
+    return Assembled(transcript, sum(p.skipped_ms for p in chain.values()), redone)
 
 
-def _valid(pc: PieceRow | None, want: tuple[Any, Any]) -> bool:
-    return pc is not None and pc.status == "done" and (pc.md5, pc.prev_md5) == want
+def _valid(pc: PieceRow | None, want: tuple[Any, Any], hint: str | None) -> bool:
+    """Made from the pinned bytes (chunk and previous chunk) with the language it calls for."""
+    return (pc is not None and pc.status == "done" and (pc.md5, pc.prev_md5) == want
+            and _hint_matches(pc, hint))
 
 
 #: How often the assembly looks whether the live lane has finished a piece it is running.

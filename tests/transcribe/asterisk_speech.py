@@ -148,9 +148,19 @@ _NUMBER_WORDS = {"1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
                  "6": "six", "7": "seven", "8": "eight", "9": "nine", "0": "zero"}
 
 
+#: English contractions written out, as Whisper's own ``EnglishTextNormalizer`` does for WER
+#: ("you're" and "you are" are the same words; the ambiguous 's and 'd are left alone).
+_CONTRACTIONS = ((r"\bwon't\b", "will not"), (r"\bcan't\b", "can not"),
+                 (r"\bcannot\b", "can not"), (r"n't\b", " not"), (r"'re\b", " are"),
+                 (r"'ll\b", " will"), (r"'ve\b", " have"), (r"\bi'm\b", "i am"))
+
+
 def normalize(text: str) -> str:
-    """Lower case, hyphens as spaces, no punctuation, single digits spelled out."""
-    text = text.lower().replace("-", " ")
+    """Lower case, hyphens as spaces, contractions written out, no punctuation, single
+    digits spelled out."""
+    text = text.lower().replace("-", " ").replace("\u2019", "'")
+    for pattern, words in _CONTRACTIONS:
+        text = re.sub(pattern, words, text)
     text = re.sub(r"[^\w\s']", " ", text)
     words = [_NUMBER_WORDS.get(w, w) for w in text.split()]
     return " ".join(words)

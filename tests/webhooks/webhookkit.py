@@ -100,8 +100,11 @@ class Receiver:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
-                req = Received(self.path, {k.lower(): v for k, v in self.headers.items()},
-                               self.rfile.read(length))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender died mid-request: nothing was delivered
+                    self.close_connection = True
+                    return
+                req = Received(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with receiver._cond:
                     receiver.requests.append(req)
                     receiver._cond.notify_all()

@@ -68,7 +68,7 @@ def test_revoked_key_is_unauthorized(domain_world: World) -> None:
 
 def test_idempotency_replays_refuses_reuse_and_expires(domain_world: World) -> None:
     w = domain_world
-    store = w.domain.idempotency
+    store = w.domain.idempotency.store
     runs: list[int] = []
 
     def call() -> StoredResponse:
@@ -89,7 +89,7 @@ def test_idempotency_replays_refuses_reuse_and_expires(domain_world: World) -> N
 
 def test_idempotency_running_claim_conflicts_until_its_lease_ends(domain_world: World) -> None:
     w = domain_world
-    store = w.domain.idempotency
+    store = w.domain.idempotency.store
     claim = store.begin("scope", "key", "fp")
     assert isinstance(claim, str)
     with pytest.raises(TapedeckError) as running:
@@ -100,7 +100,7 @@ def test_idempotency_running_claim_conflicts_until_its_lease_ends(domain_world: 
 
 
 def test_a_failed_request_frees_its_key(domain_world: World) -> None:
-    store = domain_world.domain.idempotency
+    store = domain_world.domain.idempotency.store
 
     def fails() -> StoredResponse:
         raise RuntimeError("boom")

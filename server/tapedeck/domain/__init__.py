@@ -16,7 +16,7 @@ from tapedeck.domain.chunks import Chunks
 from tapedeck.domain.devices import Devices
 from tapedeck.domain.end_users import EndUsers
 from tapedeck.domain.fleet import Fleet
-from tapedeck.domain.idempotency import IdempotencyStore
+from tapedeck.domain.idempotency import Idempotency, IdempotencyStore
 from tapedeck.domain.keys import Keys
 from tapedeck.domain.ratelimit import RateLimiter
 from tapedeck.domain.recordings import Recordings
@@ -39,7 +39,7 @@ class Domain:
     uploads: UploadTokens
     recordings: Recordings
     chunks: Chunks
-    idempotency: IdempotencyStore
+    idempotency: Idempotency
     limiter: RateLimiter
     devices: Devices
     end_users: EndUsers
@@ -61,7 +61,7 @@ class Domain:
         chunks = Chunks(ctx)
         return cls(ctx=ctx, auth=Authenticator(db, uploads, clock), uploads=uploads,
                    recordings=Recordings(ctx, uploads, chunks), chunks=chunks,
-                   idempotency=IdempotencyStore(db, clock),
+                   idempotency=Idempotency(IdempotencyStore(db, clock), box),
                    limiter=RateLimiter(clock, settings.rate_limit_per_s),
                    devices=Devices(ctx), end_users=EndUsers(ctx), keys=Keys(ctx),
                    webhooks=Webhooks(ctx, box),

@@ -18,6 +18,13 @@ credential (``scope_of``), so two devices can never see each other's responses.
 The fingerprint is computed from the *operation* and its *normalized arguments*
 (``fingerprint``), not from transport bytes, so JSON key order, whitespace or an explicit
 default do not make two identical requests "different".
+
+``Idempotency.once`` is the one entry point: REST routes and gRPC servicers call it the same
+way and only translate its ``Outcome`` (HTTP: ``Idempotent-Replayed: true``; gRPC: the
+message rebuilt from the stored body). A response that carries a secret shown once (a device
+token, an API key or webhook secret) names it (``secret_field``): the stored response holds
+it only sealed (``SecretBox``, bound to the scope and key, under ``SEALED_FIELD``), so a
+replay returns the same secret while no plaintext secret ever reaches the database.
 """
 
 from __future__ import annotations
@@ -37,11 +44,14 @@ from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import error, invalid
+from tapedeck.webhooks.secretbox import SecretBox
 
 TTL = timedelta(hours=24)
 LEASE = timedelta(minutes=10)
 MAX_KEY_LENGTH = 255
 _KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+#: Where a stored response holds its sealed secret (stored rows use it: never rename).
+SEALED_FIELD = "sealed_secret"
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,8 @@ class StoredResponse:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What ``IdempotencyStore.run`` returns: the response and whether it is a replay."""
+    """What ``Idempotency.once`` (and ``IdempotencyStore.run``) returns: the response and
+    whether it is a replay."""
 
     response: StoredResponse
     replayed: bool
@@ -89,6 +100,38 @@ def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
         return iso(value)
     raise TypeError(f"cannot fingerprint {type(value).__name__}")
+
+
+class Idempotency:
+    """Requests run at most once per ``Idempotency-Key``, for every transport."""
+
+    def __init__(self, store: IdempotencyStore, box: SecretBox) -> None:
+        self.store = store
+        self._box = box
+
+    def once(self, p: Principal, key: str | None, fp: str,
+             call: Callable[[], StoredResponse], *, secret_field: str | None = None,
+             key_field: str = "Idempotency-Key") -> Outcome:
+        """Run ``call`` for ``p``: without a ``key``, just run it; with one (checked:
+        ``invalid_request`` on ``key_field``), at most once per credential and key (module
+        docstring). ``secret_field``: the body field holding a secret, sealed at rest."""
+        if key is None:
+            return Outcome(call(), replayed=False)
+        checked, scope = check_key(key, key_field), scope_of(p)
+        if secret_field is None:
+            return self.store.run(scope, checked, fp, call)
+        field, bound_to = secret_field, f"idempotency:{scope}:{checked}"
+
+        def sealed() -> StoredResponse:
+            result = call()
+            body = dict(result.body)
+            body[SEALED_FIELD] = self._box.seal(body.pop(field), bound_to)
+            return StoredResponse(result.status, body)
+
+        outcome = self.store.run(scope, checked, fp, sealed)
+        body = dict(outcome.response.body)
+        body[field] = self._box.open(body.pop(SEALED_FIELD), bound_to)
+        return Outcome(StoredResponse(outcome.response.status, body), outcome.replayed)
 
 
 class IdempotencyStore:

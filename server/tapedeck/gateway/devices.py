@@ -4,31 +4,29 @@
 
 Secrets in idempotent responses: bind, token refresh and key creation answer a secret shown
 once. When such a request carries an ``Idempotency-Key``, its stored response (SQLite) holds
-the secret only sealed (AES-256-GCM, ``SecretBox``, ``tapedeck.server_keys``, bound to the
-credential and key), so a replay within 24 h returns the same secret while no plaintext
-secret ever reaches the database. (A refreshed-away token cannot replay its refresh: it no
+the secret only sealed (the route names the field, ``secret_field``; the domain's
+``Idempotency.once`` seals it with the ``SecretBox``, bound to the credential and key), so a
+replay within 24 h returns the same secret while no plaintext secret ever reaches the
+database. (A refreshed-away token cannot replay its refresh: it no
 longer authenticates.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, Field
 
-from tapedeck.auth import Principal
 from tapedeck.domain.devices import Heartbeat, NewDevice
 from tapedeck.domain.end_users import NewEndUser
-from tapedeck.domain.idempotency import StoredResponse, check_key, fingerprint, scope_of
+from tapedeck.domain.idempotency import StoredResponse, fingerprint
 from tapedeck.gateway.body import parse_json
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, Gateway, IdempotencyKey
 from tapedeck.gateway.schemas import EmptyRequest, Metadata, RequestModel, ResponseModel
-from tapedeck.webhooks.secretbox import SecretBox
 
 DeviceState = Literal["idle", "recording", "syncing", "uploading", "charging", "low_battery",
                       "storage_full", "error"]
@@ -39,7 +37,6 @@ Scope = Literal["recordings:read", "recordings:write", "transcriptions:read",
 DeviceId = Annotated[str, Path(description="Device identifier (dev_…).")]
 DeviceOrMe = Annotated[str, Path(description="Device identifier (dev_…), or `me` with a "
                                              "device token.")]
-_SEALED = "sealed_secret"
 
 
 # -- request bodies ----------------------------------------------------------------------
@@ -208,45 +205,14 @@ class KeyPageOut(ResponseModel):
     next_cursor: str | None
 
 
-# -- secrets in idempotent responses -------------------------------------------------------
-class SecretResponder:
-    """Answers requests whose response carries a secret in ``field`` (see module docstring)."""
-
-    def __init__(self, gw: Gateway, box: SecretBox) -> None:
-        self._gw = gw
-        self._box = box
-
-    async def respond(self, p: Principal, key: str | None, fp: str, field: str,
-                      call: Callable[[], StoredResponse]) -> Response:
-        if key is None:
-            result = await anyio.to_thread.run_sync(call)
-            return JSONResponse(result.body, status_code=result.status)
-        checked, scope = check_key(key), scope_of(p)
-        bound_to = f"idempotency:{scope}:{checked}"
-
-        def sealed() -> StoredResponse:
-            result = call()
-            body = dict(result.body)
-            body[_SEALED] = self._box.seal(body.pop(field), bound_to)
-            return StoredResponse(result.status, body)
-
-        store = self._gw.domain.idempotency
-        outcome = await anyio.to_thread.run_sync(lambda: store.run(scope, checked, fp, sealed))
-        body: dict[str, Any] = dict(outcome.response.body)
-        body[field] = self._box.open(body.pop(_SEALED), bound_to)
-        headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
-        return JSONResponse(body, status_code=outcome.response.status, headers=headers)
-
-
 # -- routes ------------------------------------------------------------------------------
 def add_device_routes(router: APIRouter, gw: Gateway) -> None:
     """Register the end user, device and key routes on ``router`` (the app's router, whose
     ``route_class`` ``routes.add_routes`` has already set)."""
-    secrets = SecretResponder(gw, gw.domain.secret_box)
     _end_user_routes(router, gw)
     _device_routes(router, gw)
-    _binding_routes(router, gw, secrets)
-    _key_routes(router, gw, secrets)
+    _binding_routes(router, gw)
+    _key_routes(router, gw)
 
 
 def _end_user_routes(r: APIRouter, gw: Gateway) -> None:
@@ -322,7 +288,7 @@ def _device_routes(r: APIRouter, gw: Gateway) -> None:
         return await gw.respond(p, idempotency_key, fp, call)
 
 
-def _binding_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> None:
+def _binding_routes(r: APIRouter, gw: Gateway) -> None:
     d = gw.domain
 
     @r.post("/v1/devices/{device_id}/bind", response_model=BoundDeviceOut,
@@ -337,9 +303,9 @@ def _binding_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> None
         p = await gw.caller(request)
         body = await parse_json(request, BindDeviceRequest, gw.max_json_bytes)
         fp = fingerprint("devices.bind", {"id": device_id, **body.model_dump()})
-        return await secrets.respond(p, idempotency_key, fp, "device_token",
-                                     lambda: StoredResponse(200, d.devices.bind(
-                                         p, device_id, body.end_user_id).to_json()))
+        return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
+            200, d.devices.bind(p, device_id, body.end_user_id).to_json()),
+            secret_field="device_token")
 
     @r.post("/v1/devices/{device_id}/unbind", response_model=DeviceOut,
             summary="Unbind a device", responses=errors_doc("device_not_found", *ON_POST),
@@ -364,12 +330,12 @@ def _binding_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> None
         p = await gw.caller(request)
         await parse_json(request, EmptyRequest, gw.max_json_bytes)
         fp = fingerprint("devices.refresh_token", {"id": device_id})
-        return await secrets.respond(p, idempotency_key, fp, "device_token",
-                                     lambda: StoredResponse(200, d.devices.refresh_token(
-                                         p, device_id).to_json()))
+        return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
+            200, d.devices.refresh_token(p, device_id).to_json()),
+            secret_field="device_token")
 
 
-def _key_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> None:
+def _key_routes(r: APIRouter, gw: Gateway) -> None:
     d = gw.domain
 
     @r.post("/v1/keys", status_code=201, response_model=CreatedKeyOut,
@@ -381,9 +347,9 @@ def _key_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> None:
         p = await gw.caller(request)
         body = await parse_json(request, CreateKeyRequest, gw.max_json_bytes)
         fp = fingerprint("keys.create", body.model_dump())
-        return await secrets.respond(p, idempotency_key, fp, "secret", lambda: StoredResponse(
+        return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
             201, d.keys.create(p, kind=body.kind, scopes=body.scopes,
-                               name=body.name).to_json()))
+                               name=body.name).to_json()), secret_field="secret")
 
     @r.get("/v1/keys", response_model=KeyPageOut, summary="List API keys",
            responses=errors_doc())

@@ -1,6 +1,6 @@
 """The REST routes of ``api.md``. Each handler only translates: authenticate, parse, call the
 domain (in a worker thread), answer with the result's ``to_json()``. Every POST honours
-``Idempotency-Key`` through the domain's idempotency store (shared with gRPC).
+``Idempotency-Key`` through the domain's ``Idempotency.once`` (shared with gRPC).
 
 Status codes: 201 for a created recording and for a newly stored chunk part; 200 for
 everything else (including an identical chunk re-PUT and a replaced part, and a replayed
@@ -18,13 +18,7 @@ from fastapi.responses import JSONResponse
 
 from tapedeck.auth import Principal
 from tapedeck.domain import Domain
-from tapedeck.domain.idempotency import (
-    StoredResponse,
-    check_key,
-    create_fingerprint,
-    fingerprint,
-    scope_of,
-)
+from tapedeck.domain.idempotency import StoredResponse, create_fingerprint, fingerprint
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import error, invalid
 from tapedeck.gateway import schemas as s
@@ -71,14 +65,12 @@ class Gateway:
             lambda: self.domain.authenticate(credential, allow_upload_token=upload))
 
     async def respond(self, p: Principal, key: str | None, fp: str,
-                      call: Callable[[], StoredResponse]) -> Response:
-        """Run ``call`` (once per idempotency key, if one was sent) and answer its result."""
-        if key is None:
-            result = await anyio.to_thread.run_sync(call)
-            return JSONResponse(result.body, status_code=result.status)
-        store, scope = self.domain.idempotency, scope_of(p)
-        checked = check_key(key)
-        outcome = await anyio.to_thread.run_sync(lambda: store.run(scope, checked, fp, call))
+                      call: Callable[[], StoredResponse], *,
+                      secret_field: str | None = None) -> Response:
+        """Run ``call`` (once per idempotency key, if one was sent: ``Idempotency.once``,
+        ``secret_field`` sealed at rest) and answer its result."""
+        outcome = await anyio.to_thread.run_sync(lambda: self.domain.idempotency.once(
+            p, key, fp, call, secret_field=secret_field))
         headers = {"Idempotent-Replayed": "true"} if outcome.replayed else None
         return JSONResponse(outcome.response.body, status_code=outcome.response.status,
                             headers=headers)

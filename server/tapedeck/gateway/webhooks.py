@@ -2,7 +2,7 @@
 ``routes``; the rules live in ``tapedeck.domain.webhooks``.
 
 ``POST /v1/webhooks`` answers the ``whsec_`` secret once; with an ``Idempotency-Key`` the
-stored response holds it only sealed (see ``gateway.devices.SecretResponder``).
+stored response holds it only sealed (``secret_field``: see ``domain.idempotency``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pydantic import AwareDatetime, Field
 
 from tapedeck.domain.idempotency import StoredResponse, fingerprint
 from tapedeck.gateway.body import parse_json
-from tapedeck.gateway.devices import SecretResponder
 from tapedeck.gateway.docs import body_doc, errors_doc
 from tapedeck.gateway.routes import ON_POST, Gateway, IdempotencyKey
 from tapedeck.gateway.schemas import DeletedOut, RequestModel, ResponseModel
@@ -140,12 +139,11 @@ class ReplayOut(ResponseModel):
 def add_webhook_routes(router: APIRouter, gw: Gateway) -> None:
     """Register the webhook routes on ``router`` (the app's router, whose ``route_class``
     ``routes.add_routes`` has already set)."""
-    secrets = SecretResponder(gw, gw.domain.secret_box)
-    _endpoint_routes(router, gw, secrets)
+    _endpoint_routes(router, gw)
     _log_routes(router, gw)
 
 
-def _endpoint_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> None:
+def _endpoint_routes(r: APIRouter, gw: Gateway) -> None:
     d = gw.domain
 
     @r.post("/v1/webhooks", status_code=201, response_model=CreatedWebhookOut,
@@ -158,8 +156,9 @@ def _endpoint_routes(r: APIRouter, gw: Gateway, secrets: SecretResponder) -> Non
         p = await gw.caller(request)
         body = await parse_json(request, CreateWebhookRequest, gw.max_json_bytes)
         fp = fingerprint("webhooks.create", body.model_dump())
-        return await secrets.respond(p, idempotency_key, fp, "secret", lambda: StoredResponse(
-            201, d.webhooks.create(p, body.url, body.events, body.description).to_json()))
+        return await gw.respond(p, idempotency_key, fp, lambda: StoredResponse(
+            201, d.webhooks.create(p, body.url, body.events, body.description).to_json()),
+            secret_field="secret")
 
     @r.get("/v1/webhooks", response_model=WebhookPageOut, summary="List webhook endpoints",
            responses=errors_doc())

@@ -8,7 +8,7 @@ import grpc
 
 from tapedeck.auth import Principal
 from tapedeck.domain import Domain
-from tapedeck.domain.idempotency import StoredResponse, check_key, create_fingerprint, scope_of
+from tapedeck.domain.idempotency import StoredResponse, create_fingerprint
 from tapedeck.domain.models import CreatedRecording, Recording
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import invalid
@@ -51,23 +51,22 @@ class RecordingServicer(recording_pb2_grpc.RecordingServiceServicer):
             codec=cv.codec_name(request.codec), streaming=request.streaming,
             chunk_duration_ms=_opt(request, "chunk_duration_ms"),
             metadata=dict(request.metadata))
-        if request.idempotency_key:
-            created = self._create_once(p, req, check_key(request.idempotency_key,
-                                                          "idempotency_key"))
-        else:
-            created = self._d.recordings.create(p, req)
+        created = self._create_once(p, req, request.idempotency_key or None)
         return pb.CreateRecordingResponse(
             recording=cv.recording_pb(created.recording, created.chunk_upload_url_template))
 
-    def _create_once(self, p: Principal, req: NewRecording, key: str) -> CreatedRecording:
-        """Create under an idempotency key; a replay rebuilds the first response."""
+    def _create_once(self, p: Principal, req: NewRecording,
+                     key: str | None) -> CreatedRecording:
+        """Create (under the idempotency key, if one was sent: ``Idempotency.once``); a
+        replay rebuilds the first response."""
         made: list[CreatedRecording] = []
 
         def call() -> StoredResponse:
             made.append(self._d.recordings.create(p, req))
             return StoredResponse(201, made[0].to_json())
 
-        outcome = self._d.idempotency.run(scope_of(p), key, create_fingerprint(req), call)
+        outcome = self._d.idempotency.once(p, key, create_fingerprint(req), call,
+                                           key_field="idempotency_key")
         if made:
             return made[0]
         body = outcome.response.body

@@ -13,7 +13,7 @@ from tapedeck.auth import Principal
 from tapedeck.clock import parse_iso
 from tapedeck.domain import Domain
 from tapedeck.domain.exports import paragraphs
-from tapedeck.domain.idempotency import StoredResponse, check_key, scope_of
+from tapedeck.domain.idempotency import StoredResponse
 from tapedeck.domain.search import SearchHit, SearchRequest
 from tapedeck.domain.transcriptions import SpeakerOptions, Transcription, request_fingerprint
 from tapedeck.errors import TapedeckError, error, invalid
@@ -140,11 +140,7 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
         p = principal(self._d, context)
         args = (request.recording_id, request.language or None, request.provider or None,
                 speaker_options(request))
-        if request.idempotency_key:
-            txn = self._create_once(p, args, check_key(request.idempotency_key,
-                                                       "idempotency_key"))
-        else:
-            txn = self._d.transcriptions.request(p, *args)
+        txn = self._create_once(p, args, request.idempotency_key or None)
         return pb.CreateTranscriptionResponse(transcription=transcription_pb(txn))
 
     @translate_errors
@@ -177,17 +173,17 @@ class TranscriptionServicer(transcription_pb2_grpc.TranscriptionServiceServicer)
 
     def _create_once(self, p: Principal,
                      args: tuple[str, str | None, str | None, SpeakerOptions],
-                     key: str) -> Transcription:
-        """Request under an idempotency key (shared with REST: same operation fingerprint);
-        a replay rebuilds the first response."""
+                     key: str | None) -> Transcription:
+        """Request (under the idempotency key, if one was sent: ``Idempotency.once``, shared
+        with REST: same operation fingerprint); a replay rebuilds the first response."""
         made: list[Transcription] = []
 
         def call() -> StoredResponse:
             made.append(self._d.transcriptions.request(p, *args))
             return StoredResponse(201, made[0].to_json())
 
-        fp = request_fingerprint(*args)
-        outcome = self._d.idempotency.run(scope_of(p), key, fp, call)
+        outcome = self._d.idempotency.once(p, key, request_fingerprint(*args), call,
+                                           key_field="idempotency_key")
         return made[0] if made else Transcription.from_json(outcome.response.body,
                                                             p.project_id)
 

@@ -117,13 +117,14 @@ def settings_of(fields: dict[str, Any]) -> Settings:
 
 def child(mode: str, env: dict[str, str]) -> None:
     """Run one stitch job in this process; print its RSS growth and time as JSON."""
-    import tapedeck.stitch as stitch
+    import tapedeck.stitch.handler as stitch_handler
     from tapedeck.worker import Worker, queue_for
 
-    if mode == "baseline":
-        stitch.verified_chunks = whole_chunks  # type: ignore[assignment]
+    if mode == "baseline":  # the handler's own reference is what its stitch reads through
+        stitch_handler.verified_chunks = whole_chunks  # type: ignore[assignment]
     app = App.open(settings_of(json.loads(env["settings"])))
-    worker = Worker(queue_for(app), {"stitch": stitch.build_handler(app)}, f"bench-{mode}")
+    worker = Worker(queue_for(app), {"stitch": stitch_handler.build_handler(app)},
+                    f"bench-{mode}")
     before = status_kib("VmRSS")
     start = time.perf_counter()
     outcome = worker.run_once()

@@ -26,7 +26,7 @@ around a boundary are re-laced packet by packet.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -113,42 +113,23 @@ class _Stitcher:
     # -- per chunk ---------------------------------------------------------------------------
 
     def add_chunk(self, stream: BinaryIO) -> None:
+        """Append one chunk, in phases: its headers start the output or are checked against
+        chunk 1's (``_begin``); after chunk 1, its start is read up to its pre-skip and the
+        boundary with the previous chunk resolved (``_start_after``: module docstring steps
+        1-4); its pages are streamed up to the EOS page (``_body``); its end is checked and
+        held for the next boundary (``_end``)."""
         reader = OpusStreamReader(stream)
         out = self._begin(reader)
-        if self._prev is None:
-            self._starts.append(0)
         recent = _Recent()
-        first: list[_Packet] = []
         eos: AudioPage | None = None
         held: list[_Packet] = []
-        while self._prev is not None and eos is None and _samples(first) < reader.head.pre_skip:
-            page = self._next(reader, recent)
-            first.extend(zip(page.packets(), page.durations, strict=True))
-            eos = page if page.page.eos else None
-        if self._prev is not None:
-            skip = self._join(first, reader.head.pre_skip)
-            self._starts.append(self._granule + self._rest - self._head.pre_skip)
-            keep = first[skip:]
-            own = max(0, len(first) - (eos.npackets if eos else 0) - skip)
-            for packet in keep[:own] if eos else keep:
-                self._write(packet)
-            held = keep[own:]
-        while eos is None:
-            page = self._next(reader, recent)
-            if page.page.eos:
-                eos = page
-                held = list(zip(page.packets(), page.durations, strict=True))
-            elif page.self_contained:
-                self._copy(out, page)
-            else:
-                for packet in zip(page.packets(), page.durations, strict=True):
-                    self._write(packet)
-        reader.next_audio_page()  # None, or raises if anything follows the EOS page
-        if reader.samples <= 0:
-            raise InvalidAudio("chunk has no audio after its pre-skip")
-        self._chunks += 1
-        self._chunk_samples += reader.samples
-        self._prev = _ChunkEnd(held, eos.trim, recent.tail())
+        if self._prev is None:
+            self._starts.append(0)
+        else:
+            eos, held = self._start_after(reader, recent)
+        if eos is None:
+            eos, held = self._body(reader, out, recent)
+        self._end(reader, eos, held, recent)
 
     def _begin(self, reader: OpusStreamReader) -> OggStreamWriter:
         """Start the output with chunk 1's headers, or check a later chunk's layout."""
@@ -178,7 +159,59 @@ class _Stitcher:
         recent.add(page)
         return page
 
+    def _body(self, reader: OpusStreamReader, out: OggStreamWriter,
+              recent: _Recent) -> tuple[AudioPage, list[_Packet]]:
+        """Stream the chunk's pages up to its EOS page: self-contained pages are copied, the
+        others re-laced. Returns the EOS page and its packets, held for the next boundary."""
+        while True:
+            page = self._next(reader, recent)
+            if page.page.eos:
+                return page, list(_packets(page))
+            if page.self_contained:
+                self._copy(out, page)
+            else:
+                for packet in _packets(page):
+                    self._write(packet)
+
+    def _end(self, reader: OpusStreamReader, eos: AudioPage, held: list[_Packet],
+             recent: _Recent) -> None:
+        """Check that nothing follows the EOS page and that the chunk has audio; count it and
+        keep its end (held packets, trimming, last packets) for the next boundary."""
+        reader.next_audio_page()  # None, or raises if anything follows the EOS page
+        if reader.samples <= 0:
+            raise InvalidAudio("chunk has no audio after its pre-skip")
+        self._chunks += 1
+        self._chunk_samples += reader.samples
+        self._prev = _ChunkEnd(held, eos.trim, recent.tail())
+
     # -- boundaries --------------------------------------------------------------------------
+
+    def _start_after(self, reader: OpusStreamReader,
+                     recent: _Recent) -> tuple[AudioPage | None, list[_Packet]]:
+        """A later chunk's start: read it up to its pre-skip, resolve the boundary
+        (``_join``), record where the chunk starts on the stitched timeline and write its
+        kept leading packets. Returns the EOS page if the chunk ended within its start
+        (else None) and that page's kept packets, held for the next boundary."""
+        first, eos = self._read_start(reader, recent)
+        skip = self._join(first, reader.head.pre_skip)
+        self._starts.append(self._granule + self._rest - self._head.pre_skip)
+        keep = first[skip:]
+        own = max(0, len(first) - (eos.npackets if eos else 0) - skip)
+        for packet in keep[:own] if eos else keep:
+            self._write(packet)
+        return eos, keep[own:]
+
+    def _read_start(self, reader: OpusStreamReader,
+                    recent: _Recent) -> tuple[list[_Packet], AudioPage | None]:
+        """The chunk's leading packets: whole pages until they cover its pre-skip or the EOS
+        page was read (that page, else None)."""
+        first: list[_Packet] = []
+        eos: AudioPage | None = None
+        while eos is None and _samples(first) < reader.head.pre_skip:
+            page = self._next(reader, recent)
+            first.extend(_packets(page))
+            eos = page if page.page.eos else None
+        return first, eos
 
     def _join(self, first: list[_Packet], pre_skip: int) -> int:
         """Resolve the boundary before a chunk starting with ``first`` (module docstring
@@ -262,6 +295,10 @@ class _Stitcher:
             drift_samples=samples - self._chunk_samples, copied_pages=self._copied,
             chunk_starts=tuple(self._starts),
         )
+
+
+def _packets(page: AudioPage) -> Iterator[_Packet]:
+    return zip(page.packets(), page.durations, strict=True)
 
 
 def _samples(packets: list[_Packet]) -> int:

@@ -147,12 +147,23 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return migrated_template(tmp_path_factory.mktemp("migrated") / "tapedeck.db")
 
 
-@pytest.fixture
-def domain_world(tmp_path: Path, migrated_sqlite: Path) -> Iterator[World]:
-    """The real domain on a SQLite file, a ``MemoryStore`` and a ``ManualClock``, with a
-    project (no weed, no socket): see tests/domainkit.py."""
-    with open_world(tmp_path / "data", migrated_sqlite) as world:
-        yield world
+@pytest.fixture(params=["sqlite", "postgresql"])
+def domain_world(request: pytest.FixtureRequest, tmp_path: Path,
+                 migrated_sqlite: Path) -> Iterator[World]:
+    """The real domain on a ``MemoryStore`` and a ``ManualClock``, with a project (no weed,
+    no socket: see tests/domainkit.py), on each backend: a SQLite file, then a fresh
+    PostgreSQL database (from the migrated template; the ``--quick`` layer keeps SQLite)."""
+    if request.param == "sqlite":
+        with open_world(tmp_path / "data", migrated_sqlite) as world:
+            yield world
+        return
+    pg = request.getfixturevalue("postgres")
+    url = pg.fresh_database()
+    try:
+        with open_world(tmp_path / "data", target=url) as world:
+            yield world
+    finally:
+        pg.drop_database(url)
 
 
 # Fixtures whose tests are slow by nature (the whisper model loads for seconds, the speaker

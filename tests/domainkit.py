@@ -1,7 +1,8 @@
 """Test kit: the whole ``Domain`` in process, with no socket and no child process.
 
 ``open_world(dir)`` builds the real domain services (``Domain.build``) on a real SQLite file
-in ``dir``, a ``MemoryStore`` (the core store contract, tests/store runs the same suite on it
+in ``dir`` (or a PostgreSQL database: ``target``; the ``domain_world`` fixture runs every test
+on both), a ``MemoryStore`` (the core store contract, tests/store runs the same suite on it
 and on S3) and a ``ManualClock``, with one project and its secret key. It is the fast layer:
 domain rules (tests/domain) and in-process servicers (tests/grpc_api) run against it in
 milliseconds; the transports over real sockets and the real store keep their own tests.
@@ -89,16 +90,17 @@ def migrated_template(path: Path) -> Path:
 
 
 @contextmanager
-def open_world(data_dir: Path, template: Path | None = None,
+def open_world(data_dir: Path, template: Path | None = None, target: str | None = None,
                **overrides: Any) -> Iterator[World]:
     """A ``World`` in ``data_dir`` (settings ``overrides`` applied), its database a copy of
-    ``template`` (``migrated_template``) if given; closed on exit."""
+    ``template`` (``migrated_template``) if given, or the PostgreSQL database at ``target``
+    (a URL); closed on exit."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    if template is not None:
+    if template is not None and target is None:
         shutil.copyfile(template, data_dir / "tapedeck.db")
     clock = ManualClock()
     store = MemoryStore(clock.now)
-    db = open_database(data_dir / "tapedeck.db")
+    db = open_database(target if target is not None else data_dir / "tapedeck.db")
     try:
         domain = Domain.build(db, store, clock, fast_settings(data_dir, **overrides))
         project_id, api_key = create_project(db, clock)

@@ -89,10 +89,9 @@ class Probe:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "w.db")
-    yield database
-    database.close()
+def db(database: Database) -> Database:
+    """Each test on both backends (``database``: SQLite, then PostgreSQL)."""
+    return database
 
 
 def add(db: Database, clock: Any, action: str, kind: str = "probe") -> str:

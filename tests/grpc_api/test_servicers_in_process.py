@@ -161,7 +161,7 @@ def test_idempotency_key_replays_and_refuses_reuse(calls: Calls) -> None:
 
 def test_an_unexpected_failure_is_a_fixed_internal_error(calls: Calls) -> None:
     with calls.world.db.write() as tx:  # a real fault below the domain: a broken schema
-        tx.execute("DROP TABLE recordings")
+        tx.execute("DROP TABLE recordings" + (" CASCADE" if tx.dialect == "postgresql" else ""))
     ended = calls.unary(RECORDINGS, "ListRecordings", pb.ListRecordingsRequest())
     assert ended.code == grpc.StatusCode.INTERNAL
     assert ended.details == error("internal_error").message

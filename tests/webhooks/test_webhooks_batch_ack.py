@@ -15,7 +15,7 @@ from webhookkit import Answer, Received, Receiver, make_env
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
-def test_one_round_records_mixed_outcomes(tmp_path: Path) -> None:
+def test_one_round_records_mixed_outcomes(tmp_path: Path, db_target: str | Path) -> None:
     failing = {"on": True}
 
     def answer(r: Received) -> Answer:
@@ -26,7 +26,7 @@ def test_one_round_records_mixed_outcomes(tmp_path: Path) -> None:
     receiver = Receiver(responder=answer)
     clock = ManualClock(T0)
     try:
-        with make_env(tmp_path, clock=clock) as env:
+        with make_env(tmp_path, clock=clock, target=db_target) as env:
             names = ("ok", "nocontent", "fails")
             ids = {env.webhooks.create(env.principal, f"{receiver.url}/{n}", ["*"]).endpoint.id: n
                    for n in names}

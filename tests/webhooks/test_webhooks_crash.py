@@ -29,7 +29,7 @@ def test_kill_9_dispatcher_repeatedly_loses_nothing(weed: Any, tmp_path: Path) -
     settings = make_settings(weed, tmp_path / "data")
     children: list[ChildServer] = []
     try:
-        with make_env(tmp_path, clock=SystemClock()) as env:
+        with make_env(tmp_path, clock=SystemClock(), target=settings.database_target) as env:
             assert env.settings.data_dir == settings.data_dir
             wh = env.webhooks.create(env.principal, receiver.url, ["*"])
             events = [e for _ in range(5) for e in env.emit("recording.uploaded", n=100)]

@@ -189,6 +189,7 @@ def test_corrupt_chunk_fails_with_invalid_audio_naming_the_part(project: Project
     assert recording_row(project, good)["status"] == "completed"
 
 
+@pytest.mark.both_backends  # the failure transition once broke on PostgreSQL (a bool as int8)
 def test_chunk_replaced_after_finalize_fails_checksum(project: Project) -> None:
     """No upload path can overwrite a pinned chunk object; one changed behind the server's
     back (a store operator, corruption) is still caught."""

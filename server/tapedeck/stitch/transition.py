@@ -111,9 +111,9 @@ class Transitions:
             "queued", "processing")
         tx.execute(
             "UPDATE recordings SET status = 'failed', failure_type = ?, failure_message = ?,"
-            " transcription_status = CASE WHEN ? THEN 'failed' ELSE transcription_status END,"
-            " updated_at = ? WHERE id = ?",
-            [failure.type, failure.message, txn_failed, now, rec.id])
+            " transcription_status = ?, updated_at = ? WHERE id = ?",
+            [failure.type, failure.message, "failed" if txn_failed else rec.transcription_status,
+             now, rec.id])
         fresh = find_recording(tx, rec.id)
         assert fresh is not None
         emit(tx, self._clock, rec.project_id, "recording.failed", fresh.to_json(), rec.id)

@@ -22,6 +22,11 @@ minutes hold speech, spread evenly. Then:
   path (``transcribe_ogg_opus`` with the same ``--decoding`` profile as the server, an
   engine built the same way; load not timed).
 
+Also timed: the server's own whole-file path on the same stitched recording (a new
+transcription requested as ``POST /v1/recordings/{id}/transcribe`` does: transcription,
+speakers over the whole file and the search index, what a user waits for without live), and
+where finalize -> completed went (the recording's job runs after finalize).
+
 Prints both times, their ratio (target <= 0.15, and < 60 s for an hour), real-time factors,
 skipped audio and the word error rate of both transcripts against the reference text.
 Shared, noisy 2-core machine: compare ratios, not absolute times.
@@ -34,6 +39,7 @@ import os
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +119,37 @@ def piece_stats(app: App, rec_id: str) -> tuple[float, float, float]:
     return busy, float(skipped or 0), float(samples or 0) / 48
 
 
+def phases(app: App, rec_id: str, since: datetime) -> list[tuple[str, float, float]]:
+    """``(kind, start s, end s)`` after ``since`` of the recording's job runs that began then
+    (what finalize -> completed spent its time on)."""
+    out = []
+    for kind, start, end in app.db.read().execute(
+            "SELECT j.kind, r.started_at, r.finished_at FROM job_runs r JOIN jobs j"
+            " ON j.id = r.job_id WHERE j.recording_id = ? ORDER BY r.started_at", [rec_id]):
+        a, b = parse_iso(start), parse_iso(end)
+        if a is not None and b is not None and a >= since:
+            out.append((str(kind), (a - since).total_seconds(), (b - since).total_seconds()))
+    return out
+
+
+def server_whole_file(app: App, api_key: str, rec_id: str) -> float:
+    """Seconds from requesting a new transcription of the stitched recording (the server's
+    whole-file path: transcription, diarization, search index, as ``POST /v1/recordings/{id}/
+    transcribe`` runs it) to its ``transcription.completed``."""
+    def completed() -> int:
+        return int(app.db.read().execute(
+            "SELECT count(*) FROM events WHERE recording_id = ? AND type IN"
+            " ('transcription.completed', 'transcription.failed')", [rec_id]).fetchone()[0])
+
+    before = completed()
+    p = app.domain.auth.authenticate(f"Bearer {api_key}")
+    started = time.perf_counter()
+    app.domain.transcriptions.request(p, rec_id)
+    while completed() == before:
+        time.sleep(0.02)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--minutes", type=int, default=60, help="multiple of 12")
@@ -139,7 +176,7 @@ def main() -> None:
         app = App.open(settings)
         try:
             app.start(["grpc", "worker"])
-            project_id, _ = create_project(app.db, app.clock)
+            project_id, api_key = create_project(app.db, app.clock)
             _, token = issue_device_token(app.db, app.clock, project_id, None)
             channel = grpc.insecure_channel(f"127.0.0.1:{app.grpc_port}")
             client = Client(recordings=recording_pb2_grpc.RecordingServiceStub(channel),
@@ -150,7 +187,7 @@ def main() -> None:
 
             cpu0 = time.process_time()
             rec_id = upload_live(app, client, chunks)
-            started = time.perf_counter()
+            started, since = time.perf_counter(), app.clock.now()
             client.finalize(rec_id, chunks, duration_ms)
             outcome = wait_event(app, rec_id, ("transcription.completed",
                                                "transcription.failed"))
@@ -162,6 +199,8 @@ def main() -> None:
                 "SELECT t.text, t.skipped_ms FROM transcriptions t JOIN recordings r"
                 " ON r.transcription_id = t.id WHERE r.id = ?", [rec_id]).fetchone()
             busy, _, piece_ms = piece_stats(app, rec_id)
+            after_finalize = phases(app, rec_id, since)
+            server_s = server_whole_file(app, api_key, rec_id)
             engine = load_engine(str(args.model), Path(tmp), args.threads,  # not timed
                                  PROFILES[args.decoding])
             cpu0 = time.process_time()
@@ -181,6 +220,9 @@ def main() -> None:
           f"WER {speech.wer(reference, text):.2%}")
     print(f"  ratio live / whole-file: {live_s / whole_s:.3f}  (target <= 0.15; last chunk "
           f"alone is {1 / CHUNKS:.3f})")
+    print(f"  the server's whole-file path (request -> completed: transcription + speakers +"
+          f" index): {server_s:8.2f} s; ratio live / it: {live_s / server_s:.3f}")
+    print("  after finalize: " + ", ".join(f"{k} {a:.1f}-{b:.1f} s" for k, a, b in after_finalize))
     print(f"  live pieces: {piece_ms / 1000:.1f} s of audio in {busy:.1f} s of job time: "
           f"RTF {piece_ms / 1000 / busy:6.1f}x (with VAD skipping), "
           f"{speech_s / busy:6.1f}x over the speech only")

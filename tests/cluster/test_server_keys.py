@@ -19,7 +19,7 @@ import pytest
 from tapedeck.auth import ALL_SCOPES, Principal, UploadTokens, create_project
 from tapedeck.cli import reseal
 from tapedeck.clock import SystemClock
-from tapedeck.db import Database
+from tapedeck.db import open_database
 from tapedeck.errors import TapedeckError
 from tapedeck.server_keys import ServerKeys, derive
 from tapedeck.settings import Settings
@@ -123,7 +123,7 @@ def test_reseal_moves_file_sealed_secrets_under_the_secret_key(weed: ManagedWeed
         drop_bucket(weed, settings.s3_bucket)
     endpoint_id, secret = made.endpoint.id, made.secret
     moved = settings.replace(secret_key=KEY_A)
-    db = Database(settings.db_path)
+    db = open_database(settings.database_target)
     try:
         assert reseal(db, moved) == {"resealed": 1, "current": 0, "unreadable": 0}
         assert reseal(db, moved) == {"resealed": 0, "current": 1, "unreadable": 0}
@@ -141,7 +141,7 @@ def _two_api_nodes(weed: ManagedWeed, tmp_path: Path, secret_a: str,
     data dirs, one SQLite file, one bucket); the two PUT status codes (B, then A)."""
     a = make_settings(weed, tmp_path / "a", secret_key=secret_a)
     b = a.replace(data_dir=tmp_path / "b", secret_key=secret_b)
-    db = Database(a.db_path)
+    db = open_database(a.database_target)
     _, api_key = create_project(db, SystemClock())
     db.close()
     b.data_dir.mkdir(mode=0o700)

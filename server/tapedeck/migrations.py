@@ -337,6 +337,16 @@ def m_live_language_hint(db: Tx) -> None:
     db.execute("ALTER TABLE live_pieces ADD COLUMN language_hint TEXT")
 
 
+def m_live_piece_voices(db: Tx) -> None:
+    """``live_pieces.voice_spans`` (JSON ``{"regions": [[start, end], …], "spans": …}``, 10 ms
+    frames relative to the chunk's first sample) and ``voice_emb`` (the spans' window
+    embeddings, n x 256 float32, biometric data): the chunk's speech embedded for
+    diarization while the recording streams (``tapedeck.diarize.Embedded``). NULL = not
+    embedded. Cleared when the live transcription ends; deleted with the recording."""
+    db.execute("ALTER TABLE live_pieces ADD COLUMN voice_spans TEXT")
+    db.execute("ALTER TABLE live_pieces ADD COLUMN voice_emb BLOB")
+
+
 MIGRATIONS: list[Migration] = [
     m0001_core,
     m0002_job_runs,
@@ -355,6 +365,7 @@ MIGRATIONS: list[Migration] = [
     m_pgapi_search,
     m_ingest2_presigned_parts,
     m_live_language_hint,
+    m_live_piece_voices,
 ]
 
 

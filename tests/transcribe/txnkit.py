@@ -66,9 +66,11 @@ def device_chunks(pcm: bytes, chunk_ms: int) -> tuple[list[bytes], int]:
 
 # -- uploads -----------------------------------------------------------------------------------
 
-def upload_grpc(srv: RunningServer, token: str, chunks: list[bytes], duration_ms: int) -> str:
+def upload_grpc(srv: RunningServer, token: str, chunks: list[bytes], duration_ms: int,
+                before_finalize: Callable[[str], None] | None = None) -> str:
     """Create a streaming recording, upload the chunks (client streaming) and finalize with
-    the overall MD5, all over gRPC with ``token``. Returns the recording id."""
+    the overall MD5, all over gRPC with ``token`` (``before_finalize(recording_id)`` runs in
+    between). Returns the recording id."""
     md = auth(token)
     created = srv.recordings().CreateRecording(rpb.CreateRecordingRequest(
         streaming=True, codec=rpb.CODEC_OPUS, chunk_duration_ms=20_000), metadata=md)
@@ -76,6 +78,8 @@ def upload_grpc(srv: RunningServer, token: str, chunks: list[bytes], duration_ms
     stub = srv.chunks()
     for part, data in enumerate(chunks, start=1):
         stub.UploadChunk(chunk_messages(rec_id, part, data), metadata=md)
+    if before_finalize is not None:
+        before_finalize(rec_id)
     srv.recordings().FinalizeRecording(rpb.FinalizeRecordingRequest(
         id=rec_id, total_chunks=len(chunks), final_duration_ms=duration_ms,
         checksum_md5=hashlib.md5(b"".join(chunks)).hexdigest()), metadata=md)

@@ -10,9 +10,16 @@ Interface (independent of the transcription job):
 - ``label_transcript(segments, diarization)`` gives every segment and word its speaker;
   a segment whose words change speaker is split at the change.
 - ``Diarizer.voice(blocks)`` is one unit vector for a voice sample (enrollment).
+- ``Diarizer.embed(blocks)`` is the expensive half alone (speech regions and window
+  embeddings, an ``Embedded``); ``Diarizer.diarize_embedded(embedded, ...)`` the cheap half
+  (clustering and labels). ``diarize`` is the two in one call. Live transcription embeds
+  each chunk while it streams (``Embedded.shifted`` puts it on the recording's timeline,
+  ``Embedded.join`` concatenates the chunks) and only clusters at the end.
 
 Labels depend only on the audio (and options, profiles): transcribing in chunks or in one
-piece gives the same labels when the same final audio is diarized in one call.
+piece gives the same labels when the same final audio is diarized in one call; embedding
+chunk by chunk differs from embedding the whole only at the chunk boundaries (a region cut
+there is two regions, each embedded on its own side).
 
 Pipeline: Silero VAD regions → 1.6 s mel windows every 0.5 s → GE2E embeddings (numpy) →
 agglomerative clustering (count estimated unless given) → per 10 ms frame, the speaker whose
@@ -131,6 +138,32 @@ class Diarization:
         return min(self.turns, key=lambda t: max(t.start_ms - mid, mid - t.end_ms, 0.0)).label
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """The speech of some audio and its window embeddings: ``regions`` and ``spans`` in
+    10 ms frames on one timeline, ``emb`` one unit row (256 float32) per span."""
+
+    regions: tuple[Region, ...]
+    spans: tuple[tuple[int, int], ...]
+    emb: np.ndarray
+
+    def shifted(self, frames: int) -> Embedded:
+        """The same, ``frames`` later on the timeline."""
+        return Embedded(tuple(Region(r.start + frames, r.end + frames) for r in self.regions),
+                        tuple((a + frames, b + frames) for a, b in self.spans), self.emb)
+
+    @staticmethod
+    def join(parts: Sequence[Embedded]) -> Embedded:
+        """Consecutive parts (each later on the timeline than the one before) as one."""
+        embs = [p.emb for p in parts if len(p.emb)]
+        return Embedded(tuple(r for p in parts for r in p.regions),
+                        tuple(s for p in parts for s in p.spans),
+                        np.concatenate(embs) if embs else _NO_EMB)
+
+
+_NO_EMB = np.zeros((0, 256), np.float32)
+
+
 class Diarizer:
     """Holds one loaded encoder; thread-compatible (no state between calls). ``threads``
     caps numpy's BLAS threads during a call (1 is the most CPU-efficient: idle BLAS
@@ -140,8 +173,7 @@ class Diarizer:
         self._encoder = encoder or SpeakerEncoder()
         self._threads = threads
 
-    def _embed_blocks(self, blocks: Iterable[Block]) -> tuple[list[Region], list[tuple[int, int]],
-                                                                np.ndarray]:
+    def _embed_blocks(self, blocks: Iterable[Block]) -> Embedded:
         regions: list[Region] = []
         spans: list[tuple[int, int]] = []
         embs: list[np.ndarray] = []
@@ -152,11 +184,11 @@ class Diarizer:
             spans.extend(w.spans)
             if len(w.mels):
                 embs.append(self._encoder.embed(w.mels))
-        emb = np.concatenate(embs) if embs else np.zeros((0, 256), np.float32)
-        return regions, spans, emb
+        return Embedded(tuple(regions), tuple(spans),
+                        np.concatenate(embs) if embs else _NO_EMB)
 
-    def _embed_limited(self, blocks: Iterable[Block]) -> tuple[list[Region],
-                                                                list[tuple[int, int]], np.ndarray]:
+    def embed(self, blocks: Iterable[Block]) -> Embedded:
+        """Speech regions and window embeddings of ``blocks`` (the expensive half)."""
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=self._threads):
@@ -165,30 +197,39 @@ class Diarizer:
     def voice(self, blocks: Iterable[Block]) -> tuple[np.ndarray, int] | None:
         """``(unit mean embedding, speech ms)`` of the speech in ``blocks`` (one voice, e.g.
         an enrollment sample); None when it has too little speech to embed."""
-        regions, _, emb = self._embed_limited(blocks)
-        if len(emb) == 0:
+        e = self.embed(blocks)
+        if len(e.emb) == 0:
             return None
-        mean = emb.mean(0)
-        speech_ms = sum(r.end - r.start for r in regions) * FRAME_MS
+        mean = e.emb.mean(0)
+        speech_ms = sum(r.end - r.start for r in e.regions) * FRAME_MS
         return np.asarray(mean / max(float(np.linalg.norm(mean)), 1e-12), np.float32), speech_ms
 
     def diarize(self, blocks: Iterable[Block], options: DiarizeOptions | None = None,
                 profiles: Sequence[VoiceProfile] = ()) -> Diarization:
         """Who spoke when in ``blocks`` (see the module docstring)."""
         opts = (options or DiarizeOptions()).validate()
-        regions, spans, emb = self._embed_limited(blocks)
-        if not regions:
+        return self.diarize_embedded(self.embed(blocks), opts, profiles)
+
+    def diarize_embedded(self, embedded: Embedded, options: DiarizeOptions | None = None,
+                         profiles: Sequence[VoiceProfile] = ()) -> Diarization:
+        """Who spoke when, from what ``embed`` found (clustering and labels only)."""
+        opts = (options or DiarizeOptions()).validate()
+        if not embedded.regions:
             return Diarization((), ())
+        emb = embedded.emb
         if len(emb) == 0:  # speech too short to embed: one speaker
             labels, centroids = np.zeros(0, np.int64), np.zeros((1, 256))
         else:
-            labels, centroids = cluster(emb, Bounds(opts.min_speakers, opts.max_speakers,
-                                                    opts.speakers_expected))
-        frame_turns = _frame_turns(regions, spans, emb, labels, centroids)
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(limits=self._threads):
+                labels, centroids = cluster(emb, Bounds(opts.min_speakers, opts.max_speakers,
+                                                        opts.speakers_expected))
+        frame_turns = _frame_turns(embedded.regions, embedded.spans, emb, labels, centroids)
         return _name(frame_turns, centroids, profiles)
 
 
-def _frame_turns(regions: list[Region], spans: list[tuple[int, int]], emb: np.ndarray,
+def _frame_turns(regions: Sequence[Region], spans: Sequence[tuple[int, int]], emb: np.ndarray,
                  labels: np.ndarray, centroids: np.ndarray) -> list[tuple[int, int, int]]:
     """``(start_frame, end_frame, cluster)`` runs over the speech regions: each frame goes to
     the cluster with the highest summed similarity over the windows covering it (a frame no
@@ -310,6 +351,7 @@ __all__ = [
     "DiarizeOptions",
     "DiarizeOptionsError",
     "Diarizer",
+    "Embedded",
     "Speaker",
     "Turn",
     "VoiceProfile",

@@ -19,6 +19,11 @@ complete, or by ``Transcriptions.request`` on demand. One run:
    diarized in ONE call of ``tapedeck.diarize`` over the whole audio (decoded again window
    by window; the project's voice profiles name matched speakers): every segment and word
    gets its ``speaker``, segments changing speaker are split, the row gets ``speakers``.
+   A live transcription is instead assembled from its pieces and clustered from the window
+   embeddings the pieces made while the recording streamed (``Diarizer.diarize_embedded``
+   over the joined timeline: one clustering, no second decode of the audio); a piece
+   without them is embedded from its chunk now. Its pieces' embeddings are dropped with the
+   transcription's terminal event (biometric data kept no longer than it serves).
 4. ONE transaction: job ``succeeded`` (lease checked), the row ``completed`` with text,
    segments (words inside), word count, language, provider, model and duration, the
    recording's ``transcription_status`` ``completed``, event ``transcription.completed``
@@ -81,7 +86,13 @@ from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
     from tapedeck.app import App
-    from tapedeck.diarize import Diarizer
+    from tapedeck.diarize import (
+        Diarization,
+        DiarizeOptions,
+        Diarizer,
+        Embedded,
+        VoiceProfile,
+    )
 
 log = logging.getLogger("tapedeck.transcribe")
 
@@ -96,6 +107,27 @@ DiarizerFactory = Callable[[], "Diarizer"]
 
 class _EngineRetry(Exception):
     """An engine failure worth another attempt (transient for the queue)."""
+
+
+class LazyDiarizer:
+    """The speaker diarizer, built by ``factory`` on first use and kept; ``get()`` is None
+    when diarization is off (no factory) or its weights are not installed (logged once).
+    Callers serialize ``get()`` (each handler holds its lock)."""
+
+    def __init__(self, factory: DiarizerFactory | None) -> None:
+        self._factory = factory
+        self._diarizer: Diarizer | None = None
+
+    def get(self) -> Diarizer | None:
+        if self._diarizer is None and self._factory is not None:
+            from tapedeck.diarize.weights import WeightsUnavailable
+
+            try:
+                self._diarizer = self._factory()
+            except WeightsUnavailable as exc:
+                log.warning("no diarization on this worker: %s", exc)
+                self._factory = None
+        return self._diarizer
 
 
 class TranscribeHandler:
@@ -116,8 +148,7 @@ class TranscribeHandler:
         self._lock = threading.Lock()  # one transcription at a time on the one engine
         self._max_attempts = max_attempts
         self._fp = failpoints or Failpoints()
-        self._diarizer_factory = diarizer_factory
-        self._diarizer: Diarizer | None = None
+        self._diarizer = LazyDiarizer(diarizer_factory)
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, run: JobRun) -> None:
@@ -133,8 +164,8 @@ class TranscribeHandler:
         started = time.monotonic()
         live = self._assemble_live(run, txn) if txn.live else None
         if live is not None:
-            transcript, skipped = live
-            transcript, speakers = self._label_live(run, audio_key, transcript, txn)
+            transcript, skipped, voices = live
+            transcript, speakers = self._label_live(run, audio_key, transcript, txn, voices)
         else:
             (transcript, speakers), skipped = self._transcribe(run, audio_key, codec, txn), None
         log.info("transcription %s: %d ms of audio, %d words, language %s, %s speakers,"
@@ -143,12 +174,22 @@ class TranscribeHandler:
                  time.monotonic() - started)
         self._finish(run, txn, transcript, speakers, skipped)
 
-    def _label_live(self, run: JobRun, key: str, t: Transcript, txn: Transcription
-                    ) -> tuple[Transcript, list[dict[str, Any]] | None]:
-        """Speakers of an assembled live transcript: the same single diarization over the
-        stitched audio as the whole-file path (``_speakers``), so both give the same labels."""
-        if not txn.speaker_options.diarize or self._diarizer_factory is None:
+    def _label_live(self, run: JobRun, key: str, t: Transcript, txn: Transcription,
+                    voices: Embedded | None) -> tuple[Transcript, list[dict[str, Any]] | None]:
+        """Speakers of an assembled live transcript: one diarization of the whole recording,
+        clustered from the window embeddings its pieces made while it streamed (``voices``);
+        without them (a piece predates them), over the stitched audio as ``_speakers`` does.
+        Either way one clustering over the whole timeline, so labels are consistent."""
+        if not txn.speaker_options.diarize:
             return t, None
+        with self._lock:
+            diarizer = self._diarizer.get()
+            if diarizer is None:
+                return t, None
+            if voices is not None:
+                log.info("transcription %s: speakers from the live pieces' %d windows",
+                         txn.id, len(voices.emb))
+                return self._apply(diarizer.diarize_embedded(voices, *self._known(txn)), t)
         with tempfile.TemporaryFile() as spool:
             self._download(key, spool)
             spool.seek(0)
@@ -158,16 +199,19 @@ class TranscribeHandler:
             except TranscriptionFailed as exc:
                 raise self._failure(run, exc) from exc
 
-    def _assemble_live(self, run: JobRun, txn: Transcription) -> tuple[Transcript, int] | None:
-        """The transcript assembled from the live pieces (``tapedeck.transcribe.live_job``), or
-        None (a piece failed, a chunk is gone): then the whole file is transcribed."""
+    def _assemble_live(self, run: JobRun, txn: Transcription
+                       ) -> tuple[Transcript, int, Embedded | None] | None:
+        """``(transcript, skipped ms, embedded speech)`` assembled from the live pieces
+        (``tapedeck.transcribe.live_job.assemble``), or None (a piece failed, a chunk is
+        gone): then the whole file is transcribed."""
         from tapedeck.transcribe.live_job import assemble
 
         with self._lock:
             engine = self._engine_for(run)
+            diarizer = self._diarizer.get() if txn.speaker_options.diarize else None
             try:
                 done = assemble(self._db, self._store, self._clock, txn.recording_id, engine,
-                                txn.language, check=run.check)
+                                txn.language, check=run.check, diarizer=diarizer)
             except TranscriptionFailed as exc:
                 log.warning("transcription %s: live assembly failed (%s); whole file instead",
                             txn.id, exc)
@@ -176,7 +220,7 @@ class TranscribeHandler:
             return None
         log.info("transcription %s assembled from live pieces (%d redone now)", txn.id,
                  done.redone)
-        return done.transcript, done.skipped_ms
+        return done.transcript, done.skipped_ms, done.voices
 
     def _audio(self, recording_id: str) -> tuple[str, str]:
         """``(store key, codec)`` of the recording's complete audio (``missing_audio`` if
@@ -226,29 +270,32 @@ class TranscribeHandler:
         """The final segments labelled by speaker (``tapedeck.diarize``, one call over the
         whole audio) and the speakers list; ``(t, None)`` when diarization is off for this
         request or this worker (setting ``diarize``, or its weights are not installed)."""
-        if not txn.speaker_options.diarize or self._diarizer_factory is None:
+        diarizer = self._diarizer.get() if txn.speaker_options.diarize else None
+        if diarizer is None:
             return t, None
-        from tapedeck.diarize import DiarizeOptions, label_transcript
-        from tapedeck.diarize.weights import WeightsUnavailable
-        from tapedeck.domain.voice_profiles import project_profiles
         from tapedeck.transcribe.decode import iter_pcm, iter_windows
-
-        if self._diarizer is None:
-            try:
-                self._diarizer = self._diarizer_factory()
-            except WeightsUnavailable as exc:
-                log.warning("transcription %s is not diarized: %s", txn.id, exc)
-                return t, None
-        o = txn.speaker_options
-        options = DiarizeOptions(o.min_speakers, o.max_speakers, o.speakers_expected)
-        profiles = project_profiles(self._db.read(), txn.project_id)
 
         def blocks() -> Iterable[tuple[int, Any]]:
             for window in iter_windows(iter_pcm(audio)):
                 yield window.start, window.samples
                 run.check()
 
-        diarization = self._diarizer.diarize(blocks(), options, profiles)
+        return self._apply(diarizer.diarize(blocks(), *self._known(txn)), t)
+
+    def _known(self, txn: Transcription) -> tuple[DiarizeOptions, list[VoiceProfile]]:
+        """The request's speaker-count options and the project's voice profiles."""
+        from tapedeck.diarize import DiarizeOptions
+        from tapedeck.domain.voice_profiles import project_profiles
+
+        o = txn.speaker_options
+        return (DiarizeOptions(o.min_speakers, o.max_speakers, o.speakers_expected),
+                project_profiles(self._db.read(), txn.project_id))
+
+    @staticmethod
+    def _apply(diarization: Diarization, t: Transcript
+               ) -> tuple[Transcript, list[dict[str, Any]]]:
+        from tapedeck.diarize import label_transcript
+
         segments, speakers = label_transcript(t.segments, diarization)
         return replace(t, segments=tuple(segments)), [s.to_json() for s in speakers]
 
@@ -319,6 +366,10 @@ class TranscribeHandler:
     def _terminal_event(self, tx: Tx, txn: Transcription,
                         status: str) -> None:
         self._set_recording_status(tx, txn, status)
+        if txn.live:  # the pieces' embeddings served this one assembly (biometric data)
+            from tapedeck.transcribe.live_job import forget_voices
+
+            forget_voices(tx, txn.recording_id)
         fresh = load_transcription(tx, txn.id)
         assert fresh is not None
         emit(tx, self._clock, txn.project_id, f"transcription.{status}", fresh.event_data(),

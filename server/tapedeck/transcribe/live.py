@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from faster_whisper.vad import VadOptions, get_speech_timestamps
@@ -41,7 +42,18 @@ from tapedeck.transcribe import (
     Word,
     _run_engine,
 )
-from tapedeck.transcribe.decode import SAMPLE_RATE, Samples, UndecodableAudio, iter_pcm, quietest_cut
+from tapedeck.transcribe.decode import (
+    SAMPLE_RATE,
+    PcmPiece,
+    Samples,
+    UndecodableAudio,
+    iter_pcm,
+    iter_windows,
+    quietest_cut,
+)
+
+if TYPE_CHECKING:
+    from tapedeck.diarize import Diarizer, Embedded
 
 #: Audio of the previous chunk transcribed again with this one (covers a cut word).
 OVERLAP_MS = 4000
@@ -171,7 +183,15 @@ def transcribe_piece(engine: TranscriptionEngine, chunk: bytes, prev: bytes | No
                      language: str | None, check: Callable[[], None] | None = None) -> Piece:
     """Transcribe one chunk (see the module docstring); ``check()`` runs between engine
     calls (the job's lease check)."""
-    audio, overlap, delta48, samples48 = piece_audio(chunk, prev)
+    return transcribe_decoded(engine, piece_audio(chunk, prev), language, check)
+
+
+def transcribe_decoded(engine: TranscriptionEngine,
+                       decoded: tuple[Samples, int, int | None, int], language: str | None,
+                       check: Callable[[], None] | None = None) -> Piece:
+    """``transcribe_piece`` of what ``piece_audio`` decoded (so the caller can also
+    ``embed_piece`` the same audio without decoding it twice)."""
+    audio, overlap, delta48, samples48 = decoded
     segments, detected, spans = transcribe_audio(engine, audio, overlap, language, check)
     # Reported over the chunk's own audio (the overlap is the previous piece's to report).
     own = sum(max(0, e - max(s, overlap)) for s, e in spans)
@@ -179,6 +199,14 @@ def transcribe_piece(engine: TranscriptionEngine, chunk: bytes, prev: bytes | No
     speech_ms = own * 1000 // SAMPLE_RATE
     return Piece(delta48, samples48, overlap * 1000 // SAMPLE_RATE, detected, tuple(segments),
                  speech_ms, max(0, own_ms - speech_ms), language)
+
+
+def embed_piece(diarizer: Diarizer, audio: Samples, overlap: int) -> Embedded:
+    """The chunk's own speech (``audio[overlap:]`` of ``piece_audio``: decoded with its
+    predecessor, as in the stitched file) embedded for diarization, in frames relative to
+    the chunk's first sample, cut into blocks as the whole file is (``iter_windows``)."""
+    own = PcmPiece(0, np.asarray(audio[overlap:], np.float32))
+    return diarizer.embed((w.start, w.samples) for w in iter_windows([own]))
 
 
 def transcribe_audio(engine: TranscriptionEngine, audio: Samples, shift: int,

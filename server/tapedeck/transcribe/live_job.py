@@ -7,10 +7,14 @@ One run:
    same chunk and previous-chunk bytes with the same language hint (``language_for``: a
    duplicate job, a re-run after a crash).
 2. The chunk and the previous one are read with the stitcher's reader (``read_object`` of
-   the part's current object: the store is the truth) and transcribed (``transcribe_piece``); between
-   windows the lease is checked.
-3. ONE transaction: job ``succeeded`` (lease checked) and the ``live_pieces`` row upserted.
-   A re-run overwrites the same row: nothing is doubled.
+   the part's current object: the store is the truth), decoded once, transcribed
+   (``transcribe_decoded``; between windows the lease is checked) and, when the worker
+   diarizes, its own speech embedded (``embed_piece``: the expensive half of diarization,
+   done while the recording streams; the assembly only clusters).
+3. ONE transaction: job ``succeeded`` (lease checked) and the ``live_pieces`` row upserted
+   (segments, and the window embeddings in ``voice_spans``/``voice_emb``). A re-run
+   overwrites the same row: nothing is doubled. The embeddings are biometric data: they are
+   dropped when the live transcription ends (``forget_voices``) and with the recording.
 Failures: undecodable chunk bytes fail the job at once, engine errors after
 ``ENGINE_ATTEMPTS`` runs, others after the queue's attempts; ``on_failure`` stores the piece
 as ``failed`` (with the MD5s), and the assembly then transcribes the whole file instead.
@@ -38,6 +42,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
 from tapedeck.domain.live import (
@@ -64,12 +70,19 @@ from tapedeck.transcribe import (
     Word,
     _assemble,
 )
-from tapedeck.transcribe.job import ENGINE_ATTEMPTS, EngineFactory
-from tapedeck.transcribe.live import Piece, transcribe_piece
+from tapedeck.transcribe.job import (
+    ENGINE_ATTEMPTS,
+    DiarizerFactory,
+    EngineFactory,
+    LazyDiarizer,
+    diarizer_factory,
+)
+from tapedeck.transcribe.live import Piece, embed_piece, piece_audio, transcribe_decoded
 from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
     from tapedeck.app import App
+    from tapedeck.diarize import Diarizer, Embedded
 
 log = logging.getLogger("tapedeck.transcribe.live")
 
@@ -120,26 +133,62 @@ def piece_json(piece: Piece) -> str:
 
 
 def store_piece(tx: Tx, clock: Clock, recording_id: str, part: int,
-                inputs: _Inputs, piece: Piece | None, error: str | None = None) -> None:
-    """Upsert the piece row (``failed`` when ``piece`` is None)."""
+                inputs: _Inputs, piece: Piece | None, error: str | None = None,
+                voice: Embedded | None = None) -> None:
+    """Upsert the piece row (``failed`` when ``piece`` is None) with its speech embedded
+    for diarization (``voice``; None: not embedded)."""
+    spans, emb = _voice_columns(voice)
     tx.execute(
         "INSERT INTO live_pieces (recording_id, part, md5, prev_md5, status, delta48,"
         " samples48, overlap_ms, language, segments, speech_ms, skipped_ms, error, updated_at,"
-        " language_hint)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (recording_id, part)"
+        " language_hint, voice_spans, voice_emb)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (recording_id, part)"
         " DO UPDATE SET md5 = excluded.md5, prev_md5 = excluded.prev_md5, status ="
         " excluded.status, delta48 = excluded.delta48, samples48 = excluded.samples48,"
         " overlap_ms = excluded.overlap_ms, language = excluded.language, segments ="
         " excluded.segments, speech_ms = excluded.speech_ms, skipped_ms = excluded.skipped_ms,"
         " error = excluded.error, updated_at = excluded.updated_at,"
-        " language_hint = excluded.language_hint",
+        " language_hint = excluded.language_hint, voice_spans = excluded.voice_spans,"
+        " voice_emb = excluded.voice_emb",
         [recording_id, part, inputs.md5, inputs.prev_md5,
          "done" if piece is not None else "failed",
          piece.delta48 if piece else None, piece.samples48 if piece else 0,
          piece.overlap_ms if piece else 0, piece.language if piece else None,
          piece_json(piece) if piece else "[]", piece.speech_ms if piece else 0,
          piece.skipped_ms if piece else 0, error, iso(clock.now()),
-         (piece.hint or "") if piece else None])
+         (piece.hint or "") if piece else None, spans, emb])
+
+
+def _voice_columns(voice: Embedded | None) -> tuple[str | None, bytes | None]:
+    if voice is None:
+        return None, None
+    spans = {"regions": [[r.start, r.end] for r in voice.regions],
+             "spans": [list(sp) for sp in voice.spans]}
+    return (json.dumps(spans, separators=(",", ":")),
+            np.ascontiguousarray(voice.emb, np.float32).tobytes())
+
+
+def load_voices(db: Any, recording_id: str) -> dict[int, Embedded]:
+    """The embedded pieces of a recording by part (chunk-relative frames)."""
+    from tapedeck.diarize import Embedded
+    from tapedeck.diarize.segment import Region
+
+    out: dict[int, Embedded] = {}
+    for part, spans, emb in db.execute(
+            "SELECT part, voice_spans, voice_emb FROM live_pieces WHERE recording_id = ?"
+            " AND status = 'done' AND voice_spans IS NOT NULL", [recording_id]).fetchall():
+        doc = json.loads(spans)
+        out[part] = Embedded(tuple(Region(a, b) for a, b in doc["regions"]),
+                             tuple((a, b) for a, b in doc["spans"]),
+                             np.frombuffer(bytes(emb), np.float32).reshape(-1, 256).copy())
+    return out
+
+
+def forget_voices(tx: Tx, recording_id: str) -> None:
+    """Drop the pieces' window embeddings (biometric data needed only by the assembly)."""
+    tx.execute("UPDATE live_pieces SET voice_spans = NULL, voice_emb = NULL"
+               " WHERE recording_id = ? AND voice_spans IS NOT NULL", [recording_id])
 
 
 def first_language(pieces: dict[int, PieceRow]) -> str | None:
@@ -170,9 +219,13 @@ class LiveTranscribeHandler:
 
     def __init__(self, db: Database, store: ObjectStore, clock: Clock,
                  engine_factory: EngineFactory, *, max_attempts: int = 12,
-                 failpoints: Failpoints | None = None) -> None:
-        """Failpoint (tests): ``live_transcribe.started`` once the chunk was read."""
+                 failpoints: Failpoints | None = None,
+                 diarizer_factory: DiarizerFactory | None = None) -> None:
+        """``diarizer_factory`` (None = no diarization): each piece's speech is also
+        embedded for the speakers. Failpoint (tests): ``live_transcribe.started`` once the
+        chunk was read."""
         self._fp = failpoints or Failpoints()
+        self._diarizer = LazyDiarizer(diarizer_factory)
         self._db = db
         self._store = store
         self._clock = clock
@@ -202,8 +255,8 @@ class LiveTranscribeHandler:
         with self._lock:
             engine = self._engine_for()
             try:
-                piece = transcribe_piece(engine, inputs.chunk, inputs.prev, language,
-                                         check=run.check)
+                piece, voice = make_piece(engine, self._diarizer.get(), inputs, language,
+                                          run.check)
             except TranscriptionFailed as exc:
                 if exc.reason == "engine_error" and run.job.attempts < min(
                         ENGINE_ATTEMPTS, self._max_attempts):
@@ -212,9 +265,10 @@ class LiveTranscribeHandler:
                                 md5=inputs.md5, prev_md5=inputs.prev_md5) from exc
         with self._db.write() as tx:
             run.complete(tx)
-            store_piece(tx, self._clock, recording_id, part, inputs, piece)
-        log.info("recording %s part %d: %d segments, %d ms speech, %d ms skipped", recording_id,
-                 part, len(piece.segments), piece.speech_ms, piece.skipped_ms)
+            store_piece(tx, self._clock, recording_id, part, inputs, piece, voice=voice)
+        log.info("recording %s part %d: %d segments, %d ms speech, %d ms skipped, %s windows",
+                 recording_id, part, len(piece.segments), piece.speech_ms, piece.skipped_ms,
+                 "no" if voice is None else len(voice.emb))
 
     def _engine_for(self) -> TranscriptionEngine:
         if self._engine is None:
@@ -239,6 +293,16 @@ class LiveTranscribeHandler:
         store_piece(tx, self._clock, recording_id, part, inputs, None, failure.to_json())
 
 
+def make_piece(engine: TranscriptionEngine, diarizer: Diarizer | None, inputs: _Inputs,
+               language: str | None, check: Callable[[], None] | None = None
+               ) -> tuple[Piece, Embedded | None]:
+    """The chunk's piece and (with a diarizer) its speech embedded, from ONE decode."""
+    decoded = piece_audio(inputs.chunk, inputs.prev)
+    piece = transcribe_decoded(engine, decoded, language, check)
+    voice = embed_piece(diarizer, decoded[0], decoded[1]) if diarizer is not None else None
+    return piece, voice
+
+
 def _lower_priority() -> None:
     """Nice this thread (and the threads it creates from now on) on Linux."""
     with contextlib.suppress(AttributeError, OSError):  # other platforms: no effect
@@ -254,15 +318,21 @@ class Assembled:
     transcript: Transcript
     skipped_ms: int
     redone: int
+    #: The recording's speech embedded for diarization, on the stitched timeline (None:
+    #: no diarizer was given).
+    voices: Embedded | None = None
 
 
 def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
              engine: TranscriptionEngine, language: str | None,
-             check: Callable[[], None] | None = None) -> Assembled | None:
+             check: Callable[[], None] | None = None,
+             diarizer: Diarizer | None = None) -> Assembled | None:
     """The live transcript of a stitched recording from its pieces, transcribing now the
     pieces that are missing or stale (made from other bytes, or with another language than
     ``language_for`` calls for at their place). None when a piece failed or a chunk is no
-    longer readable: the caller then transcribes the whole file."""
+    longer readable: the caller then transcribes the whole file. With a ``diarizer``, also
+    the pieces' embedded speech on the stitched timeline (``voices``), embedding now the
+    pieces that were stored without."""
     read = db.read()
     snapshot = dict(read.execute("SELECT part, md5 FROM chunks WHERE recording_id = ?"
                                  " ORDER BY part", [recording_id]).fetchall())
@@ -284,7 +354,8 @@ def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
             log.info("recording %s: piece %d failed; whole-file path", recording_id, part)
             return None
         if pc is None or not _valid(pc, want, hint):
-            pc = _redo(db, store, clock, recording_id, part, engine, hint, want, check)
+            pc = _redo(db, store, clock, recording_id, part, engine, hint, want, check,
+                       diarizer)
             if pc is None:
                 return None
             redone += 1
@@ -292,7 +363,42 @@ def assemble(db: Database, store: ObjectStore, clock: Clock, recording_id: str,
     segments = merge(place(list(chain.values())))
     transcript = transcript_from_segments(segments, language or first_language(chain),
                                           engine.model, int(row[0]))
-    return Assembled(transcript, sum(p.skipped_ms for p in chain.values()), redone)
+    voices = None
+    if diarizer is not None:
+        voices = _timeline_voices(db, store, recording_id, chain, diarizer, snapshot)
+        if voices is None:
+            return None
+    return Assembled(transcript, sum(p.skipped_ms for p in chain.values()), redone, voices)
+
+
+#: 48 kHz samples per 10 ms diarization frame.
+_FRAME48 = 480
+
+
+def _timeline_voices(db: Database, store: ObjectStore, recording_id: str,
+                     chain: dict[int, PieceRow], diarizer: Diarizer,
+                     snapshot: dict[int, Any]) -> Embedded | None:
+    """Every piece's embedded speech shifted to its chunk's start on the stitched timeline
+    (the sum of the deltas, as ``place`` does); a piece stored without is embedded now from
+    its pinned bytes (None when they are no longer readable)."""
+    from tapedeck.diarize import Embedded
+
+    stored = load_voices(db.read(), recording_id)
+    parts: list[Embedded] = []
+    start48 = 0
+    for i, (part, pc) in enumerate(sorted(chain.items())):
+        if i:
+            assert pc.delta48 is not None
+            start48 += pc.delta48
+        voice = stored.get(part)
+        if voice is None:
+            inputs = read_inputs(store, recording_id, part)
+            if inputs is None or inputs.md5 != snapshot.get(part):
+                return None
+            audio, overlap, _, _ = piece_audio(inputs.chunk, inputs.prev)
+            voice = embed_piece(diarizer, audio, overlap)
+        parts.append(voice.shifted(start48 // _FRAME48))
+    return Embedded.join(parts)
 
 
 def _valid(pc: PieceRow | None, want: tuple[Any, Any], hint: str | None) -> bool:
@@ -334,13 +440,13 @@ def wait_for_live_piece(db: Database, clock: Clock, recording_id: str, part: int
 
 def _redo(db: Database, store: ObjectStore, clock: Clock, recording_id: str, part: int,
           engine: TranscriptionEngine, language: str | None, want: tuple[Any, Any],
-          check: Callable[[], None] | None) -> PieceRow | None:
+          check: Callable[[], None] | None, diarizer: Diarizer | None) -> PieceRow | None:
     inputs = read_inputs(store, recording_id, part)
     if inputs is None or (inputs.md5, inputs.prev_md5) != want:
         return None
-    piece = transcribe_piece(engine, inputs.chunk, inputs.prev, language, check=check)
+    piece, voice = make_piece(engine, diarizer, inputs, language, check)
     with db.write() as tx:
-        store_piece(tx, clock, recording_id, part, inputs, piece)
+        store_piece(tx, clock, recording_id, part, inputs, piece, voice=voice)
     return load_pieces(db.read(), recording_id).get(part)
 
 
@@ -384,4 +490,5 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
 
     return LiveTranscribeHandler(app.db, app.store, app.clock, build,
                                  max_attempts=settings.job_max_attempts,
-                                 failpoints=Failpoints(settings.test_only_failpoints))
+                                 failpoints=Failpoints(settings.test_only_failpoints),
+                                 diarizer_factory=diarizer_factory(app))

@@ -120,14 +120,15 @@ def piece_stats(app: App, rec_id: str) -> tuple[float, float, float]:
 
 
 def phases(app: App, rec_id: str, since: datetime) -> list[tuple[str, float, float]]:
-    """``(kind, start s, end s)`` after ``since`` of the recording's job runs that began then
-    (what finalize -> completed spent its time on)."""
+    """``(kind, start s, end s)`` relative to ``since`` of the recording's job runs that
+    ended after it (what finalize -> completed spent its time on; a live piece that was
+    still running at finalize starts at a negative time)."""
     out = []
     for kind, start, end in app.db.read().execute(
             "SELECT j.kind, r.started_at, r.finished_at FROM job_runs r JOIN jobs j"
             " ON j.id = r.job_id WHERE j.recording_id = ? ORDER BY r.started_at", [rec_id]):
         a, b = parse_iso(start), parse_iso(end)
-        if a is not None and b is not None and a >= since:
+        if a is not None and b is not None and b >= since:
             out.append((str(kind), (a - since).total_seconds(), (b - since).total_seconds()))
     return out
 

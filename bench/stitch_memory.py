@@ -123,7 +123,7 @@ def child(mode: str, env: dict[str, str]) -> None:
     if mode == "baseline":  # the handler's own reference is what its stitch reads through
         stitch_handler.verified_chunks = whole_chunks  # type: ignore[assignment]
     app = App.open(settings_of(json.loads(env["settings"])))
-    worker = Worker(queue_for(app), {"stitch": stitch_handler.build_handler(app)},
+    worker = Worker(queue_for(app.runtime), {"stitch": stitch_handler.build_handler(app.runtime)},
                     f"bench-{mode}")
     before = status_kib("VmRSS")
     start = time.perf_counter()

@@ -94,7 +94,7 @@ def run(app: App, chunks: list[bytes], args: argparse.Namespace) -> None:
     p = app.domain.auth.authenticate(f"Bearer {key}")
     print(f"uploading {args.runs + 1} recordings of {len(chunks)} chunks ...", flush=True)
     recs = [finalized_recording(app, p, chunks, args.minutes) for _ in range(args.runs + 1)]
-    worker = Worker(queue_for(app), {"stitch": build_handler(app)}, "bench")
+    worker = Worker(queue_for(app.runtime), {"stitch": build_handler(app.runtime)}, "bench")
     # Warm-up (connections, page cache, imports), then check the result once.
     byte_copy(app.store, recs[0], len(chunks), "bench/copy-warmup")
     assert worker.run_once() == "succeeded"

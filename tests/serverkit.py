@@ -139,7 +139,8 @@ class RunningServer:
 def start_server(settings: Settings, roles: Iterable[str] = ("grpc",),
                  clock: Clock | None = None) -> RunningServer:
     """Open and start an in-process server, with a bootstrapped project."""
-    app = App.open(settings, clock=clock or SystemClock())
+    roles = list(roles)
+    app = App.open(settings, clock=clock or SystemClock(), roles=roles)
     app.start(roles)
     project_id, key = create_project(app.db, app.clock)
     return RunningServer(app=app, project_id=project_id, api_key=key)

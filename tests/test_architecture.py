@@ -144,6 +144,45 @@ def test_only_the_domain_imports_private_domain_modules() -> None:
     assert not offenders, offenders
 
 
+#: The modules that assemble a process and so may import ``tapedeck.app``; every other
+#: module (roles and job handlers included) gets a ``tapedeck.runtime.Runtime`` instead.
+APP_USERS = ("tapedeck.app", "tapedeck.cli", "tapedeck.__main__")
+#: What ``tapedeck.runtime`` must not load, even indirectly: it is a leaf that roles import.
+NOT_UNDER_RUNTIME = ("tapedeck.app", "tapedeck.cli", "tapedeck.domain", "tapedeck.grpc_api",
+                     "tapedeck.gateway", "tapedeck.worker", "tapedeck.sweeper",
+                     "tapedeck.webhooks", "tapedeck.stitch", "tapedeck.transcribe",
+                     "tapedeck.diarize")
+
+
+def app_importers(graph: dict[str, set[str]]) -> list[str]:
+    """Modules outside ``APP_USERS`` that import ``tapedeck.app`` at module level or under
+    ``TYPE_CHECKING`` (the edges of ``import_graph``)."""
+    return sorted(m for m, deps in graph.items() if "tapedeck.app" in deps and m not in APP_USERS)
+
+
+def closure(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` loads, itself included."""
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo.extend(graph[m])
+    return seen
+
+
+def test_only_the_assembly_imports_the_app() -> None:
+    offenders = app_importers(import_graph())
+    assert not offenders, f"import tapedeck.runtime.Runtime, not tapedeck.app: {offenders}"
+
+
+def test_runtime_is_a_leaf() -> None:
+    loaded = closure(import_graph(), "tapedeck.runtime")
+    offenders = sorted(m for m in loaded if m.startswith(NOT_UNDER_RUNTIME))
+    assert not offenders, offenders
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for rel, text in files.items():
         path = root / rel
@@ -183,3 +222,16 @@ def test_private_import_rule_can_fail(tmp_path: Path, text: str) -> None:
                       "tapedeck/domain/_base.py": "", "tapedeck/x.py": text})
     graph = import_graph(tmp_path)
     assert "tapedeck.domain._base" in graph["tapedeck.x"]
+
+
+@pytest.mark.parametrize("text", [
+    "from tapedeck.app import App\n",
+    "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from tapedeck.app import App\n",
+])
+def test_app_import_rule_can_fail(tmp_path: Path, text: str) -> None:
+    """A role importing the ``App`` (at module level or for typing) is found; the assembly
+    (``cli``) and a function-level import are not offenders."""
+    _write(tmp_path, {"tapedeck/__init__.py": "", "tapedeck/app.py": "", "tapedeck/role.py": text,
+                      "tapedeck/cli.py": text,
+                      "tapedeck/lazy.py": "def f():\n    from tapedeck.app import App\n"})
+    assert app_importers(import_graph(tmp_path)) == ["tapedeck.role"]

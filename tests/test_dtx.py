@@ -61,7 +61,8 @@ def project(weed: ManagedWeed, tmp_path: Path) -> Iterator[Project]:
 
 def stitched(project: Project, chunks: list[EncodedChunk], path: Path) -> Path:
     rec_id = streaming_recording(project, [c.data for c in chunks], round(TOTAL_S * 1000))
-    worker = Worker(queue_for(project.app), {"stitch": build_handler(project.app)}, "test")
+    runtime = project.app.runtime
+    worker = Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "test")
     assert worker.run_once() == "succeeded"
     row = recording_row(project, rec_id)
     assert row["status"] == "completed" and row["duration_ms"] == round(TOTAL_S * 1000)

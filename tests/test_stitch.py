@@ -60,8 +60,8 @@ def project(weed: ManagedWeed, tmp_path: Path) -> Iterator[Project]:
 
 def stitch_worker(project: Project, queue: JobQueue | None = None) -> Worker:
     """A claim loop that runs only stitch jobs (transcribe jobs stay queued)."""
-    return Worker(queue or queue_for(project.app), {"stitch": build_handler(project.app)},
-                  "test")
+    runtime = project.app.runtime
+    return Worker(queue or queue_for(runtime), {"stitch": build_handler(runtime)}, "test")
 
 
 def fetch(project: Project, key: str, path: Path) -> Path:
@@ -263,7 +263,7 @@ def test_deleted_recording_job_is_a_no_op(project: Project) -> None:
     with project.app.db.write() as tx:
         tx.execute("DELETE FROM recordings WHERE id = ?", [rec_id])
     assert stitch_worker(project).run_once() == "succeeded"
-    job = queue_for(project.app).get(job_id)
+    job = queue_for(project.app.runtime).get(job_id)
     assert job is not None and job["status"] == "succeeded"
 
 

@@ -348,9 +348,11 @@ def test_signals_fire_after_the_enqueue_committed(weed: ManagedWeed, tmp_path: P
                                      [kind]).fetchone()[0]
         seen.append((kind, count))
 
-    project.app.domain.ctx.job_signals.subscribe(listener)
+    runtime = project.app.runtime
+    assert project.app.domain.ctx.job_signals is runtime.job_signals  # one per process
+    runtime.job_signals.subscribe(listener)
     chunks = [c.data for c in continuous_chunks(4.0, 2_000)]
-    stitcher = Worker(queue_for(project.app), {"stitch": build_handler(project.app)}, "t")
+    stitcher = Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "t")
     try:
         streaming_recording(project, chunks, 4_000)
         single_file_recording(project, b"".join(chunks[:1]))

@@ -1,16 +1,20 @@
 """Assembles a running Tapedeck from ``Settings``: store, database, domain and the process
 roles (gRPC API, REST gateway, job workers, webhook dispatcher, sweeper).
 
-Nothing is created at import time; ``App.open`` builds every client from settings, and
-``App.start(roles)`` starts the requested roles. ``tapedeck serve`` starts them all.
+Nothing is created at import time; ``App.open`` builds every client from settings, binds
+the sockets of the roles that listen, and bundles the clients in the process's ``Runtime``
+(``tapedeck.runtime``); ``App.start(roles)`` starts the requested roles, each given the
+runtime and what else it needs, never the ``App``. ``tapedeck serve`` starts them all.
 Each ``App`` has its own ``Metrics`` registry; the store it hands out is a ``MeteredStore``.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,9 +25,10 @@ from tapedeck.db import open_database as connect_database
 from tapedeck.domain import Domain
 from tapedeck.errors import TapedeckError
 from tapedeck.health import Health, database_check, store_check
+from tapedeck.jobs import JobSignals
 from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
 from tapedeck.private import private_dir, tighten_tree
-from tapedeck.server_keys import check_secret_key
+from tapedeck.runtime import Runtime
 from tapedeck.settings import Settings
 from tapedeck.sql import database_errors
 from tapedeck.startup import (
@@ -37,7 +42,8 @@ from tapedeck.startup import (
 from tapedeck.store import ObjectStore
 from tapedeck.store.s3 import S3Store
 from tapedeck.supervise import WeedSupervisor
-from tapedeck.tls import ServerCertificate, check_transport
+from tapedeck.tls import ServerCertificate
+from tapedeck.validate import check_settings
 from tapedeck.weed import ManagedWeed, WeedDirInUse, WeedStartError
 
 log = logging.getLogger("tapedeck.app")
@@ -54,57 +60,78 @@ class Service(Protocol):
 
 @dataclass
 class App:
-    """One Tapedeck process: shared clients plus the services it runs."""
+    """One Tapedeck process: its ``Runtime`` (the clients its roles share), the domain, and
+    the services it runs. ``settings``, ``db``, ``store``, ``clock`` and ``metrics`` are the
+    runtime's."""
 
-    settings: Settings
-    db: Database
-    store: ObjectStore
+    runtime: Runtime
     domain: Domain
-    clock: Clock
     weed: ManagedWeed | None = None
-    metrics: Metrics = field(default_factory=Metrics)
     services: list[Service] = field(default_factory=list)
-    grpc_port: int | None = None
+    grpc_port: int | None = None  # set once the role serves (the bound port)
     http_port: int | None = None
     metrics_port: int | None = None
     certificate: ServerCertificate | None = None  # TLS for gRPC and HTTP (None: plaintext)
 
     supervisor: WeedSupervisor | None = None
     health: Health | None = None
+    http_socket: socket.socket | None = None  # bound by ``open``; the http role takes it
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def db(self) -> Database:
+        return self.runtime.db
+
+    @property
+    def store(self) -> ObjectStore:
+        return self.runtime.store
+
+    @property
+    def clock(self) -> Clock:
+        return self.runtime.clock
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.runtime.metrics
 
     @classmethod
-    def open(cls, settings: Settings, clock: Clock | None = None) -> App:
-        """Connect to (or start) the store, open the database, build the domain. Every
-        failure of these checks is a one-line ``StartupError`` (see ``tapedeck.startup``);
-        the managed store is then supervised and readiness checks start."""
+    def open(cls, settings: Settings, clock: Clock | None = None,
+             roles: Iterable[str] = ()) -> App:
+        """Check every setting (``tapedeck.validate``), connect to (or start) the store, open
+        the database, bind the HTTP socket if ``roles`` (those ``start`` will be given)
+        include ``http``, then build the runtime and the domain on settings naming the bound
+        port (``http_port`` 0 → the real one; chunk upload URLs name it). Every failure of
+        these checks is a one-line ``StartupError`` or ``invalid_request`` (see
+        ``tapedeck.startup``) and undoes what was started; the managed store is then
+        supervised and readiness checks start."""
         clock = clock or SystemClock()
-        certificate = check_transport(settings)  # before anything starts: a one-line refusal
-        check_secret_key(settings)  # likewise (exit code 2)
+        certificate = check_settings(settings)  # before anything starts: a one-line refusal
         metrics = Metrics()
         checked_data_dir(settings.data_dir)
         private_dir(settings.data_dir)
         tighten_tree(settings.data_dir)  # 0700/0600 also for a data dir made before
-        weed = start_managed_weed(settings) if not settings.s3_endpoint else None
-        try:
+        with ExitStack() as undo:
+            weed = start_managed_weed(settings) if not settings.s3_endpoint else None
             if weed is not None:
-                endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
-            else:
-                endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,
-                                            settings.s3_secret_key)
-            s3 = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
-                         bucket=settings.s3_bucket, secure=settings.s3_secure,
-                         region=settings.s3_region or "us-east-1")
-            checked_bucket(s3, endpoint)
-            store = MeteredStore(s3, metrics)
+                undo.callback(weed.stop)
+            s3 = open_store(settings, weed)
             db = open_database(settings.database_target)
-        except BaseException:
-            if weed is not None:
-                weed.stop()
-            raise
-        metrics.watch(db, clock)
-        domain = Domain.build(db, store, clock, settings)
-        app = cls(settings=settings, db=db, store=store, domain=domain, clock=clock, weed=weed,
-                  metrics=metrics, certificate=certificate)
+            undo.callback(db.close)
+            sock = listen_http(settings) if "http" in set(roles) else None
+            if sock is not None:
+                undo.callback(sock.close)
+                settings = settings.replace(http_port=sock.getsockname()[1])
+            metrics.watch(db, clock)
+            runtime = Runtime(settings=settings, db=db, store=MeteredStore(s3, metrics),
+                              clock=clock, metrics=metrics, job_signals=JobSignals())
+            domain = Domain.build(db, runtime.store, clock, settings,
+                                  signals=runtime.job_signals)
+            undo.pop_all()
+        app = cls(runtime=runtime, domain=domain, weed=weed, certificate=certificate,
+                  http_socket=sock)
         app._watch(s3)
         return app
 
@@ -120,55 +147,71 @@ class App:
                               "database": database_check(self.db)}).start()
 
     def start(self, roles: Iterable[str]) -> None:
-        """Start the given roles (see ``ROLES``)."""
+        """Start the given roles (see ``ROLES``); ``http`` only if ``open`` was given it.
+        Each role's module is imported only when that role runs in this process. Contract:
+        ``start_X(runtime, what else it needs) -> Service``, started."""
         roles = set(roles)
         if "grpc" in roles:
-            from tapedeck.grpc_api.observe import ObservingInterceptor
-            from tapedeck.grpc_api.server import (
-                ClosingHealthServicer,
-                GrpcService,
-                build_grpc_server,
-            )
-
-            servicer = ClosingHealthServicer()
-            server, self.grpc_port = build_grpc_server(
-                self.domain, self.settings.host, self.settings.grpc_port,
-                interceptors=[ObservingInterceptor(self.metrics)], health=self.health,
-                health_servicer=servicer,
-                credentials=self.certificate.grpc_credentials() if self.certificate else None)
-            self.services.append(GrpcService(server, servicer))
+            self._start_grpc()
         if "http" in roles:
-            from tapedeck.gateway import start_gateway
-
-            self.services.append(start_gateway(self))
+            self._start_http()
         if "worker" in roles:
-            from tapedeck.jobs import JOBS_CHANNEL
-            from tapedeck.wakeup import listen_for_wakeups
-            from tapedeck.worker import start_workers
-
-            pool = start_workers(self)  # PostgreSQL: enqueues on any host wake it (NOTIFY)
-            self.services.append(listen_for_wakeups(
-                self.db, {JOBS_CHANNEL: lambda kind: pool.wake(kind or None)}))
-            self.services.append(pool)
+            self._start_workers()
         if "dispatcher" in roles:
-            from tapedeck.wakeup import listen_for_wakeups
-            from tapedeck.webhooks.role import start_dispatcher
-
-            dispatcher = start_dispatcher(self)  # PostgreSQL: new events wake it (NOTIFY)
-            self.services.append(listen_for_wakeups(
-                self.db, {"tapedeck_outbox": lambda _payload: dispatcher.wake()}))
-            self.services.append(dispatcher)
+            self._start_dispatcher()
         if "sweeper" in roles:
             from tapedeck.sweeper import start_sweeper
 
-            self.services.append(start_sweeper(self))
+            self.services.append(start_sweeper(self.runtime))
         if "http" not in roles and self.settings.metrics_port:
             exporter = MetricsServer(self.metrics, self.settings.host,
                                      self.settings.metrics_port)
             self.metrics_port = exporter.port
             self.services.append(exporter)
-        # Each role's module is imported only when that role runs in this process.
-        # Contract: start_X(app) -> Service, started; it may set app.http_port.
+
+    def _start_grpc(self) -> None:
+        from tapedeck.grpc_api.observe import ObservingInterceptor
+        from tapedeck.grpc_api.server import ClosingHealthServicer, GrpcService, build_grpc_server
+
+        servicer = ClosingHealthServicer()
+        server, self.grpc_port = build_grpc_server(
+            self.domain, self.settings.host, self.settings.grpc_port,
+            interceptors=[ObservingInterceptor(self.metrics)], health=self.health,
+            health_servicer=servicer,
+            credentials=self.certificate.grpc_credentials() if self.certificate else None)
+        self.services.append(GrpcService(server, servicer))
+
+    def _start_http(self) -> None:
+        from tapedeck.gateway import start_gateway
+
+        if self.http_socket is None:
+            raise ValueError("the http role serves the socket App.open binds: pass "
+                             "roles=[..., 'http'] to App.open")
+        sock, self.http_socket = self.http_socket, None
+        server = start_gateway(self.runtime, self.domain, sock, health=self.health,
+                               certificate=self.certificate)
+        self.services.append(server)
+        self.http_port = server.port
+
+    def _start_workers(self) -> None:
+        from tapedeck.jobs import JOBS_CHANNEL
+        from tapedeck.wakeup import listen_for_wakeups
+        from tapedeck.worker import start_workers
+
+        pool = start_workers(self.runtime)  # PostgreSQL: enqueues on any host wake it (NOTIFY)
+        self.services.append(listen_for_wakeups(
+            self.db, {JOBS_CHANNEL: lambda kind: pool.wake(kind or None)}))
+        self.services.append(pool)
+
+    def _start_dispatcher(self) -> None:
+        from tapedeck.wakeup import listen_for_wakeups
+        from tapedeck.webhooks.role import start_dispatcher
+
+        # PostgreSQL: new events wake it (NOTIFY)
+        dispatcher = start_dispatcher(self.runtime, self.domain.secret_box)
+        self.services.append(listen_for_wakeups(
+            self.db, {"tapedeck_outbox": lambda _payload: dispatcher.wake()}))
+        self.services.append(dispatcher)
 
     def close(self, grace: float = 10.0) -> None:
         """Stop every service (newest first), then the database and the managed store."""
@@ -176,6 +219,9 @@ class App:
             stopped = self.services.pop().stop(grace)
             if isinstance(stopped, threading.Event):  # grpc.Server.stop: in-flight RPCs end
                 stopped.wait(grace + 1.0)
+        if self.http_socket is not None:  # bound but never served
+            self.http_socket.close()
+            self.http_socket = None
         if self.health is not None:
             self.health.stop()
         if self.supervisor is not None:
@@ -214,6 +260,27 @@ def start_managed_weed(settings: Settings) -> ManagedWeed:
         raise StartupError(EXIT_STORE, f"the managed SeaweedFS did not start: "
                            f"{first_line(exc)} (see {weed.log_path})") from None
     return weed
+
+
+def open_store(settings: Settings, weed: ManagedWeed | None) -> S3Store:
+    """The S3 store of ``settings`` (the managed ``weed`` when given), its bucket checked."""
+    if weed is not None:
+        endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
+    else:
+        endpoint, access, secret = (settings.s3_endpoint, settings.s3_access_key,
+                                    settings.s3_secret_key)
+    s3 = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
+                 bucket=settings.s3_bucket, secure=settings.s3_secure,
+                 region=settings.s3_region or "us-east-1")
+    checked_bucket(s3, endpoint)
+    return s3
+
+
+def listen_http(settings: Settings) -> socket.socket:
+    """The REST gateway's socket on ``host:http_port`` (``tapedeck.gateway.listen``)."""
+    from tapedeck.gateway import listen
+
+    return listen(settings.host, settings.http_port)
 
 
 def checked_bucket(s3: S3Store, endpoint: str) -> None:

@@ -150,7 +150,7 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    app = App.open(settings)
+    app = App.open(settings, roles=roles)
     try:
         app.start(roles)
         listening = {"roles": list(roles), "data_dir": str(settings.data_dir)}

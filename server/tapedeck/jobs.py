@@ -46,7 +46,7 @@ import urllib3.exceptions
 
 from tapedeck.clock import Clock, iso
 from tapedeck.db import Database
-from tapedeck.errors import TapedeckError
+from tapedeck.errors import TapedeckError, invalid
 from tapedeck.ids import new_id, random_base62
 from tapedeck.sql import Tx, operational_errors
 
@@ -56,6 +56,25 @@ JOBS_CHANNEL = "tapedeck_jobs"  # NOTIFY channel of enqueue (payload: the job ki
 
 JOB_ID_PREFIXES = {"stitch": "job_stitcher_", "transcribe": "job_transcriber_",
                    "live_transcribe": "job_live_"}
+JOB_KINDS = tuple(JOB_ID_PREFIXES)  # every kind a handler exists for (tapedeck.worker)
+
+
+def parse_lanes(spec: str, known: Collection[str]) -> dict[str, int]:
+    """``settings.worker_lanes`` (``"stitch:2,transcribe:1"``) as kind → loop count; empty
+    → {}. ``invalid_request`` naming ``worker_lanes`` for a malformed item, a count below 1,
+    a repeated kind or a kind not in ``known``."""
+    lanes: dict[str, int] = {}
+    for item in (i.strip() for i in spec.split(",")):
+        if not item:
+            continue
+        kind, _, count = (part.strip() for part in item.partition(":"))
+        if (kind not in known or kind in lanes or not (count.isascii() and count.isdigit())
+                or int(count) < 1):
+            raise invalid("worker_lanes",
+                          f"worker_lanes item {item!r} is not KIND:THREADS with a known kind "
+                          f"({', '.join(sorted(known))}), listed once, and THREADS >= 1.")
+        lanes[kind] = int(count)
+    return lanes
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,6 @@ from prometheus_client.registry import Collector
 
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.db import Database
-from tapedeck.domain.objects import CHUNK_KEY_RE
 from tapedeck.errors import TapedeckError
 from tapedeck.sql import database_errors
 from tapedeck.store import CAPABILITY_METHODS, ObjectInfo, ObjectStore
@@ -195,8 +194,13 @@ class MeteredStore:
     unchanged, so it can stand wherever the wrapped store does."""
 
     def __init__(self, inner: ObjectStore, metrics: Metrics) -> None:
+        # Lazy: importing the domain's key layout at module level would make every user of
+        # Metrics (tapedeck.runtime included) load the whole domain package.
+        from tapedeck.domain.objects import CHUNK_KEY_RE
+
         self.inner = inner
         self._m = metrics
+        self._is_chunk = CHUNK_KEY_RE.match
         # The optional StreamingPut capability, exactly when the wrapped store has it.
         self.put_stream: Callable[..., ObjectInfo] | None = (
             self._put_stream if hasattr(inner, "put_stream") else None)
@@ -214,7 +218,7 @@ class MeteredStore:
         except TapedeckError as exc:
             self._failed("put", exc)
             raise
-        if CHUNK_KEY_RE.match(key):
+        if self._is_chunk(key):
             self._m.chunks.inc()
             self._m.chunk_bytes.inc(info.size)
         return info
@@ -255,7 +259,7 @@ class MeteredStore:
         except TapedeckError as exc:
             self._failed("put", exc)
             raise
-        if CHUNK_KEY_RE.match(key):
+        if self._is_chunk(key):
             self._m.chunks.inc()
             self._m.chunk_bytes.inc(info.size)
         return info

@@ -16,6 +16,9 @@ from typing import Any
 
 from tapedeck.errors import invalid
 
+#: The profiles ``whisper_decoding`` may name (``tapedeck.transcribe.whisper.PROFILES``).
+WHISPER_DECODINGS = ("fast", "accurate")
+
 
 @dataclass(frozen=True)
 class Settings:

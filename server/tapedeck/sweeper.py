@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from tapedeck.domain.context import Context
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.fleet import Fleet
 from tapedeck.domain.redaction import EventRedaction
@@ -30,9 +30,7 @@ from tapedeck.domain.voice_profiles import ProfileRetention
 from tapedeck.failpoints import Failpoints
 from tapedeck.logs import request_context
 from tapedeck.metrics import Metrics
-
-if TYPE_CHECKING:
-    from tapedeck.app import App
+from tapedeck.runtime import Runtime
 
 log = logging.getLogger("tapedeck.sweeper")
 
@@ -141,13 +139,14 @@ class Sweeper:
             self._thread.join(max(grace, 0.1))
 
 
-def start_sweeper(app: App) -> Sweeper:
-    """The ``sweeper`` role of ``app``: expiry + retention every ``sweep_interval_ms``."""
-    s = app.settings
-    retention = Retention(app.domain.ctx, RetentionPolicy.from_settings(s),
-                          failpoints=Failpoints(s.test_only_failpoints), metrics=app.metrics)
-    sweeper = Sweeper(Expiry(app.domain.ctx), retention, s.sweep_interval_ms / 1000,
-                      metrics=app.metrics, redaction=EventRedaction(app.domain.ctx),
-                      fleet=app.domain.fleet,
-                      profiles=ProfileRetention(app.domain.ctx, s.retention_voice_profiles_s))
+def start_sweeper(runtime: Runtime) -> Sweeper:
+    """The ``sweeper`` role, started: expiry, retention, redaction, devices going offline
+    and voice-profile retention every ``sweep_interval_ms``, on ``Context.of(runtime)`` (the
+    process's job signals: an expiry's stitch job wakes this process's workers at once)."""
+    s, ctx = runtime.settings, Context.of(runtime)
+    retention = Retention(ctx, RetentionPolicy.from_settings(s),
+                          failpoints=Failpoints(s.test_only_failpoints), metrics=runtime.metrics)
+    sweeper = Sweeper(Expiry(ctx), retention, s.sweep_interval_ms / 1000,
+                      metrics=runtime.metrics, redaction=EventRedaction(ctx), fleet=Fleet(ctx),
+                      profiles=ProfileRetention(ctx, s.retention_voice_profiles_s))
     return sweeper.start()

@@ -1,10 +1,11 @@
 """Job workers: claim loops that run job handlers, with heartbeats, retries and a clean stop.
 
 Handlers plug in by kind, without touching the loop: ``HANDLER_FACTORIES`` maps a job kind to
-``"module:function"``; the function takes the ``App`` and returns a ``JobHandler`` (or None
-when the kind cannot run in this process). A kind whose module is absent is simply not
-registered, and a worker only claims kinds it has a handler for, so such jobs stay ``queued``
-until a worker that can run them appears.
+``"module:function"``; the function takes the process's ``tapedeck.runtime.Runtime`` and
+returns a ``JobHandler`` (or None when the kind cannot run in this process). A kind whose
+module is absent is simply not registered, and a worker only claims kinds it has a handler
+for, so such jobs stay ``queued`` until a worker that can run them appears. Its kinds are
+``tapedeck.jobs.JOB_KINDS`` (what ``worker_lanes`` may name, checked at startup).
 
 Handler contract (``JobHandler``):
 - ``run(run)`` does the job. It records its result and calls ``run.complete(tx)`` in ONE write
@@ -39,16 +40,22 @@ import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from tapedeck.db import Database
-from tapedeck.errors import invalid
-from tapedeck.jobs import Failure, Job, JobQueue, JobSignals, LeaseLost, RetryPolicy, classify
+from tapedeck.jobs import (
+    Failure,
+    Job,
+    JobQueue,
+    JobSignals,
+    LeaseLost,
+    RetryPolicy,
+    classify,
+    parse_lanes,
+)
 from tapedeck.logs import request_context
+from tapedeck.runtime import Runtime
 from tapedeck.sql import Tx
-
-if TYPE_CHECKING:
-    from tapedeck.app import App
 
 log = logging.getLogger("tapedeck.worker")
 
@@ -319,7 +326,7 @@ class WorkerPool:
                     pass
 
 
-def load_handlers(app: App, factories: Mapping[str, str] = HANDLER_FACTORIES,
+def load_handlers(runtime: Runtime, factories: Mapping[str, str] = HANDLER_FACTORIES,
                   kinds: Collection[str] = ()) -> dict[str, JobHandler]:
     """Build the handler of every kind whose module is installed (see the module docstring);
     with ``kinds``, only of those (the others are not even imported)."""
@@ -333,50 +340,33 @@ def load_handlers(app: App, factories: Mapping[str, str] = HANDLER_FACTORIES,
         except ModuleNotFoundError as exc:
             log.info("no %s handler in this process (%s)", kind, exc)
             continue
-        handler = getattr(module, func)(app)
+        handler = getattr(module, func)(runtime)
         if handler is not None:
             handlers[kind] = handler
     return handlers
 
 
-def queue_for(app: App) -> JobQueue:
-    """The job queue configured by the app's settings."""
-    s = app.settings
+def queue_for(runtime: Runtime) -> JobQueue:
+    """The job queue configured by the runtime's settings."""
+    s = runtime.settings
     policy = RetryPolicy(max_attempts=s.job_max_attempts, base_s=s.job_retry_base_ms / 1000,
                          max_s=float(s.job_retry_max_s))
-    return JobQueue(app.db, app.clock, lease_s=float(s.job_lease_s), retry=policy)
+    return JobQueue(runtime.db, runtime.clock, lease_s=float(s.job_lease_s), retry=policy)
 
 
-def parse_lanes(spec: str, known: Collection[str]) -> dict[str, int]:
-    """``settings.worker_lanes`` (``"stitch:2,transcribe:1"``) as kind → loop count; empty
-    → {}. ``invalid_request`` naming ``worker_lanes`` for a malformed item, a count below 1,
-    a repeated kind or a kind not in ``known``."""
-    lanes: dict[str, int] = {}
-    for item in (i.strip() for i in spec.split(",")):
-        if not item:
-            continue
-        kind, _, count = (part.strip() for part in item.partition(":"))
-        if (kind not in known or kind in lanes or not (count.isascii() and count.isdigit())
-                or int(count) < 1):
-            raise invalid("worker_lanes",
-                          f"worker_lanes item {item!r} is not KIND:THREADS with a known kind "
-                          f"({', '.join(sorted(known))}), listed once, and THREADS >= 1.")
-        lanes[kind] = int(count)
-    return lanes
-
-
-def start_workers(app: App, handlers: Mapping[str, JobHandler] | None = None) -> WorkerPool:
+def start_workers(runtime: Runtime,
+                  handlers: Mapping[str, JobHandler] | None = None) -> WorkerPool:
     """Start this process's job loops (the ``worker`` role): for every kind in
     ``settings.job_kinds`` (default: all installed), ``settings.worker_lanes[kind]`` loops,
-    else ``settings.workers``; subscribed to the domain's ``JobSignals`` for wake-ups."""
-    queue = queue_for(app)
+    else ``settings.workers``; subscribed to ``runtime.job_signals`` for wake-ups."""
+    s, queue = runtime.settings, queue_for(runtime)
     if handlers is None:
-        kinds = [k.strip() for k in app.settings.job_kinds.split(",") if k.strip()]
-        handlers = load_handlers(app, kinds=kinds)
-    lanes = parse_lanes(app.settings.worker_lanes, {*HANDLER_FACTORIES, *handlers})
+        kinds = [k.strip() for k in s.job_kinds.split(",") if k.strip()]
+        handlers = load_handlers(runtime, kinds=kinds)
+    lanes = parse_lanes(s.worker_lanes, {*HANDLER_FACTORIES, *handlers})
     pool = WorkerPool(queue, handlers,
-                      threads=app.settings.workers, poll_s=app.settings.job_poll_ms / 1000,
+                      threads=s.workers, poll_s=s.job_poll_ms / 1000,
                       name=f"{socket.gethostname()}:{os.getpid()}",
-                      observe=app.metrics.observe_job, lanes=lanes,
-                      signals=app.domain.ctx.job_signals)
+                      observe=runtime.metrics.observe_job, lanes=lanes,
+                      signals=runtime.job_signals)
     return pool.start()

@@ -46,7 +46,8 @@ def stitched(srv: RunningServer) -> dict[str, Any]:
     fin = c.post(f"/v1/recordings/{rec['id']}/finalize",
                  json={"total_chunks": len(datas), "final_duration_ms": 3000})
     assert fin.status_code == 200, fin.text
-    Worker(queue_for(srv.app), {"stitch": build_handler(srv.app)}, "test").run_once()
+    runtime = srv.app.runtime
+    Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "test").run_once()
     assert c.get(f"/v1/recordings/{rec['id']}").json()["status"] in ("completed", "uploaded")
     url = c.post(f"/v1/recordings/{rec['id']}/download-url").json()["download_url"]
     return {"id": rec["id"], "audio": httpx.get(url, timeout=30).content}

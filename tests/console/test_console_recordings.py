@@ -29,7 +29,8 @@ from stitchkit import continuous_chunks
 
 
 def run_stitch(srv: RunningServer) -> str | None:  # noqa: F811
-    return Worker(queue_for(srv.app), {"stitch": build_handler(srv.app)}, "test").run_once()
+    runtime = srv.app.runtime
+    return Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "test").run_once()
 
 
 def lost_chunk_recording(srv: RunningServer) -> tuple[str, str, bytes]:  # noqa: F811

@@ -94,7 +94,8 @@ def _failed_by_a_lost_chunk(srv: RunningServer, clock: ManualClock) -> tuple[str
 
 
 def run_stitch(srv: RunningServer) -> str | None:
-    return Worker(queue_for(srv.app), {"stitch": build_handler(srv.app)}, "test").run_once()
+    runtime = srv.app.runtime
+    return Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "test").run_once()
 
 
 def test_restitch_recovers_a_failed_recording_once_its_cause_is_fixed(

@@ -42,7 +42,8 @@ def put(url: dict[str, Any], data: bytes) -> int:
 
 
 def run_stitch(server: RunningServer) -> str | None:
-    worker = Worker(queue_for(server.app), {"stitch": build_handler(server.app)}, "test")
+    runtime = server.app.runtime
+    worker = Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "test")
     return worker.run_once()
 
 

@@ -160,7 +160,8 @@ def test_repeated_finalize_of_a_failed_recording_agrees_with_its_state(
         chunks = [c.data for c in GOOD]
         chunks[1] = b"not audio" * 100
         rec_id = streaming_recording(project, chunks, 6_000, checksum=False)
-        worker = Worker(queue_for(project.app), {"stitch": build_handler(project.app)}, "test")
+        runtime = project.app.runtime
+        worker = Worker(queue_for(runtime), {"stitch": build_handler(runtime)}, "test")
         assert worker.run_once() == "failed"
         d, p = project.app.domain, project.principal
         with pytest.raises(TapedeckError) as again:

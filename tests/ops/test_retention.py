@@ -64,7 +64,8 @@ def _record(project: Project, chunks: list[bytes] | None = None) -> str:
 
 
 def _stitch(project: Project) -> str | None:
-    worker = Worker(queue_for(project.app), load_handlers(project.app, kinds=["stitch"]), "t")
+    runtime = project.app.runtime
+    worker = Worker(queue_for(runtime), load_handlers(runtime, kinds=["stitch"]), "t")
     try:
         return worker.run_once()
     finally:

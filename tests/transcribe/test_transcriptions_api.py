@@ -66,9 +66,9 @@ def srv(weed: Any, settings: Any) -> Iterator[RunningServer]:
 @pytest.fixture(scope="module")
 def transcriber(srv: RunningServer) -> Iterator[Worker]:
     """A claim loop for transcribe jobs only, run by hand (one model for the module)."""
-    handler = build_handler(srv.app)
+    handler = build_handler(srv.app.runtime)
     assert handler is not None
-    worker = Worker(queue_for(srv.app), {"transcribe": handler}, "test-transcriber")
+    worker = Worker(queue_for(srv.app.runtime), {"transcribe": handler}, "test-transcriber")
     yield worker
     worker.close()
 
@@ -327,9 +327,9 @@ def test_store_outage_is_retried_and_the_transcription_completes_once(
         settings = pipeline_settings(weed, tmp_path / "data", whisper_dir, job_kinds="stitch",
                                      job_retry_base_ms=100)
         server = start_server(settings, roles=("grpc", "http", "worker"))
-        handler = build_handler(server.app)
+        handler = build_handler(server.app.runtime)
         assert handler is not None
-        worker = Worker(queue_for(server.app), {"transcribe": handler}, "outage")
+        worker = Worker(queue_for(server.app.runtime), {"transcribe": handler}, "outage")
         try:
             rec = _completed(server, server.api_key, silence(3.0))
             weed.stop()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tapedeck.settings import WHISPER_DECODINGS
 from tapedeck.transcribe import Segment, Transcript, Word, transcribe_ogg_opus
 from tapedeck.transcribe.whisper import (
     PROFILES,
@@ -31,7 +32,7 @@ def test_profiles_and_their_beam_override() -> None:
     assert decoding_options("fast", 3) == WhisperOptions(beam_size=3)
     with pytest.raises(ValueError, match="fast, accurate"):
         decoding_options("quick")
-    assert set(PROFILES) == {"fast", "accurate"}
+    assert set(PROFILES) == {"fast", "accurate"} == set(WHISPER_DECODINGS)  # tapedeck.validate
 
 
 def test_a_window_segment_is_cut_into_sentences() -> None:

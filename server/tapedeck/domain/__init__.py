@@ -24,6 +24,7 @@ from tapedeck.domain.search import Search
 from tapedeck.domain.transcriptions import Transcriptions
 from tapedeck.domain.voice_profiles import VoiceEmbedder, VoiceProfiles
 from tapedeck.domain.webhooks import Webhooks
+from tapedeck.jobs import JobSignals
 from tapedeck.server_keys import ServerKeys
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
@@ -52,10 +53,13 @@ class Domain:
     secret_box: SecretBox  # the one sealer of this process (tapedeck.server_keys)
 
     @classmethod
-    def build(cls, db: Database, store: ObjectStore, clock: Clock,
-              settings: Settings) -> Domain:
-        """Wire the services from their dependencies (called from ``cli``/tests)."""
-        ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=db)
+    def build(cls, db: Database, store: ObjectStore, clock: Clock, settings: Settings, *,
+              signals: JobSignals | None = None) -> Domain:
+        """Wire the services from their dependencies (called from ``App.open``/tests).
+        ``signals``: the process's ``JobSignals`` (``Runtime.job_signals``), so its worker
+        pools hear this domain's enqueues; None = a new one."""
+        ctx = Context(db=db, store=store, clock=clock, settings=settings, locks=db,
+                      job_signals=JobSignals() if signals is None else signals)
         keys = ServerKeys.from_settings(settings)
         uploads, box = keys.upload_tokens(), keys.secret_box()
         chunks = Chunks(ctx)

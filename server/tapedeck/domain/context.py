@@ -9,6 +9,7 @@ from typing import Protocol
 from tapedeck.clock import Clock
 from tapedeck.db import Database
 from tapedeck.jobs import JobSignals
+from tapedeck.runtime import Runtime
 from tapedeck.settings import Settings
 from tapedeck.store import ObjectStore
 
@@ -33,3 +34,10 @@ class Context:
     settings: Settings
     locks: NamedLocks
     job_signals: JobSignals = field(default_factory=JobSignals)
+
+    @classmethod
+    def of(cls, runtime: Runtime) -> Context:
+        """The context of a process's ``Runtime``: its clients and job signals, its
+        database as the named locks (what ``Domain.build`` wires for the same runtime)."""
+        return cls(db=runtime.db, store=runtime.store, clock=runtime.clock,
+                   settings=runtime.settings, locks=runtime.db, job_signals=runtime.job_signals)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from tapedeck.clock import Clock
 from tapedeck.db import Database
@@ -17,6 +16,7 @@ from tapedeck.failpoints import Failpoints
 from tapedeck.jobs import Failure, Job, JobFailed
 from tapedeck.oggopus import InvalidAudio, RemuxResult
 from tapedeck.oggopus.opus import GRANULE_RATE
+from tapedeck.runtime import Runtime
 from tapedeck.sql import Tx
 from tapedeck.stitch.chunks import ChunkRecord, verified_chunks
 from tapedeck.stitch.single import validate_single
@@ -24,9 +24,6 @@ from tapedeck.stitch.transition import Audio, Transitions, find_recording
 from tapedeck.stitch.upload import stitch_into_store
 from tapedeck.store import ObjectStore
 from tapedeck.worker import JobRun
-
-if TYPE_CHECKING:
-    from tapedeck.app import App
 
 log = logging.getLogger("tapedeck.stitch")
 
@@ -122,7 +119,9 @@ class StitchHandler:
         return chunks
 
 
-def build_handler(app: App) -> StitchHandler:
-    """The ``stitch`` handler of an ``App`` (``tapedeck.worker.HANDLER_FACTORIES``)."""
-    return StitchHandler(app.db, app.store, app.clock, Failpoints(app.settings.test_only_failpoints),
-                         notify=app.domain.ctx.job_signals.notify)
+def build_handler(runtime: Runtime) -> StitchHandler:
+    """The ``stitch`` handler of a process (``tapedeck.worker.HANDLER_FACTORIES``); the jobs
+    it enqueues (transcriptions) wake this process's workers through ``job_signals``."""
+    return StitchHandler(runtime.db, runtime.store, runtime.clock,
+                         Failpoints(runtime.settings.test_only_failpoints),
+                         notify=runtime.job_signals.notify)

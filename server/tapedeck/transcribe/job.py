@@ -69,9 +69,10 @@ from tapedeck.domain.transcriptions import (
     Transcription,
     load_transcription,
 )
-from tapedeck.errors import invalid
 from tapedeck.failpoints import Failpoints
 from tapedeck.jobs import Failure, Job, JobFailed
+from tapedeck.runtime import Runtime
+from tapedeck.settings import Settings
 from tapedeck.sql import Tx
 from tapedeck.store import ObjectNotFound, ObjectStore
 from tapedeck.transcribe import (
@@ -85,7 +86,6 @@ from tapedeck.transcribe.models import ModelUnavailable
 from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
-    from tapedeck.app import App
     from tapedeck.diarize import (
         Diarization,
         DiarizeOptions,
@@ -423,16 +423,12 @@ def _reason(failure: Failure) -> tuple[str, str]:
     return "internal_error", "An internal error stopped the transcription."
 
 
-def engine_factory(app: App) -> EngineFactory:
+def engine_factory(settings: Settings) -> EngineFactory:
     """Builds the faster-whisper engine from ``whisper_model``/``whisper_threads`` (the bundled
     whisper-base is assembled under ``data_dir/models`` on first use)."""
-    settings = app.settings
     from tapedeck.transcribe.whisper import decoding_options
 
-    try:
-        options = decoding_options(settings.whisper_decoding)
-    except ValueError as exc:  # at startup, not at the first job
-        raise invalid("whisper_decoding", f"{exc} (TAPEDECK_WHISPER_DECODING)") from None
+    options = decoding_options(settings.whisper_decoding)  # checked by tapedeck.validate
 
     def build() -> TranscriptionEngine:
         from tapedeck.transcribe.whisper import load_engine
@@ -443,22 +439,24 @@ def engine_factory(app: App) -> EngineFactory:
     return build
 
 
-def build_handler(app: App) -> TranscribeHandler | None:
-    """The ``transcribe`` handler of an ``App`` (``tapedeck.worker.HANDLER_FACTORIES``), or None
-    when faster-whisper is not installed (the kind then stays queued for another worker)."""
+def build_handler(runtime: Runtime) -> TranscribeHandler | None:
+    """The ``transcribe`` handler of a process (``tapedeck.worker.HANDLER_FACTORIES``), or
+    None when faster-whisper is not installed (the kind then stays queued for another
+    worker)."""
     if importlib.util.find_spec("faster_whisper") is None:
         log.info("faster-whisper is not installed; this worker does not transcribe")
         return None
-    return TranscribeHandler(app.db, app.store, app.clock, engine_factory(app),
-                             max_attempts=app.settings.job_max_attempts,
-                             failpoints=Failpoints(app.settings.test_only_failpoints),
-                             diarizer_factory=diarizer_factory(app))
+    s = runtime.settings
+    return TranscribeHandler(runtime.db, runtime.store, runtime.clock, engine_factory(s),
+                             max_attempts=s.job_max_attempts,
+                             failpoints=Failpoints(s.test_only_failpoints),
+                             diarizer_factory=diarizer_factory(s.diarize))
 
 
-def diarizer_factory(app: App) -> DiarizerFactory | None:
+def diarizer_factory(diarize: bool) -> DiarizerFactory | None:
     """Builds the speaker diarizer (GE2E weights from the resemblyzer package), or None when
-    the ``diarize`` setting is off."""
-    if not app.settings.diarize:
+    ``diarize`` (the setting) is off."""
+    if not diarize:
         return None
 
     def build() -> Diarizer:

@@ -56,9 +56,9 @@ from tapedeck.domain.live import (
     place,
 )
 from tapedeck.domain.objects import stored_parts
-from tapedeck.errors import invalid
 from tapedeck.failpoints import Failpoints
 from tapedeck.jobs import Failure, Job, JobFailed
+from tapedeck.runtime import Runtime
 from tapedeck.sql import Tx
 from tapedeck.stitch import read_object
 from tapedeck.store import ObjectNotFound, ObjectStore
@@ -81,7 +81,6 @@ from tapedeck.transcribe.live import Piece, embed_piece, piece_audio, transcribe
 from tapedeck.worker import JobRun
 
 if TYPE_CHECKING:
-    from tapedeck.app import App
     from tapedeck.diarize import Diarizer, Embedded
 
 log = logging.getLogger("tapedeck.transcribe.live")
@@ -469,18 +468,16 @@ def _clamp(ms: int, duration_ms: int) -> int:
     return max(0, min(int(ms), duration_ms))
 
 
-def build_handler(app: App) -> LiveTranscribeHandler | None:
+def build_handler(runtime: Runtime) -> LiveTranscribeHandler | None:
     """The ``live_transcribe`` handler (``tapedeck.worker.HANDLER_FACTORIES``); None (no lane)
     when ``live_transcription`` is off or faster-whisper is not installed."""
-    if not app.settings.live_transcription or importlib.util.find_spec("faster_whisper") is None:
+    settings = runtime.settings
+    if not settings.live_transcription or importlib.util.find_spec("faster_whisper") is None:
         return None
-    settings = app.settings
     from tapedeck.transcribe.whisper import decoding_options
 
-    try:
-        options = decoding_options(settings.whisper_decoding, settings.live_beam_size)
-    except ValueError as exc:  # at startup, not at the first job
-        raise invalid("whisper_decoding", f"{exc} (TAPEDECK_WHISPER_DECODING)") from None
+    # whisper_decoding was checked at startup (tapedeck.validate)
+    options = decoding_options(settings.whisper_decoding, settings.live_beam_size)
 
     def build() -> TranscriptionEngine:
         from tapedeck.transcribe.whisper import load_engine
@@ -488,7 +485,7 @@ def build_handler(app: App) -> LiveTranscribeHandler | None:
         return load_engine(settings.live_whisper_model or settings.whisper_model,
                            settings.data_dir, settings.whisper_threads, options)
 
-    return LiveTranscribeHandler(app.db, app.store, app.clock, build,
+    return LiveTranscribeHandler(runtime.db, runtime.store, runtime.clock, build,
                                  max_attempts=settings.job_max_attempts,
                                  failpoints=Failpoints(settings.test_only_failpoints),
-                                 diarizer_factory=diarizer_factory(app))
+                                 diarizer_factory=diarizer_factory(settings.diarize))

@@ -3,7 +3,7 @@
 durable dispatcher (``dispatcher``). The endpoint rules (create, list, replay, ...) are
 domain rules: ``tapedeck.domain.webhooks``.
 
-``role.start_dispatcher(app)`` is the ``dispatcher`` process role. This package ``__init__``
-imports nothing, so the domain can use the transport pieces without pulling in the
-dispatcher or the app.
+``role.start_dispatcher(runtime, secret_box)`` is the ``dispatcher`` process role. This
+package ``__init__`` imports nothing, so the domain can use the transport pieces without
+pulling in the dispatcher or the app.
 """

@@ -9,6 +9,7 @@ import io
 import itertools
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -178,19 +179,21 @@ def test_independent_chunks(pcm: bytes, tmp_path: Path) -> None:
         assert probe(io.BytesIO(chunk.data)).samples == chunk.samples
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"sample_rate": 44_100}, {"frame_ms": 25}, {"chunk_duration_ms": 1010},
-    {"chunk_duration_ms": 0},
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"sample_rate": 44_100}, "sample_rate must be 8, 12, 16, 24 or 48 kHz"),
+    ({"frame_ms": 25}, "frame_ms must be 10, 20, 40 or 60"),
+    ({"chunk_duration_ms": 1010}, "chunk_duration_ms must be a positive multiple of frame_ms"),
+    ({"chunk_duration_ms": 0}, "chunk_duration_ms must be a positive multiple of frame_ms"),
 ])
-def test_invalid_settings(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError):
+def test_invalid_settings(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
         OpusChunker(**kwargs)  # type: ignore[arg-type]
 
 
 def test_misuse_is_refused() -> None:
     chunker = OpusChunker()
     chunker.feed(b"\x01")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="PCM ended inside a sample"):
         chunker.finish()  # half a sample
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("feed() after finish()")):
         chunker.feed(b"\0\0")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -120,16 +121,16 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish(db: Database
     clock.advance(timedelta(seconds=2))
     new = queue.claim("other", ["stitch"])
     assert new is not None and new.id == job_id and new.attempts == 2
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=re.escape(f"lease on {job_id} lost")):
         queue.heartbeat(old)
-    with pytest.raises(LeaseLost), db.write() as tx:
+    with pytest.raises(LeaseLost, match=re.escape(f"lease on {job_id} lost")), db.write() as tx:
         queue.complete(tx, old)
         tx.execute("INSERT INTO events (id, project_id, type, created_at, data)"
                    " VALUES ('evt_x', 'p', 'x', 'now', '{}')")  # rolled back with it
     assert db.read().execute("SELECT count(*) FROM events").fetchone()[0] == 0
     finish(queue, new)
     assert status(db, job_id) == ("succeeded", 2)
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=re.escape(f"lease on {job_id} lost")):
         finish(queue, new)  # exactly once
     runs = db.read().execute("SELECT attempt, outcome FROM job_runs ORDER BY attempt").fetchall()
     assert runs == [(1, None), (2, "succeeded")]  # the dead run never reported
@@ -182,7 +183,7 @@ def test_release_hands_back_without_counting_the_attempt(db: Database,
     assert status(db, job_id) == ("queued", 0)
     again = queue.claim("w2", ["stitch"])
     assert again is not None and again.attempts == 1
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=re.escape(f"lease on {job_id} lost")):
         finish(queue, job)
 
 

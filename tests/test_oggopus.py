@@ -150,8 +150,11 @@ def test_packet_duration_by_config(config: int, samples: int) -> None:
 def test_packet_duration_code3_and_invalid_packets() -> None:
     assert packet_duration(bytes([16 << 3 | 3, 48])) == 48 * 120  # 48 x 2.5 ms = 120 ms
     assert packet_duration(bytes([3 << 3 | 3, 2])) == 2 * 2880
-    for bad in (b"", bytes([1 << 3 | 3]), bytes([1 << 3 | 3, 0]), bytes([3 << 3 | 3, 3])):
-        with pytest.raises(InvalidAudio):
+    for bad, reason in ((b"", "empty Opus packet"),
+                        (bytes([1 << 3 | 3]), "Opus code 3 packet without a frame count byte"),
+                        (bytes([1 << 3 | 3, 0]), "Opus packet with invalid frame count 0"),
+                        (bytes([3 << 3 | 3, 3]), "Opus packet with invalid frame count 3")):
+        with pytest.raises(InvalidAudio, match=f"^{reason}$"):
             packet_duration(bad)
 
 
@@ -178,19 +181,25 @@ def test_opus_head_and_tags_round_trip() -> None:
     assert OpusTags.parse(tags.to_bytes()) == tags
 
 
-@pytest.mark.parametrize("packet", [
-    b"OpusHeaX" + bytes(11), b"OpusHead\x01", b"OpusHead\x10\x01" + bytes(9),
-    b"OpusHead\x01\x00" + bytes(9), b"OpusHead\x01\x03" + bytes(9),
+@pytest.mark.parametrize(("packet", "reason"), [
+    (b"OpusHeaX" + bytes(11), "first packet is not an OpusHead"),
+    (b"OpusHead\x01", "OpusHead is too short"),
+    (b"OpusHead\x10\x01" + bytes(9), "unsupported OpusHead version 16"),
+    (b"OpusHead\x01\x00" + bytes(9), "OpusHead declares 0 channels"),
+    (b"OpusHead\x01\x03" + bytes(9), "mapping family 0 allows only 1 or 2 channels"),
 ])
-def test_invalid_opus_heads(packet: bytes) -> None:
-    with pytest.raises(InvalidAudio):
+def test_invalid_opus_heads(packet: bytes, reason: str) -> None:
+    with pytest.raises(InvalidAudio, match=f"^{reason}"):
         OpusHead.parse(packet)
 
 
 def test_invalid_opus_tags() -> None:
-    for packet in (b"OpusTagX\0\0\0\0\0\0\0\0", b"OpusTags\x05\0\0\0ab",
-                   b"OpusTags\0\0\0\0\x09\0\0\0"):
-        with pytest.raises(InvalidAudio):
+    for packet, reason in (
+        (b"OpusTagX\0\0\0\0\0\0\0\0", "second packet is not an OpusTags header"),
+        (b"OpusTags\x05\0\0\0ab", "OpusTags string runs past the end of the packet"),
+        (b"OpusTags\0\0\0\0\x09\0\0\0", "OpusTags comment count exceeds the packet"),
+    ):
+        with pytest.raises(InvalidAudio, match=f"^{reason}$"):
             OpusTags.parse(packet)
 
 
@@ -300,12 +309,12 @@ def test_writer_output_passes_reference_tools(tmp_path: Path) -> None:
 
 def test_writer_rejects_impossible_final_granules() -> None:
     writer = OggOpusWriter(io.BytesIO(), 1, OpusHead(pre_skip=312))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no audio packets were written"):
         writer.finish()  # no packets
     writer.write_packet(bytes([1 << 3]))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"final granule 961 outside \[\d+, 960\]"):
         writer.finish(961)  # beyond the audio
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"final granule 100 outside .* below pre-skip 312"):
         writer.finish(100)  # below the pre-skip
 
 
@@ -384,6 +393,23 @@ def corruptions(good: bytes, wav: bytes) -> dict[str, bytes]:
     }
 
 
+PROBE_REASONS = {  # how probe() names each of ``corruptions`` (the start of its reason)
+    "empty": "empty stream",
+    "random bytes": "no Ogg page at byte 0 ",
+    "wav renamed": "no Ogg page at byte 0 ",
+    "truncated mid-page": "stream ends inside ",
+    "truncated at page boundary (no EOS)": "stream ends without an end-of-stream page",
+    "bad CRC": "bad CRC on the page at byte ",
+    "missing OpusHead": "first page is not a beginning-of-stream page",
+    "missing OpusTags": "page sequence jumps from 0 to 2 ",
+    "OpusHead page without BOS": "first page is not a beginning-of-stream page",
+    "missing middle page": "page sequence jumps from 2 to 4 ",
+    "chained stream": "data after the end-of-stream page ",
+    "trailing garbage": "no Ogg page at byte ",
+    "only headers": "stream ends without an end-of-stream page",
+}
+
+
 def test_probe_rejects_everything_that_is_not_one_valid_stream(small_file: bytes,
                                                                tmp_path: Path) -> None:
     wav = write_wav(speech_pcm(0.5), tmp_path / "x.wav").read_bytes()
@@ -392,7 +418,7 @@ def test_probe_rejects_everything_that_is_not_one_valid_stream(small_file: bytes
         with pytest.raises(InvalidAudio) as caught:
             probe(io.BytesIO(data))
         assert caught.value.part is None, name
-        assert caught.value.reason, name
+        assert caught.value.reason.startswith(PROBE_REASONS[name]), (name, caught.value.reason)
 
 
 def test_probe_rejects_inconsistent_granule_positions(small_file: bytes) -> None:
@@ -590,13 +616,13 @@ def test_remux_rejects_a_different_channel_layout(tmp_path: Path) -> None:
     mono = continuous_chunks(2.0, 1000)
     stereo = OpusChunker(channels=2, chunk_duration_ms=None)
     (two,) = stereo.feed(speech_pcm(1.0) * 2) + stereo.finish()
-    with pytest.raises(InvalidAudio) as caught:
+    with pytest.raises(InvalidAudio, match=r"^chunk 2: channel layout differs from chunk 1$") as caught:
         stitch([mono[0].data, two.data])
     assert caught.value.part == 2
 
 
 def test_remux_needs_chunks() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no chunks to remux"):
         remux([], io.BytesIO())
 
 

@@ -138,7 +138,7 @@ def test_park_keeps_a_parked_recording_parked_when_capture_closes(tmp_path: Path
     assert spool.close_recording(local_id).state == "parked"
     spool.unpark(local_id)
     assert spool.recording(local_id).state == "closed"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"{local_id} is closed, not parked"):
         spool.unpark(local_id)
     lock.release()
 

@@ -47,7 +47,8 @@ def test_default_keeps_the_data_dir_key_files(tmp_path: Path) -> None:
                                                           "webhook-secrets.key"]
     assert UploadTokens.from_data_dir(tmp_path).verify(token, NOW).recording_id == "rec_1"
     assert SecretBox.from_data_dir(tmp_path).open(sealed, "wh_1") == "whsec_x"
-    with pytest.raises(TapedeckError):  # another data dir = another key
+    # another data dir = another key
+    with pytest.raises(TapedeckError, match="The upload token is invalid"):
         keys(tmp_path / "other").upload_tokens().verify(token, NOW)
 
 
@@ -58,9 +59,9 @@ def test_one_secret_key_is_the_same_on_every_node_and_writes_no_files(tmp_path: 
     assert b.secret_box().open(a.secret_box().seal("whsec_x", "wh_1"), "wh_1") == "whsec_x"
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     other = keys(tmp_path / "c", KEY_B)
-    with pytest.raises(TapedeckError):
+    with pytest.raises(TapedeckError, match="The upload token is invalid"):
         other.upload_tokens().verify(token, NOW)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sealed secret does not open with this key"):
         other.secret_box().open(a.secret_box().seal("whsec_x", "wh_1"), "wh_1")
     # Purposes are separated: the signing key is not the sealing key.
     assert derive(KEY_A, "upload-signing") != derive(KEY_A, "webhook-secrets")
@@ -76,9 +77,11 @@ def test_rotation_accepts_the_previous_key_and_signs_with_the_new(tmp_path: Path
     assert rotated.secret_box().open(sealed, "wh_1") == "whsec_x"
     fresh = rotated.upload_tokens().issue("prj_1", "rec_2", NOW + timedelta(hours=1))
     assert keys(tmp_path, KEY_B).upload_tokens().verify(fresh, NOW).recording_id == "rec_2"
-    with pytest.raises(TapedeckError):  # new tokens are not signed with the old key
+    # new tokens are not signed with the old key
+    with pytest.raises(TapedeckError, match="The upload token is invalid"):
         old.upload_tokens().verify(fresh, NOW)
-    with pytest.raises(TapedeckError):  # once the previous key is dropped, old tokens die
+    # once the previous key is dropped, old tokens die
+    with pytest.raises(TapedeckError, match="The upload token is invalid"):
         keys(tmp_path, KEY_B).upload_tokens().verify(token, NOW)
 
 

@@ -81,7 +81,7 @@ def test_devices_bound_to_and_voice_profile_counts(database: Database,
                    " speech_ms, created_at) VALUES ('vp_1', ?, ?, ?, 'sample', 3000, ?)",
                    [p.project_id, ada, b"\0" * 1024, START.isoformat()])
     assert d.voice_profiles.counts(p, [ada, bob, stranger]) == {ada: 1, bob: 0, stranger: 0}
-    with pytest.raises(TapedeckError):
+    with pytest.raises(TapedeckError, match="lacks the devices:read scope"):
         d.devices.bound_to(replace(p, scopes=frozenset({"end_users:read"})), [ada])
 
 

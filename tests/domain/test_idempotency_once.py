@@ -142,5 +142,5 @@ def test_a_sealed_secret_opens_only_for_its_credential_and_key(domain_world: Wor
         assert list(outcome.response.body.items()) == [("id", "dev_1"), ("token", "dtok_secret")]
     [raw] = stored_bodies(w)
     sealed = json.loads(raw)[SEALED_FIELD]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="sealed secret does not open with this key"):
         w.domain.secret_box.open(sealed, f"idempotency:{scope_of(p)}:k-2")

@@ -138,7 +138,7 @@ def test_check_stops_pulling_at_the_first_bad_page() -> None:
         yield b"RIFF....WAVEfmt " + bytes(200)
         raise AssertionError("pulled a block after the bad one")
 
-    with pytest.raises(InvalidAudio):
+    with pytest.raises(InvalidAudio, match=r"^no Ogg page at byte 0 "):
         check_stream(body(), pulled.append)
     assert len(pulled) == 1
 

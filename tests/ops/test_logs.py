@@ -91,7 +91,7 @@ def test_text_on_a_terminal_json_elsewhere(tmp_path: Path) -> None:
     os.close(master)
     assert "ERROR" in out and "[req-tty] on a terminal" in out
     assert not out.lstrip().startswith("{")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="log_format must be json, text or auto, not 'yaml'"):
         resolve_format("yaml", io.StringIO())
 
 

@@ -57,9 +57,10 @@ def _record(srv: RunningServer, token: str, chunks: list[bytes]) -> str:
 def _errors(srv: RunningServer, rest: httpx.Client) -> None:
     """One typed error on each transport."""
     assert rest.get("/v1/recordings/rec_0000000000000000000000").status_code == 404
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(grpc.RpcError) as exc:
         srv.recordings().GetRecording(recording_pb2.GetRecordingRequest(
             id="rec_0000000000000000000000"), metadata=auth(srv.api_key))
+    assert exc.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def _finished(srv: RunningServer, rec_id: str, receiver: Receiver) -> bool:

@@ -262,14 +262,16 @@ def test_cursor_pagination_visits_every_hit_once(srv: RunningServer, project: Pr
     assert len(seen) == len(expected) == 28 and set(seen) == expected
     if order == "relevance":
         assert scores == sorted(scores, reverse=True)
-    with pytest.raises(TapedeckError) as info:  # a cursor of the other order
+    # a cursor of the other order
+    with pytest.raises(TapedeckError,
+                       match=r"^cursor is not a value returned by this API for this order") as info:
         other = "newest" if order == "relevance" else "relevance"
         first = srv.app.domain.search.search(p, SearchRequest(q="hazel", order=other, limit=1))
         srv.app.domain.search.search(p, SearchRequest(q="hazel", order=order,
                                                       cursor=first.next_cursor))
     assert info.value.details["field"] == "cursor"
     for bad in ("nonsense", "e30", "eyJvIjoibmV3ZXN0IiwiayI6WzEsMiwzXX0"):
-        with pytest.raises(TapedeckError):
+        with pytest.raises(TapedeckError, match=r"^cursor is not a value returned by this API"):
             srv.app.domain.search.search(p, SearchRequest(q="hazel", order=order, cursor=bad))
 
 

@@ -192,5 +192,6 @@ def test_the_storage_meter_reuses_a_measurement_only_within_its_bound(tmp_path: 
     stored(10**9)
     fresh.check(db.read(), Settings(storage_quota_bytes=10**9), "prj_1", 100)  # reused
     clock.advance(timedelta(seconds=METER_TTL_S + 1))
-    with pytest.raises(TapedeckError):
+    with pytest.raises(TapedeckError,
+                       match="The project stores 1000005000 bytes, its quota is 1000000000;"):
         fresh.check(db.read(), Settings(storage_quota_bytes=10**9), "prj_1", 100)

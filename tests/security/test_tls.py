@@ -125,10 +125,11 @@ def test_grpc_is_tls_only_and_verified(tls_server: RunningServer, pki: Pki) -> N
 
 def test_http_is_tls_only_and_chunk_urls_are_https(tls_server: RunningServer,
                                                    pki: Pki) -> None:
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(httpx.HTTPError, match="Server disconnected without sending a response"):
         httpx.get(f"http://127.0.0.1:{tls_server.app.http_port}/v1/recordings",
                   headers={"Authorization": f"Bearer {tls_server.api_key}"}, timeout=5)
-    with pytest.raises(httpx.ConnectError):  # not trusted by the system roots
+    # not trusted by the system roots
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"https://127.0.0.1:{tls_server.app.http_port}/v1/recordings", timeout=5)
     _, token = tls_server.device_token()
     with _https(tls_server, pki.ca_file("one")) as c:
@@ -155,8 +156,9 @@ def test_replaced_files_are_served_without_a_restart(tls_server: RunningServer,
     with _https(tls_server, pki.ca_file("two")) as c:
         assert c.get("/v1/recordings").status_code == 200
     assert _grpc_list(tls_server, pki.ca_file("two")) is not None
-    with pytest.raises(grpc.RpcError):
+    with pytest.raises(grpc.RpcError) as caught:
         _grpc_list(tls_server, pki.ca_file("one"))
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_the_agent_verifies_the_server_with_its_ca_file(tls_server: RunningServer,
@@ -174,13 +176,14 @@ def test_the_agent_verifies_the_server_with_its_ca_file(tls_server: RunningServe
     md5 = hashlib.md5(data).hexdigest()
     assert put_chunk_url(rec.chunk_url_template, 1, data, md5, 10,
                          ca_file=str(pki.ca_file("one"))) is False
-    with pytest.raises(ServerError) as caught:  # system roots do not know the test CA
+    # system roots do not know the test CA
+    with pytest.raises(ServerError, match="CERTIFICATE_VERIFY_FAILED") as caught:
         put_chunk_url(rec.chunk_url_template, 2, data, md5, 10)
     assert caught.value.kind == "transient"
     untrusting = AgentClient(tls_server.grpc_target, token, ca_file=str(pki.ca_file("two")),
                              timeout_s=5)
     try:
-        with pytest.raises(ServerError):
+        with pytest.raises(ServerError, match=r"^rpc_error: UNAVAILABLE: "):
             untrusting.create_recording(key="k-tls-2", name="x",
                                         started_at="2026-01-01T00:00:00.000Z",
                                         chunk_duration_ms=60_000, estimated_duration_ms=None)
@@ -194,11 +197,13 @@ def test_plaintext_only_on_loopback(tmp_path: Path, pki: Pki) -> None:
     assert check_transport(Settings(host="0.0.0.0", allow_plaintext=True)) is None
     assert check_transport(Settings(host="0.0.0.0", tls_cert_file=str(pki.cert),
                                     tls_key_file=str(pki.key))) is not None
-    with pytest.raises(TapedeckError) as caught:
+    with pytest.raises(TapedeckError, match=r"Refusing to serve plaintext on 0\.0\.0\.0:") as caught:
         check_transport(Settings(host="0.0.0.0"))
     assert caught.value.type == "invalid_request"
-    with pytest.raises(TapedeckError):
+    with pytest.raises(TapedeckError) as caught:
         check_transport(Settings(tls_cert_file=str(pki.cert)))  # the key is missing
+    assert (caught.value.type, caught.value.details) == ("invalid_request",
+                                                         {"field": "tls_key_file"})
     env = dict(os.environ, TAPEDECK_HOST="0.0.0.0", TAPEDECK_DATA_DIR=str(tmp_path / "d"))
     out = subprocess.run([sys.executable, "-m", "tapedeck", "serve"], env=env,
                          capture_output=True, text=True, timeout=60)

@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import io
 import os
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -162,7 +163,7 @@ def test_put_overwrites(obj_store: ObjectStore) -> None:
 def test_put_if_absent_writes_only_a_new_key(obj_store: ObjectStore) -> None:
     info = obj_store.put("k", io.BytesIO(b"first"), 5, if_absent=True)
     assert info.etag == md5_hex(b"first")
-    with pytest.raises(ObjectExists):
+    with pytest.raises(ObjectExists, match=r"^k$"):
         obj_store.put("k", io.BytesIO(b"second!"), 7, if_absent=True,
                       content_md5_b64=base64.b64encode(hashlib.md5(b"second!").digest()).decode())
     assert read_all(obj_store, "k") == b"first"
@@ -209,7 +210,7 @@ def test_stream_reads_in_pieces_and_close_is_final(obj_store: ObjectStore) -> No
         pieces.append(chunk)
     f.close()
     assert b"".join(pieces) == data
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="closed file"):
         f.read(1)
 
 
@@ -223,7 +224,7 @@ def test_many_partial_reads_do_not_exhaust_connections(obj_store: ObjectStore) -
 
 
 def test_missing_key(obj_store: ObjectStore) -> None:
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFound, match="nope/missing"):
         obj_store.open("nope/missing")
     assert obj_store.stat("nope/missing") is None
     obj_store.delete("nope/missing")  # not an error
@@ -233,7 +234,7 @@ def test_delete(obj_store: ObjectStore) -> None:
     put_bytes(obj_store, "a/b", b"x")
     obj_store.delete("a/b")
     assert obj_store.stat("a/b") is None
-    with pytest.raises(ObjectNotFound):
+    with pytest.raises(ObjectNotFound, match="a/b"):
         obj_store.open("a/b")
     assert list(obj_store.list("a/")) == []
 
@@ -444,9 +445,9 @@ def test_open_past_the_end_or_empty_range_is_empty(obj_store: ObjectStore) -> No
         assert f.read() == b"", (offset, length)
         f.close()
     for offset, length in ((5, None), (0, 0), (20, 1)):  # a missing key stays missing
-        with pytest.raises(ObjectNotFound):
+        with pytest.raises(ObjectNotFound, match="nope"):
             obj_store.open("nope", offset, length)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("bad range: offset=-1, length=None")):
         obj_store.open("r", -1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=re.escape("bad range: offset=0, length=-2")):
         obj_store.open("r", 0, -2)

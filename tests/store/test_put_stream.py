@@ -48,10 +48,12 @@ def test_streams_one_single_put_with_md5_etag(store: S3Store) -> None:
     assert store.stat("k/a").size == len(DATA)  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("failure", [{"fail_after": 128 * 1024}, {"fail_at_end": True}])
-def test_a_failing_producer_stores_nothing(store: S3Store, failure: dict[str, object]) -> None:
+@pytest.mark.parametrize(("failure", "message"), [({"fail_after": 128 * 1024}, "the producer failed"),
+                                                  ({"fail_at_end": True}, "refused at the end")])
+def test_a_failing_producer_stores_nothing(store: S3Store, failure: dict[str, object],
+                                           message: str) -> None:
     # fail_at_end: every byte was produced, the last block was held back → still nothing
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=f"^{message}$"):
         store.put_stream("k/b", blocks(DATA, **failure), len(DATA))  # type: ignore[arg-type]
     assert keys(store) == []
 
@@ -73,6 +75,6 @@ def test_wrong_content_md5_is_refused_by_the_store(store: S3Store) -> None:
 
 def test_if_absent_never_overwrites(store: S3Store) -> None:
     store.put_stream("k/e", blocks(DATA), len(DATA), if_absent=True)
-    with pytest.raises(ObjectExists):
+    with pytest.raises(ObjectExists, match=r"^k/e$"):
         store.put_stream("k/e", blocks(b"y" * 1000), 1000, if_absent=True)
     assert store.stat("k/e").etag == hashlib.md5(DATA).hexdigest()  # type: ignore[union-attr]

@@ -73,5 +73,5 @@ def test_a_lost_lease_of_the_assembly_stops_the_wait(database: Database) -> None
     def check() -> None:
         raise LeaseLost("job_transcribe")
 
-    with pytest.raises(LeaseLost):
+    with pytest.raises(LeaseLost, match=r"^lease on job_transcribe lost$"):
         wait_for_live_piece(database, clock, REC, 5, check)

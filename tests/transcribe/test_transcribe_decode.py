@@ -97,7 +97,14 @@ def test_not_decodable_ogg_opus_raises(kind: str, tmp_path: Path,
         "vorbis": _vorbis(tmp_path) if kind == "vorbis" else b"",
         "headless": data[first_audio:],  # audio pages without OpusHead/OpusTags
     }[kind]
-    with pytest.raises(UndecodableAudio):
+    reason = {
+        "empty": "empty stream",
+        "garbage": "no Ogg page at byte 0",
+        "truncated": "stream ends inside",  # a page header or a page, by where the cut falls
+        "vorbis": "first packet is not an OpusHead",
+        "headless": "first page is not a beginning-of-stream page",
+    }[kind]
+    with pytest.raises(UndecodableAudio, match=f"^{reason}"):
         for _ in iter_pcm(io.BytesIO(bad)):
             pass
 

@@ -117,7 +117,7 @@ class App:
             weed = start_managed_weed(settings) if not settings.s3_endpoint else None
             if weed is not None:
                 undo.callback(weed.stop)
-            s3 = open_store(settings, weed)
+            s3 = open_store(settings, weed, clock)
             db = open_database(settings.database_target)
             undo.callback(db.close)
             sock = listen_http(settings) if "http" in set(roles) else None
@@ -262,8 +262,9 @@ def start_managed_weed(settings: Settings) -> ManagedWeed:
     return weed
 
 
-def open_store(settings: Settings, weed: ManagedWeed | None) -> S3Store:
-    """The S3 store of ``settings`` (the managed ``weed`` when given), its bucket checked."""
+def open_store(settings: Settings, weed: ManagedWeed | None, clock: Clock) -> S3Store:
+    """The S3 store of ``settings`` (the managed ``weed`` when given), its bucket checked;
+    presigned URLs are signed at ``clock``'s time (the store checks their expiry itself)."""
     if weed is not None:
         endpoint, access, secret = weed.endpoint, weed.access_key, weed.secret_key
     else:
@@ -271,7 +272,7 @@ def open_store(settings: Settings, weed: ManagedWeed | None) -> S3Store:
                                     settings.s3_secret_key)
     s3 = S3Store(endpoint=endpoint, access_key=access, secret_key=secret,
                  bucket=settings.s3_bucket, secure=settings.s3_secure,
-                 region=settings.s3_region or "us-east-1")
+                 region=settings.s3_region or "us-east-1", clock=clock.now)
     checked_bucket(s3, endpoint)
     return s3
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from tapedeck.clock import ManualClock
 from tapedeck.domain.objects import stored_parts
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
@@ -100,16 +101,26 @@ def test_presigned_url_tampered_or_wrong_md5_refused(server: RunningServer) -> N
 def test_presigned_url_expired_refused(weed: Any, tmp_path: Path) -> None:
     from serverkit import start_server
 
-    srv = start_server(make_settings(weed, tmp_path / "d", upload_url_ttl_s=1))
+    # The store checks a signature's expiry against its own (real) clock; the server signs
+    # with its injectable one. A server clock 3 minutes behind signs URLs already past their
+    # 2-minute lifetime when they reach the store; 30 s behind, still valid. No waiting.
+    clock = ManualClock(datetime.now(UTC) - timedelta(minutes=3))
+    srv = start_server(make_settings(weed, tmp_path / "d", upload_url_ttl_s=120), clock=clock)
     try:
         _, token = srv.device_token()
         rec_id = new_recording(srv, token)
-        url = srv.chunks().CreateChunkUploadUrl(
-            chunk_pb2.CreateChunkUploadUrlRequest(recording_id=rec_id, part=1),
-            metadata=auth(token))
-        time.sleep(2.5)
-        assert http_put(url.upload_url, b"late", dict(url.headers)) == 403
+
+        def url_for(part: int) -> chunk_pb2.CreateChunkUploadUrlResponse:
+            return srv.chunks().CreateChunkUploadUrl(
+                chunk_pb2.CreateChunkUploadUrlRequest(recording_id=rec_id, part=part),
+                metadata=auth(token))
+
+        late = url_for(1)
+        assert http_put(late.upload_url, b"late", dict(late.headers)) == 403
         assert list(srv.app.store.list(f"recordings/{rec_id}/")) == []
+        clock.advance(timedelta(seconds=150))
+        fresh = url_for(2)
+        assert http_put(fresh.upload_url, b"in time", dict(fresh.headers)) == 200
     finally:
         srv.close()
         drop_bucket(weed, srv.app.settings.s3_bucket)

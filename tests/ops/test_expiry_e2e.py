@@ -10,7 +10,7 @@ Time is a ``ManualClock`` shared by every role, so nothing races the expiry."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
 
 @pytest.fixture
 def clocked(weed: Any, tmp_path: Path) -> Iterator[tuple[RunningServer, ManualClock]]:
-    clock = ManualClock()
+    clock = ManualClock(datetime.now(UTC))  # the store checks presigned URLs in real time
     settings = make_settings(weed, tmp_path / "d", job_kinds="stitch", sweep_interval_ms=100,
                              job_poll_ms=50)
     srv = start_server(settings, roles=ROLES, clock=clock)

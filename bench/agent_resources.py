@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # test kits: servers, speech audio, Pul
 
 from tapedeck.auth import create_project, issue_device_token  # noqa: E402
 from tapedeck.clock import SystemClock  # noqa: E402
-from tapedeck.db import Database  # noqa: E402
-from tapedeck.weed import ManagedWeed  # noqa: E402
+from tapedeck.infra.db import Database  # noqa: E402
+from tapedeck.infra.weed import ManagedWeed  # noqa: E402
 from tapedeck_agent.encoder import OpusChunker  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests" / "agent"))

@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
-from tapedeck.copy_objects import copy_objects
-from tapedeck.store.s3 import S3Store
-from tapedeck.weed import ManagedWeed
-from tapedeck.weed_cluster import WeedCluster
+from tapedeck.admin.copy_objects import copy_objects
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.weed import ManagedWeed
+from tapedeck.infra.weed_cluster import WeedCluster
 
 
 def store_on(s: ManagedWeed | WeedCluster) -> S3Store:

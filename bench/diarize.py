@@ -50,8 +50,8 @@ def cpu_s():
 """
 
 _TRANSCRIBE = _COMMON + r"""
-from tapedeck.transcribe import transcribe_ogg_opus
-from tapedeck.transcribe.whisper import load_engine
+from tapedeck.background.transcribe import transcribe_ogg_opus
+from tapedeck.background.transcribe.whisper import load_engine
 
 path, cache, threads = sys.argv[1:4]
 engine = load_engine("", Path(cache), int(threads))
@@ -63,7 +63,7 @@ print(json.dumps({"cpu_s": cpu_s() - cpu0, "words": t.word_count, "hwm_kib": hwm
 
 _DIARIZE = _COMMON + r"""
 from tapedeck.diarize import Diarizer
-from tapedeck.transcribe.decode import iter_pcm, iter_windows
+from tapedeck.background.transcribe.decode import iter_pcm, iter_windows
 
 path = sys.argv[1]
 d = Diarizer()

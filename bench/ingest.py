@@ -45,9 +45,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test kit: child-process server, g
 
 from tapedeck.auth import create_project  # noqa: E402
 from tapedeck.clock import SystemClock  # noqa: E402
-from tapedeck.db import Database  # noqa: E402
+from tapedeck.infra.db import Database  # noqa: E402
+from tapedeck.infra.weed import ManagedWeed  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc  # noqa: E402
-from tapedeck.weed import ManagedWeed  # noqa: E402
 
 from serverkit import ChildServer, auth, chunk_messages, make_settings, spawn_server  # noqa: E402
 

@@ -53,9 +53,9 @@ from transcribe_e2e import Client, device_chunks, engine_only, wait_event  # noq
 
 from tapedeck.app import App  # noqa: E402
 from tapedeck.auth import create_project, issue_device_token  # noqa: E402
+from tapedeck.background.transcribe.whisper import PROFILES, load_engine  # noqa: E402
 from tapedeck.clock import parse_iso  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
-from tapedeck.transcribe.whisper import PROFILES, load_engine  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2_grpc  # noqa: E402
 from tapedeck.v1 import recording_pb2 as rpb  # noqa: E402
 

@@ -36,9 +36,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test kit: child-process server, O
 
 from tapedeck.auth import create_project, issue_device_token  # noqa: E402
 from tapedeck.clock import SystemClock  # noqa: E402
-from tapedeck.db import Database  # noqa: E402
+from tapedeck.infra.db import Database  # noqa: E402
+from tapedeck.infra.weed import ManagedWeed  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2, recording_pb2_grpc  # noqa: E402
-from tapedeck.weed import ManagedWeed  # noqa: E402
 
 from serverkit import ChildServer, auth, chunk_messages, make_settings, spawn_server  # noqa: E402
 from stitchkit import continuous_chunks  # noqa: E402

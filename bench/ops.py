@@ -34,11 +34,11 @@ from tapedeck.gateway.observe import ObservingMiddleware
 from tapedeck.gateway.server import GatewayServer, bind
 from tapedeck.grpc_api.observe import ObservingInterceptor
 from tapedeck.grpc_api.server import build_grpc_server
-from tapedeck.logs import configure
-from tapedeck.metrics import Metrics
+from tapedeck.infra.logs import configure
+from tapedeck.infra.metrics import Metrics
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.settings import Settings
 from tapedeck.v1 import recording_pb2, recording_pb2_grpc
-from tapedeck.weed import ManagedWeed
 
 
 def timed_each(call: Callable[[], object], n: int) -> float:

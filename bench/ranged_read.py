@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tapedeck.store import ObjectStore
-from tapedeck.store.s3 import S3Store
-from tapedeck.weed import ManagedWeed
+from tapedeck.infra.store import ObjectStore
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.weed import ManagedWeed
 
 RANGE = 256 * 1024
 BLOCK = 256 * 1024

@@ -39,9 +39,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the test kits: PostgreSQL, child proc
 
 from tapedeck.auth import create_project  # noqa: E402
 from tapedeck.clock import SystemClock  # noqa: E402
-from tapedeck.db import open_database  # noqa: E402
+from tapedeck.infra.db import open_database  # noqa: E402
+from tapedeck.infra.weed import ManagedWeed  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
-from tapedeck.weed import ManagedWeed  # noqa: E402
 
 from fleetkit import SECRET_KEY, Fleet  # noqa: E402
 from opskit import md5_b64  # noqa: E402

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/search.py [--transcripts 10000] [--minutes 30] [--queries 200]``
 (smaller, e.g. ``--transcripts 1000``, for a quick look; the output says what ran).
 
-The embedded default: a real SQLite file (``tapedeck.db.Database``: WAL, synchronous=FULL)
+The embedded default: a real SQLite file (``tapedeck.infra.db.Database``: WAL, synchronous=FULL)
 with the FTS5 index of ``tapedeck.domain.search_index``. Corpus: N synthetic transcripts of
 M minutes each (~150 words a minute, segments of 8-16 words over 3-6 s), words drawn from a
 Zipf distribution (s = 1.07) over an English-like vocabulary: 60 real function words first,
@@ -41,11 +41,11 @@ sys.path[:0] = [str(ROOT / "server")]
 
 from tapedeck.auth import Authenticator, Principal, UploadTokens, create_project  # noqa: E402
 from tapedeck.clock import SystemClock  # noqa: E402
-from tapedeck.db import Database  # noqa: E402
 from tapedeck.domain.context import Context, KeyedLocks  # noqa: E402
 from tapedeck.domain.search import Search, SearchRequest  # noqa: E402
 from tapedeck.domain.search_index import backend_for  # noqa: E402
 from tapedeck.domain.transcriptions import Transcriptions  # noqa: E402
+from tapedeck.infra.db import Database  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
 
 _FUNCTION = ("the be to of and a in that have i it for not on with he as you do at this but "

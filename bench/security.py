@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 import grpc  # noqa: E402
 import httpx  # noqa: E402
 
-from tapedeck.pki import CertificateAuthority  # noqa: E402
+from tapedeck.infra.pki import CertificateAuthority  # noqa: E402
+from tapedeck.infra.weed import ManagedWeed  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2, recording_pb2_grpc  # noqa: E402
-from tapedeck.weed import ManagedWeed  # noqa: E402
 
 from serverkit import RunningServer, auth, chunk_messages, make_settings, start_server  # noqa: E402
 

@@ -9,7 +9,7 @@ in a fresh child process (a real ``Worker``):
 
 * baseline: the stitcher as it was before issue 15 — every chunk read whole into memory,
   with two more prefetched (``verified_chunks`` swapped for that implementation);
-* streaming: today's ``tapedeck.stitch`` (chunks streamed from the pinned objects).
+* streaming: today's ``tapedeck.background.stitch`` (chunks streamed from the pinned objects).
 
 Prints, for each, the peak RSS growth during the job (VmHWM - VmRSS before it) and the job
 time, and the ratios streaming / baseline (memory target: a constant, far below one part).
@@ -87,7 +87,7 @@ def big_part(path: Path, size: int) -> int:
 def whole_chunks(store: Any, chunks: list[Any], checksum_md5: str | None,
                  before_each: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
     """Every chunk read whole (``read()``), two more prefetched by a thread, as before."""
-    from tapedeck.jobs import JobFailed
+    from tapedeck.infra.jobs import JobFailed
 
     def fetch(key: str) -> bytes:
         stream = store.open(key)
@@ -117,8 +117,8 @@ def settings_of(fields: dict[str, Any]) -> Settings:
 
 def child(mode: str, env: dict[str, str]) -> None:
     """Run one stitch job in this process; print its RSS growth and time as JSON."""
-    import tapedeck.stitch.handler as stitch_handler
-    from tapedeck.worker import Worker, queue_for
+    import tapedeck.background.stitch.handler as stitch_handler
+    from tapedeck.background.worker import Worker, queue_for
 
     if mode == "baseline":  # the handler's own reference is what its stitch reads through
         stitch_handler.verified_chunks = whole_chunks  # type: ignore[assignment]
@@ -143,7 +143,7 @@ def main() -> None:
     if args.child:
         child(args.child, {"settings": sys.stdin.read()})
         return
-    from tapedeck.weed import ManagedWeed
+    from tapedeck.infra.weed import ManagedWeed
 
     with tempfile.TemporaryDirectory() as tmp, ManagedWeed(Path(tmp) / "weed") as weed:
         part = Path(tmp) / "part.opus"

@@ -36,11 +36,11 @@ from stitch import make_chunks  # noqa: E402
 
 from tapedeck.app import App  # noqa: E402
 from tapedeck.auth import Principal, create_project  # noqa: E402
+from tapedeck.background.stitch import build_handler  # noqa: E402
+from tapedeck.background.worker import Worker, queue_for  # noqa: E402
 from tapedeck.domain.recordings import NewRecording  # noqa: E402
+from tapedeck.infra.store import ObjectStore  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
-from tapedeck.stitch import build_handler  # noqa: E402
-from tapedeck.store import ObjectStore  # noqa: E402
-from tapedeck.worker import Worker, queue_for  # noqa: E402
 
 
 def finalized_recording(app: App, p: Principal, chunks: list[bytes], minutes: int) -> str:

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests" / "transcribe"))
 
 import numpy as np  # noqa: E402
 
-from tapedeck.transcribe.decode import SAMPLE_RATE, iter_pcm, iter_windows  # noqa: E402
+from tapedeck.background.transcribe.decode import SAMPLE_RATE, iter_pcm, iter_windows  # noqa: E402
 
 import asterisk_speech as speech  # noqa: E402
 
@@ -47,8 +47,8 @@ def cpu_s():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
-from tapedeck.transcribe import transcribe_ogg_opus
-from tapedeck.transcribe.whisper import decoding_options, load_engine
+from tapedeck.background.transcribe import transcribe_ogg_opus
+from tapedeck.background.transcribe.whisper import decoding_options, load_engine
 
 path, model, cache, threads, decoding = sys.argv[1:6]
 started = time.perf_counter()

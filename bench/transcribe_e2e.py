@@ -45,10 +45,10 @@ import numpy as np  # noqa: E402
 
 from tapedeck.app import App  # noqa: E402
 from tapedeck.auth import create_project, issue_device_token  # noqa: E402
+from tapedeck.background.transcribe import TranscriptionEngine, transcribe_ogg_opus  # noqa: E402
+from tapedeck.background.transcribe.whisper import load_engine  # noqa: E402
 from tapedeck.clock import parse_iso  # noqa: E402
 from tapedeck.settings import Settings  # noqa: E402
-from tapedeck.transcribe import TranscriptionEngine, transcribe_ogg_opus  # noqa: E402
-from tapedeck.transcribe.whisper import load_engine  # noqa: E402
 from tapedeck.v1 import chunk_pb2_grpc, recording_pb2_grpc  # noqa: E402
 from tapedeck.v1 import recording_pb2 as rpb  # noqa: E402
 from tapedeck_agent.encoder import OpusChunker  # noqa: E402

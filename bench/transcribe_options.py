@@ -39,10 +39,10 @@ sys.path.insert(0, str(ROOT / "tests" / "transcribe"))
 
 import numpy as np  # noqa: E402
 
-from tapedeck.transcribe import TranscriptionEngine, transcribe_ogg_opus  # noqa: E402
-from tapedeck.transcribe.decode import SAMPLE_RATE  # noqa: E402
-from tapedeck.transcribe.live import decode, speech_spans, transcribe_piece  # noqa: E402
-from tapedeck.transcribe.whisper import PROFILES, WhisperEngine, WhisperOptions  # noqa: E402
+from tapedeck.background.transcribe import TranscriptionEngine, transcribe_ogg_opus  # noqa: E402
+from tapedeck.background.transcribe.decode import SAMPLE_RATE  # noqa: E402
+from tapedeck.background.transcribe.live import decode, speech_spans, transcribe_piece  # noqa: E402
+from tapedeck.background.transcribe.whisper import PROFILES, WhisperEngine, WhisperOptions  # noqa: E402
 
 import asterisk_speech as speech  # noqa: E402
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.weed_cluster import WeedCluster
+from tapedeck.infra.weed_cluster import WeedCluster
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from tapedeck.db import Database, open_database
-from tapedeck.store.s3 import S3Store
-from tapedeck.weed import ManagedWeed
-from tapedeck.weed import free_port as _free_port
+from tapedeck.infra.db import Database, open_database
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.weed import ManagedWeed
+from tapedeck.infra.weed import free_port as _free_port
 
 import serverkit
 from domainkit import World, migrated_template, open_world
@@ -99,7 +99,7 @@ def postgres() -> Iterator[Any]:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | Path]:
     """Where a test's database lives: a fresh SQLite file, then a fresh PostgreSQL database
-    (``tapedeck.db.open_database`` opens either). Tests using it run on both backends."""
+    (``tapedeck.infra.db.open_database`` opens either). Tests using it run on both backends."""
     if request.param == "sqlite":
         yield tmp_path / "tapedeck.db"
         return

@@ -20,12 +20,12 @@ from typing import Any
 
 from tapedeck.auth import Principal, create_project, issue_device_token
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database, open_database
 from tapedeck.domain import Domain
 from tapedeck.domain.models import Recording
 from tapedeck.domain.recordings import NewRecording
+from tapedeck.infra.db import Database, open_database
+from tapedeck.infra.store.memory import MemoryStore
 from tapedeck.settings import Settings
-from tapedeck.store.memory import MemoryStore
 
 
 def fast_settings(data_dir: Path, **overrides: Any) -> Settings:

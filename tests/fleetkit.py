@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "ops"))  # opskit (chil
 
 from tapedeck.auth import create_project, issue_device_token
 from tapedeck.clock import SystemClock
-from tapedeck.db import open_database
+from tapedeck.infra.db import open_database
 from tapedeck.settings import Settings
 
 from opskit import Child, spawn
@@ -87,7 +87,7 @@ class Fleet:
 
 def fleet_store(fleet: Fleet) -> Any:
     """An ``S3Store`` on the fleet's bucket, for checking what the processes stored."""
-    from tapedeck.store.s3 import S3Store
+    from tapedeck.infra.store.s3 import S3Store
 
     s = fleet.settings
     return S3Store(endpoint=s.s3_endpoint, access_key=s.s3_access_key,

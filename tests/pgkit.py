@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from tapedeck.weed import free_port
+from tapedeck.infra.weed import free_port
 
 BIN = Path("/usr/lib/postgresql/15/bin")
 USER = "tapedeck"
@@ -81,7 +81,7 @@ class TempPostgres:
         return f"{self.base_url}/{name}"
 
     def _make_migrated_template(self) -> str:
-        from tapedeck.db import open_database
+        from tapedeck.infra.db import open_database
 
         url = self.fresh_database(migrated=False)
         open_database(url).close()

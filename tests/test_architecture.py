@@ -149,9 +149,49 @@ def test_only_the_domain_imports_private_domain_modules() -> None:
 APP_USERS = ("tapedeck.app", "tapedeck.cli", "tapedeck.__main__")
 #: What ``tapedeck.runtime`` must not load, even indirectly: it is a leaf that roles import.
 NOT_UNDER_RUNTIME = ("tapedeck.app", "tapedeck.cli", "tapedeck.domain", "tapedeck.grpc_api",
-                     "tapedeck.gateway", "tapedeck.worker", "tapedeck.sweeper",
-                     "tapedeck.webhooks", "tapedeck.stitch", "tapedeck.transcribe",
-                     "tapedeck.diarize")
+                     "tapedeck.gateway", "tapedeck.background", "tapedeck.webhooks",
+                     "tapedeck.diarize", "tapedeck.admin")
+#: The leaves every layer may import: they import no other package of ``tapedeck``.
+LEAVES = ("tapedeck.clock", "tapedeck.errors", "tapedeck.ids", "tapedeck.settings")
+#: Package → what it must never import (docs/ARCHITECTURE.md, "Layout"): infrastructure sits
+#: below the domain, the domain below what runs it (roles, background work, assembly).
+FORBIDDEN = {
+    "tapedeck.infra": ("tapedeck.domain", "tapedeck.background", "tapedeck.gateway",
+                       "tapedeck.grpc_api", "tapedeck.webhooks", "tapedeck.diarize",
+                       "tapedeck.admin", "tapedeck.runtime", "tapedeck.auth", "tapedeck.app",
+                       "tapedeck.cli"),
+    "tapedeck.domain": ("tapedeck.background", "tapedeck.gateway", "tapedeck.grpc_api",
+                        "tapedeck.admin", "tapedeck.app", "tapedeck.cli"),
+    "tapedeck.background": ("tapedeck.gateway", "tapedeck.grpc_api", "tapedeck.admin",
+                            "tapedeck.app", "tapedeck.cli"),
+    "tapedeck.admin": ("tapedeck.domain", "tapedeck.background", "tapedeck.gateway",
+                       "tapedeck.grpc_api", "tapedeck.app", "tapedeck.cli"),
+}
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``FORBIDDEN`` edges of ``graph``, as "module imports module" lines."""
+    return sorted(f"{m} imports {d}" for m, deps in graph.items() for pkg, banned in FORBIDDEN.items()
+                  if m.startswith(pkg + ".") or m == pkg for d in deps if d.startswith(banned))
+
+
+def test_layers_import_only_downwards() -> None:
+    offenders = layer_violations(import_graph())
+    assert not offenders, offenders
+
+
+def test_layer_check_can_fail() -> None:
+    graph = {"tapedeck.infra.db": {"tapedeck.clock", "tapedeck.domain.models"},
+             "tapedeck.domain.x": {"tapedeck.infra.db", "tapedeck.gateway.routes"}}
+    assert layer_violations(graph) == ["tapedeck.domain.x imports tapedeck.gateway.routes",
+                                       "tapedeck.infra.db imports tapedeck.domain.models"]
+
+
+def test_infrastructure_imports_only_leaves() -> None:
+    graph = import_graph()
+    outside = sorted({d for m, deps in graph.items() if m.startswith("tapedeck.infra.")
+                      for d in deps if not d.startswith(("tapedeck.infra", *LEAVES))} - {PACKAGE})
+    assert not outside, outside
 
 
 def app_importers(graph: dict[str, set[str]]) -> list[str]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from tapedeck.db import Database, open_database
-from tapedeck.db_postgres import translate
-from tapedeck.migrations import MIGRATIONS
+from tapedeck.infra.db import Database, open_database
+from tapedeck.infra.db_postgres import translate
+from tapedeck.infra.migrations import MIGRATIONS
 
 
 def _columns(db: Database) -> dict[str, list[str]]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.oggopus import probe
-from tapedeck.stitch import build_handler
-from tapedeck.weed import ManagedWeed
-from tapedeck.worker import Worker, queue_for
 from tapedeck_agent.encoder import EncodedChunk, OpusChunker
 
 from audio import low_noise_pcm, speech_pcm

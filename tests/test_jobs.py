@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database, open_database
 from tapedeck.errors import error
-from tapedeck.jobs import Job, JobFailed, JobQueue, LeaseLost, RetryPolicy, classify, enqueue
+from tapedeck.infra.db import Database, open_database
+from tapedeck.infra.jobs import Job, JobFailed, JobQueue, LeaseLost, RetryPolicy, classify, enqueue
 
 
 @pytest.fixture

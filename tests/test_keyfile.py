@@ -1,4 +1,4 @@
-"""``tapedeck.keyfile``: data-directory keys, created once, the same for every process."""
+"""``tapedeck.infra.keyfile``: data-directory keys, created once, the same for every process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.keyfile import load_or_create
+from tapedeck.infra.keyfile import load_or_create
 
 
 def test_creates_a_private_key_once(tmp_path: Path) -> None:
@@ -30,7 +30,7 @@ def test_a_file_of_the_wrong_size_is_refused(tmp_path: Path) -> None:
 
 def test_processes_starting_together_share_one_key(tmp_path: Path) -> None:
     path = tmp_path / "data" / "k.key"
-    code = ("import sys; from pathlib import Path; from tapedeck.keyfile import load_or_create;"
+    code = ("import sys; from pathlib import Path; from tapedeck.infra.keyfile import load_or_create;"
             "print(load_or_create(Path(sys.argv[1])).hex())")
     procs = [subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
                               text=True) for _ in range(8)]

@@ -1,5 +1,5 @@
 """PostgreSQL only: the job queue leases with ``FOR UPDATE SKIP LOCKED`` without the global
-write lock, and ``LISTEN/NOTIFY`` wakes idle workers of another process (``tapedeck.wakeup``).
+write lock, and ``LISTEN/NOTIFY`` wakes idle workers of another process (``tapedeck.infra.wakeup``).
 
 "Another process" is a second ``PostgresDatabase`` on the same database (its own pools and
 connections, exactly what a second host would have); the locks are taken on a raw psycopg
@@ -16,12 +16,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from tapedeck.background.worker import JobRun, WorkerPool
 from tapedeck.clock import ManualClock
-from tapedeck.db_postgres import WRITE_LOCK, PostgresDatabase
-from tapedeck.jobs import JOBS_CHANNEL, JobQueue, enqueue
-from tapedeck.sql import Tx
-from tapedeck.wakeup import PgWakeups, listen_for_wakeups
-from tapedeck.worker import JobRun, WorkerPool
+from tapedeck.infra.db_postgres import WRITE_LOCK, PostgresDatabase
+from tapedeck.infra.jobs import JOBS_CHANNEL, JobQueue, enqueue
+from tapedeck.infra.sql import Tx
+from tapedeck.infra.wakeup import PgWakeups, listen_for_wakeups
 
 
 @pytest.fixture

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
+from tapedeck.background.stitch import audio_key, build_handler
+from tapedeck.background.worker import Worker, queue_for
 from tapedeck.clock import ManualClock
 from tapedeck.errors import TapedeckError
-from tapedeck.jobs import JobQueue, RetryPolicy
+from tapedeck.infra.jobs import JobQueue, RetryPolicy
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.oggopus import probe
-from tapedeck.stitch import audio_key, build_handler
-from tapedeck.weed import ManagedWeed
-from tapedeck.worker import Worker, queue_for
 
 from serverkit import drop_bucket, make_settings
 from stitchkit import (
@@ -354,9 +354,9 @@ def test_stitcher_streams_big_parts_in_bounded_memory(project: Project) -> None:
     Python heap's peak while verifying and remuxing two 24 MiB parts stays a few MiB."""
     import tracemalloc
 
+    from tapedeck.background.stitch import ChunkRecord, verified_chunks
     from tapedeck.domain.objects import new_chunk_key
     from tapedeck.oggopus import remux
-    from tapedeck.stitch import ChunkRecord, verified_chunks
 
     part = big_opus_part(24 * 1024 * 1024)
     records = []

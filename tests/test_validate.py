@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 
 from tapedeck.app import App
+from tapedeck.background.worker import HANDLER_FACTORIES
 from tapedeck.errors import TapedeckError
-from tapedeck.jobs import JOB_KINDS
+from tapedeck.infra.jobs import JOB_KINDS
 from tapedeck.settings import Settings
 from tapedeck.validate import check_settings
-from tapedeck.worker import HANDLER_FACTORIES
 
 
 def test_the_defaults_pass() -> None:

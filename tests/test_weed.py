@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.store.s3 import S3Store
-from tapedeck.weed import ManagedWeed, WeedStartError
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.weed import ManagedWeed, WeedStartError
 
 pytestmark = pytest.mark.timeout(180)
 

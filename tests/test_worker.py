@@ -19,19 +19,19 @@ from typing import Any
 
 import pytest
 
+from tapedeck.background.stitch import audio_key, build_handler
+from tapedeck.background.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes, queue_for
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database, open_database
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import TapedeckError, error
-from tapedeck.jobs import Failure, Job, JobFailed, JobQueue, JobSignals, RetryPolicy, enqueue
+from tapedeck.infra.db import Database, open_database
+from tapedeck.infra.jobs import Failure, Job, JobFailed, JobQueue, JobSignals, RetryPolicy, enqueue
+from tapedeck.infra.sql import Tx
+from tapedeck.infra.store import ObjectStore
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.oggopus import probe
 from tapedeck.settings import Settings
-from tapedeck.sql import Tx
-from tapedeck.stitch import audio_key, build_handler
-from tapedeck.store import ObjectStore
-from tapedeck.weed import ManagedWeed
-from tapedeck.worker import JobRun, Worker, WorkerPool, load_handlers, parse_lanes, queue_for
 
 import waitkit
 from serverkit import drop_bucket, make_settings

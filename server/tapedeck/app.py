@@ -20,17 +20,22 @@ from pathlib import Path
 from typing import Protocol
 
 from tapedeck.clock import Clock, SystemClock
-from tapedeck.db import Database, redact_url
-from tapedeck.db import open_database as connect_database
 from tapedeck.domain import Domain
 from tapedeck.errors import TapedeckError
-from tapedeck.health import Health, database_check, store_check
-from tapedeck.jobs import JobSignals
-from tapedeck.metrics import MeteredStore, Metrics, MetricsServer
-from tapedeck.private import private_dir, tighten_tree
+from tapedeck.infra.db import Database, redact_url
+from tapedeck.infra.db import open_database as connect_database
+from tapedeck.infra.health import Health, database_check, store_check
+from tapedeck.infra.jobs import JobSignals
+from tapedeck.infra.metrics import MeteredStore, Metrics, MetricsServer
+from tapedeck.infra.private import private_dir, tighten_tree
+from tapedeck.infra.sql import database_errors
+from tapedeck.infra.store import ObjectStore
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.supervise import WeedSupervisor
+from tapedeck.infra.tls import ServerCertificate
+from tapedeck.infra.weed import ManagedWeed, WeedDirInUse, WeedStartError
 from tapedeck.runtime import Runtime
 from tapedeck.settings import Settings
-from tapedeck.sql import database_errors
 from tapedeck.startup import (
     EXIT_DATA_DIR,
     EXIT_DATA_DIR_IN_USE,
@@ -39,12 +44,7 @@ from tapedeck.startup import (
     StartupError,
     first_line,
 )
-from tapedeck.store import ObjectStore
-from tapedeck.store.s3 import S3Store
-from tapedeck.supervise import WeedSupervisor
-from tapedeck.tls import ServerCertificate
 from tapedeck.validate import check_settings
-from tapedeck.weed import ManagedWeed, WeedDirInUse, WeedStartError
 
 log = logging.getLogger("tapedeck.app")
 ROLES = ("grpc", "http", "worker", "dispatcher", "sweeper")
@@ -160,7 +160,7 @@ class App:
         if "dispatcher" in roles:
             self._start_dispatcher()
         if "sweeper" in roles:
-            from tapedeck.sweeper import start_sweeper
+            from tapedeck.background.sweeper import start_sweeper
 
             self.services.append(start_sweeper(self.runtime))
         if "http" not in roles and self.settings.metrics_port:
@@ -194,9 +194,9 @@ class App:
         self.http_port = server.port
 
     def _start_workers(self) -> None:
-        from tapedeck.jobs import JOBS_CHANNEL
-        from tapedeck.wakeup import listen_for_wakeups
-        from tapedeck.worker import start_workers
+        from tapedeck.background.worker import start_workers
+        from tapedeck.infra.jobs import JOBS_CHANNEL
+        from tapedeck.infra.wakeup import listen_for_wakeups
 
         pool = start_workers(self.runtime)  # PostgreSQL: enqueues on any host wake it (NOTIFY)
         self.services.append(listen_for_wakeups(
@@ -204,7 +204,7 @@ class App:
         self.services.append(pool)
 
     def _start_dispatcher(self) -> None:
-        from tapedeck.wakeup import listen_for_wakeups
+        from tapedeck.infra.wakeup import listen_for_wakeups
         from tapedeck.webhooks.role import start_dispatcher
 
         # PostgreSQL: new events wake it (NOTIFY)

@@ -23,12 +23,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tapedeck import keyfile
 from tapedeck.clock import Clock, iso
-from tapedeck.db import Database
 from tapedeck.errors import error
 from tapedeck.ids import base62, new_id, random_base62
-from tapedeck.sql import Tx
+from tapedeck.infra import keyfile
+from tapedeck.infra.db import Database
+from tapedeck.infra.sql import Tx
 
 if TYPE_CHECKING:
     pass

@@ -113,7 +113,7 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tapedeck`` console script."""
     args = _parser().parse_args(argv)
-    from tapedeck.private import private_umask
+    from tapedeck.infra.private import private_umask
 
     private_umask()  # every file a server or admin command creates is 0600 (dirs 0700)
     from tapedeck.settings import Settings
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(settings: Any, roles: Sequence[str]) -> int:
     from tapedeck.app import App
-    from tapedeck.logs import configure
+    from tapedeck.infra.logs import configure
 
     try:
         configure(settings.log_format, settings.log_level)
@@ -177,7 +177,7 @@ def _admin(settings: Any, args: argparse.Namespace) -> int:
     from tapedeck.app import open_database
     from tapedeck.auth import create_project, issue_device_token
     from tapedeck.clock import SystemClock
-    from tapedeck.db import redact_url
+    from tapedeck.infra.db import redact_url
 
     if args.admin == "copy-objects":
         return _copy_objects(settings, args)
@@ -230,9 +230,9 @@ def _copy_objects(settings: Any, args: argparse.Namespace) -> int:
     started for it; stop the server first) into the target; prints the ``CopyResult``."""
     import os
 
+    from tapedeck.admin.copy_objects import copy_objects
     from tapedeck.app import App, checked_bucket
-    from tapedeck.copy_objects import copy_objects
-    from tapedeck.store.s3 import S3Store
+    from tapedeck.infra.store.s3 import S3Store
 
     target = S3Store(args.to_endpoint, os.environ.get("TAPEDECK_TARGET_S3_ACCESS_KEY", ""),
                      os.environ.get("TAPEDECK_TARGET_S3_SECRET_KEY", ""), args.to_bucket,
@@ -255,8 +255,8 @@ def _migrate_to(settings: Any, args: argparse.Namespace) -> int:
     table and a summary on stdout; exit 0 only if every table verified."""
     import os
 
-    from tapedeck.db import is_postgres_url
-    from tapedeck.migrate_to import MigrateToError, describe, migrate_to
+    from tapedeck.admin.migrate_to import MigrateToError, describe, migrate_to
+    from tapedeck.infra.db import is_postgres_url
 
     url = os.environ.get("TAPEDECK_TARGET_DATABASE_URL", "")
     if not is_postgres_url(url):

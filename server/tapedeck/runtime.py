@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tapedeck.clock import Clock
-from tapedeck.db import Database
-from tapedeck.jobs import JobSignals
-from tapedeck.metrics import Metrics
+from tapedeck.infra.db import Database
+from tapedeck.infra.jobs import JobSignals
+from tapedeck.infra.metrics import Metrics
+from tapedeck.infra.store import ObjectStore
 from tapedeck.settings import Settings
-from tapedeck.store import ObjectStore
 
 
 @dataclass(frozen=True)

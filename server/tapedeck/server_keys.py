@@ -24,9 +24,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from tapedeck import keyfile
 from tapedeck.auth import UploadTokens
 from tapedeck.errors import invalid
+from tapedeck.infra import keyfile
 from tapedeck.settings import Settings
 from tapedeck.webhooks.secretbox import SecretBox
 

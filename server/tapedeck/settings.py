@@ -16,7 +16,7 @@ from typing import Any
 
 from tapedeck.errors import invalid
 
-#: The profiles ``whisper_decoding`` may name (``tapedeck.transcribe.whisper.PROFILES``).
+#: The profiles ``whisper_decoding`` may name (``tapedeck.background.transcribe.whisper.PROFILES``).
 WHISPER_DECODINGS = ("fast", "accurate")
 
 
@@ -181,7 +181,7 @@ class Settings:
 
     @property
     def database_target(self) -> str | Path:
-        """What ``tapedeck.db.open_database`` opens: ``database_url`` if set, else the SQLite
+        """What ``tapedeck.infra.db.open_database`` opens: ``database_url`` if set, else the SQLite
         file."""
         return self.database_url or self.db_path
 

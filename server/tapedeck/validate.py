@@ -10,10 +10,10 @@ and ``log_format``/``log_level`` (``tapedeck.cli``, where logging is set up firs
 from __future__ import annotations
 
 from tapedeck.errors import invalid
-from tapedeck.jobs import JOB_KINDS, parse_lanes
+from tapedeck.infra.jobs import JOB_KINDS, parse_lanes
+from tapedeck.infra.tls import ServerCertificate, check_transport
 from tapedeck.server_keys import check_secret_key
 from tapedeck.settings import WHISPER_DECODINGS, Settings
-from tapedeck.tls import ServerCertificate, check_transport
 
 #: Settings that are a count or a duration of at least 1 (the dispatcher's pools, timeout).
 AT_LEAST_ONE = ("webhooks_timeout_s", "webhooks_workers", "webhooks_per_endpoint")

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapedeck.background.transcribe.models import ModelUnavailable, ensure_whisper_base
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.settings import Settings
-from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
 from tapedeck.v1 import recording_pb2
-from tapedeck.weed import ManagedWeed
 
 from agentkit import (
     ALSA_DEVICE,

@@ -26,8 +26,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.oggopus import probe
-from tapedeck.weed import ManagedWeed
 from tapedeck_agent import health
 from tapedeck_agent.spool import Spool
 

@@ -201,7 +201,7 @@ def test_the_agent_imports_no_server_dependency() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     server_only = {"sqlite_utils", "minio", "fastapi", "uvicorn", "httpx", "numpy",
-                   "faster_whisper", "tapedeck.app", "tapedeck.domain", "tapedeck.db",
-                   "tapedeck.grpc_api", "tapedeck.store", "tapedeck.settings"}
+                   "faster_whisper", "tapedeck.app", "tapedeck.domain", "tapedeck.infra.db",
+                   "tapedeck.grpc_api", "tapedeck.infra.store", "tapedeck.settings"}
     assert not server_only & set(out)
     assert {"tapedeck.v1.chunk_pb2", "tapedeck.oggopus", "grpc"} <= set(out)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from tapedeck.background.stitch import read_object
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import TapedeckError
-from tapedeck.stitch import read_object
-from tapedeck.weed_cluster import WeedCluster
+from tapedeck.infra.weed_cluster import WeedCluster
 
 from serverkit import make_settings, start_server
 from stitchkit import continuous_chunks, ffprobe_duration_s, project_principal

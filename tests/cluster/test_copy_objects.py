@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from tapedeck.admin.copy_objects import copy_objects, md5_of
 from tapedeck.cli import main
-from tapedeck.copy_objects import copy_objects, md5_of
-from tapedeck.db import Database
-from tapedeck.store.s3 import S3Store
-from tapedeck.weed import ManagedWeed
-from tapedeck.weed_cluster import WeedCluster
+from tapedeck.infra.db import Database
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.weed import ManagedWeed
+from tapedeck.infra.weed_cluster import WeedCluster
 
 MiB = 1 << 20
 

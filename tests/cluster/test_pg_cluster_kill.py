@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tapedeck.db import open_database
+from tapedeck.infra.db import open_database
+from tapedeck.infra.weed_cluster import WeedCluster
 from tapedeck.oggopus.remux import remux
-from tapedeck.weed_cluster import WeedCluster
 
 from fleetkit import Fleet, fleet_settings, fleet_store, read_all
 from opskit import Receiver, md5_b64, wait_until

@@ -19,12 +19,12 @@ import pytest
 from tapedeck.auth import ALL_SCOPES, Principal, UploadTokens, create_project
 from tapedeck.cli import reseal
 from tapedeck.clock import SystemClock
-from tapedeck.db import open_database
 from tapedeck.errors import TapedeckError
+from tapedeck.infra.db import open_database
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.server_keys import ServerKeys, derive
 from tapedeck.settings import Settings
 from tapedeck.webhooks.secretbox import SecretBox
-from tapedeck.weed import ManagedWeed
 
 from serverkit import drop_bucket, make_settings, spawn_server, start_server
 

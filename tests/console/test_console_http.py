@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tapedeck.stitch import build_handler
-from tapedeck.worker import Worker, queue_for
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
 
 from serverkit import RunningServer, drop_bucket, make_settings, start_server
 from stitchkit import continuous_chunks

@@ -20,7 +20,7 @@ import pytest
 import srt
 import webvtt
 
-from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
+from tapedeck.background.transcribe.models import ModelUnavailable, ensure_whisper_base
 from tapedeck_agent.encoder import OpusChunker
 
 import voicekit as vk

@@ -21,8 +21,8 @@ from test_console_http import (  # noqa: F401  # the module's fixtures and helpe
     stitched,
 )
 
-from tapedeck.stitch import build_handler
-from tapedeck.worker import Worker, queue_for
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
 
 from serverkit import RunningServer
 from stitchkit import continuous_chunks

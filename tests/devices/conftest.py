@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tapedeck.clock import Clock
-from tapedeck.weed import ManagedWeed
+from tapedeck.infra.weed import ManagedWeed
 
 from devicekit import World, serve
 from serverkit import RunningServer

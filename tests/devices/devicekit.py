@@ -16,6 +16,7 @@ import httpx
 from tapedeck.auth import ALL_SCOPES, create_project
 from tapedeck.clock import Clock
 from tapedeck.errors import ERRORS
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.rpc_errors import from_rpc_error
 from tapedeck.v1 import (
     chunk_pb2_grpc,
@@ -30,7 +31,6 @@ from tapedeck.v1 import end_user_pb2 as epb
 from tapedeck.v1 import key_pb2 as kpb
 from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.v1 import webhook_pb2 as whpb
-from tapedeck.weed import ManagedWeed
 
 from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 

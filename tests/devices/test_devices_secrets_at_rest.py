@@ -29,10 +29,10 @@ import httpx
 import pytest
 
 from tapedeck.auth import hash_token
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.settings import Settings
 from tapedeck.v1 import device_pb2 as dpb
 from tapedeck.v1 import recording_pb2 as rpb
-from tapedeck.weed import ManagedWeed
 
 from devicekit import SECRET_RE, Stubs, drop_bucket, gateway_available, outcome
 from serverkit import auth, chunk_messages, make_settings

@@ -14,15 +14,15 @@ import grpc
 import httpx
 import pytest
 
+from tapedeck.background.sweeper import Sweeper
 from tapedeck.clock import ManualClock
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.retention import Retention, RetentionPolicy
 from tapedeck.gateway import devices as schemas
 from tapedeck.gateway import fleet as fleet_schemas
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.rpc_errors import from_rpc_error
-from tapedeck.sweeper import Sweeper
 from tapedeck.v1 import device_pb2 as dpb
-from tapedeck.weed import ManagedWeed
 
 from devicekit import World, gateway_available, serve
 from serverkit import auth

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tapedeck.background.transcribe import Segment, Word
 from tapedeck.diarize import (
     Diarization,
     DiarizeOptions,
@@ -22,7 +23,6 @@ from tapedeck.diarize import (
     label_transcript,
     pcm_blocks,
 )
-from tapedeck.transcribe import Segment, Word
 
 import voicekit as vk
 

@@ -1,7 +1,7 @@
 """Diarization from chunks embedded one by one (live transcription, issues 13 + 14).
 
 While a recording streams, each chunk's own speech is embedded on its own
-(``tapedeck.transcribe.live.embed_piece``, the chunk decoded after its predecessor as in the
+(``tapedeck.background.transcribe.live.embed_piece``, the chunk decoded after its predecessor as in the
 stitched file); at the end, the pieces are shifted to their chunk's start on the stitched
 timeline and clustered once (``Embedded.join`` + ``Diarizer.diarize_embedded``). Here a
 three-voice conversation of real recordings (``voicekit``), encoded as the agent does (one
@@ -19,10 +19,10 @@ import io
 import numpy as np
 import pytest
 
+from tapedeck.background.transcribe.decode import iter_pcm, iter_windows
+from tapedeck.background.transcribe.live import embed_piece, piece_audio
 from tapedeck.diarize import Diarization, Diarizer, Embedded
 from tapedeck.oggopus import remux
-from tapedeck.transcribe.decode import iter_pcm, iter_windows
-from tapedeck.transcribe.live import embed_piece, piece_audio
 from tapedeck_agent.encoder import OpusChunker
 
 import voicekit as vk

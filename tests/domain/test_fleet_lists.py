@@ -12,13 +12,13 @@ import pytest
 
 from tapedeck.auth import Principal, create_project
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database
 from tapedeck.domain import Domain
 from tapedeck.domain.devices import NewDevice
 from tapedeck.domain.end_users import NewEndUser
 from tapedeck.errors import TapedeckError
+from tapedeck.infra.db import Database
+from tapedeck.infra.store.memory import MemoryStore
 from tapedeck.settings import Settings
-from tapedeck.store.memory import MemoryStore
 
 START = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from tapedeck.auth import Principal
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
 from tapedeck.clock import ManualClock
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.domain.restitch import restitch
 from tapedeck.domain.timeline import timeline
 from tapedeck.errors import TapedeckError
-from tapedeck.stitch import build_handler
-from tapedeck.worker import Worker, queue_for
 
 from serverkit import RunningServer, drop_bucket, make_settings, start_server
 from stitchkit import continuous_chunks

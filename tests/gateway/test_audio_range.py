@@ -6,9 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
 from tapedeck.oggopus import remux
-from tapedeck.stitch import build_handler
-from tapedeck.worker import Worker, queue_for
 
 from restkit import assert_error, client, create_streaming, put_chunk
 from serverkit import RunningServer

@@ -15,8 +15,8 @@ import pytest
 
 from tapedeck.auth import create_project
 from tapedeck.clock import ManualClock, SystemClock
-from tapedeck.db import open_database
-from tapedeck.weed import ManagedWeed
+from tapedeck.infra.db import open_database
+from tapedeck.infra.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk, zeros
 from serverkit import RunningServer, drop_bucket, make_settings, spawn_server, start_server

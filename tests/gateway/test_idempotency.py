@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database
+from tapedeck.infra.db import Database
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.v1 import recording_pb2
-from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, put_chunk
 from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server

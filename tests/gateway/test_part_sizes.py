@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tapedeck.grpc_api._errors import from_rpc_error
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.v1 import chunk_pb2
-from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming
 from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server

@@ -16,9 +16,9 @@ import pytest
 
 from tapedeck.clock import ManualClock
 from tapedeck.errors import ERRORS
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.rpc_errors import from_rpc_error
 from tapedeck.v1 import chunk_pb2, recording_pb2
-from tapedeck.weed import ManagedWeed
 
 from restkit import assert_error, client, create_streaming, md5_b64, put_chunk
 from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server

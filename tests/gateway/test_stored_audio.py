@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
 from tapedeck.oggopus import remux
-from tapedeck.stitch import build_handler
-from tapedeck.worker import Worker, queue_for
 
 from restkit import assert_error, client, create_streaming
 from serverkit import RunningServer

@@ -18,8 +18,8 @@ import pytest
 
 from tapedeck.auth import create_project
 from tapedeck.clock import SystemClock
-from tapedeck.db import Database
-from tapedeck.store.s3 import S3Store
+from tapedeck.infra.db import Database
+from tapedeck.infra.store.s3 import S3Store
 
 from serverkit import drop_bucket, make_settings, spawn_server
 

@@ -129,7 +129,7 @@ def test_presigned_url_expired_refused(weed: Any, tmp_path: Path) -> None:
 def test_sigkill_after_ack_keeps_every_chunk(weed: Any, tmp_path: Path) -> None:
     from tapedeck.auth import create_project, issue_device_token
     from tapedeck.clock import SystemClock
-    from tapedeck.db import open_database
+    from tapedeck.infra.db import open_database
 
     settings = make_settings(weed, tmp_path / "data")
     db = open_database(settings.database_target)

@@ -19,11 +19,11 @@ import grpc
 import pytest
 
 from tapedeck.auth import create_project, issue_device_token
+from tapedeck.background.stitch import audio_key
 from tapedeck.clock import SystemClock
-from tapedeck.db import open_database
+from tapedeck.infra.db import open_database
+from tapedeck.infra.store.s3 import S3Store
 from tapedeck.oggopus import remux
-from tapedeck.stitch import audio_key
-from tapedeck.store.s3 import S3Store
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
 from serverkit import auth, drop_bucket, make_settings, spawn_server

@@ -15,8 +15,8 @@ import grpc
 
 from tapedeck.auth import create_project, issue_device_token
 from tapedeck.clock import SystemClock
-from tapedeck.db import open_database
-from tapedeck.store.s3 import S3Store
+from tapedeck.infra.db import open_database
+from tapedeck.infra.store.s3 import S3Store
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
 from serverkit import auth, chunk_messages, drop_bucket, make_settings, spawn_server

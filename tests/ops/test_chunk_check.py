@@ -16,11 +16,11 @@ import grpc
 import httpx
 import pytest
 
+from tapedeck.background.stitch import build_handler
+from tapedeck.background.worker import Worker, queue_for
 from tapedeck.errors import ERRORS, TapedeckError
 from tapedeck.oggopus import InvalidAudio
 from tapedeck.oggopus.check import check_stream
-from tapedeck.stitch import build_handler
-from tapedeck.worker import Worker, queue_for
 
 from opskit import md5_b64
 from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tapedeck import cli, startup
-from tapedeck.db import Database
+from tapedeck.infra.db import Database
 from tapedeck_agent import cli as agent_cli
 
 

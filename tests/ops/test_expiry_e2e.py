@@ -18,11 +18,11 @@ import grpc
 import httpx
 import pytest
 
+from tapedeck.background.stitch import audio_key
 from tapedeck.clock import ManualClock
 from tapedeck.domain.objects import CHUNK_KEY_RE, chunk_prefix
 from tapedeck.grpc_api._errors import from_rpc_error
 from tapedeck.oggopus.opus import GRANULE_RATE
-from tapedeck.stitch import audio_key
 from tapedeck_agent.encoder import EncodedChunk
 
 from opskit import Receiver, assert_error, create_streaming, md5_b64, put_chunk, wait_until

@@ -8,11 +8,11 @@ from pathlib import Path
 import grpc
 import httpx
 
-from tapedeck.db import Database
 from tapedeck.gateway import GatewayServer, bind
 from tapedeck.gateway.health import HealthEndpoints
 from tapedeck.grpc_api.server import build_grpc_server
-from tapedeck.health import Health, database_check
+from tapedeck.infra.db import Database
+from tapedeck.infra.health import Health, database_check
 from tapedeck.v1 import recording_pb2  # noqa: F401  # the services the server registers
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # isort: skip

@@ -148,8 +148,8 @@ def test_watch_yields_keepalives_and_stops_when_told(live_srv: RunningServer) ->
 
 
 def _piece(words: list[tuple[str, int, int]], delta48: int | None) -> Any:
-    from tapedeck.transcribe import Segment, Word
-    from tapedeck.transcribe.live import Piece
+    from tapedeck.background.transcribe import Segment, Word
+    from tapedeck.background.transcribe.live import Piece
 
     ws = tuple(Word(w, a, b, 0.9) for w, a, b in words)
     seg = Segment(ws[0].start_ms, ws[-1].end_ms, " ".join(w for w, _, _ in words), 0.9,
@@ -161,8 +161,8 @@ def test_watchers_read_only_what_changed(live_srv: RunningServer) -> None:
     """Pieces stored by the job's own upsert; the follower re-reads and re-merges only when
     a piece's version changed, and then only that piece's segments; its view equals the full
     recompute (``live_view``) every time."""
+    from tapedeck.background.transcribe.live_job import _Inputs, store_piece
     from tapedeck.domain.live import LiveFollower, live_view
-    from tapedeck.transcribe.live_job import _Inputs, store_piece
 
     if live_srv.app.db.dialect != "sqlite":
         pytest.skip("traces sqlite3 statements")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
+from tapedeck.background.transcribe.models import ModelUnavailable, ensure_whisper_base
 from tapedeck.v1 import recording_pb2
 
 from opskit import opus_chunks, spawn, stop_all, wait_until

@@ -15,10 +15,10 @@ import pytest
 
 from tapedeck.auth import UploadTokens, hint, make_token
 from tapedeck.clock import SystemClock
-from tapedeck.db import Database
 from tapedeck.domain.events import emit
-from tapedeck.jobs import enqueue
-from tapedeck.logs import (
+from tapedeck.infra.db import Database
+from tapedeck.infra.jobs import enqueue
+from tapedeck.infra.logs import (
     REDACTED,
     accept_request_id,
     build_handler,

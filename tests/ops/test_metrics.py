@@ -15,10 +15,10 @@ import pytest
 
 from tapedeck.errors import TapedeckError
 from tapedeck.grpc_api._errors import from_rpc_error
-from tapedeck.metrics import MeteredStore, Metrics
-from tapedeck.store.s3 import S3Store
+from tapedeck.infra.metrics import MeteredStore, Metrics
+from tapedeck.infra.store.s3 import S3Store
+from tapedeck.infra.weed import free_port
 from tapedeck.v1 import recording_pb2
-from tapedeck.weed import free_port
 
 from opskit import Receiver, Series, delta, opus_chunks, scrape, value, wait_until
 from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server

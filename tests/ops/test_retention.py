@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from tapedeck.background.stitch import audio_key, read_object
+from tapedeck.background.worker import Worker, load_handlers, queue_for
 from tapedeck.clock import ManualClock
 from tapedeck.domain.objects import CHUNK_KEY_RE, chunk_prefix, recording_prefix
 from tapedeck.domain.retention import Retention, RetentionPolicy
 from tapedeck.settings import Settings
-from tapedeck.stitch import audio_key, read_object
-from tapedeck.worker import Worker, load_handlers, queue_for
 
 from opskit import spawn, stop_all, wait_until
 from serverkit import drop_bucket, make_settings

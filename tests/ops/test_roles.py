@@ -23,11 +23,11 @@ from typing import Any
 
 import httpx
 
-from tapedeck.db import Database
+from tapedeck.infra.db import Database
+from tapedeck.infra.weed import free_port
 from tapedeck.oggopus import probe
 from tapedeck.oggopus.opus import GRANULE_RATE
 from tapedeck.settings import Settings
-from tapedeck.weed import free_port
 
 from opskit import (
     Child,

@@ -22,10 +22,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from minio import Minio
 
-from tapedeck.metrics import Metrics
+from tapedeck.infra.metrics import Metrics
+from tapedeck.infra.supervise import WeedSupervisor
+from tapedeck.infra.weed import ManagedWeed, find_weed_binary
 from tapedeck.settings import Settings
-from tapedeck.supervise import WeedSupervisor
-from tapedeck.weed import ManagedWeed, find_weed_binary
 
 from opskit import Child, md5_b64, spawn, stop_all, wait_until
 from serverkit import RunningServer, start_server
@@ -92,7 +92,7 @@ def test_a_stale_weed_of_a_killed_owner_is_ended_not_fatal(tmp_path: Path) -> No
     it (its pid is recorded) instead of failing."""
     data = tmp_path / "w"
     # An owner process that starts weed without die-with-parent, then is SIGKILLed.
-    code = ("import sys, time\nfrom tapedeck.weed import ManagedWeed\n"
+    code = ("import sys, time\nfrom tapedeck.infra.weed import ManagedWeed\n"
             f"w = ManagedWeed({str(data)!r}, die_with_parent=False)\nw.start()\n"
             "print(w.pid, flush=True)\ntime.sleep(600)\n")
     owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tapedeck.db import open_database
 from tapedeck.domain.search_index import IndexQuery, SearchFilters, backend_for
 from tapedeck.domain.search_query import parse
+from tapedeck.infra.db import open_database
 
 from searchkit import new_recording, segment, store_transcript
 from serverkit import RunningServer, drop_bucket, make_settings, start_server

@@ -12,11 +12,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tapedeck.auth import Principal
-from tapedeck.db import Database
 from tapedeck.domain.end_users import NewEndUser
 from tapedeck.domain.search import SearchRequest
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import TapedeckError
+from tapedeck.infra.db import Database
 
 from searchkit import new_recording, segment, store_transcript
 from serverkit import RunningServer

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from tapedeck.domain.search_index import IndexQuery, SearchFilters, backend_for
 from tapedeck.domain.search_query import parse
-from tapedeck.logs import install_sql_function
-from tapedeck.migrations import MIGRATIONS, m_search_fts, migrate
-from tapedeck.sql import SqliteTx
+from tapedeck.infra.logs import install_sql_function
+from tapedeck.infra.migrations import MIGRATIONS, m_search_fts, migrate
+from tapedeck.infra.sql import SqliteTx
 
 from searchkit import segment
 

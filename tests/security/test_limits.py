@@ -18,10 +18,10 @@ import pytest
 
 from tapedeck.clock import ManualClock
 from tapedeck.errors import ERRORS, TapedeckError
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.rpc_errors import from_rpc_error
 from tapedeck.settings import Settings
 from tapedeck.v1 import recording_pb2
-from tapedeck.weed import ManagedWeed
 
 from serverkit import RunningServer, auth, chunk_messages, drop_bucket, make_settings, start_server
 
@@ -159,8 +159,8 @@ def test_the_storage_meter_reuses_a_measurement_only_within_its_bound(tmp_path: 
     """Far from the quota a measurement is reused (no query per chunk); bytes it did not see
     (another process) are caught once the allowance it handed out could reach the quota,
     or when the measurement is older than METER_TTL_S."""
-    from tapedeck.db import Database
     from tapedeck.domain.limits import METER_TTL_S, StorageMeter
+    from tapedeck.infra.db import Database
 
     clock = ManualClock()
     db = Database(tmp_path / "t.db")

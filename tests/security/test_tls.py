@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from tapedeck.errors import TapedeckError
-from tapedeck.pki import CertificateAuthority
+from tapedeck.infra.pki import CertificateAuthority
+from tapedeck.infra.tls import check_transport
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.settings import Settings
-from tapedeck.tls import check_transport
 from tapedeck.v1 import recording_pb2, recording_pb2_grpc
-from tapedeck.weed import ManagedWeed
 from tapedeck_agent.client import AgentClient, ServerError, put_chunk_url
 
 from serverkit import RunningServer, auth, drop_bucket, make_settings, start_server

@@ -17,7 +17,7 @@ import grpc
 import pytest
 from minio import Minio
 
-from tapedeck.weed import ManagedWeed
+from tapedeck.infra.weed import ManagedWeed
 
 HTTP_PORTS = ("master.port", "volume.port", "filer.port", "admin.port")
 GRPC_PORTS = ("master.port.grpc", "volume.port.grpc", "filer.port.grpc", "s3.port.grpc",

@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tapedeck.errors import TapedeckError
-from tapedeck.store import MultipartCleanup, ObjectExists, ObjectNotFound, ObjectStore, Presigning
-from tapedeck.store.memory import MemoryStore
-from tapedeck.store.s3 import PART_SIZE, S3Store
-from tapedeck.weed import ManagedWeed, free_port
+from tapedeck.infra.store import MultipartCleanup, ObjectExists, ObjectNotFound, ObjectStore, Presigning
+from tapedeck.infra.store.memory import MemoryStore
+from tapedeck.infra.store.s3 import PART_SIZE, S3Store
+from tapedeck.infra.weed import ManagedWeed, free_port
 
 CAPABILITIES: dict[str, set[type]] = {"s3": {Presigning, MultipartCleanup}, "memory": set()}
 BACKENDS = list(CAPABILITIES)

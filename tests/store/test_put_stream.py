@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from tapedeck.errors import TapedeckError
-from tapedeck.store import ObjectExists
-from tapedeck.store.s3 import S3Store
+from tapedeck.infra.store import ObjectExists
+from tapedeck.infra.store.s3 import S3Store
 
 DATA = os.urandom(300_000)
 

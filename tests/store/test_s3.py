@@ -18,9 +18,9 @@ import pytest
 from minio import Minio
 
 from tapedeck.errors import TapedeckError
-from tapedeck.store import ObjectExists, ObjectNotFound
-from tapedeck.store.s3 import _S3_CODES, MinioPrivate, S3Store, presign_v4
-from tapedeck.weed import ManagedWeed, free_port
+from tapedeck.infra.store import ObjectExists, ObjectNotFound
+from tapedeck.infra.store.s3 import _S3_CODES, MinioPrivate, S3Store, presign_v4
+from tapedeck.infra.weed import ManagedWeed, free_port
 
 
 class RawServer:

@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tapedeck.transcribe import Transcript, transcribe_ogg_opus
-from tapedeck.transcribe.models import ModelUnavailable, ensure_whisper_base
-from tapedeck.transcribe.whisper import WhisperEngine
+from tapedeck.background.transcribe import Transcript, transcribe_ogg_opus
+from tapedeck.background.transcribe.models import ModelUnavailable, ensure_whisper_base
+from tapedeck.background.transcribe.whisper import WhisperEngine
 
 import asterisk_speech as speech
 from asterisk_speech import SpeechFile

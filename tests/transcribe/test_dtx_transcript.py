@@ -11,9 +11,9 @@ import io
 import numpy as np
 import pytest
 
+from tapedeck.background.transcribe import Transcript, transcribe_ogg_opus
+from tapedeck.background.transcribe.whisper import WhisperEngine
 from tapedeck.oggopus import probe, remux
-from tapedeck.transcribe import Transcript, transcribe_ogg_opus
-from tapedeck.transcribe.whisper import WhisperEngine
 from tapedeck_agent.encoder import OpusChunker
 
 import asterisk_speech as speech

@@ -4,8 +4,8 @@ transcript is the same whatever order the live lane ran the pieces in."""
 
 from __future__ import annotations
 
+from tapedeck.background.transcribe.live_job import _valid, language_for
 from tapedeck.domain.live import PieceRow
-from tapedeck.transcribe.live_job import _valid, language_for
 
 _SEG = [{"start_ms": 0, "end_ms": 500, "text": "ciao", "confidence": 0.9, "words": []}]
 

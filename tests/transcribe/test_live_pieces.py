@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tapedeck.background.transcribe import Transcript, transcribe_ogg_opus
+from tapedeck.background.transcribe.live import decode, transcribe_piece
+from tapedeck.background.transcribe.live_job import piece_json, transcript_from_segments
+from tapedeck.background.transcribe.whisper import WhisperEngine
 from tapedeck.domain.live import PieceRow, choose_cut, merge, place
 from tapedeck.oggopus import OpusStreamReader, remux
-from tapedeck.transcribe import Transcript, transcribe_ogg_opus
-from tapedeck.transcribe.live import decode, transcribe_piece
-from tapedeck.transcribe.live_job import piece_json, transcript_from_segments
-from tapedeck.transcribe.whisper import WhisperEngine
 
 import asterisk_speech as speech
 from asterisk_speech import SpeechFile

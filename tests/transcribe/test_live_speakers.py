@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from tapedeck.transcribe.live_job import forget_voices
+from tapedeck.background.transcribe.live_job import forget_voices
 
 import voicekit as vk
 from serverkit import RunningServer
@@ -56,7 +56,7 @@ def _label_at(txn: dict[str, Any], ms: float) -> str | None:
 
 def test_live_and_whole_file_transcripts_have_the_same_speakers(
         srv: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="tapedeck.transcribe")
+    caplog.set_level(logging.INFO, logger="tapedeck.background.transcribe")
     conv = vk.conversation(["menardi", "carlo"], 4, 35, min_turn=4, max_turn=10)
     chunks, duration = device_chunks(pcm16(conv.pcm), 10_000)
     assert len(chunks) >= 3  # boundaries inside the conversation
@@ -104,7 +104,7 @@ def test_pieces_stored_without_embeddings_are_embedded_at_assembly(
     """Pieces made before the lane embedded speech (an older worker, or diarization turned on
     later) are embedded from their chunks at finalize; the speakers still come from one
     clustering of the whole timeline."""
-    caplog.set_level(logging.INFO, logger="tapedeck.transcribe")
+    caplog.set_level(logging.INFO, logger="tapedeck.background.transcribe")
     conv = vk.conversation(["menardi", "carlo"], 4, 35, min_turn=4, max_turn=10)
     chunks, duration = device_chunks(pcm16(conv.pcm), 10_000)
 

@@ -8,10 +8,10 @@ from datetime import timedelta
 
 import pytest
 
+from tapedeck.background.transcribe.live_job import live_piece_running, wait_for_live_piece
 from tapedeck.clock import ManualClock
-from tapedeck.db import Database
-from tapedeck.jobs import Job, JobQueue, LeaseLost, enqueue
-from tapedeck.transcribe.live_job import live_piece_running, wait_for_live_piece
+from tapedeck.infra.db import Database
+from tapedeck.infra.jobs import Job, JobQueue, LeaseLost, enqueue
 
 REC = "rec_livewait"
 

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapedeck.oggopus import OggOpusWriter, OpusStreamReader
-from tapedeck.transcribe.decode import (
+from tapedeck.background.transcribe.decode import (
     SAMPLE_RATE,
     PcmPiece,
     Samples,
@@ -22,6 +21,7 @@ from tapedeck.transcribe.decode import (
     iter_windows,
     quietest_cut,
 )
+from tapedeck.oggopus import OggOpusWriter, OpusStreamReader
 
 import asterisk_speech as speech
 from asterisk_speech import SpeechFile
@@ -158,7 +158,7 @@ def test_short_audio_is_one_window_and_empty_audio_none() -> None:
 _MEASURE = """
 import re, sys
 from pathlib import Path
-from tapedeck.transcribe.decode import iter_pcm, iter_windows
+from tapedeck.background.transcribe.decode import iter_pcm, iter_windows
 n = 0
 with open(sys.argv[1], "rb") as f:
     for w in iter_windows(iter_pcm(f)):

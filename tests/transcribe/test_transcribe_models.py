@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.transcribe.models import (
+from tapedeck.background.transcribe.models import (
     WHISPER_BASE_FILES,
     ModelFile,
     ModelUnavailable,
     ensure_whisper_base,
     resolve_model,
 )
-from tapedeck.transcribe.whisper import load_engine
+from tapedeck.background.transcribe.whisper import load_engine
 
 REPO = Path(__file__).resolve().parents[2]
 

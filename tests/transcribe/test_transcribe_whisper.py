@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tapedeck.transcribe import BLOCK_S, Transcript, TranscriptionFailed, transcribe_ogg_opus
-from tapedeck.transcribe.whisper import WhisperEngine
+from tapedeck.background.transcribe import BLOCK_S, Transcript, TranscriptionFailed, transcribe_ogg_opus
+from tapedeck.background.transcribe.whisper import WhisperEngine
 
 import asterisk_speech as speech
 from asterisk_speech import SpeechFile

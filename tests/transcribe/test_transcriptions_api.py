@@ -17,13 +17,13 @@ import grpc
 import pytest
 
 from tapedeck.auth import create_project
+from tapedeck.background.transcribe.job import build_handler
+from tapedeck.background.worker import Worker, queue_for
+from tapedeck.infra.weed import ManagedWeed, free_port
 from tapedeck.rpc_errors import from_rpc_error
-from tapedeck.transcribe.job import build_handler
 from tapedeck.v1 import recording_pb2 as rpb
 from tapedeck.v1 import transcription_pb2 as tpb
 from tapedeck.v1 import transcription_pb2_grpc
-from tapedeck.weed import ManagedWeed, free_port
-from tapedeck.worker import Worker, queue_for
 
 import asterisk_speech as speech
 from serverkit import RunningServer, auth, spawn_server, start_server

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tapedeck.settings import WHISPER_DECODINGS
-from tapedeck.transcribe import Segment, Transcript, Word, transcribe_ogg_opus
-from tapedeck.transcribe.whisper import (
+from tapedeck.background.transcribe import Segment, Transcript, Word, transcribe_ogg_opus
+from tapedeck.background.transcribe.whisper import (
     PROFILES,
     WhisperEngine,
     WhisperOptions,
     _sentences,
     decoding_options,
 )
+from tapedeck.settings import WHISPER_DECODINGS
 
 import asterisk_speech as speech
 from asterisk_speech import SpeechFile

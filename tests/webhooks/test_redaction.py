@@ -11,17 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from tapedeck.background.sweeper import Sweeper
 from tapedeck.clock import ManualClock
 from tapedeck.domain.expiry import Expiry
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.domain.redaction import EventRedaction
 from tapedeck.domain.retention import Retention, RetentionPolicy
-from tapedeck.sweeper import Sweeper
+from tapedeck.infra.weed import ManagedWeed
 from tapedeck.webhooks.dispatcher import Dispatcher, RetrySchedule
 from tapedeck.webhooks.netguard import NetGuard, NetPolicy
 from tapedeck.webhooks.secretbox import SecretBox
 from tapedeck.webhooks.transport import GuardedTransport
-from tapedeck.weed import ManagedWeed
 
 from serverkit import drop_bucket, make_settings
 from stitchkit import Project, open_project

@@ -3,7 +3,7 @@ dispatcher roles running: a webhook endpoint receives, in order, recording.creat
 recording.uploaded, transcription.queued, transcription.started, transcription.completed —
 exactly one terminal transcription event.
 
-The full test runs once the transcription job (``tapedeck.transcribe.job``) exists (skipped
+The full test runs once the transcription job (``tapedeck.background.transcribe.job``) exists (skipped
 before); the first three events are checked now with the stitch worker alone."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from serverkit import drop_bucket, make_settings
 from stitchkit import continuous_chunks, duration_ms, open_project, streaming_recording
 from webhookkit import Received, Receiver
 
-NO_TRANSCRIBER = importlib.util.find_spec("tapedeck.transcribe.job") is None
+NO_TRANSCRIBER = importlib.util.find_spec("tapedeck.background.transcribe.job") is None
 TERMINAL = {"transcription.completed", "transcription.failed"}
 
 

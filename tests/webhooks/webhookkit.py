@@ -24,10 +24,10 @@ from typing import Any
 
 from tapedeck.auth import Authenticator, Principal, UploadTokens, create_project
 from tapedeck.clock import Clock, ManualClock
-from tapedeck.db import Database, open_database
 from tapedeck.domain.context import Context
 from tapedeck.domain.events import emit
 from tapedeck.domain.webhooks import Webhooks
+from tapedeck.infra.db import Database, open_database
 from tapedeck.settings import Settings
 from tapedeck.webhooks.dispatcher import Dispatcher, RetrySchedule
 from tapedeck.webhooks.netguard import (

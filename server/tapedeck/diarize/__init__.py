@@ -34,10 +34,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from tapedeck.background.transcribe import Segment, Word
 from tapedeck.diarize.cluster import Bounds, cluster
 from tapedeck.diarize.encoder import SpeakerEncoder
 from tapedeck.diarize.segment import Region, speech_regions, windows
-from tapedeck.transcribe import Segment, Word
 
 #: Most speakers a request may ask for (``max_speakers``/``speakers_expected``).
 MAX_SPEAKERS = 20

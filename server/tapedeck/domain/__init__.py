@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from tapedeck.auth import Authenticator, Principal, UploadTokens
 from tapedeck.clock import Clock
-from tapedeck.db import Database
 from tapedeck.domain._base import Context
 from tapedeck.domain.chunks import Chunks
 from tapedeck.domain.devices import Devices
@@ -24,10 +23,11 @@ from tapedeck.domain.search import Search
 from tapedeck.domain.transcriptions import Transcriptions
 from tapedeck.domain.voice_profiles import VoiceEmbedder, VoiceProfiles
 from tapedeck.domain.webhooks import Webhooks
-from tapedeck.jobs import JobSignals
+from tapedeck.infra.db import Database
+from tapedeck.infra.jobs import JobSignals
+from tapedeck.infra.store import ObjectStore
 from tapedeck.server_keys import ServerKeys
 from tapedeck.settings import Settings
-from tapedeck.store import ObjectStore
 from tapedeck.webhooks.secretbox import SecretBox
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 
-from tapedeck.db import KeyedLocks
 from tapedeck.domain.context import Context, NamedLocks
 from tapedeck.domain.events import emit
 from tapedeck.domain.models import Recording
@@ -27,6 +26,7 @@ from tapedeck.domain.objects import (
 )
 from tapedeck.domain.visibility import load_recording, to_recording
 from tapedeck.errors import TapedeckError, error, invalid
+from tapedeck.infra.db import KeyedLocks
 
 __all__ = [
     "CHUNK_KEY_RE", "Context", "KeyedLocks", "NamedLocks", "check_md5_b64", "check_part", "check_size",

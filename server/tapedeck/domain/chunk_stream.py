@@ -1,7 +1,7 @@
 """A chunk body on its way to the store: counted, hashed and checked as its bytes pass.
 
 ``Passing(body, ...).blocks()`` yields the body block by block (for a streaming PUT,
-``tapedeck.store.StreamingPut``) while it counts the bytes against ``max_chunk_bytes``,
+``tapedeck.infra.store.StreamingPut``) while it counts the bytes against ``max_chunk_bytes``,
 computes the MD5 (and the SHA-256 when the client sent one) and, with ``check_audio``, feeds
 the blocks to the Ogg Opus check (issue 16) running beside it. Every verdict that needs the
 whole body (empty body, checksums, the audio's end) is given when the body ends, by raising

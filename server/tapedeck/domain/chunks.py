@@ -42,9 +42,9 @@ from tapedeck.domain.chunk_stream import Passing, too_large
 from tapedeck.domain.models import Chunk, ChunkList, ChunkUploadResult, Recording, UploadUrl
 from tapedeck.domain.objects import presigning
 from tapedeck.errors import TapedeckError, error, invalid
+from tapedeck.infra.store import MD5_HEX, ObjectInfo
 from tapedeck.oggopus import InvalidAudio
 from tapedeck.oggopus.check import check_stream
-from tapedeck.store import MD5_HEX, ObjectInfo
 
 _HEX = {"md5": MD5_HEX, "sha256": re.compile(r"^[0-9a-f]{64}$")}
 _SPOOL_IN_MEMORY = 8 * 1024 * 1024

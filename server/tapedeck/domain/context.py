@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from tapedeck.clock import Clock
-from tapedeck.db import Database
-from tapedeck.jobs import JobSignals
+from tapedeck.infra.db import Database
+from tapedeck.infra.jobs import JobSignals
+from tapedeck.infra.store import ObjectStore
 from tapedeck.runtime import Runtime
 from tapedeck.settings import Settings
-from tapedeck.store import ObjectStore
 
 
 class NamedLocks(Protocol):
@@ -25,7 +25,7 @@ class NamedLocks(Protocol):
 class Context:
     """What every domain service is built from. ``job_signals``: call
     ``job_signals.notify(kind)`` after committing a transaction that enqueued a ``kind`` job,
-    so this process's idle workers of that kind start it at once (``tapedeck.worker``
+    so this process's idle workers of that kind start it at once (``tapedeck.background.worker``
     subscribes; the domain never imports the worker)."""
 
     db: Database

@@ -37,7 +37,7 @@ from tapedeck.domain._base import Context
 from tapedeck.domain.end_users import load_end_user
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 DEVICE_STATES = ("idle", "recording", "syncing", "uploading", "charging", "low_battery",
                  "storage_full", "error")

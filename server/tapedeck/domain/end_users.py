@@ -33,7 +33,7 @@ from tapedeck.domain.models import Page
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 MAX_EXTERNAL_ID = 255
 MAX_NAME = 500

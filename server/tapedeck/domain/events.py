@@ -8,7 +8,7 @@ from typing import Any
 
 from tapedeck.clock import Clock, iso
 from tapedeck.ids import new_id
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 
 def emit(tx: Tx, clock: Clock, project_id: str, type: str,

@@ -22,7 +22,7 @@ from tapedeck.domain.recordings import (
     row,
     snapshot_chunks,
 )
-from tapedeck.store import ObjectInfo
+from tapedeck.infra.store import ObjectInfo
 
 
 def contiguous_prefix(parts: set[int]) -> int:

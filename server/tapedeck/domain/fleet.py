@@ -43,7 +43,7 @@ from tapedeck.domain.devices import (
     validate_heartbeat,
 )
 from tapedeck.errors import invalid
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 #: ``GET /v1/devices?state=`` values.
 DEVICE_FILTERS = ("offline", "online", "storage_low", "backlog")

@@ -41,9 +41,9 @@ from typing import Any
 
 from tapedeck.auth import Principal
 from tapedeck.clock import Clock, iso
-from tapedeck.db import Database
 from tapedeck.domain.recordings import NewRecording
 from tapedeck.errors import error, invalid
+from tapedeck.infra.db import Database
 from tapedeck.webhooks.secretbox import SecretBox
 
 TTL = timedelta(hours=24)

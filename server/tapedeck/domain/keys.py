@@ -27,7 +27,7 @@ from tapedeck.clock import iso, parse_iso
 from tapedeck.domain import cursors
 from tapedeck.domain._base import Context
 from tapedeck.errors import error, invalid
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 KEY_KINDS = ("secret", "restricted")
 MAX_NAME = 100

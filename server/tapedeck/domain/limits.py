@@ -29,8 +29,8 @@ from datetime import datetime
 
 from tapedeck.clock import Clock, iso, parse_iso
 from tapedeck.errors import TapedeckError, error
+from tapedeck.infra.sql import Tx
 from tapedeck.settings import Settings
-from tapedeck.sql import Tx
 
 _USED_SQL = (
     "SELECT COALESCE(SUM(COALESCE(r.file_size_bytes,"

@@ -9,7 +9,7 @@ first such chunk creates the recording's transcription at once, ``live`` and
 ``processing`` (events ``transcription.queued`` then ``transcription.started``), so it can
 be read and watched while the device records; finalize adopts it (``queue_processing``)
 instead of queuing a new one, and after stitching the ``transcribe`` job assembles it from
-the pieces (``tapedeck.transcribe.job``).
+the pieces (``tapedeck.background.transcribe.job``).
 
 Validity: a piece counts for the assembly only if it was made from the chunk bytes the
 recording was finalized with (``md5``) and, after part 1, with the finalized previous chunk
@@ -39,11 +39,11 @@ from typing import Any
 from tapedeck.clock import iso
 from tapedeck.domain._base import Context, emit
 from tapedeck.ids import new_id
-from tapedeck.jobs import enqueue
-from tapedeck.sql import Tx
+from tapedeck.infra.jobs import enqueue
+from tapedeck.infra.sql import Tx
 
 KIND = "live_transcribe"
-#: Audio of the previous chunk each piece transcribes again (see ``tapedeck.transcribe.live``).
+#: Audio of the previous chunk each piece transcribes again (see ``tapedeck.background.transcribe.live``).
 OVERLAP_MS = 4000
 LEFT_MS = 1000  # the cut leaves piece k at least this much context before it
 RIGHT_MS = 500  # … and piece k-1 at least this much audio after it

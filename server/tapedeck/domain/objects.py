@@ -9,7 +9,7 @@ from datetime import datetime
 
 from tapedeck.errors import error
 from tapedeck.ids import new_id
-from tapedeck.store import ObjectInfo, ObjectStore, Presigning
+from tapedeck.infra.store import ObjectInfo, ObjectStore, Presigning
 
 # A part's object: ``chunk_{part}.{version}.opus``, one new object (a fresh sortable version)
 # per upload or presigned URL, so no upload ever overwrites another; ``chunk_{part}.opus``

@@ -45,7 +45,7 @@ from tapedeck.domain.redaction import queue_redaction, redact_now
 from tapedeck.domain.search_index import backend_for
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
-from tapedeck.store import MD5_HEX, ObjectInfo
+from tapedeck.infra.store import MD5_HEX, ObjectInfo
 
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
 # Timestamps a recorder can plausibly send (and that ISO-8601 with 4-digit years can store).

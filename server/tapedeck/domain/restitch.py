@@ -1,7 +1,7 @@
 """Re-running the stitch job of a failed recording (``POST /v1/recordings/{id}/stitch``, the
 console's "Re-run stitching").
 
-A recording fails when its ``stitch`` job fails (``tapedeck.stitch``: a chunk missing or
+A recording fails when its ``stitch`` job fails (``tapedeck.background.stitch``: a chunk missing or
 corrupt, a checksum or duration mismatch, the store down after the last retry). Once the
 cause is fixed outside Tapedeck (a chunk object restored in the store, the store back up),
 an operator re-runs it: in ONE transaction the recording goes back to ``uploaded`` with its
@@ -21,7 +21,7 @@ from tapedeck.domain._base import Context, emit, load_recording, to_recording
 from tapedeck.domain.models import Recording
 from tapedeck.errors import error
 from tapedeck.ids import new_id
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 
 def restitch(ctx: Context, p: Principal, recording_id: str) -> Recording:

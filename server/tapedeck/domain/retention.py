@@ -43,10 +43,10 @@ from typing import Any
 from tapedeck.clock import iso
 from tapedeck.domain.context import Context
 from tapedeck.domain.objects import chunk_objects, part_key, recording_prefix
-from tapedeck.failpoints import Failpoints
-from tapedeck.metrics import Metrics
+from tapedeck.infra.failpoints import Failpoints
+from tapedeck.infra.metrics import Metrics
+from tapedeck.infra.store import MD5_HEX, MultipartCleanup, ObjectInfo, ObjectNotFound
 from tapedeck.settings import Settings
-from tapedeck.store import MD5_HEX, MultipartCleanup, ObjectInfo, ObjectNotFound
 
 log = logging.getLogger("tapedeck.retention")
 

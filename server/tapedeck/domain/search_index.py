@@ -7,7 +7,7 @@ recording, transcription, segment index, ``start_ms``/``end_ms``, speaker and te
 When it is written (the contract every backend keeps):
 
 - ``replace(tx, transcription_id)`` inside the transaction that completes a transcript
-  (``tapedeck.transcribe.job``): the recording's previous rows (an earlier transcription)
+  (``tapedeck.background.transcribe.job``): the recording's previous rows (an earlier transcription)
   go, the new transcript's segments come, atomically with the completion itself. A
   transcription that is not (or no longer) its recording's current one indexes nothing.
 - ``remove_recording(tx, recording_id)`` inside the transaction that deletes a recording
@@ -31,9 +31,9 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from tapedeck.clock import iso
-from tapedeck.db import Database
 from tapedeck.domain.search_query import And, Node, Not, Or, Term
-from tapedeck.sql import Tx
+from tapedeck.infra.db import Database
+from tapedeck.infra.sql import Tx
 
 #: Match markers the backend puts around matched words in ``SegmentHit.marked`` (Unicode
 #: private-use characters; removed from the indexed text, so they cannot occur in it).

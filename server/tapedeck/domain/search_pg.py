@@ -38,7 +38,7 @@ from tapedeck.domain.search_index import (
     _hit,
 )
 from tapedeck.domain.search_query import And, Node, Not, Or, Term, has_word
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 CONFIG = "tapedeck"  # the text search configuration (migration m_pgapi_search)
 _HEADLINE = f'StartSel="{MARK_OPEN}", StopSel="{MARK_CLOSE}", HighlightAll=true'

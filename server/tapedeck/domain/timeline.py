@@ -19,7 +19,7 @@ from tapedeck.clock import parse_iso
 from tapedeck.domain._base import Context, load_recording
 from tapedeck.domain.objects import stored_parts
 from tapedeck.errors import TapedeckError
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 #: Event type → the timeline's kind and title.
 EVENT_TITLES = {

@@ -4,7 +4,7 @@ Lifecycle of a ``transcriptions`` row (``api.md`` "Transcriptions"):
 ``queued`` (at finalize / upload-complete, or on demand here) → ``processing`` (a worker took
 the ``transcribe`` job: event ``transcription.started``) → ``completed`` | ``failed`` (events
 ``transcription.completed`` / ``transcription.failed``). The job handler
-(``tapedeck.transcribe.job``) drives the last two steps; the stitcher fails a queued
+(``tapedeck.background.transcribe.job``) drives the last two steps; the stitcher fails a queued
 transcription when the recording's audio cannot be assembled. Every row gets exactly one
 terminal event, because each terminal write is conditional on the row not being terminal
 yet and happens in the same transaction as its event.
@@ -37,7 +37,7 @@ from tapedeck.domain.live import LiveFollower
 from tapedeck.domain.models import Recording
 from tapedeck.errors import NotFound, error, invalid
 from tapedeck.ids import new_id
-from tapedeck.jobs import enqueue
+from tapedeck.infra.jobs import enqueue
 
 #: Engines a transcription can be requested from (``provider``); ``whisper`` is the default.
 PROVIDERS = ("whisper",)

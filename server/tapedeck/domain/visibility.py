@@ -10,7 +10,7 @@ from tapedeck.auth import Principal
 from tapedeck.clock import parse_iso
 from tapedeck.domain.models import Media, Recording
 from tapedeck.errors import error
-from tapedeck.sql import Tx
+from tapedeck.infra.sql import Tx
 
 
 def load_recording(db: Tx, p: Principal, recording_id: str) -> Recording:

@@ -24,13 +24,13 @@ from urllib.parse import urlsplit
 
 from tapedeck.auth import Principal
 from tapedeck.clock import iso, parse_iso
-from tapedeck.db import Database
 from tapedeck.domain import cursors
 from tapedeck.domain.context import Context
 from tapedeck.domain.models import Page
 from tapedeck.errors import error, invalid
 from tapedeck.ids import new_id
-from tapedeck.sql import Tx
+from tapedeck.infra.db import Database
+from tapedeck.infra.sql import Tx
 from tapedeck.webhooks.models import (
     ALL_EVENTS,
     DELIVERY_STATUSES,

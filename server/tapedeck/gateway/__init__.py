@@ -19,9 +19,9 @@ from tapedeck.startup import EXIT_HTTP_PORT, StartupError
 
 if TYPE_CHECKING:
     from tapedeck.domain import Domain
-    from tapedeck.health import Health
+    from tapedeck.infra.health import Health
+    from tapedeck.infra.tls import ServerCertificate
     from tapedeck.runtime import Runtime
-    from tapedeck.tls import ServerCertificate
 
 __all__ = ["GatewayServer", "build_app", "listen", "start_gateway"]
 

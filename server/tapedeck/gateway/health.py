@@ -1,5 +1,5 @@
 """Health endpoints of the REST gateway, answered on the event loop (no thread, no store or
-database call: the last result of ``tapedeck.health.Health``), so they keep answering while
+database call: the last result of ``tapedeck.infra.health.Health``), so they keep answering while
 slow clients hold connections or the store is down.
 
 - ``GET /livez``: 200 ``{"status": "live"}`` while the process serves HTTP.
@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from tapedeck.gateway.timeouts import ASGIApp, Receive, Scope, Send
-from tapedeck.health import Health
+from tapedeck.infra.health import Health
 
 LIVE_PATH = "/livez"
 READY_PATH = "/readyz"

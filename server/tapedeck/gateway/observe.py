@@ -24,8 +24,8 @@ from typing import Any
 
 import anyio.to_thread
 
-from tapedeck.logs import REQUEST_ID_HEADER, accept_request_id, request_context
-from tapedeck.metrics import Metrics
+from tapedeck.infra.logs import REQUEST_ID_HEADER, accept_request_id, request_context
+from tapedeck.infra.metrics import Metrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -46,7 +46,7 @@ class GatewayServer:
     def __init__(self, asgi: Any, sock: socket.socket,
                  ssl_context: ssl.SSLContext | None = None, *, header_timeout_s: float = 10.0,
                  body_timeout_s: float = 30.0) -> None:
-        """``ssl_context`` (``tapedeck.tls``): serve HTTPS only with it; None = plain HTTP."""
+        """``ssl_context`` (``tapedeck.infra.tls``): serve HTTPS only with it; None = plain HTTP."""
         self._sock = sock
         self.port: int = sock.getsockname()[1]
         tls: dict[str, Any] = {}

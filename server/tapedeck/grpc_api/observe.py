@@ -2,7 +2,7 @@
 and one ``tapedeck_requests_total`` / latency observation per call.
 
 - The request id is the caller's ``x-request-id`` metadata (if plausible, see
-  ``tapedeck.logs.accept_request_id``) or a fresh one; it is set as the context's request id
+  ``tapedeck.infra.logs.accept_request_id``) or a fresh one; it is set as the context's request id
   while the servicer runs (so logs, jobs and events carry it) and sent back as
   ``x-request-id`` trailing metadata (on success and on error).
 - Each call is logged once on ``tapedeck.access`` (method, outcome, milliseconds).
@@ -21,8 +21,8 @@ import grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from tapedeck.errors import ERROR_DOMAIN
-from tapedeck.logs import REQUEST_ID_HEADER, accept_request_id, request_context
-from tapedeck.metrics import Metrics
+from tapedeck.infra.logs import REQUEST_ID_HEADER, accept_request_id, request_context
+from tapedeck.infra.metrics import Metrics
 
 access = logging.getLogger("tapedeck.access")
 

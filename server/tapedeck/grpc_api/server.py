@@ -19,7 +19,7 @@ from tapedeck.grpc_api import transcriptions as transcription_api
 from tapedeck.grpc_api import webhooks as webhook_api
 from tapedeck.grpc_api.decode import DecodeGuard
 from tapedeck.grpc_api.servicers import ChunkServicer, RecordingServicer
-from tapedeck.health import Health
+from tapedeck.infra.health import Health
 from tapedeck.startup import EXIT_GRPC_PORT, StartupError
 from tapedeck.v1 import chunk_pb2, chunk_pb2_grpc, recording_pb2, recording_pb2_grpc
 
@@ -40,7 +40,7 @@ def build_grpc_server(domain: Domain, host: str, port: int, max_workers: int = 1
                       health_servicer: ClosingHealthServicer | None = None
                       ) -> tuple[grpc.Server, int]:
     """A started gRPC server bound to ``host:port`` (0 = any free port); returns the port.
-    ``credentials`` (``tapedeck.tls``) make the port TLS-only; None = plaintext.
+    ``credentials`` (``tapedeck.infra.tls``) make the port TLS-only; None = plaintext.
     ``interceptors`` wrap every call (``tapedeck.grpc_api.observe``: request ids, metrics);
     innermost, ``DecodeGuard`` refuses undecodable messages with ``invalid_request``.
     ``health`` drives the gRPC health service (SERVING only while it is ready; without it,

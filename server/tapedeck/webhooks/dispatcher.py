@@ -57,11 +57,11 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from tapedeck.clock import Clock, iso, parse_iso
-from tapedeck.db import Database
 from tapedeck.domain.webhooks import cancel_pending, insert_delivery
 from tapedeck.ids import random_base62
-from tapedeck.logs import request_context
-from tapedeck.sql import Tx
+from tapedeck.infra.db import Database
+from tapedeck.infra.logs import request_context
+from tapedeck.infra.sql import Tx
 from tapedeck.webhooks.models import subscribed
 from tapedeck.webhooks.secretbox import SecretBox
 from tapedeck.webhooks.signing import envelope, signed_headers
@@ -415,7 +415,7 @@ class Dispatcher:
 
     def _send(self, job: _Job) -> _Result:
         """One attempt of a leased delivery (the request id of its event is the log context,
-        see ``tapedeck.logs``)."""
+        see ``tapedeck.infra.logs``)."""
         attempted_at = self.clock.now()
         started = time.perf_counter()
         if job.secret is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tapedeck import keyfile
+from tapedeck.infra import keyfile
 
 KEY_FILE = "webhook-secrets.key"
 _VERSION = "v1."

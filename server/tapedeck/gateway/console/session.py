@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tapedeck import keyfile
+from tapedeck.infra import keyfile
 
 COOKIE = "tapedeck_console"
 TTL_S = 8 * 3600

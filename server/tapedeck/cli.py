@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -169,8 +170,31 @@ def _run(settings: Any, roles: Sequence[str]) -> int:
         log.info("stopping (grace %d s)", settings.shutdown_grace_s)
     finally:
         app.close(grace=float(settings.shutdown_grace_s))
+    busy = _busy_threads()
     log.info("stopped")
+    if busy:
+        _leave_without_finalizing(busy)
     return 0
+
+
+def _busy_threads() -> list[str]:
+    """Names of the daemon threads still running after every role stopped: a job that
+    outlived the shutdown grace (its lease was handed back by the worker pool)."""
+    return sorted(t.name for t in threading.enumerate()
+                  if t.daemon and t.is_alive() and t is not threading.current_thread())
+
+
+def _leave_without_finalizing(busy: list[str]) -> None:
+    """Exit 0 now, skipping interpreter finalization: a daemon thread inside native code
+    (CTranslate2, onnxruntime) crashes the process with SIGSEGV/SIGABRT when the
+    interpreter is torn down under it. Everything acknowledged is committed by now (the
+    database is closed), so only the log and stdio buffers need flushing."""
+    log.warning("exiting with %d thread(s) still busy after the grace period: %s",
+                len(busy), ", ".join(busy))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _admin(settings: Any, args: argparse.Namespace) -> int:

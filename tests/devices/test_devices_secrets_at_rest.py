@@ -235,7 +235,8 @@ def test_no_plaintext_secret_in_sqlite_or_logs(child: Child) -> None:
     for name, blob in running.items():
         assert_no_secrets(blob, run.secrets, f"{name} (server running)")
     child.proc.terminate()
-    assert child.proc.wait(timeout=60) == 0
+    code = child.proc.wait(timeout=60)
+    assert code == 0, (code, child.logs[-1].read_bytes()[-2000:])
     for name, blob in db_files(settings.data_dir).items():
         assert_no_secrets(blob, run.secrets, f"{name} (after shutdown)")
     logs = {p.name: p.read_bytes() for p in child.logs}

@@ -186,6 +186,11 @@ def _check_logs(children: list[Child], rec_ids: list[str], held_rec: str) -> Non
     held = rec_ids.index(held_rec)
     assert any(r.get("request_id") == f"ops-rec-{held}" and "started" in r["msg"]
                for r in records["worker-a"])
+    # Worker A's job thread outlived the grace: it left without finalizing the interpreter
+    # (which crashes a thread inside native code), after its last log lines were flushed.
+    busy = [r["msg"] for r in records["worker-a"] if "still busy" in r["msg"]]
+    assert len(busy) == 1 and "worker-" in busy[0], busy
+    assert not any("still busy" in r["msg"] for r in records["worker-b"] + records["api"])
 
 
 def _check_no_secrets(children: list[Child], secrets: list[str]) -> None:

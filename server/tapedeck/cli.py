@@ -252,8 +252,6 @@ def reindex(db: Any) -> dict[str, int]:
 def _copy_objects(settings: Any, args: argparse.Namespace) -> int:
     """``tapedeck admin copy-objects``: this installation's store (the embedded SeaweedFS is
     started for it; stop the server first) into the target; prints the ``CopyResult``."""
-    import os
-
     from tapedeck.admin.copy_objects import copy_objects
     from tapedeck.app import App, checked_bucket
     from tapedeck.infra.store.s3 import S3Store
@@ -277,8 +275,6 @@ def _migrate_to(settings: Any, args: argparse.Namespace) -> int:
     database named by ``TAPEDECK_TARGET_DATABASE_URL`` (from the environment, never the
     command line: ``ps`` shows that). A progress line per batch on stderr; one JSON line per
     table and a summary on stdout; exit 0 only if every table verified."""
-    import os
-
     from tapedeck.admin.migrate_to import MigrateToError, describe, migrate_to
     from tapedeck.infra.db import is_postgres_url
 

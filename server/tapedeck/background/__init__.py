@@ -1,8 +1,7 @@
-"""What runs in the background: the durable job queue and the processes that drain it.
+"""What runs in the background, draining the durable job queue (``tapedeck.infra.jobs``).
 
-``jobs`` is the queue (enqueue, lease, retry, dead-letter), ``worker`` the role that leases
-jobs and runs their handlers (stitching in ``tapedeck.stitch``, transcription in
-``tapedeck.transcribe``, the webhook dispatcher in ``tapedeck.webhooks``), ``sweeper`` the
-periodic cleanups (expiry, retention, abandoned uploads) and ``failpoints`` the test-only
-crash injection the worker honours when a test sets it.
+``worker`` is the role that leases jobs and runs their handlers by kind (stitching in
+``stitch/``, transcription and live pieces in ``transcribe/``); ``sweeper`` is the role
+that runs the periodic rounds (expiry, retention, event redaction, devices going offline).
+The webhook dispatcher is its own role in ``tapedeck.webhooks``.
 """
